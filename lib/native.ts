@@ -1,0 +1,120 @@
+// The only file that loads the native addon. The whole native surface is typed here once.
+//
+// Tensors live in native memory behind handles. Ops are enqueued in order on their device's
+// executor and return their output handle at once; `read()` is the awaited synchronisation point,
+// and errors raised while executing surface there, naming the op and its shapes.
+import * as os from 'os';
+import * as path from 'path';
+import * as fs from 'fs';
+
+export type DType = 'f32' | 'bf16' | 'i32';
+/** Element types a weight file may hold (converted to a DType on load). */
+export type FileDType = 'f32' | 'f16' | 'bf16';
+export type Device = 'cpu' | 'cuda';
+export type RopeLayout = 'interleaved' | 'half';
+
+export interface Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  /** Bytes of native memory this handle keeps alive (0 once disposed). */
+  readonly bytes: number;
+  readonly disposed: boolean;
+  /** Waits for every op queued before it, then copies the values out (bf16 reads as f32). */
+  read(): Promise<Float32Array | Int32Array>;
+  /** Frees the native memory now (idempotent); queued ops that use it keep it until they ran. */
+  dispose(): void;
+}
+
+/** A read-only memory mapping of a weight file; tensors made from it keep it alive. */
+export interface FileMapping {
+  readonly path: string;
+  readonly size: number;
+  close(): void;
+}
+
+export interface Capabilities {
+  version: string;
+  blas: string;
+  cuda: { compiled: boolean; available: boolean; devices: number; reason: string };
+  threads: number;
+  simd: string[];
+}
+
+export interface NativeBinding {
+  capabilities(): Capabilities;
+  /** Threads for CPU kernels and BLAS (>= 1). */
+  setThreads(n: number): void;
+  /** Waits until every queued op on every device has run; rejects with the first error. */
+  synchronize(): Promise<void>;
+
+  // --- creation ----------------------------------------------------------------------------
+  fromArray(data: Float32Array | Int32Array, shape: number[], dtype?: DType): Tensor;
+  zeros(shape: number[], dtype?: DType): Tensor;
+  mapFile(path: string): FileMapping;
+  /** A tensor of `shape` whose elements start at `byteOffset` of the mapping, stored as
+   *  `dtype` (a view of the mapping when no conversion is needed and it is aligned). Bounds are
+   *  checked at once; a NaN/Inf fails the load at the next read()/synchronize(), naming `name`. */
+  fromFile(map: FileMapping, byteOffset: number, shape: number[], fileDtype: FileDType, dtype: DType, name?: string): Tensor;
+  /** f32 <-> bf16 copy */
+  convert(x: Tensor, dtype: DType): Tensor;
+
+  // --- forward ops (shape comments: T tokens, C channels, H heads, Hkv kv heads, d head size) ---
+  /** table (V, C) f32|bf16, tokens (T) i32 -> (T, C) f32 */
+  embedding(table: Tensor, tokens: Tensor): Tensor;
+  /** x (T, C), w (C) -> (T, C): x * w / sqrt(mean(x^2) + eps) */
+  rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor;
+  /** x (T, H, d) rotated in place by positions pos0 .. pos0+T-1 */
+  rope(x: Tensor, pos0: number, theta: number, layout: RopeLayout): void;
+  /** x (M, K), w (N, K) f32|bf16 -> (M, N) = x · wᵀ */
+  matmul(x: Tensor, w: Tensor): Tensor;
+  /** cache (S, Hkv, d) [pos0 .. pos0+T) = src (T, Hkv, d), in place */
+  kvWrite(cache: Tensor, src: Tensor, pos0: number): void;
+  /** q (T, H, d) at positions pos0.., caches (S, Hkv, d) -> (T, H, d); causal over keys 0..pos */
+  attention(q: Tensor, kCache: Tensor, vCache: Tensor, pos0: number): Tensor;
+  /** a, b (T, F) -> silu(a) * b */
+  swiglu(a: Tensor, b: Tensor): Tensor;
+  /** x += y, in place (same shape) */
+  addInPlace(x: Tensor, y: Tensor): void;
+  /** rows (start .. start+count) of x (T, C) -> (count, C) */
+  sliceRows(x: Tensor, start: number, count: number): Tensor;
+}
+
+function cpuNeedsCoreType(): string | undefined {
+  // Debian's OpenBLAS 0.3.21 does not recognise recent CPUs and falls back to its slowest
+  // kernels; it reads OPENBLAS_CORETYPE once, when the library loads, so set it before that.
+  if (process.env.OPENBLAS_CORETYPE || os.arch() !== 'x64') return undefined;
+  try {
+    const flags = fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '';
+    const has = (f: string) => new RegExp(`\\b${f}\\b`).test(flags);
+    if (has('avx512f') && has('avx512bw') && has('avx512vl')) return 'SkylakeX';
+    if (has('avx2') && has('fma')) return 'Haswell';
+  } catch {
+    /* not Linux: OpenBLAS picks for itself */
+  }
+  return undefined;
+}
+
+function loadBinding(): NativeBinding {
+  const coreType = cpuNeedsCoreType();
+  if (coreType) process.env.OPENBLAS_CORETYPE = coreType;
+  const root = path.resolve(__dirname, '..', '..');
+  try {
+    // node-gyp-build: build/Release first, then prebuilds/<platform>-<arch>/
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return require('node-gyp-build')(root) as NativeBinding;
+  } catch (err) {
+    const reason = err instanceof Error ? err.message.split('\n')[0] : String(err);
+    throw new Error(
+      `llama-adapter: the native addon could not be loaded (${reason}).\n` +
+        `Looked in ${path.join(root, 'build', 'Release')} and ${path.join(root, 'prebuilds', `${os.platform()}-${os.arch()}`)}.\n` +
+        'Possible fixes:\n' +
+        '  - build it from source: `npm run build:native` (needs cmake >= 3.18, a C++17 compiler, and\n' +
+        '    optionally OpenBLAS: `apt-get install cmake g++ libopenblas-dev`);\n' +
+        '  - reinstall the package so that its install step builds it: `npm rebuild llama-adapter`;\n' +
+        `  - use a prebuilt binary for ${os.platform()}-${os.arch()} (node ${process.versions.node}, N-API ${process.versions.napi}) under prebuilds/.`,
+    );
+  }
+}
+
+export const native: NativeBinding = loadBinding();

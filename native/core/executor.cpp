@@ -1,0 +1,83 @@
+#include "executor.h"
+
+#include <exception>
+
+namespace la {
+
+Executor::Executor() : thread_([this] { run(); }) {}
+
+Executor::~Executor() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  has_work_.notify_all();
+  thread_.join();
+}
+
+uint64_t Executor::enqueue(std::string what, std::function<void()> work) {
+  uint64_t ticket;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ticket = next_ticket_++;
+    queue_.push_back({ticket, std::move(what), std::move(work)});
+  }
+  has_work_.notify_one();
+  return ticket;
+}
+
+uint64_t Executor::last_ticket() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return next_ticket_ - 1;
+}
+
+std::string Executor::wait(uint64_t ticket) {
+  std::unique_lock<std::mutex> lock(mu_);
+  done_.wait(lock, [&] { return completed_ >= ticket; });
+  return error_;
+}
+
+void Executor::clear_error() {
+  std::lock_guard<std::mutex> lock(mu_);
+  error_.clear();
+}
+
+void Executor::run() {
+  for (;;) {
+    Task task;
+    bool skip;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      has_work_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, nothing left
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      skip = !error_.empty();  // what follows a failed op would read garbage
+    }
+    std::string failure;
+    if (!skip) {
+      try {
+        task.work();
+      } catch (const std::exception& e) {
+        failure = task.what + ": " + e.what();
+      } catch (...) {
+        failure = task.what + ": unknown error";
+      }
+    }
+    task.work = nullptr;  // release the tensors it held before reporting completion
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!failure.empty() && error_.empty()) error_ = failure;
+      completed_ = task.ticket;
+    }
+    done_.notify_all();
+  }
+}
+
+Executor& cpu_executor() {
+  // Leaked on purpose: the worker must outlive every static that may still queue work at exit.
+  static Executor* e = new Executor();
+  return *e;
+}
+
+}  // namespace la

@@ -1,0 +1,50 @@
+// An ordered executor: ops are queued from the JS thread and run one after another on a worker
+// thread, so a whole forward/backward pass is queued without the event loop waiting on each op.
+// Waiting for a ticket is the synchronisation point; the first failure is kept (with the op's
+// name and shapes), later ops are skipped, and every wait reports it until clear_error().
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace la {
+
+class Executor {
+ public:
+  Executor();
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Queues `work`; `what` describes it for error messages. Returns its ticket.
+  uint64_t enqueue(std::string what, std::function<void()> work);
+  // Blocks until the op with this ticket (and all before it) ran. Returns "" or the kept error.
+  std::string wait(uint64_t ticket);
+  uint64_t last_ticket();
+  void clear_error();
+
+ private:
+  struct Task {
+    uint64_t ticket;
+    std::string what;
+    std::function<void()> work;
+  };
+  void run();
+
+  std::mutex mu_;
+  std::condition_variable has_work_, done_;
+  std::deque<Task> queue_;
+  uint64_t next_ticket_ = 1, completed_ = 0;
+  std::string error_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// The CPU device's executor (created on first use).
+Executor& cpu_executor();
+
+}  // namespace la

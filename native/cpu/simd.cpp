@@ -1,0 +1,108 @@
+#include "simd.h"
+
+#include "../core/bf16.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define LA_X86 1
+#include <immintrin.h>
+#endif
+
+namespace la::cpu {
+namespace {
+
+template <class W>
+float load(const W* w, int64_t i);
+template <>
+float load<float>(const float* w, int64_t i) { return w[i]; }
+template <>
+float load<uint16_t>(const uint16_t* w, int64_t i) { return bf16_to_f32(w[i]); }
+
+template <class W>
+void dots_plain(float* out, const float* x, int64_t ldx, int64_t R, const W* w, int64_t n) {
+  for (int64_t r = 0; r < R; r++) {
+    const float* xr = x + r * ldx;
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += xr[i] * load(w, i);
+    out[r] = s;
+  }
+}
+
+#ifdef LA_X86
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+__attribute__((target("avx2,fma"))) inline __m256 load8(const uint16_t* w) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Up to 4 rows of x at once against one row of w: w is loaded once per 8 elements.
+template <class W, int R>
+__attribute__((target("avx2,fma"))) void dots_avx2_r(float* out, const float* x, int64_t ldx, const W* w, int64_t n) {
+  __m256 acc[R][2];
+  for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256 w0 = load8(w + i), w1 = load8(w + i + 8);
+    for (int r = 0; r < R; r++) {
+      acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * ldx + i), w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * ldx + i + 8), w1, acc[r][1]);
+    }
+  }
+  for (; i + 8 <= n; i += 8) {
+    __m256 w0 = load8(w + i);
+    for (int r = 0; r < R; r++) acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * ldx + i), w0, acc[r][0]);
+  }
+  for (int r = 0; r < R; r++) {
+    float s = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int64_t j = i; j < n; j++) s += x[r * ldx + j] * load(w, j);
+    out[r] = s;
+  }
+}
+
+template <class W>
+void dots_avx2(float* out, const float* x, int64_t ldx, int64_t R, const W* w, int64_t n) {
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) dots_avx2_r<W, 4>(out + r, x + r * ldx, ldx, w, n);
+  switch (R - r) {
+    case 3: dots_avx2_r<W, 3>(out + r, x + r * ldx, ldx, w, n); break;
+    case 2: dots_avx2_r<W, 2>(out + r, x + r * ldx, ldx, w, n); break;
+    case 1: dots_avx2_r<W, 1>(out + r, x + r * ldx, ldx, w, n); break;
+  }
+}
+
+const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+
+template <class W>
+void dots(float* out, const float* x, int64_t ldx, int64_t R, const W* w, int64_t n) {
+#ifdef LA_X86
+  if (has_avx2) return dots_avx2(out, x, ldx, R, w, n);
+#endif
+  dots_plain(out, x, ldx, R, w, n);
+}
+
+}  // namespace
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  float r;
+  dots(&r, a, n, 1, b, n);
+  return r;
+}
+float dot_bf16(const float* a, const uint16_t* b, int64_t n) {
+  float r;
+  dots(&r, a, n, 1, b, n);
+  return r;
+}
+void dots_f32(float* out, const float* x, int64_t ldx, int64_t R, const float* w, int64_t n) {
+  dots(out, x, ldx, R, w, n);
+}
+void dots_bf16(float* out, const float* x, int64_t ldx, int64_t R, const uint16_t* w, int64_t n) {
+  dots(out, x, ldx, R, w, n);
+}
+
+}  // namespace la::cpu

@@ -1,0 +1,15 @@
+// Dot products, the inner loop of matmul and attention: AVX2+FMA when the CPU has it (chosen at
+// run time, so one binary serves every x86-64), a plain loop otherwise.
+#pragma once
+#include <cstdint>
+
+namespace la::cpu {
+
+float dot_f32(const float* a, const float* b, int64_t n);
+// a (n) f32 · b (n) bf16
+float dot_bf16(const float* a, const uint16_t* b, int64_t n);
+// out[r] = dot(x_r, w) for R rows of x (stride ldx): one pass over w for all rows
+void dots_f32(float* out, const float* x, int64_t ldx, int64_t R, const float* w, int64_t n);
+void dots_bf16(float* out, const float* x, int64_t ldx, int64_t R, const uint16_t* w, int64_t n);
+
+}  // namespace la::cpu

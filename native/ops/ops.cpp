@@ -1,0 +1,217 @@
+#include "ops.h"
+
+#include <cstring>
+
+#include "../core/bf16.h"
+#include "../core/error.h"
+#include "../core/executor.h"
+#include "../core/parallel.h"
+#include "../cpu/kernels.h"
+
+namespace la::ops {
+namespace {
+
+void expect_dtype(const char* op, const char* arg, const TensorPtr& t, DType want) {
+  LA_CHECK(t->dtype == want, op, ": ", arg, " must be ", dtype_name(want), ", got ", t->describe());
+}
+void expect_ndim(const char* op, const char* arg, const TensorPtr& t, int n) {
+  LA_CHECK(t->ndim() == n, op, ": ", arg, " must have ", n, " dimensions, got ", t->describe());
+}
+void expect_cpu(const char* op, std::initializer_list<const TensorPtr*> ts) {
+  for (const TensorPtr* t : ts)
+    LA_CHECK((*t)->device == Device::CPU, op, ": the ", device_name((*t)->device),
+             " backend is not available for this op in this build");
+}
+
+// Queues `body` on the executor of the op's device with a description for error messages.
+template <class F>
+void queue(const char* op, std::initializer_list<const TensorPtr*> ts, F&& body) {
+  std::string what = op;
+  what += "(";
+  bool first = true;
+  for (const TensorPtr* t : ts) {
+    what += (first ? "" : ", ") + (*t)->describe();
+    first = false;
+  }
+  what += ")";
+  cpu_executor().enqueue(std::move(what), std::forward<F>(body));
+}
+
+}  // namespace
+
+TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
+  const char* op = "embedding";
+  expect_ndim(op, "table", table, 2);
+  expect_ndim(op, "tokens", tokens, 1);
+  expect_dtype(op, "tokens", tokens, DType::I32);
+  LA_CHECK(table->dtype != DType::I32, op, ": table must be f32 or bf16, got ", table->describe());
+  expect_cpu(op, {&table, &tokens});
+  int64_t T = tokens->dim(0), V = table->dim(0), C = table->dim(1);
+  TensorPtr out = empty({T, C}, DType::F32);
+  queue(op, {&table, &tokens}, [=] {
+    const int32_t* ids = tokens->data<int32_t>();
+    for (int64_t t = 0; t < T; t++)
+      LA_CHECK(ids[t] >= 0 && ids[t] < V, "token id ", ids[t], " at position ", t, " is outside the vocabulary [0, ",
+               V, ")");
+    if (table->dtype == DType::F32)
+      cpu::embedding_forward(out->data<float>(), table->data<float>(), ids, T, C);
+    else
+      cpu::embedding_forward_bf16(out->data<float>(), table->data<uint16_t>(), ids, T, C);
+  });
+  return out;
+}
+
+TensorPtr rmsnorm(const TensorPtr& x, const TensorPtr& w, float eps) {
+  const char* op = "rmsnorm";
+  expect_ndim(op, "x", x, 2);
+  expect_ndim(op, "w", w, 1);
+  expect_dtype(op, "x", x, DType::F32);
+  expect_dtype(op, "w", w, DType::F32);
+  LA_CHECK(w->dim(0) == x->dim(1), op, ": w ", w->describe(), " does not match x ", x->describe());
+  LA_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  expect_cpu(op, {&x, &w});
+  TensorPtr out = empty(x->shape, DType::F32);
+  queue(op, {&x, &w}, [=] {
+    cpu::rmsnorm_forward(out->data<float>(), x->data<float>(), w->data<float>(), x->dim(0), x->dim(1), eps);
+  });
+  return out;
+}
+
+void rope(const TensorPtr& x, int64_t pos0, float theta, bool interleaved) {
+  const char* op = "rope";
+  expect_ndim(op, "x", x, 3);
+  expect_dtype(op, "x", x, DType::F32);
+  LA_CHECK(x->dim(2) % 2 == 0, op, ": head size must be even, got ", x->describe());
+  LA_CHECK(pos0 >= 0, op, ": pos0 must be >= 0, got ", pos0);
+  LA_CHECK(theta > 0, op, ": theta must be > 0, got ", theta);
+  expect_cpu(op, {&x});
+  queue(op, {&x}, [=] {
+    cpu::rope_forward(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved);
+  });
+}
+
+TensorPtr matmul(const TensorPtr& x, const TensorPtr& w) {
+  const char* op = "matmul";
+  expect_ndim(op, "x", x, 2);
+  expect_ndim(op, "w", w, 2);
+  expect_dtype(op, "x", x, DType::F32);
+  LA_CHECK(w->dtype != DType::I32, op, ": w must be f32 or bf16, got ", w->describe());
+  LA_CHECK(x->dim(1) == w->dim(1), op, ": x ", x->describe(), " · wᵀ needs w (N, ", x->dim(1), "), got ",
+           w->describe());
+  expect_cpu(op, {&x, &w});
+  int64_t M = x->dim(0), N = w->dim(0), K = w->dim(1);
+  TensorPtr y = empty({M, N}, DType::F32);
+  queue(op, {&x, &w}, [=] {
+    if (w->dtype == DType::F32)
+      cpu::matmul_forward(y->data<float>(), x->data<float>(), w->data<float>(), M, N, K);
+    else
+      cpu::matmul_forward_bf16(y->data<float>(), x->data<float>(), w->data<uint16_t>(), M, N, K);
+  });
+  return y;
+}
+
+void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
+  const char* op = "kvWrite";
+  expect_ndim(op, "cache", cache, 3);
+  expect_ndim(op, "src", src, 3);
+  expect_dtype(op, "cache", cache, DType::F32);
+  expect_dtype(op, "src", src, DType::F32);
+  LA_CHECK(cache->dim(1) == src->dim(1) && cache->dim(2) == src->dim(2), op, ": src ", src->describe(),
+           " does not match cache ", cache->describe());
+  LA_CHECK(pos0 >= 0 && pos0 + src->dim(0) <= cache->dim(0), op, ": positions ", pos0, "..", pos0 + src->dim(0),
+           " exceed the cache length ", cache->dim(0));
+  expect_cpu(op, {&cache, &src});
+  queue(op, {&cache, &src}, [=] {
+    size_t row = size_t(src->dim(1) * src->dim(2));
+    std::memcpy(cache->data<float>() + pos0 * row, src->data<float>(), src->nbytes());
+  });
+}
+
+TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, int64_t pos0) {
+  const char* op = "attention";
+  expect_ndim(op, "q", q, 3);
+  expect_ndim(op, "k", k, 3);
+  expect_ndim(op, "v", v, 3);
+  for (auto* t : {&q, &k, &v}) expect_dtype(op, "q, k and v", *t, DType::F32);
+  LA_CHECK(k->shape == v->shape, op, ": k ", k->describe(), " and v ", v->describe(), " differ");
+  int64_t T = q->dim(0), H = q->dim(1), d = q->dim(2), S = k->dim(0), Hkv = k->dim(1);
+  LA_CHECK(k->dim(2) == d, op, ": head size of q ", q->describe(), " and k ", k->describe(), " differ");
+  LA_CHECK(H % Hkv == 0, op, ": heads ", H, " must be a multiple of kv heads ", Hkv);
+  LA_CHECK(pos0 >= 0 && pos0 + T <= S, op, ": positions ", pos0, "..", pos0 + T, " exceed the cache length ", S);
+  expect_cpu(op, {&q, &k, &v});
+  TensorPtr out = empty(q->shape, DType::F32);
+  queue(op, {&q, &k, &v}, [=] {
+    cpu::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H, Hkv, d,
+                           pos0);
+  });
+  return out;
+}
+
+TensorPtr swiglu(const TensorPtr& a, const TensorPtr& b) {
+  const char* op = "swiglu";
+  expect_dtype(op, "a", a, DType::F32);
+  expect_dtype(op, "b", b, DType::F32);
+  LA_CHECK(a->shape == b->shape, op, ": a ", a->describe(), " and b ", b->describe(), " differ");
+  expect_cpu(op, {&a, &b});
+  TensorPtr out = empty(a->shape, DType::F32);
+  queue(op, {&a, &b}, [=] { cpu::swiglu_forward(out->data<float>(), a->data<float>(), b->data<float>(), a->numel()); });
+  return out;
+}
+
+void add_inplace(const TensorPtr& x, const TensorPtr& y) {
+  const char* op = "addInPlace";
+  expect_dtype(op, "x", x, DType::F32);
+  expect_dtype(op, "y", y, DType::F32);
+  LA_CHECK(x->shape == y->shape, op, ": x ", x->describe(), " and y ", y->describe(), " differ");
+  expect_cpu(op, {&x, &y});
+  queue(op, {&x, &y}, [=] {
+    float* xs = x->data<float>();
+    const float* ys = y->data<float>();
+    parallel_for(x->numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; i++) xs[i] += ys[i];
+    });
+  });
+}
+
+TensorPtr slice_rows(const TensorPtr& x, int64_t start, int64_t count) {
+  const char* op = "sliceRows";
+  LA_CHECK(start >= 0 && count > 0 && start + count <= x->dim(0), op, ": rows ", start, "..", start + count,
+           " are outside ", x->describe());
+  expect_cpu(op, {&x});
+  std::vector<int64_t> shape = x->shape;
+  shape[0] = count;
+  TensorPtr out = empty(shape, x->dtype);
+  queue(op, {&x}, [=] {
+    size_t row = x->nbytes() / size_t(x->dim(0));
+    std::memcpy(out->raw(), static_cast<char*>(x->raw()) + start * row, out->nbytes());
+  });
+  return out;
+}
+
+TensorPtr convert(const TensorPtr& x, DType to) {
+  const char* op = "convert";
+  LA_CHECK(x->dtype != DType::I32 && to != DType::I32, op, ": only f32 <-> bf16, got ", x->describe(), " to ",
+           dtype_name(to));
+  expect_cpu(op, {&x});
+  TensorPtr out = empty(x->shape, to);
+  queue(op, {&x}, [=] {
+    int64_t n = x->numel();
+    if (x->dtype == to) return std::memcpy(out->raw(), x->raw(), x->nbytes()), void();
+    if (to == DType::BF16) {
+      const float* s = x->data<float>();
+      uint16_t* d = out->data<uint16_t>();
+      parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; i++) d[i] = f32_to_bf16(s[i]);
+      });
+    } else {
+      const uint16_t* s = x->data<uint16_t>();
+      float* d = out->data<float>();
+      parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; i++) d[i] = bf16_to_f32(s[i]);
+      });
+    }
+  });
+  return out;
+}
+
+}  // namespace la::ops

@@ -1,0 +1,21 @@
+// The op definitions: each checks its inputs' shapes and dtypes (throwing a la::Error that names
+// the op and the shapes), allocates its output, and queues the body for the tensors' device on
+// that device's executor. Shape letters as in cpu/kernels.h.
+#pragma once
+#include "../core/tensor.h"
+
+namespace la::ops {
+
+TensorPtr embedding(const TensorPtr& table /*(V,C)*/, const TensorPtr& tokens /*(T) i32*/);     // -> (T,C)
+TensorPtr rmsnorm(const TensorPtr& x /*(T,C)*/, const TensorPtr& w /*(C)*/, float eps);           // -> (T,C)
+void rope(const TensorPtr& x /*(T,H,d)*/, int64_t pos0, float theta, bool interleaved);           // in place
+TensorPtr matmul(const TensorPtr& x /*(M,K)*/, const TensorPtr& w /*(N,K)*/);                      // -> (M,N)
+void kv_write(const TensorPtr& cache /*(S,Hkv,d)*/, const TensorPtr& src /*(T,Hkv,d)*/, int64_t pos0);
+TensorPtr attention(const TensorPtr& q /*(T,H,d)*/, const TensorPtr& k /*(S,Hkv,d)*/,
+                    const TensorPtr& v /*(S,Hkv,d)*/, int64_t pos0);                                 // -> (T,H,d)
+TensorPtr swiglu(const TensorPtr& a /*(T,F)*/, const TensorPtr& b /*(T,F)*/);                     // -> (T,F)
+void add_inplace(const TensorPtr& x, const TensorPtr& y);                                          // x += y
+TensorPtr slice_rows(const TensorPtr& x /*(T,...)*/, int64_t start, int64_t count);               // -> (count,...)
+TensorPtr convert(const TensorPtr& x, DType to);                                                   // f32 <-> bf16
+
+}  // namespace la::ops
