@@ -2,7 +2,9 @@
 //
 // Tensors live in native memory behind handles. Ops are enqueued in order on their device's
 // executor and return their output handle at once; `read()` is the awaited synchronisation point,
-// and errors raised while executing surface there, naming the op and its shapes.
+// and errors raised while executing surface there, naming the op and its shapes. A failed op
+// poisons what it writes: ops that read a poisoned tensor are skipped and pass the error on, so
+// reading any result downstream of a failure rejects with the original error.
 import * as os from 'os';
 import * as path from 'path';
 import * as fs from 'fs';
@@ -45,7 +47,7 @@ export interface NativeBinding {
   capabilities(): Capabilities;
   /** Threads for CPU kernels and BLAS (>= 1). */
   setThreads(n: number): void;
-  /** Waits until every queued op on every device has run; rejects with the first error. */
+  /** Waits until every queued op has run; rejects with the first failure since the previous call. */
   synchronize(): Promise<void>;
 
   // --- creation ----------------------------------------------------------------------------
@@ -56,6 +58,8 @@ export interface NativeBinding {
    *  `dtype` (a view of the mapping when no conversion is needed and it is aligned). Bounds are
    *  checked at once; a NaN/Inf fails the load at the next read()/synchronize(), naming `name`. */
   fromFile(map: FileMapping, byteOffset: number, shape: number[], fileDtype: FileDType, dtype: DType, name?: string): Tensor;
+  /** The same storage seen with another shape of equal element count (no copy). */
+  reshape(x: Tensor, shape: number[]): Tensor;
   /** f32 <-> bf16 copy */
   convert(x: Tensor, dtype: DType): Tensor;
 

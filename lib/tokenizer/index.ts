@@ -1,10 +1,13 @@
 // Tokenizers: SentencePiece `tokenizer.model` and llama2.c `tokenizer.bin`, behind one interface.
 import * as fs from 'fs';
-import { llama2cFromBuffer } from './llama2c';
+import { MAX_TOKEN_LENGTH_LIMIT, llama2cFromBuffer } from './llama2c';
 import { sentencePieceFromBuffer } from './sentencepiece';
 
 export { Llama2cTokenizer } from './llama2c';
 export { SentencePieceTokenizer } from './sentencepiece';
+
+/** Real tokenizer files are at most a few MiB; anything this big is not one. */
+const MAX_FILE_BYTES = 256 * 1024 * 1024;
 
 export interface Tokenizer {
   readonly vocabSize: number;
@@ -79,21 +82,39 @@ export class StreamDecoder {
  * protobuf message whose first field is a piece (byte 0x0A).
  */
 export function loadTokenizer(path: string): Tokenizer {
+  const fail = (problem: string): Error => new Error(`tokenizer file "${path}": ${problem}`);
+  const unreadable = (e: unknown): Error => new Error(`cannot read tokenizer file "${path}": ${(e as Error).message}`);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(path);
+  } catch (e) {
+    throw unreadable(e);
+  }
+  // Checked before reading: a FIFO or a device like /dev/zero would block or never end.
+  if (!st.isFile()) throw fail('not a regular file');
+  if (st.size > MAX_FILE_BYTES) throw fail(`${st.size} bytes is far too large for a tokenizer`);
   let buf: Buffer;
   try {
     buf = fs.readFileSync(path);
   } catch (e) {
-    throw new Error(`cannot read tokenizer file "${path}": ${(e as Error).message}`);
+    throw unreadable(e);
   }
-  const fail = (problem: string): Error => new Error(`tokenizer file "${path}": ${problem}`);
   if (buf.length === 0) throw fail('the file is empty');
   if (buf.length < 4) throw fail(`the file is only ${buf.length} bytes, too short to be a tokenizer`);
   const head = buf.readUInt32LE(0);
-  try {
-    if (head >= 1 && head <= 1024) return llama2cFromBuffer(buf);
-    if (buf[0] === 0x0a) return sentencePieceFromBuffer(buf);
-  } catch (e) {
-    throw fail((e as Error).message);
+  if (head >= 1 && head <= MAX_TOKEN_LENGTH_LIMIT) {
+    try {
+      return llama2cFromBuffer(buf);
+    } catch (e) {
+      throw fail(`not a valid llama2.c tokenizer.bin: ${(e as Error).message}`);
+    }
+  }
+  if (buf[0] === 0x0a) {
+    try {
+      return sentencePieceFromBuffer(buf);
+    } catch (e) {
+      throw fail(`not a valid SentencePiece tokenizer.model: ${(e as Error).message}`);
+    }
   }
   throw fail(
     'unrecognised format: neither a SentencePiece tokenizer.model (protobuf) nor a llama2.c tokenizer.bin ' +

@@ -13,7 +13,7 @@ const EOS = 2;
 /** run.c maps a byte b that has no token of its own to id b + 3 (after <unk>, <s>, </s>). */
 const BYTE_OFFSET = 3;
 /** Sanity limit for the header: real files have 7 (tok512) to 27 (LLaMA). */
-const MAX_TOKEN_LENGTH_LIMIT = 1024;
+export const MAX_TOKEN_LENGTH_LIMIT = 1024;
 
 export interface Llama2cVocab {
   maxTokenLength: number;

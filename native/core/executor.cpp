@@ -31,38 +31,35 @@ uint64_t Executor::last_ticket() {
   return next_ticket_ - 1;
 }
 
-std::string Executor::wait(uint64_t ticket) {
+void Executor::wait(uint64_t ticket) {
   std::unique_lock<std::mutex> lock(mu_);
   done_.wait(lock, [&] { return completed_ >= ticket; });
-  return error_;
 }
 
-void Executor::clear_error() {
+std::string Executor::take_error() {
   std::lock_guard<std::mutex> lock(mu_);
-  error_.clear();
+  std::string e;
+  e.swap(error_);
+  return e;
 }
 
 void Executor::run() {
   for (;;) {
     Task task;
-    bool skip;
     {
       std::unique_lock<std::mutex> lock(mu_);
       has_work_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
       task = std::move(queue_.front());
       queue_.pop_front();
-      skip = !error_.empty();  // what follows a failed op would read garbage
     }
     std::string failure;
-    if (!skip) {
-      try {
-        task.work();
-      } catch (const std::exception& e) {
-        failure = task.what + ": " + e.what();
-      } catch (...) {
-        failure = task.what + ": unknown error";
-      }
+    try {
+      task.work();
+    } catch (const std::exception& e) {
+      failure = task.what + ": " + e.what();
+    } catch (...) {
+      failure = task.what + ": unknown error";
     }
     task.work = nullptr;  // release the tensors it held before reporting completion
     {

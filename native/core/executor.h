@@ -1,7 +1,8 @@
 // An ordered executor: ops are queued from the JS thread and run one after another on a worker
 // thread, so a whole forward/backward pass is queued without the event loop waiting on each op.
-// Waiting for a ticket is the synchronisation point; the first failure is kept (with the op's
-// name and shapes), later ops are skipped, and every wait reports it until clear_error().
+// Waiting for a ticket is the synchronisation point. A failing op poisons the tensors it writes
+// (see Storage::error) and the ops that read them; the executor also keeps the first failure
+// since the last take_error(), which synchronize() reports.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -22,10 +23,11 @@ class Executor {
 
   // Queues `work`; `what` describes it for error messages. Returns its ticket.
   uint64_t enqueue(std::string what, std::function<void()> work);
-  // Blocks until the op with this ticket (and all before it) ran. Returns "" or the kept error.
-  std::string wait(uint64_t ticket);
+  // Blocks until the op with this ticket (and all before it) ran.
+  void wait(uint64_t ticket);
   uint64_t last_ticket();
-  void clear_error();
+  // The first failure since the previous call ("" if none), cleared.
+  std::string take_error();
 
  private:
   struct Task {

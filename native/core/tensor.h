@@ -21,6 +21,10 @@ struct Storage {
   size_t bytes = 0;
   Device device = Device::CPU;
   std::shared_ptr<void> owner;  // releases the memory (or the mapping it views) when the last user goes
+  // Set (on the executor) when the op that writes this storage failed, or read a failed input:
+  // reading it reports this error instead of garbage. Dataflow poison, no global error state.
+  std::shared_ptr<const std::string> error;
+  bool read_only = false;  // a view of a read-only file mapping: in-place ops must refuse it
 };
 
 struct Tensor {

@@ -13,6 +13,7 @@
 #include "../core/bf16.h"
 #include "../core/error.h"
 #include "../core/executor.h"
+#include "../ops/ops.h"
 #include "../core/parallel.h"
 
 namespace la::io {
@@ -81,12 +82,13 @@ TensorPtr tensor_from_mapping(const MappingPtr& map, uint64_t offset, const std:
               (file_dtype == FileDType::BF16 && dtype == DType::BF16);
   bool as_view = same && reinterpret_cast<uintptr_t>(src) % dtype_size(dtype) == 0;
   TensorPtr t = as_view ? view(shape, dtype, const_cast<uint8_t*>(src), std::shared_ptr<void>(map)) : empty(shape, dtype);
+  t->storage->read_only = as_view;
 
   // Conversion and the finite check run on the executor (a 7B model is gigabytes); a NaN or Inf
   // in a weight would poison every output silently, so it fails the load, naming the tensor.
   std::string what = map->path + ": " + (name.empty() ? "" : name + " ") + file_dtype_name(file_dtype) +
                      shape_str(shape) + " at byte " + std::to_string(offset);
-  cpu_executor().enqueue("load " + what, [=, keep = map] {
+  ops::queue_op(("load " + what).c_str(), {}, {t}, [=, keep = map] {
     std::atomic<int64_t> bad{-1};
     size_t es = file_dtype_size(file_dtype);
     parallel_for(n, 1 << 16, [&](int64_t i0, int64_t i1) {

@@ -19,6 +19,10 @@
 #include "../io/mapping.h"
 #include "../ops/ops.h"
 
+// LA_VERSION is defined by the build as a bare token (quotes do not survive every generator).
+#define LA_STRINGIFY2(x) #x
+#define LA_STRINGIFY(x) LA_STRINGIFY2(x)
+
 namespace la::napi {
 namespace {
 
@@ -177,15 +181,19 @@ Napi::Value guarded(const Napi::CallbackInfo& info, F&& body) {
 // Waits for a ticket on the CPU executor in the libuv pool, then resolves with `make(env)`.
 class WaitWorker : public Napi::AsyncWorker {
  public:
-  WaitWorker(Napi::Env env, uint64_t ticket, std::function<Napi::Value(Napi::Env)> make)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), ticket_(ticket), make_(std::move(make)) {}
+  // `check` runs after the wait, off the JS thread, and returns an error message or "".
+  WaitWorker(Napi::Env env, uint64_t ticket, std::function<std::string()> check,
+             std::function<Napi::Value(Napi::Env)> make)
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        ticket_(ticket),
+        check_(std::move(check)),
+        make_(std::move(make)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
-    std::string err = cpu_executor().wait(ticket_);
-    if (!err.empty()) {
-      cpu_executor().clear_error();
-      SetError(err);
-    }
+    cpu_executor().wait(ticket_);
+    std::string err = check_();
+    if (!err.empty()) SetError(err);
   }
   void OnOK() override {
     try {
@@ -199,6 +207,7 @@ class WaitWorker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   uint64_t ticket_;
+  std::function<std::string()> check_;
   std::function<Napi::Value(Napi::Env)> make_;
 };
 
@@ -215,6 +224,7 @@ Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {
     // Copy out on the executor, in order after every op queued before this read.
     auto out = std::make_shared<std::vector<uint8_t>>(size_t(t->numel()) * 4);
     uint64_t ticket = cpu_executor().enqueue("read(" + t->describe() + ")", [t, out] {
+      if (t->storage->error) return;
       if (t->dtype == DType::BF16) {
         float* dst = reinterpret_cast<float*>(out->data());
         const uint16_t* src = t->data<uint16_t>();
@@ -224,7 +234,8 @@ Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {
       }
     });
     bool ints = t->dtype == DType::I32;
-    auto* w = new WaitWorker(info.Env(), ticket, [out, ints](Napi::Env env) -> Napi::Value {
+    auto check = [t]() -> std::string { return t->storage->error ? *t->storage->error : std::string(); };
+    auto* w = new WaitWorker(info.Env(), ticket, check, [out, ints](Napi::Env env) -> Napi::Value {
       auto buf = Napi::ArrayBuffer::New(env, out->size());
       std::memcpy(buf.Data(), out->data(), out->size());
       if (ints) return Napi::Int32Array::New(env, out->size() / 4, buf, 0);
@@ -240,7 +251,7 @@ Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {
 Napi::Value Capabilities(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("version", LA_VERSION);
+  o.Set("version", LA_STRINGIFY(LA_VERSION));
   o.Set("blas", blas_name());
   cuda::DeviceInfo d = cuda::device_info();
   Napi::Object c = Napi::Object::New(env);
@@ -274,7 +285,9 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
-  auto* w = new WaitWorker(info.Env(), cpu_executor().last_ticket(), [](Napi::Env env) { return env.Undefined(); });
+  auto* w = new WaitWorker(
+      info.Env(), cpu_executor().last_ticket(), [] { return cpu_executor().take_error(); },
+      [](Napi::Env env) { return env.Undefined(); });
   w->Queue();
   return w->promise();
 }
@@ -362,8 +375,8 @@ Napi::Value FromFile(const Napi::CallbackInfo& info) {
 LA_OP(embedding, return wrap(info.Env(), ops::embedding(a.tensor(0, "table"), a.tensor(1, "tokens")));)
 LA_OP(rmsnorm, return wrap(info.Env(), ops::rmsnorm(a.tensor(0, "x"), a.tensor(1, "w"), float(a.number(2, "eps"))));)
 LA_OP(rope, {
-  std::string layout = a.string(4, "layout");
-  if (layout != "interleaved" && layout != "half") a.type_error(4, "layout", "'interleaved' or 'half'");
+  std::string layout = a.string(3, "layout");
+  if (layout != "interleaved" && layout != "half") a.type_error(3, "layout", "'interleaved' or 'half'");
   ops::rope(a.tensor(0, "x"), a.integer(1, "pos0"), float(a.number(2, "theta")), layout == "interleaved");
   return info.Env().Undefined();
 })
@@ -380,6 +393,7 @@ LA_OP(addInPlace, {
   return info.Env().Undefined();
 })
 LA_OP(sliceRows, return wrap(info.Env(), ops::slice_rows(a.tensor(0, "x"), a.integer(1, "start"), a.integer(2, "count", 1)));)
+LA_OP(reshape, return wrap(info.Env(), ops::reshape(a.tensor(0, "x"), a.shape(1)));)
 LA_OP(convert, return wrap(info.Env(), ops::convert(a.tensor(0, "x"), a.dtype(1, DType::F32)));)
 
 }  // namespace
@@ -409,6 +423,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("addInPlace", addInPlace);
   fn("sliceRows", sliceRows);
   fn("convert", convert);
+  fn("reshape", reshape);
   return exports;
 }
 

@@ -1,6 +1,7 @@
 #include "ops.h"
 
 #include <cstring>
+#include <functional>
 
 #include "../core/bf16.h"
 #include "../core/error.h"
@@ -17,26 +18,44 @@ void expect_dtype(const char* op, const char* arg, const TensorPtr& t, DType wan
 void expect_ndim(const char* op, const char* arg, const TensorPtr& t, int n) {
   LA_CHECK(t->ndim() == n, op, ": ", arg, " must have ", n, " dimensions, got ", t->describe());
 }
+void expect_writable(const char* op, const char* arg, const TensorPtr& t) {
+  LA_CHECK(!t->storage->read_only, op, ": ", arg, " ", t->describe(),
+           " views a read-only weight file; in-place ops need a tensor of their own (convert() makes a copy)");
+}
 void expect_cpu(const char* op, std::initializer_list<const TensorPtr*> ts) {
   for (const TensorPtr* t : ts)
     LA_CHECK((*t)->device == Device::CPU, op, ": the ", device_name((*t)->device),
              " backend is not available for this op in this build");
 }
 
-// Queues `body` on the executor of the op's device with a description for error messages.
-template <class F>
-void queue(const char* op, std::initializer_list<const TensorPtr*> ts, F&& body) {
-  std::string what = op;
-  what += "(";
-  bool first = true;
-  for (const TensorPtr* t : ts) {
-    what += (first ? "" : ", ") + (*t)->describe();
-    first = false;
-  }
-  what += ")";
-  cpu_executor().enqueue(std::move(what), std::forward<F>(body));
+std::string describe_call(const char* op, const std::vector<TensorPtr>& ts) {
+  if (ts.empty()) return op;
+  std::string what = std::string(op) + "(";
+  for (size_t i = 0; i < ts.size(); i++) what += (i ? ", " : "") + ts[i]->describe();
+  return what + ")";
 }
 
+}  // namespace
+
+void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorPtr> outputs, std::function<void()> body) {
+  std::string what = describe_call(op, inputs);
+  cpu_executor().enqueue(what, [what, inputs = std::move(inputs), outputs = std::move(outputs), body = std::move(body)] {
+    for (const TensorPtr& t : inputs)
+      if (t->storage->error) {  // a failed producer: pass its error on instead of computing on garbage
+        for (const TensorPtr& o : outputs) o->storage->error = t->storage->error;
+        return;
+      }
+    try {
+      body();
+    } catch (const std::exception& e) {
+      auto err = std::make_shared<const std::string>(what + ": " + e.what());
+      for (const TensorPtr& o : outputs) o->storage->error = err;
+      throw;  // the executor keeps it for synchronize()
+    }
+  });
+}
+
+namespace {
 }  // namespace
 
 TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
@@ -48,7 +67,7 @@ TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
   expect_cpu(op, {&table, &tokens});
   int64_t T = tokens->dim(0), V = table->dim(0), C = table->dim(1);
   TensorPtr out = empty({T, C}, DType::F32);
-  queue(op, {&table, &tokens}, [=] {
+  queue_op(op, {table, tokens}, {out}, [=] {
     const int32_t* ids = tokens->data<int32_t>();
     for (int64_t t = 0; t < T; t++)
       LA_CHECK(ids[t] >= 0 && ids[t] < V, "token id ", ids[t], " at position ", t, " is outside the vocabulary [0, ",
@@ -71,7 +90,7 @@ TensorPtr rmsnorm(const TensorPtr& x, const TensorPtr& w, float eps) {
   LA_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
   expect_cpu(op, {&x, &w});
   TensorPtr out = empty(x->shape, DType::F32);
-  queue(op, {&x, &w}, [=] {
+  queue_op(op, {x, w}, {out}, [=] {
     cpu::rmsnorm_forward(out->data<float>(), x->data<float>(), w->data<float>(), x->dim(0), x->dim(1), eps);
   });
   return out;
@@ -85,7 +104,8 @@ void rope(const TensorPtr& x, int64_t pos0, float theta, bool interleaved) {
   LA_CHECK(pos0 >= 0, op, ": pos0 must be >= 0, got ", pos0);
   LA_CHECK(theta > 0, op, ": theta must be > 0, got ", theta);
   expect_cpu(op, {&x});
-  queue(op, {&x}, [=] {
+  expect_writable(op, "x", x);
+  queue_op(op, {x}, {x}, [=] {
     cpu::rope_forward(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved);
   });
 }
@@ -101,7 +121,7 @@ TensorPtr matmul(const TensorPtr& x, const TensorPtr& w) {
   expect_cpu(op, {&x, &w});
   int64_t M = x->dim(0), N = w->dim(0), K = w->dim(1);
   TensorPtr y = empty({M, N}, DType::F32);
-  queue(op, {&x, &w}, [=] {
+  queue_op(op, {x, w}, {y}, [=] {
     if (w->dtype == DType::F32)
       cpu::matmul_forward(y->data<float>(), x->data<float>(), w->data<float>(), M, N, K);
     else
@@ -121,7 +141,8 @@ void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
   LA_CHECK(pos0 >= 0 && pos0 + src->dim(0) <= cache->dim(0), op, ": positions ", pos0, "..", pos0 + src->dim(0),
            " exceed the cache length ", cache->dim(0));
   expect_cpu(op, {&cache, &src});
-  queue(op, {&cache, &src}, [=] {
+  expect_writable(op, "cache", cache);
+  queue_op(op, {cache, src}, {cache}, [=] {
     size_t row = size_t(src->dim(1) * src->dim(2));
     std::memcpy(cache->data<float>() + pos0 * row, src->data<float>(), src->nbytes());
   });
@@ -140,7 +161,7 @@ TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, 
   LA_CHECK(pos0 >= 0 && pos0 + T <= S, op, ": positions ", pos0, "..", pos0 + T, " exceed the cache length ", S);
   expect_cpu(op, {&q, &k, &v});
   TensorPtr out = empty(q->shape, DType::F32);
-  queue(op, {&q, &k, &v}, [=] {
+  queue_op(op, {q, k, v}, {out}, [=] {
     cpu::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H, Hkv, d,
                            pos0);
   });
@@ -154,7 +175,7 @@ TensorPtr swiglu(const TensorPtr& a, const TensorPtr& b) {
   LA_CHECK(a->shape == b->shape, op, ": a ", a->describe(), " and b ", b->describe(), " differ");
   expect_cpu(op, {&a, &b});
   TensorPtr out = empty(a->shape, DType::F32);
-  queue(op, {&a, &b}, [=] { cpu::swiglu_forward(out->data<float>(), a->data<float>(), b->data<float>(), a->numel()); });
+  queue_op(op, {a, b}, {out}, [=] { cpu::swiglu_forward(out->data<float>(), a->data<float>(), b->data<float>(), a->numel()); });
   return out;
 }
 
@@ -164,7 +185,8 @@ void add_inplace(const TensorPtr& x, const TensorPtr& y) {
   expect_dtype(op, "y", y, DType::F32);
   LA_CHECK(x->shape == y->shape, op, ": x ", x->describe(), " and y ", y->describe(), " differ");
   expect_cpu(op, {&x, &y});
-  queue(op, {&x, &y}, [=] {
+  expect_writable(op, "x", x);
+  queue_op(op, {x, y}, {x}, [=] {
     float* xs = x->data<float>();
     const float* ys = y->data<float>();
     parallel_for(x->numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
@@ -181,7 +203,7 @@ TensorPtr slice_rows(const TensorPtr& x, int64_t start, int64_t count) {
   std::vector<int64_t> shape = x->shape;
   shape[0] = count;
   TensorPtr out = empty(shape, x->dtype);
-  queue(op, {&x}, [=] {
+  queue_op(op, {x}, {out}, [=] {
     size_t row = x->nbytes() / size_t(x->dim(0));
     std::memcpy(out->raw(), static_cast<char*>(x->raw()) + start * row, out->nbytes());
   });
@@ -194,7 +216,7 @@ TensorPtr convert(const TensorPtr& x, DType to) {
            dtype_name(to));
   expect_cpu(op, {&x});
   TensorPtr out = empty(x->shape, to);
-  queue(op, {&x}, [=] {
+  queue_op(op, {x}, {out}, [=] {
     int64_t n = x->numel();
     if (x->dtype == to) return std::memcpy(out->raw(), x->raw(), x->nbytes()), void();
     if (to == DType::BF16) {
@@ -212,6 +234,16 @@ TensorPtr convert(const TensorPtr& x, DType to) {
     }
   });
   return out;
+}
+
+TensorPtr reshape(const TensorPtr& x, const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  LA_CHECK(n == x->numel(), "reshape: ", x->describe(), " has ", x->numel(), " elements, shape ", shape_str(shape),
+           " needs ", n);
+  auto t = std::make_shared<Tensor>(*x);
+  t->shape = shape;
+  return t;
 }
 
 }  // namespace la::ops

@@ -4,7 +4,16 @@
 #pragma once
 #include "../core/tensor.h"
 
+#include <functional>
+#include <vector>
+
 namespace la::ops {
+
+// Queues `body` on the executor of the tensors' device. If an input is poisoned (its producer
+// failed) the body is skipped and the outputs inherit the error; if the body throws, the outputs
+// are poisoned with "op(shapes): message".
+void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorPtr> outputs, std::function<void()> body);
+
 
 TensorPtr embedding(const TensorPtr& table /*(V,C)*/, const TensorPtr& tokens /*(T) i32*/);     // -> (T,C)
 TensorPtr rmsnorm(const TensorPtr& x /*(T,C)*/, const TensorPtr& w /*(C)*/, float eps);           // -> (T,C)
@@ -16,6 +25,8 @@ TensorPtr attention(const TensorPtr& q /*(T,H,d)*/, const TensorPtr& k /*(S,Hkv,
 TensorPtr swiglu(const TensorPtr& a /*(T,F)*/, const TensorPtr& b /*(T,F)*/);                     // -> (T,F)
 void add_inplace(const TensorPtr& x, const TensorPtr& y);                                          // x += y
 TensorPtr slice_rows(const TensorPtr& x /*(T,...)*/, int64_t start, int64_t count);               // -> (count,...)
-TensorPtr convert(const TensorPtr& x, DType to);                                                   // f32 <-> bf16
+TensorPtr convert(const TensorPtr& x, DType to);
+// The same storage seen with another shape of the same element count (no copy, no queueing).
+TensorPtr reshape(const TensorPtr& x, const std::vector<int64_t>& shape);                                                   // f32 <-> bf16
 
 }  // namespace la::ops

@@ -1,0 +1,49 @@
+#!/usr/bin/env node
+// llama-adapter <command> [flags]: one file per command in this folder.
+import { UsageError } from './args';
+
+interface Command {
+  run(argv: string[]): Promise<void>;
+  usage: string;
+}
+
+const commands: Record<string, () => Command> = {
+  generate: () => require('./generate'),
+  tokenize: () => require('./tokenize'),
+};
+
+const usage = `Usage: llama-adapter <command> [flags]
+
+Commands:
+  generate   stream a continuation of a prompt from a LLaMA model
+  tokenize   print the token ids of a text
+
+Run 'llama-adapter <command> --help' for a command's flags.`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage + '\n');
+    return name ? 0 : 2;
+  }
+  const load = commands[name];
+  if (!load) {
+    process.stderr.write(`llama-adapter: unknown command '${name}'\n\n${usage}\n`);
+    return 2;
+  }
+  try {
+    await load().run(rest);
+    return 0;
+  } catch (err) {
+    const usageError = err instanceof UsageError;
+    const msg = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`llama-adapter ${name}: error: ${msg}\n`);
+    return usageError ? 2 : 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

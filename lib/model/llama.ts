@@ -1,0 +1,114 @@
+// The LLaMA forward pass (SPEC §1), orchestrated over native ops. Every op is queued on the
+// device's executor and returns at once; only reading the logits waits.
+//
+// Shapes: T new tokens, C = dim, H heads, Hkv kv heads, d = C / H, F hidden, V vocab, S cache length.
+import { native, Tensor } from '../native';
+import { LlamaConfig, headSize } from './config';
+import { Checkpoint, LoadOptions } from './weights';
+import { loadCheckpoint } from './load';
+
+/** Keys and values of every layer for positions 0 .. length-1. */
+/** (T, n*d) seen as (T, n, d); the flat handle is released (the view keeps the storage). */
+function as3d(flat: Tensor, T: number, n: number, d: number): Tensor {
+  const t = native.reshape(flat, [T, n, d]);
+  flat.dispose();
+  return t;
+}
+
+export class KVCache {
+  readonly k: Tensor[]; // per layer (S, Hkv, d)
+  readonly v: Tensor[]; // per layer (S, Hkv, d)
+  length = 0;
+
+  constructor(readonly config: LlamaConfig, readonly capacity: number) {
+    const shape = [capacity, config.nKvHeads, headSize(config)];
+    this.k = Array.from({ length: config.nLayers }, () => native.zeros(shape));
+    this.v = Array.from({ length: config.nLayers }, () => native.zeros(shape));
+  }
+
+  dispose(): void {
+    for (const t of [...this.k, ...this.v]) t.dispose();
+  }
+}
+
+export class Llama {
+  readonly config: LlamaConfig;
+
+  private constructor(readonly checkpoint: Checkpoint) {
+    this.config = checkpoint.config;
+  }
+
+  static async load(path: string, opts: LoadOptions = {}): Promise<Llama> {
+    return new Llama(await loadCheckpoint(path, opts));
+  }
+
+  static fromCheckpoint(checkpoint: Checkpoint): Llama {
+    return new Llama(checkpoint);
+  }
+
+  newCache(capacity = this.config.maxSeqLen): KVCache {
+    if (!Number.isInteger(capacity) || capacity < 1)
+      throw new RangeError(`Expected a positive integer for the cache capacity but received ${capacity}`);
+    return new KVCache(this.config, capacity);
+  }
+
+  /**
+   * Runs `tokens` at positions cache.length .. and appends their keys/values to the cache.
+   * Returns the logits (1, V) of the last token, or (T, V) of all tokens with `allLogits`.
+   */
+  forward(tokens: ArrayLike<number>, cache: KVCache, opts: { allLogits?: boolean } = {}): Tensor {
+    const c = this.config;
+    const T = tokens.length;
+    const pos0 = cache.length;
+    if (T < 1) throw new RangeError('forward: expected at least one token');
+    if (pos0 + T > cache.capacity)
+      throw new RangeError(`forward: positions ${pos0}..${pos0 + T} exceed the context length ${cache.capacity}`);
+    for (let i = 0; i < T; i++) {
+      const id = tokens[i];
+      if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize)
+        throw new RangeError(`forward: token ${id} at index ${i} is outside the vocabulary [0, ${c.vocabSize})`);
+    }
+    const w = this.checkpoint.weights;
+    const d = headSize(c);
+    const ids = native.fromArray(Int32Array.from(tokens), [T]);
+    const x = native.embedding(w.embedding, ids); // (T, C)
+    ids.dispose();
+
+    for (let l = 0; l < c.nLayers; l++) {
+      const lw = w.layers[l];
+      // attention block: x += Wo · Attn(RoPE(Wq a), RoPE(Wk a), Wv a)
+      const a = native.rmsnorm(x, lw.attnNorm, c.normEps); // (T, C)
+      const q = as3d(native.matmul(a, lw.wq), T, c.nHeads, d); // (T, H, d)
+      const k = as3d(native.matmul(a, lw.wk), T, c.nKvHeads, d); // (T, Hkv, d)
+      const v = as3d(native.matmul(a, lw.wv), T, c.nKvHeads, d); // (T, Hkv, d)
+      native.rope(q, pos0, c.ropeTheta, c.ropeLayout);
+      native.rope(k, pos0, c.ropeTheta, c.ropeLayout);
+      native.kvWrite(cache.k[l], k, pos0);
+      native.kvWrite(cache.v[l], v, pos0);
+      const o = native.attention(q, cache.k[l], cache.v[l], pos0); // (T, H, d)
+      const o2 = native.reshape(o, [T, c.nHeads * d]); // (T, H*d)
+      const attnOut = native.matmul(o2, lw.wo); // (T, C)
+      native.addInPlace(x, attnOut);
+      // feed-forward block: x += W2 (silu(W1 f) * W3 f)
+      const f = native.rmsnorm(x, lw.ffnNorm, c.normEps); // (T, C)
+      const gate = native.matmul(f, lw.w1); // (T, F)
+      const up = native.matmul(f, lw.w3); // (T, F)
+      const h = native.swiglu(gate, up); // (T, F)
+      const ffnOut = native.matmul(h, lw.w2); // (T, C)
+      native.addInPlace(x, ffnOut);
+      // Queued ops hold what they use; drop the handles now rather than waiting for the GC.
+      for (const t of [a, q, k, v, o, o2, attnOut, f, gate, up, h, ffnOut]) t.dispose();
+    }
+    cache.length = pos0 + T;
+
+    const last = opts.allLogits ? x : native.sliceRows(x, T - 1, 1); // (T or 1, C)
+    const xn = native.rmsnorm(last, w.finalNorm, c.normEps);
+    const logits = native.matmul(xn, w.classifier); // (T or 1, V)
+    for (const t of new Set([x, last, xn])) t.dispose();
+    return logits;
+  }
+
+  dispose(): void {
+    this.checkpoint.dispose();
+  }
+}

@@ -1,0 +1,68 @@
+// One entry point for every base checkpoint format: a folder with config.json is Hugging Face, a
+// file is llama2.c (v1 by its magic, else v0). Weights are mapped, never read into the JS heap.
+import * as fs from 'fs';
+import * as nodePath from 'path';
+import { native } from '../native';
+import { Checkpoint, LoadArena, LoadOptions, LoadedWeights, allTensors } from './weights';
+import { loadLlama2c } from './llama2c';
+import { HF_CONFIG, loadHf } from './hf';
+import { findTokenizer } from './config';
+
+export { findTokenizer };
+
+export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Promise<Checkpoint> {
+  if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
+    throw new Error(`loadCheckpoint: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new Error(code === 'ENOENT' ? `checkpoint not found: ${path} does not exist` : `cannot read checkpoint ${path}: ${(e as Error).message}`);
+  }
+  const isDir = st.isDirectory();
+  if (isDir && !fs.existsSync(nodePath.join(path, HF_CONFIG)))
+    throw new Error(
+      `${path} is a directory without ${HF_CONFIG}: expected a Hugging Face model folder ` +
+        `(config.json + model.safetensors) or a llama2.c .bin file`,
+    );
+  if (!isDir && !st.isFile()) throw new Error(`${path} is neither a regular file nor a directory`);
+  if (!isDir && /(\.safetensors|\.json)$/.test(path))
+    throw new Error(`${path}: pass the Hugging Face model folder, not one of its files`);
+
+  const arena = new LoadArena();
+  let loaded: LoadedWeights;
+  try {
+    loaded = isDir ? loadHf(path, arena, opts) : loadLlama2c(path, arena, opts);
+  } catch (e) {
+    arena.release();
+    throw e;
+  }
+  try {
+    // Conversions and the NaN/Inf check run on the executor: wait for them so a bad weight fails
+    // here, naming its tensor, rather than poisoning the first forward pass.
+    await native.synchronize();
+  } catch (e) {
+    arena.release();
+    throw new Error(`failed to load ${path}: ${(e as Error).message}`);
+  }
+  // Every tensor holds its own reference to its mapping; the handles are not needed any more.
+  arena.closeMappings();
+
+  const { config, weights, format } = loaded;
+  const tokenizerPath = findTokenizer(isDir ? path : nodePath.dirname(path), config.vocabSize);
+  let disposed = false;
+  return {
+    config,
+    weights,
+    format,
+    path,
+    tokenizerPath,
+    dispose(): void {
+      if (disposed) return;
+      disposed = true;
+      for (const t of allTensors(weights)) t.dispose();
+      arena.release(); // the same tensors again (idempotent) and the mappings
+    },
+  };
+}

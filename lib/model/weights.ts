@@ -1,0 +1,89 @@
+// The frozen weights of a LLaMA model as native tensors, and the bookkeeping loaders share so that
+// a failed load leaves no tensor or mapping behind.
+//
+// Shapes: C = dim, F = hidden, V = vocab, H heads, Hkv kv heads, d = C / H.
+import { native, Tensor, FileMapping, FileDType } from '../native';
+import { LlamaConfig } from './config';
+
+export interface LayerWeights {
+  attnNorm: Tensor; // (C) f32
+  wq: Tensor; // (H*d, C)
+  wk: Tensor; // (Hkv*d, C)
+  wv: Tensor; // (Hkv*d, C)
+  wo: Tensor; // (C, H*d)
+  ffnNorm: Tensor; // (C) f32
+  w1: Tensor; // (F, C) gate
+  w2: Tensor; // (C, F) down
+  w3: Tensor; // (F, C) up
+}
+
+export interface LlamaWeights {
+  embedding: Tensor; // (V, C)
+  layers: LayerWeights[];
+  finalNorm: Tensor; // (C) f32
+  /** (V, C); the same Tensor object as `embedding` when tied */
+  classifier: Tensor;
+}
+
+export type CheckpointFormat = 'llama2c-v0' | 'llama2c-v1' | 'hf';
+
+export interface Checkpoint {
+  config: LlamaConfig;
+  weights: LlamaWeights;
+  format: CheckpointFormat;
+  path: string;
+  tokenizerPath?: string;
+  /** Disposes every tensor and closes the mappings; idempotent. */
+  dispose(): void;
+}
+
+export interface LoadOptions {
+  /** Storage of the big matrices and the embedding; norms are always f32. Default f32. */
+  dtype?: 'f32' | 'bf16';
+}
+
+/** Every tensor of `w` once (the classifier is the embedding when tied). */
+export function allTensors(w: LlamaWeights): Tensor[] {
+  const set = new Set<Tensor>([w.embedding, w.finalNorm, w.classifier]);
+  for (const l of w.layers) for (const t of Object.values(l) as Tensor[]) set.add(t);
+  return [...set];
+}
+
+/**
+ * What a loader has created so far: tensors and mappings. On failure `release()` frees it all;
+ * on success the tensors pass to the Checkpoint.
+ */
+export class LoadArena {
+  readonly tensors: Tensor[] = [];
+  readonly mappings: FileMapping[] = [];
+
+  map(path: string): FileMapping {
+    const m = native.mapFile(path);
+    this.mappings.push(m);
+    return m;
+  }
+
+  /** A tensor of `shape` at absolute `byteOffset` of `map`; bounds are checked by native. */
+  tensor(map: FileMapping, byteOffset: number, shape: number[], fileDtype: FileDType, dtype: 'f32' | 'bf16', name: string): Tensor {
+    const t = native.fromFile(map, byteOffset, shape, fileDtype, dtype, name);
+    this.tensors.push(t);
+    return t;
+  }
+
+  /** Tensors made from a mapping hold it themselves; the handles are no longer needed. */
+  closeMappings(): void {
+    for (const m of this.mappings) m.close();
+  }
+
+  release(): void {
+    for (const t of this.tensors) t.dispose();
+    this.closeMappings();
+  }
+}
+
+/** Loaders' common result, before load.ts adds the tokenizer and the finite check. */
+export interface LoadedWeights {
+  config: LlamaConfig;
+  weights: LlamaWeights;
+  format: CheckpointFormat;
+}
