@@ -58,6 +58,42 @@ export interface NativeBinding {
    *  `dtype` (a view of the mapping when no conversion is needed and it is aligned). Bounds are
    *  checked at once; a NaN/Inf fails the load at the next read()/synchronize(), naming `name`. */
   fromFile(map: FileMapping, byteOffset: number, shape: number[], fileDtype: FileDType, dtype: DType, name?: string): Tensor;
+  // --- training ops (packed rows: N tokens of S segments, segments (S+1) i32 offsets 0..N; ---
+  // --- the adapter's K prompts per layer; every op's backward forms input gradients only)  ---
+  /** x (N, H, d) rotated in place by per-token positions (N) i32; `inverse` rotates by -angle,
+   *  which is rope's backward (and its inverse). */
+  ropeAt(x: Tensor, positions: Tensor, theta: number, layout: RopeLayout, inverse: boolean): void;
+  /** The fused gated split-softmax attention (SPEC §2) over packed sequences, causal within each
+   *  segment. q (N, H, d) and k (N, Hkv, d) already rotated, v (N, Hkv, d); prompt keys/values
+   *  pk, pv (K, Hkv, d) (no RoPE) and the raw gate (H) or (1) (tanh applied inside), or all three
+   *  null for plain attention. Returns [out (N, H, d), stats (N, H, 2): log-sum-exp of the word
+   *  and the prompt scores, kept for the backward]. */
+  gatedAttention(q: Tensor, k: Tensor, v: Tensor, segments: Tensor, pk: Tensor | null, pv: Tensor | null, gate: Tensor | null): [Tensor, Tensor];
+  /** Backward of gatedAttention given dout (N, H, d): [dq, dk, dv, dpk (K, Hkv, d), dpv, dgate
+   *  (shape of gate)]; the prompt gradients are summed over all tokens, null without a prompt. */
+  gatedAttentionBackward(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, segments: Tensor,
+    pk: Tensor | null, pv: Tensor | null, gate: Tensor | null, out: Tensor, stats: Tensor,
+  ): [Tensor, Tensor, Tensor, Tensor | null, Tensor | null, Tensor | null];
+  /** dx (T, C) of rmsnorm given dy (T, C), its input x and weight w (no dw: w is frozen). */
+  rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, eps: number): Tensor;
+  /** [da, db] (T, F) of out = silu(a) * b given dout (T, F). */
+  swigluBackward(dout: Tensor, a: Tensor, b: Tensor): [Tensor, Tensor];
+  /** dx (M, K) = dy (M, N) · w (N, K) f32|bf16: the input gradient of matmul; no dW is formed. */
+  matmulBackward(dy: Tensor, w: Tensor): Tensor;
+  /** x (N, C) rows idx (M) i32 -> (M, C) */
+  gatherRows(x: Tensor, idx: Tensor): Tensor;
+  /** dst (N, C) rows idx (M) += src (M, C), in place (repeated indices accumulate) */
+  scatterAddRows(dst: Tensor, idx: Tensor, src: Tensor): void;
+  /** Cross-entropy of logits (M, V) against targets (M) i32: [loss (1) = sum over rows of
+   *  -log softmax[target], dlogits (M, V) = scale * (softmax - onehot)]. */
+  crossEntropy(logits: Tensor, targets: Tensor, scale: number): [Tensor, Tensor];
+  /** Decoupled AdamW (SPEC §4), in place on f32 param, m, v given grad; `step` counts from 1. */
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, step: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number): void;
+  /** (1) f32: the sum of squares of x (in double precision) */
+  sumSquares(x: Tensor): Tensor;
+  /** x *= s, in place */
+  scaleInPlace(x: Tensor, s: number): void;
   /** The same storage seen with another shape of equal element count (no copy). */
   reshape(x: Tensor, shape: number[]): Tensor;
   /** f32 <-> bf16 copy */
@@ -80,7 +116,7 @@ export interface NativeBinding {
   swiglu(a: Tensor, b: Tensor): Tensor;
   /** x += y, in place (same shape) */
   addInPlace(x: Tensor, y: Tensor): void;
-  /** rows (start .. start+count) of x (T, C) -> (count, C) */
+  /** rows (start .. start+count) of x (T, ...) -> (count, ...) */
   sliceRows(x: Tensor, start: number, count: number): Tensor;
 }
 

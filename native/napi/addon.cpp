@@ -23,193 +23,9 @@
 #define LA_STRINGIFY2(x) #x
 #define LA_STRINGIFY(x) LA_STRINGIFY2(x)
 
+#include "common.h"
+
 namespace la::napi {
-namespace {
-
-// ---- classes --------------------------------------------------------------------------------
-
-class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "Tensor",
-                       {InstanceAccessor<&TensorWrap::Shape>("shape"), InstanceAccessor<&TensorWrap::DTypeName>("dtype"),
-                        InstanceAccessor<&TensorWrap::DeviceName>("device"), InstanceAccessor<&TensorWrap::Bytes>("bytes"),
-                        InstanceAccessor<&TensorWrap::Disposed>("disposed"), InstanceMethod<&TensorWrap::Read>("read"),
-                        InstanceMethod<&TensorWrap::Dispose>("dispose")});
-  }
-  explicit TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {}
-  ~TensorWrap() override { release(); }
-
-  void set(TensorPtr t) {
-    tensor_ = std::move(t);
-    reported_ = int64_t(tensor_->nbytes());
-    Napi::MemoryManagement::AdjustExternalMemory(Env(), reported_);
-  }
-  const TensorPtr& tensor(const char* fn) const {
-    LA_CHECK(tensor_, fn, ": the tensor was disposed");
-    return tensor_;
-  }
-
- private:
-  void release() {
-    if (!tensor_) return;
-    tensor_.reset();
-    // The environment may be shutting down when the finaliser runs; skip the accounting then.
-    if (reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
-    reported_ = 0;
-  }
-  Napi::Value Shape(const Napi::CallbackInfo& info);
-  Napi::Value DTypeName(const Napi::CallbackInfo& info) {
-    return tensor_ ? Napi::String::New(info.Env(), dtype_name(tensor_->dtype)) : info.Env().Undefined();
-  }
-  Napi::Value DeviceName(const Napi::CallbackInfo& info) {
-    return tensor_ ? Napi::String::New(info.Env(), device_name(tensor_->device)) : info.Env().Undefined();
-  }
-  Napi::Value Bytes(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), tensor_ ? double(tensor_->nbytes()) : 0);
-  }
-  Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !tensor_); }
-  Napi::Value Read(const Napi::CallbackInfo& info);
-  void Dispose(const Napi::CallbackInfo&) { release(); }
-
-  TensorPtr tensor_;
-  int64_t reported_ = 0;
-};
-
-class MappingWrap : public Napi::ObjectWrap<MappingWrap> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "FileMapping",
-                       {InstanceAccessor<&MappingWrap::Path>("path"), InstanceAccessor<&MappingWrap::Size>("size"),
-                        InstanceMethod<&MappingWrap::Close>("close")});
-  }
-  explicit MappingWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MappingWrap>(info) {}
-  io::MappingPtr map;
-  std::string path;
-  double size = 0;
-
- private:
-  Napi::Value Path(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), path); }
-  Napi::Value Size(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), size); }
-  // Tensors made from the mapping keep it alive; closing drops only this handle's reference.
-  void Close(const Napi::CallbackInfo&) { map.reset(); }
-};
-
-struct AddonData {
-  Napi::FunctionReference tensor_ctor, mapping_ctor;
-};
-
-// ---- argument helpers -----------------------------------------------------------------------
-
-struct Args {
-  const Napi::CallbackInfo& info;
-  const char* fn;
-
-  [[noreturn]] void type_error(size_t i, const char* name, const char* want) const {
-    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": argument " + std::to_string(i + 1) + " (" + name +
-                                               ") must be " + want);
-  }
-  TensorPtr tensor(size_t i, const char* name) const {
-    auto* data = info.Env().GetInstanceData<AddonData>();
-    if (i >= info.Length() || !info[i].IsObject() || !info[i].As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
-      type_error(i, name, "a Tensor");
-    return TensorWrap::Unwrap(info[i].As<Napi::Object>())->tensor(fn);
-  }
-  double number(size_t i, const char* name) const {
-    if (i >= info.Length() || !info[i].IsNumber()) type_error(i, name, "a number");
-    double v = info[i].As<Napi::Number>().DoubleValue();
-    if (!std::isfinite(v)) type_error(i, name, "a finite number");
-    return v;
-  }
-  int64_t integer(size_t i, const char* name, int64_t lo = 0) const {
-    double v = number(i, name);
-    if (v != std::floor(v) || v < double(lo) || v > 9007199254740991.0)
-      type_error(i, name, lo == 0 ? "a non-negative integer" : "a positive integer");
-    return int64_t(v);
-  }
-  std::string string(size_t i, const char* name) const {
-    if (i >= info.Length() || !info[i].IsString()) type_error(i, name, "a string");
-    return info[i].As<Napi::String>().Utf8Value();
-  }
-  std::vector<int64_t> shape(size_t i) const {
-    if (i >= info.Length() || !info[i].IsArray()) type_error(i, "shape", "an array of positive integers");
-    auto arr = info[i].As<Napi::Array>();
-    std::vector<int64_t> s;
-    for (uint32_t k = 0; k < arr.Length(); k++) {
-      Napi::Value v = arr.Get(k);
-      if (!v.IsNumber()) type_error(i, "shape", "an array of positive integers");
-      double d = v.As<Napi::Number>().DoubleValue();
-      if (!(d >= 1 && d == std::floor(d) && d < 1e15)) type_error(i, "shape", "an array of positive integers");
-      s.push_back(int64_t(d));
-    }
-    if (s.empty() || s.size() > 8) type_error(i, "shape", "an array of 1 to 8 positive integers");
-    return s;
-  }
-  DType dtype(size_t i, DType fallback) const {
-    if (i >= info.Length() || info[i].IsUndefined()) return fallback;
-    std::string s = string(i, "dtype");
-    if (s == "f32") return DType::F32;
-    if (s == "bf16") return DType::BF16;
-    if (s == "i32") return DType::I32;
-    type_error(i, "dtype", "'f32', 'bf16' or 'i32'");
-  }
-};
-
-Napi::Value wrap(Napi::Env env, TensorPtr t) {
-  auto* data = env.GetInstanceData<AddonData>();
-  Napi::Object obj = data->tensor_ctor.New({});
-  TensorWrap::Unwrap(obj)->set(std::move(t));
-  return obj;
-}
-
-// Runs a binding body; native errors become JS errors (never an abort).
-template <class F>
-Napi::Value guarded(const Napi::CallbackInfo& info, F&& body) {
-  try {
-    return body();
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const std::bad_alloc&) {
-    throw Napi::Error::New(info.Env(), "out of memory");
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(info.Env(), e.what());
-  }
-}
-
-// ---- waiting off the JS thread --------------------------------------------------------------
-
-// Waits for a ticket on the CPU executor in the libuv pool, then resolves with `make(env)`.
-class WaitWorker : public Napi::AsyncWorker {
- public:
-  // `check` runs after the wait, off the JS thread, and returns an error message or "".
-  WaitWorker(Napi::Env env, uint64_t ticket, std::function<std::string()> check,
-             std::function<Napi::Value(Napi::Env)> make)
-      : Napi::AsyncWorker(env),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        ticket_(ticket),
-        check_(std::move(check)),
-        make_(std::move(make)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-  void Execute() override {
-    cpu_executor().wait(ticket_);
-    std::string err = check_();
-    if (!err.empty()) SetError(err);
-  }
-  void OnOK() override {
-    try {
-      deferred_.Resolve(make_(Env()));
-    } catch (const std::exception& e) {
-      deferred_.Reject(Napi::Error::New(Env(), e.what()).Value());
-    }
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  uint64_t ticket_;
-  std::function<std::string()> check_;
-  std::function<Napi::Value(Napi::Env)> make_;
-};
 
 Napi::Value TensorWrap::Shape(const Napi::CallbackInfo& info) {
   if (!tensor_) return info.Env().Undefined();
@@ -364,40 +180,6 @@ Napi::Value FromFile(const Napi::CallbackInfo& info) {
   });
 }
 
-#define LA_OP(Name, body)                                                     \
-  Napi::Value Name(const Napi::CallbackInfo& info) {                          \
-    return guarded(info, [&]() -> Napi::Value {                               \
-      Args a{info, #Name};                                                    \
-      body                                                                    \
-    });                                                                       \
-  }
-
-LA_OP(embedding, return wrap(info.Env(), ops::embedding(a.tensor(0, "table"), a.tensor(1, "tokens")));)
-LA_OP(rmsnorm, return wrap(info.Env(), ops::rmsnorm(a.tensor(0, "x"), a.tensor(1, "w"), float(a.number(2, "eps"))));)
-LA_OP(rope, {
-  std::string layout = a.string(3, "layout");
-  if (layout != "interleaved" && layout != "half") a.type_error(3, "layout", "'interleaved' or 'half'");
-  ops::rope(a.tensor(0, "x"), a.integer(1, "pos0"), float(a.number(2, "theta")), layout == "interleaved");
-  return info.Env().Undefined();
-})
-LA_OP(matmul, return wrap(info.Env(), ops::matmul(a.tensor(0, "x"), a.tensor(1, "w")));)
-LA_OP(kvWrite, {
-  ops::kv_write(a.tensor(0, "cache"), a.tensor(1, "src"), a.integer(2, "pos0"));
-  return info.Env().Undefined();
-})
-LA_OP(attention, return wrap(info.Env(), ops::attention(a.tensor(0, "q"), a.tensor(1, "kCache"), a.tensor(2, "vCache"),
-                                                        a.integer(3, "pos0")));)
-LA_OP(swiglu, return wrap(info.Env(), ops::swiglu(a.tensor(0, "a"), a.tensor(1, "b")));)
-LA_OP(addInPlace, {
-  ops::add_inplace(a.tensor(0, "x"), a.tensor(1, "y"));
-  return info.Env().Undefined();
-})
-LA_OP(sliceRows, return wrap(info.Env(), ops::slice_rows(a.tensor(0, "x"), a.integer(1, "start"), a.integer(2, "count", 1)));)
-LA_OP(reshape, return wrap(info.Env(), ops::reshape(a.tensor(0, "x"), a.shape(1)));)
-LA_OP(convert, return wrap(info.Env(), ops::convert(a.tensor(0, "x"), a.dtype(1, DType::F32)));)
-
-}  // namespace
-
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->tensor_ctor = Napi::Persistent(TensorWrap::Define(env));
@@ -413,17 +195,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("zeros", Zeros);
   fn("mapFile", MapFile);
   fn("fromFile", FromFile);
-  fn("embedding", embedding);
-  fn("rmsnorm", rmsnorm);
-  fn("rope", rope);
-  fn("matmul", matmul);
-  fn("kvWrite", kvWrite);
-  fn("attention", attention);
-  fn("swiglu", swiglu);
-  fn("addInPlace", addInPlace);
-  fn("sliceRows", sliceRows);
-  fn("convert", convert);
-  fn("reshape", reshape);
+  register_forward_ops(env, exports);
+  register_train_ops(env, exports);
   return exports;
 }
 
