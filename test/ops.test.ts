@@ -49,6 +49,11 @@ function ropeAtol(x: ArrayLike<number>, rows: number, d: number, layout: RopeLay
 describe('ops (CPU) against the float64 reference', function () {
   this.timeout(30000);
 
+  // Nothing may be left in flight between tests (or when mocha exits).
+  afterEach(async () => {
+    await native.synchronize();
+  });
+
   describe('tensor handles', () => {
     it('reports shape, dtype, device and bytes', async () => {
       const a = native.fromArray(new Float32Array(21), [3, 7]);

@@ -2,6 +2,7 @@
 //                        [--temperature T] [--top-p P] [--seed S] [--dtype f32|bf16] [--threads N]
 import { native } from '../native';
 import { generate } from '../generate/generate';
+import { Adapter } from '../model/adapter';
 import { Llama } from '../model/llama';
 import { loadTokenizer } from '../tokenizer';
 import { numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
@@ -12,6 +13,7 @@ Streams the continuation of the prompt (not the prompt) to stdout.
 
   --model PATH         llama2.c .bin file or Hugging Face folder
   --tokenizer PATH     tokenizer.model or tokenizer.bin (default: found beside the model)
+  --adapter FILE       an adapter.safetensors to apply
   --prompt TEXT        the prompt (may be empty: generation starts from BOS)
   --max-tokens N       most new tokens (default 512, bounded by the context length)
   --temperature T      0 = greedy (default 0.1)
@@ -26,6 +28,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
     {
       model: { type: 'string' },
       tokenizer: { type: 'string' },
+      adapter: { type: 'string' },
       prompt: { type: 'string' },
       'max-tokens': { type: 'string' },
       temperature: { type: 'string' },
@@ -60,9 +63,12 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
     if (!tokPath)
       throw new UsageError(`no tokenizer found beside ${modelPath}; pass --tokenizer PATH (tokenizer.model or tokenizer.bin)`);
     const tokenizer = loadTokenizer(tokPath);
+    const adapterPath = stringFlag(values, 'adapter');
+    if (adapterPath) model.setAdapter(Adapter.load(adapterPath, model.config));
     for await (const piece of generate(model, tokenizer, prompt, opts)) out.write(piece);
     out.write('\n');
   } finally {
+    model.attachedAdapter?.dispose();
     model.dispose();
   }
 }

@@ -8,14 +8,20 @@ interface Command {
 }
 
 const commands: Record<string, () => Command> = {
+  train: () => require('./train'),
   generate: () => require('./generate'),
+  eval: () => require('./eval'),
+  export: () => require('./export'),
   tokenize: () => require('./tokenize'),
 };
 
 const usage = `Usage: llama-adapter <command> [flags]
 
 Commands:
-  generate   stream a continuation of a prompt from a LLaMA model
+  train      fine-tune a LLaMA-Adapter on instruction data
+  generate   stream a continuation of a prompt (optionally with an adapter)
+  eval       mean cross-entropy of a data file, with or without an adapter
+  export     write an adapter in PEFT's format
   tokenize   print the token ids of a text
 
 Run 'llama-adapter <command> --help' for a command's flags.`;

@@ -6,6 +6,14 @@ import { native, Tensor } from '../native';
 import { LlamaConfig, headSize } from './config';
 import { Checkpoint, LoadOptions } from './weights';
 import { loadCheckpoint } from './load';
+import { Adapter } from './adapter';
+
+/** An adapted layer's prompt keys/values (K, Hkv, d), computed once when the adapter is attached. */
+interface PromptKV {
+  pk: Tensor;
+  pv: Tensor;
+  gate: Tensor;
+}
 
 /** Keys and values of every layer for positions 0 .. length-1. */
 /** (T, n*d) seen as (T, n, d); the flat handle is released (the view keeps the storage). */
@@ -33,6 +41,8 @@ export class KVCache {
 
 export class Llama {
   readonly config: LlamaConfig;
+  private adapter?: Adapter;
+  private promptKV: (PromptKV | undefined)[] = [];
 
   private constructor(readonly checkpoint: Checkpoint) {
     this.config = checkpoint.config;
@@ -44,6 +54,33 @@ export class Llama {
 
   static fromCheckpoint(checkpoint: Checkpoint): Llama {
     return new Llama(checkpoint);
+  }
+
+  /** Runs every later forward with `adapter`'s gated prompts (SPEC §2); undefined detaches it. */
+  setAdapter(adapter: Adapter | undefined): void {
+    for (const p of this.promptKV) if (p) [p.pk, p.pv].forEach((t) => t.dispose());
+    this.promptKV = [];
+    this.adapter = adapter;
+    if (!adapter) return;
+    const c = this.config;
+    if (adapter.model.dim !== c.dim || adapter.model.nLayers !== c.nLayers || adapter.model.nHeads !== c.nHeads)
+      throw new Error('setAdapter: the adapter was made for a model of another shape');
+    const d = headSize(c);
+    this.promptKV = this.checkpoint.weights.layers.map((lw, n) => {
+      const a = adapter.layer(n);
+      if (!a) return undefined;
+      const K = a.prompt.shape[0];
+      // the prompts' keys and values do not depend on the tokens: once per attach
+      return {
+        pk: as3d(native.matmul(a.prompt, lw.wk), K, c.nKvHeads, d),
+        pv: as3d(native.matmul(a.prompt, lw.wv), K, c.nKvHeads, d),
+        gate: a.gate,
+      };
+    });
+  }
+
+  get attachedAdapter(): Adapter | undefined {
+    return this.adapter;
   }
 
   newCache(capacity = this.config.maxSeqLen): KVCache {
@@ -85,7 +122,10 @@ export class Llama {
       native.rope(k, pos0, c.ropeTheta, c.ropeLayout);
       native.kvWrite(cache.k[l], k, pos0);
       native.kvWrite(cache.v[l], v, pos0);
-      const o = native.attention(q, cache.k[l], cache.v[l], pos0); // (T, H, d)
+      const p = this.promptKV[l];
+      const o = p
+        ? native.attention(q, cache.k[l], cache.v[l], pos0, p.pk, p.pv, p.gate)
+        : native.attention(q, cache.k[l], cache.v[l], pos0); // (T, H, d)
       const o2 = native.reshape(o, [T, c.nHeads * d]); // (T, H*d)
       const attnOut = native.matmul(o2, lw.wo); // (T, C)
       native.addInPlace(x, attnOut);
@@ -109,6 +149,7 @@ export class Llama {
   }
 
   dispose(): void {
+    this.setAdapter(undefined);
     this.checkpoint.dispose();
   }
 }

@@ -5,6 +5,7 @@
 // S cache length, V vocabulary, F FFN hidden size, M/N/K matmul sizes.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace la::cpu {
 
@@ -30,5 +31,82 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
 
 // out (N) = silu(a) * b
 void swiglu_forward(float* out, const float* a, const float* b, int64_t N);
+
+// ---- training (attention_gated.cpp, backward.cpp, loss.cpp, optim.cpp) -------------------------
+// Packed rows: N tokens in S segments, seg (S+1) offsets 0 = seg[0] <= .. <= seg[S] = N (checked by
+// the op); K prompt vectors; G gate size (H per head, or 1 scalar). Backward bodies form input
+// gradients only (the frozen weights get none).
+
+// out (T, H, d) += tanh(gate) * softmax(q · pkᵀ / sqrt(d)) · pv: the adapter branch of cached
+// inference; pk, pv (K, Hkv, d), gate (G)
+void attention_prompt_add(float* out, const float* q, const float* pk, const float* pv, const float* gate, int64_t G,
+                          int64_t T, int64_t H, int64_t Hkv, int64_t d, int64_t K);
+
+// The fused gated split-softmax attention (SPEC §2; see attention_gated.cpp): q (N, H, d), k, v
+// (N, Hkv, d), causal within each segment; pk, pv (K, Hkv, d) and gate (G), or all null (plain
+// attention). out (N, H, d), stats (N, H, 2) = log-sum-exp of the word and the prompt scores (-inf
+// without a prompt).
+void gated_attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
+                             const int32_t* seg, int64_t S, const float* pk, const float* pv, const float* gate,
+                             int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K);
+// dq (N, H, d), dk, dv (N, Hkv, d); with a prompt also dpk, dpv (K, Hkv, d) summed over all tokens
+// and dgate (G) (ignored, may be null, without one)
+void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float* dpv, float* dgate,
+                              const float* dout, const float* q, const float* k, const float* v, const int32_t* seg,
+                              int64_t S, const float* pk, const float* pv, const float* gate, int64_t G,
+                              const float* out, const float* stats, int64_t N, int64_t H, int64_t Hkv, int64_t d,
+                              int64_t K);
+
+// x (N, H, d) rotated in place by per-token positions pos (N) (>= 0), as rope_forward; inverse
+// rotates by -angle (rope's backward)
+void rope_at(float* x, const int32_t* pos, int64_t N, int64_t H, int64_t d, float theta, bool interleaved,
+             bool inverse);
+// dx (T, C) of out = x * w / sqrt(mean(x^2) + eps), given dy (T, C)
+void rmsnorm_backward(float* dx, const float* dy, const float* x, const float* w, int64_t T, int64_t C, float eps);
+// da, db (N) of out = silu(a) * b, given dout (N)
+void swiglu_backward(float* da, float* db, const float* dout, const float* a, const float* b, int64_t N);
+// dx (M, K) = dy (M, N) · w (N, K), w f32 or bf16 (as uint16_t)
+void matmul_backward(float* dx, const float* dy, const float* w, int64_t M, int64_t N, int64_t K);
+void matmul_backward_bf16(float* dx, const float* dy, const uint16_t* w, int64_t M, int64_t N, int64_t K);
+// out (M, row_bytes) = x[idx (M)] (indices checked by the op)
+void gather_rows(void* out, const void* x, const int32_t* idx, int64_t M, int64_t row_bytes);
+// dst[idx[m]] += src[m] for m = 0 .. M-1 in order (repeated indices accumulate), rows of C
+void scatter_add_rows(float* dst, const int32_t* idx, const float* src, int64_t M, int64_t C);
+
+// Cross-entropy of logits (M, V) against targets (M) in [0, V): returns sum over rows of
+// -log softmax[target] (in double); dlogits (M, V) = scale * (softmax - onehot)
+double cross_entropy(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V, float scale);
+
+// PyTorch's AdamW step (non-foreach), in place on p, m, v (n) given g; step counts from 1
+void adamw(float* p, const float* g, float* m, float* v, int64_t n, int64_t step, double lr, double beta1,
+           double beta2, double eps, double weight_decay);
+// sum of x[i]^2 in double, in fixed blocks (the same result for any thread count)
+double sum_squares(const float* x, int64_t n);
+// x *= s
+void scale_inplace(float* x, int64_t n, float s);
+
+// exp(x) without a libm call, so that loops over it vectorise (softmax, cross-entropy): Cephes'
+// expf (round x / ln2 to the nearest integer n with the 1.5 * 2^23 trick, reduce by a two-part ln2,
+// degree-6 polynomial, scale by 2^n through the exponent bits); relative error ~2 ulp. Arguments
+// below -87.3 give ~1e-38 instead of smaller values (harmless for softmax); NaN stays NaN.
+inline __attribute__((always_inline)) float exp_poly(float x) {
+  float xc = x < -87.33654f ? -87.33654f : x;
+  xc = xc > 88.37626f ? 88.37626f : xc;
+  float n = xc * 1.44269504088896341f + 12582912.f;
+  n -= 12582912.f;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.f;
+  int32_t bits = (int32_t(n) + 127) << 23;
+  float s;
+  std::memcpy(&s, &bits, 4);
+  return x != x ? x : y * s;
+}
 
 }  // namespace la::cpu

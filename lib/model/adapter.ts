@@ -1,0 +1,248 @@
+// The LLaMA-Adapter parameters (SPEC §2) and their files (SPEC §6): K learnable prompts per
+// adapted layer and a zero-initialised gate, per head or one per layer. Small and always f32.
+//
+// Shapes: L adapted layers (the top L of N), K prompts, C = dim, H heads.
+import * as fs from 'fs';
+import * as path from 'path';
+import { native, Tensor } from '../native';
+import { Random } from '../generate/random';
+import { LlamaConfig } from './config';
+import { readSafetensorsHeader, writeSafetensors } from './safetensors';
+
+export type GateMode = 'per-head' | 'scalar';
+
+export interface AdapterConfig {
+  /** adapted layers: the top `layers` of the model */
+  layers: number;
+  /** prompts per adapted layer */
+  len: number;
+  gate: GateMode;
+}
+
+export function defaultAdapterConfig(model: LlamaConfig): AdapterConfig {
+  // the paper adapts 30 of LLaMA-7B's 32 layers: N - 2, at least 1
+  return { layers: Math.max(1, model.nLayers - 2), len: 10, gate: 'per-head' };
+}
+
+export function checkAdapterConfig(model: LlamaConfig, a: AdapterConfig): void {
+  if (!Number.isInteger(a.layers) || a.layers < 1 || a.layers > model.nLayers)
+    throw new RangeError(`adapter layers must be an integer in [1, ${model.nLayers}] (the model's layers), got ${a.layers}`);
+  if (!Number.isInteger(a.len) || a.len < 1) throw new RangeError(`adapter length must be a positive integer, got ${a.len}`);
+  if (a.gate !== 'per-head' && a.gate !== 'scalar') throw new RangeError(`gate must be 'per-head' or 'scalar', got '${a.gate}'`);
+}
+
+/** Host copies of the parameters: prompts (L*K, C) row-major, gates (L, H or 1) row-major. */
+export interface AdapterValues {
+  prompts: Float32Array;
+  gates: Float32Array;
+}
+
+export class Adapter {
+  /** first adapted layer: N - L */
+  readonly firstLayer: number;
+  readonly gateSize: number;
+
+  private constructor(
+    readonly model: LlamaConfig,
+    readonly config: AdapterConfig,
+    readonly prompts: Tensor[], // per adapted layer (K, C)
+    readonly gates: Tensor[], // per adapted layer (H) or (1): the raw g; tanh(g) is applied where used
+  ) {
+    this.firstLayer = model.nLayers - config.layers;
+    this.gateSize = config.gate === 'per-head' ? model.nHeads : 1;
+  }
+
+  /** SPEC §2 initialisation: P ~ N(0, 1) from `seed`, g = 0 (the output equals the frozen model's). */
+  static init(model: LlamaConfig, config: AdapterConfig, seed = 0): Adapter {
+    checkAdapterConfig(model, config);
+    const rng = new Random(seed >>> 0);
+    const prompts = new Float32Array(config.layers * config.len * model.dim);
+    for (let i = 0; i < prompts.length; i += 2) {
+      // Box–Muller: two standard normals from two uniforms
+      const u = 1 - rng.next();
+      const r = Math.sqrt(-2 * Math.log(u));
+      const t = 2 * Math.PI * rng.next();
+      prompts[i] = r * Math.cos(t);
+      if (i + 1 < prompts.length) prompts[i + 1] = r * Math.sin(t);
+    }
+    const gates = new Float32Array(config.layers * (config.gate === 'per-head' ? model.nHeads : 1));
+    return Adapter.fromValues(model, config, { prompts, gates });
+  }
+
+  static fromValues(model: LlamaConfig, config: AdapterConfig, values: AdapterValues): Adapter {
+    checkAdapterConfig(model, config);
+    const { layers: L, len: K } = config;
+    const G = config.gate === 'per-head' ? model.nHeads : 1;
+    if (values.prompts.length !== L * K * model.dim)
+      throw new RangeError(`adapter prompts need ${L}*${K}*${model.dim} values, got ${values.prompts.length}`);
+    if (values.gates.length !== L * G) throw new RangeError(`adapter gates need ${L}*${G} values, got ${values.gates.length}`);
+    const prompts = [];
+    const gates = [];
+    for (let l = 0; l < L; l++) {
+      prompts.push(native.fromArray(values.prompts.slice(l * K * model.dim, (l + 1) * K * model.dim), [K, model.dim]));
+      gates.push(native.fromArray(values.gates.slice(l * G, (l + 1) * G), [G]));
+    }
+    return new Adapter(model, config, prompts, gates);
+  }
+
+  /** The adapter's prompt and gate of model layer `n`, or undefined below the adapted layers. */
+  layer(n: number): { prompt: Tensor; gate: Tensor } | undefined {
+    const l = n - this.firstLayer;
+    return l >= 0 ? { prompt: this.prompts[l], gate: this.gates[l] } : undefined;
+  }
+
+  /** Every trainable tensor, prompts then gates (the optimiser's order). */
+  parameters(): Tensor[] {
+    return [...this.prompts, ...this.gates];
+  }
+
+  get parameterCount(): number {
+    return this.config.layers * (this.config.len * this.model.dim + this.gateSize);
+  }
+
+  async values(): Promise<AdapterValues> {
+    const { layers: L, len: K } = this.config;
+    const prompts = new Float32Array(L * K * this.model.dim);
+    const gates = new Float32Array(L * this.gateSize);
+    for (let l = 0; l < L; l++) {
+      prompts.set((await this.prompts[l].read()) as Float32Array, l * K * this.model.dim);
+      gates.set((await this.gates[l].read()) as Float32Array, l * this.gateSize);
+    }
+    return { prompts, gates };
+  }
+
+  /** Writes the adapter file of SPEC §6 atomically (temporary file, then rename). */
+  async save(file: string, extraMetadata: Record<string, string> = {}): Promise<void> {
+    const { prompts, gates } = await this.values();
+    const { layers: L, len: K } = this.config;
+    const C = this.model.dim;
+    const H = this.model.nHeads;
+    const tensors = [{ name: 'adapter_query.weight', dtype: 'F32' as const, shape: [L * K, C], data: prompts }];
+    for (let l = 0; l < L; l++) {
+      // the official layout is [1, H, 1, 1]; a scalar gate is stored as [1, 1, 1, 1]
+      const g = gates.slice(l * this.gateSize, (l + 1) * this.gateSize);
+      tensors.push({ name: `layers.${this.firstLayer + l}.attention.gate`, dtype: 'F32', shape: [1, g.length, 1, 1], data: g });
+    }
+    writeSafetensors(file, tensors, {
+      format: 'llama-adapter',
+      adapter_len: String(K),
+      adapter_layers: String(L),
+      gate: this.config.gate,
+      dim: String(C),
+      n_layers: String(this.model.nLayers),
+      n_heads: String(H),
+      n_kv_heads: String(this.model.nKvHeads),
+      vocab_size: String(this.model.vocabSize),
+      ...extraMetadata,
+    });
+  }
+
+  /** Reads an adapter file and checks that it fits `model`; errors name the file and the problem. */
+  static load(file: string, model: LlamaConfig): Adapter {
+    if (!fs.existsSync(file)) throw new Error(`adapter file ${file} does not exist`);
+    const header = readSafetensorsHeader(file);
+    const query = header.tensors.get('adapter_query.weight');
+    if (!query) throw new Error(`${file} is not an adapter file: it has no adapter_query.weight tensor`);
+    if (query.dtype !== 'F32') throw new Error(`${file}: adapter_query.weight must be F32, got ${query.dtype}`);
+    if (query.shape.length !== 2 || query.shape[1] !== model.dim)
+      throw new Error(
+        `${file} does not fit the model: adapter_query.weight is [${query.shape}] but the model's dim is ${model.dim} (expected [L*K, ${model.dim}])`,
+      );
+    const gateNames = [...header.tensors.keys()]
+      .map((n) => /^layers\.(\d+)\.attention\.gate$/.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => a - b);
+    const L = gateNames.length;
+    if (L < 1) throw new Error(`${file} is not an adapter file: it has no layers.N.attention.gate tensors`);
+    const first = model.nLayers - L;
+    if (first < 0 || gateNames.some((n, i) => n !== first + i))
+      throw new Error(
+        `${file} does not fit the model: it adapts layers ${gateNames.join(', ')} but a model of ${model.nLayers} layers adapts its top ${L} (${first}..${model.nLayers - 1})`,
+      );
+    if (query.shape[0] % L !== 0)
+      throw new Error(`${file}: adapter_query.weight has ${query.shape[0]} rows, not a multiple of its ${L} adapted layers`);
+    const K = query.shape[0] / L;
+    const declaredLen = header.metadata.adapter_len;
+    if (declaredLen !== undefined && Number(declaredLen) !== K)
+      throw new Error(`${file}: metadata adapter_len ${declaredLen} contradicts adapter_query.weight rows ${query.shape[0]} / ${L} layers`);
+    const fd = fs.openSync(file, 'r');
+    try {
+      const readF32 = (e: { byteOffset: number; byteLength: number }) => {
+        const buf = Buffer.alloc(e.byteLength);
+        fs.readSync(fd, buf, 0, e.byteLength, e.byteOffset);
+        return new Float32Array(buf.buffer, buf.byteOffset, e.byteLength / 4).slice();
+      };
+      let G = 0;
+      const gateValues: Float32Array[] = [];
+      for (const n of gateNames) {
+        const e = header.tensors.get(`layers.${n}.attention.gate`)!;
+        const size = e.shape.reduce((a, b) => a * b, 1);
+        if (e.dtype !== 'F32') throw new Error(`${file}: layers.${n}.attention.gate must be F32, got ${e.dtype}`);
+        if (size !== model.nHeads && size !== 1)
+          throw new Error(`${file} does not fit the model: layers.${n}.attention.gate has ${size} values, the model has ${model.nHeads} heads (or 1 for a scalar gate)`);
+        if (G && size !== G) throw new Error(`${file}: the gates of different layers have different sizes`);
+        G = size;
+        gateValues.push(readF32(e));
+      }
+      // one value per layer is a scalar gate (with one head, the metadata tells the two apart)
+      const gate: GateMode = G === 1 && (model.nHeads > 1 || header.metadata.gate === 'scalar') ? 'scalar' : 'per-head';
+      const prompts = readF32(query);
+      const gates = new Float32Array(L * G);
+      gateValues.forEach((g, l) => gates.set(g, l * G));
+      for (const [name, arr] of [['adapter_query.weight', prompts], ['gates', gates]] as const)
+        if (arr.some((v) => !Number.isFinite(v))) throw new Error(`${file}: ${name} has a non-finite value (NaN or Inf)`);
+      return Adapter.fromValues(model, { layers: L, len: K, gate }, { prompts, gates });
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /**
+   * PEFT's AdaptionPrompt format (SPEC §6). PEFT applies one raw gate per layer, so only the scalar
+   * gate mode exports exactly; per-head gates are refused.
+   */
+  async exportPeft(outDir: string): Promise<void> {
+    if (this.config.gate !== 'scalar')
+      throw new Error(
+        'this adapter has per-head gates, but PEFT applies one gate per layer: the export would change the model. ' +
+          'Train with --gate scalar to export to PEFT.',
+      );
+    const { prompts, gates } = await this.values();
+    const { layers: L, len: K } = this.config;
+    const C = this.model.dim;
+    fs.mkdirSync(outDir, { recursive: true });
+    const tensors = [];
+    for (let l = 0; l < L; l++) {
+      const n = this.firstLayer + l;
+      tensors.push({
+        name: `base_model.model.model.layers.${n}.self_attn.adaption_prompt`,
+        dtype: 'F32' as const,
+        shape: [1, K, C],
+        data: prompts.slice(l * K * C, (l + 1) * K * C),
+      });
+      // PEFT multiplies by the gate as stored: store tanh(g)
+      tensors.push({
+        name: `base_model.model.model.layers.${n}.self_attn.adaption_gate`,
+        dtype: 'F32' as const,
+        shape: [1],
+        data: Float32Array.of(Math.tanh(gates[l])),
+      });
+    }
+    writeSafetensors(path.join(outDir, 'adapter_model.safetensors'), tensors, { format: 'pt' });
+    const config = {
+      peft_type: 'ADAPTION_PROMPT',
+      task_type: 'CAUSAL_LM',
+      adapter_len: K,
+      adapter_layers: L,
+      target_modules: 'self_attn',
+    };
+    const tmp = path.join(outDir, `.adapter_config.json.${process.pid}.tmp`);
+    fs.writeFileSync(tmp, JSON.stringify(config, null, 2) + '\n');
+    fs.renameSync(tmp, path.join(outDir, 'adapter_config.json'));
+  }
+
+  dispose(): void {
+    for (const t of this.parameters()) t.dispose();
+  }
+}

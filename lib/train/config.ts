@@ -1,0 +1,200 @@
+// The training configuration: every flag of `llama-adapter train`, its default (the paper's
+// recipe, SPEC §4), YAML config files whose keys equal the flag names, and validation with
+// messages that name the flag.
+import * as fs from 'fs';
+import * as YAML from 'yaml';
+import { FlagSpec, Flags, UsageError } from '../cli/args';
+
+export interface TrainConfig {
+  model: string;
+  tokenizer?: string;
+  data: string;
+  'val-data'?: string;
+  'val-split': number;
+  out: string;
+  'adapter-layers'?: number; // default N - 2 (at least 1), known once the model is loaded
+  'adapter-len': number;
+  gate: 'per-head' | 'scalar';
+  epochs: number;
+  'max-steps'?: number;
+  'batch-size': number;
+  'grad-accum': number;
+  lr?: number; // absolute peak lr; default blr * effective batch / 256
+  blr: number;
+  'warmup-epochs': number;
+  'warmup-steps'?: number;
+  schedule: 'cosine' | 'constant';
+  'weight-decay': number;
+  'clip-grad'?: number;
+  'max-seq-len': number;
+  seed: number;
+  'no-shuffle': boolean;
+  'init-adapter'?: string;
+  'eval-every': number;
+  'save-every': number;
+  'keep-last': number;
+  resume?: string; // 'auto' or a checkpoint folder
+  threads?: number;
+  dtype: 'f32' | 'bf16';
+  checkpointing: boolean;
+}
+
+type Kind = 'string' | 'int' | 'number' | 'bool' | 'enum';
+interface Option {
+  kind: Kind;
+  help: string;
+  min?: number;
+  minExclusive?: boolean;
+  max?: number;
+  values?: string[];
+}
+
+/** Every flag, in the order `--help` lists them. */
+export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
+  model: { kind: 'string', help: 'llama2.c .bin file or Hugging Face folder (required)' },
+  tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
+  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL (required)' },
+  'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
+  'val-split': { kind: 'number', min: 0, max: 1, help: 'fraction of --data held out for validation (default 0)' },
+  out: { kind: 'string', help: 'run folder: adapter, checkpoints, metrics (required)' },
+  config: { kind: 'string', help: 'YAML file whose keys are these flag names; flags override it' },
+  'adapter-layers': { kind: 'int', min: 1, help: 'adapted top layers L (default: layers - 2, at least 1)' },
+  'adapter-len': { kind: 'int', min: 1, help: 'prompts per adapted layer K (default 10)' },
+  gate: { kind: 'enum', values: ['per-head', 'scalar'], help: 'per-head (the paper) or scalar gates (default per-head)' },
+  epochs: { kind: 'int', min: 1, help: 'passes over the data (default 5)' },
+  'max-steps': { kind: 'int', min: 1, help: 'stop after this many optimiser steps (default: epochs)' },
+  'batch-size': { kind: 'int', min: 1, help: 'examples per micro-batch, packed without padding (default 4)' },
+  'grad-accum': { kind: 'int', min: 1, help: 'micro-batches per optimiser step (default 8: effective batch 32)' },
+  lr: { kind: 'number', min: 0, minExclusive: true, help: 'peak learning rate (default: blr * effective batch / 256)' },
+  blr: { kind: 'number', min: 0, minExclusive: true, help: 'base learning rate (default 9e-3)' },
+  'warmup-epochs': { kind: 'number', min: 0, help: 'linear warmup length in epochs (default 2)' },
+  'warmup-steps': { kind: 'int', min: 0, help: 'linear warmup length in steps (overrides --warmup-epochs)' },
+  schedule: { kind: 'enum', values: ['cosine', 'constant'], help: 'after warmup: half-cycle cosine to 0, or constant (default cosine)' },
+  'weight-decay': { kind: 'number', min: 0, help: 'decoupled weight decay (default 0.02)' },
+  'clip-grad': { kind: 'number', min: 0, minExclusive: true, help: 'clip the global gradient norm to this (default: off)' },
+  'max-seq-len': { kind: 'int', min: 2, help: 'truncate examples to this many tokens (default 512)' },
+  seed: { kind: 'int', min: 0, max: 0xffffffff, help: 'seed of the prompt init, shuffling and split (default 0)' },
+  'no-shuffle': { kind: 'bool', help: 'batches in file order' },
+  'init-adapter': { kind: 'string', help: 'start from this adapter file (prompts and gates as they are)' },
+  'eval-every': { kind: 'int', min: 0, help: 'validation loss and a sample every N steps; 0 = off (default 0)' },
+  'save-every': { kind: 'int', min: 0, help: 'checkpoint every N steps; 0 = off (default 0)' },
+  'keep-last': { kind: 'int', min: 1, help: 'checkpoints kept (default 2)' },
+  resume: { kind: 'string', help: "continue a run: 'auto' (the latest checkpoint in --out) or a checkpoint folder" },
+  threads: { kind: 'int', min: 1, help: 'CPU threads (default: all cores)' },
+  dtype: { kind: 'enum', values: ['f32', 'bf16'], help: 'storage of the frozen weights (default f32)' },
+  checkpointing: { kind: 'bool', help: 'recompute each adapted layer in the backward (less memory)' },
+};
+
+export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
+  'val-split': 0,
+  'adapter-len': 10,
+  gate: 'per-head',
+  epochs: 5,
+  'batch-size': 4,
+  'grad-accum': 8,
+  blr: 9e-3,
+  'warmup-epochs': 2,
+  schedule: 'cosine',
+  'weight-decay': 0.02,
+  'max-seq-len': 512,
+  seed: 0,
+  'no-shuffle': false,
+  'eval-every': 0,
+  'save-every': 0,
+  'keep-last': 2,
+  dtype: 'f32',
+  checkpointing: false,
+};
+
+export function trainFlagSpec(): FlagSpec {
+  const spec: FlagSpec = {};
+  for (const [name, o] of Object.entries(trainOptions)) spec[name] = { type: o.kind === 'bool' ? 'boolean' : 'string' };
+  return spec;
+}
+
+export function trainUsage(): string {
+  const lines = Object.entries(trainOptions).map(([name, o]) => {
+    const flag = `--${name}${o.kind === 'bool' ? '' : o.kind === 'enum' ? ` ${o.values!.join('|')}` : ' X'}`;
+    return `  ${flag.padEnd(30)} ${o.help}`;
+  });
+  return `Usage: llama-adapter train --model PATH --data FILE --out DIR [flags]\n\nFine-tunes a LLaMA-Adapter on instruction data (the frozen model's weights never change).\n\n${lines.join('\n')}`;
+}
+
+function coerce(name: string, raw: unknown, from: string): unknown {
+  const o = trainOptions[name as keyof typeof trainOptions];
+  if (!o) throw new UsageError(`${from}: unknown option '${name}'`);
+  const bad = (want: string) => new UsageError(`${from}: ${name} must be ${want}, got '${String(raw)}'`);
+  switch (o.kind) {
+    case 'string':
+      if (typeof raw !== 'string' || raw === '') throw bad('a non-empty string');
+      return raw;
+    case 'bool':
+      if (typeof raw === 'boolean') return raw;
+      if (raw === 'true' || raw === 'false') return raw === 'true';
+      throw bad('true or false');
+    case 'enum':
+      if (typeof raw !== 'string' || !o.values!.includes(raw)) throw bad(o.values!.join(' or '));
+      return raw;
+    default: {
+      const v = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
+      const range = [
+        o.kind === 'int' ? 'an integer' : 'a number',
+        o.min !== undefined ? `${o.minExclusive ? '>' : '>='} ${o.min}` : '',
+        o.max !== undefined ? `<= ${o.max}` : '',
+      ]
+        .filter(Boolean)
+        .join(' ');
+      if (!Number.isFinite(v) || (o.kind === 'int' && !Number.isInteger(v))) throw bad(range);
+      if (o.min !== undefined && (o.minExclusive ? v <= o.min : v < o.min)) throw bad(range);
+      if (o.max !== undefined && v > o.max) throw bad(range);
+      return v;
+    }
+  }
+}
+
+/** Reads a YAML config file: a mapping whose keys are flag names. */
+export function readConfigFile(file: string): Partial<TrainConfig> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`cannot read the config file ${file}: ${(err as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text);
+  } catch (err) {
+    throw new UsageError(`${file} is not valid YAML: ${(err as Error).message}`);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`${file} must be a mapping of flag names to values`);
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(doc as Record<string, unknown>)) {
+    if (k === 'config') throw new UsageError(`${file}: a config file cannot name another config file`);
+    out[k] = coerce(k, v, file);
+  }
+  return out as Partial<TrainConfig>;
+}
+
+/** Defaults, then the --config file, then the flags. */
+export function resolveTrainConfig(flags: Flags): TrainConfig {
+  const fromFile = typeof flags.config === 'string' ? readConfigFile(flags.config) : {};
+  const fromFlags: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(flags)) {
+    if (v === undefined || k === 'config' || k === 'help') continue;
+    fromFlags[k] = coerce(k, v, `--${k}`);
+  }
+  const cfg = { ...trainDefaults, ...fromFile, ...fromFlags } as TrainConfig;
+  for (const required of ['model', 'data', 'out'] as const)
+    if (!cfg[required]) throw new UsageError(`--${required} is required\n\n${trainUsage()}`);
+  if (cfg['val-data'] && cfg['val-split'] > 0) throw new UsageError('give either --val-data or --val-split, not both');
+  if (cfg['val-split'] >= 1) throw new UsageError(`--val-split must be below 1, got ${cfg['val-split']}`);
+  return cfg;
+}
+
+/** The resolved config as YAML (saved in the run folder; it can be passed back with --config). */
+export function configToYaml(cfg: TrainConfig): string {
+  const clean: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(cfg)) if (v !== undefined) clean[k] = v;
+  return YAML.stringify(clean);
+}

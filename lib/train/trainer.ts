@@ -1,0 +1,306 @@
+// The training loop: data, adapter, optimiser, schedule, evaluation, checkpoints and resume.
+// Emits events (step, eval, checkpoint, log) so the CLI and API users can show progress.
+import { EventEmitter } from 'events';
+import * as fs from 'fs';
+import * as path from 'path';
+import { native } from '../native';
+import { Batch, Batcher, Example, loadAlpaca, splitValidation, tokenizeRecords } from '../data/alpaca';
+import { generate } from '../generate/generate';
+import { Adapter, AdapterConfig, checkAdapterConfig, defaultAdapterConfig } from '../model/adapter';
+import { Llama } from '../model/llama';
+import { loadTokenizer, Tokenizer } from '../tokenizer';
+import { listCheckpoints, loadCheckpoint, LoadedCheckpoint, RunState, saveCheckpoint } from './checkpoint';
+import { configToYaml, TrainConfig } from './config';
+import { AdapterGrads, AdapterGraph } from './graph';
+import { AdamW, NonFiniteError } from './optimizer';
+import { learningRate, peakFromBase, ScheduleOptions } from './schedule';
+
+export interface StepMetrics {
+  step: number; // 1-based, optimiser steps completed
+  totalSteps: number;
+  epoch: number; // fractional epochs of data consumed
+  loss: number; // mean cross-entropy over the step's target tokens
+  lr: number;
+  grad_norm: number; // before clipping
+  tokens: number; // tokens the step trained on (packed, no padding)
+  targets: number; // of which carried loss
+  ms: number;
+}
+
+export interface EvalResult {
+  step: number;
+  loss: number; // mean cross-entropy over every target token of the validation set
+  tokens: number;
+  sample?: { prompt: string; text: string };
+}
+
+export interface TrainResult {
+  adapterPath: string;
+  steps: number;
+  finalLoss: number;
+  lastEval?: EvalResult;
+}
+
+/** Mean cross-entropy of `examples` (all target tokens) under the model with `adapter`. */
+export async function evaluateLoss(
+  model: Llama,
+  adapter: Adapter | undefined,
+  examples: Example[],
+  batchSize: number,
+): Promise<{ loss: number; tokens: number }> {
+  const graph = new AdapterGraph(model, adapter ?? emptyAdapter(model));
+  let sum = 0;
+  let tokens = 0;
+  try {
+    const batcher = new Batcher(examples, { batchSize, seed: 0, shuffle: false });
+    for (let b = 0; b < batcher.batchesPerEpoch; b++) {
+      const r = await graph.run(batcher.next(), 1);
+      sum += r.lossSum;
+      tokens += r.targets;
+    }
+  } finally {
+    if (!adapter) graph.adapter.dispose();
+  }
+  return { loss: tokens ? sum / tokens : NaN, tokens };
+}
+
+/** An adapter with no adapted layer's effect: one layer, zero gate (the frozen model exactly). */
+function emptyAdapter(model: Llama): Adapter {
+  const c = model.config;
+  return Adapter.fromValues(c, { layers: 1, len: 1, gate: 'scalar' }, { prompts: new Float32Array(c.dim), gates: new Float32Array(1) });
+}
+
+export class Trainer extends EventEmitter {
+  private constructor(
+    readonly cfg: TrainConfig,
+    readonly model: Llama,
+    readonly tokenizer: Tokenizer,
+    readonly train: Example[],
+    readonly val: Example[],
+    readonly adapterConfig: AdapterConfig,
+  ) {
+    super();
+  }
+
+  /** Loads the model, the tokenizer and the data named by `cfg`. */
+  static async create(cfg: TrainConfig, log: (msg: string) => void = () => {}): Promise<Trainer> {
+    if (cfg.threads) native.setThreads(cfg.threads);
+    const model = await Llama.load(cfg.model, { dtype: cfg.dtype });
+    try {
+      const tokPath = cfg.tokenizer ?? model.checkpoint.tokenizerPath;
+      if (!tokPath) throw new Error(`no tokenizer found beside ${cfg.model}; pass --tokenizer PATH`);
+      const tokenizer = loadTokenizer(tokPath);
+      if (tokenizer.vocabSize !== model.config.vocabSize)
+        throw new Error(`the tokenizer ${tokPath} has ${tokenizer.vocabSize} tokens, the model ${model.config.vocabSize}`);
+      const adapterConfig: AdapterConfig = {
+        ...defaultAdapterConfig(model.config),
+        ...(cfg['adapter-layers'] !== undefined ? { layers: cfg['adapter-layers'] } : {}),
+        len: cfg['adapter-len'],
+        gate: cfg.gate,
+      };
+      checkAdapterConfig(model.config, adapterConfig);
+      const maxSeqLen = Math.min(cfg['max-seq-len'], model.config.maxSeqLen);
+      const tokenize = (file: string) => {
+        const records = loadAlpaca(file);
+        return tokenizeRecords(tokenizer, records, { maxSeqLen, source: file, warn: log }).examples;
+      };
+      let train = tokenize(cfg.data);
+      let val: Example[] = [];
+      if (cfg['val-data']) val = tokenize(cfg['val-data']);
+      else if (cfg['val-split'] > 0) ({ train, val } = splitValidation(train, { valSplit: cfg['val-split'], seed: cfg.seed }));
+      if (train.length === 0) throw new Error(`${cfg.data}: no training example is left (all were held out or skipped)`);
+      log(
+        `model ${cfg.model}: ${model.config.nLayers} layers, dim ${model.config.dim}; adapter: top ${adapterConfig.layers} layers, ` +
+          `${adapterConfig.len} prompts, ${adapterConfig.gate} gate; ${train.length} training and ${val.length} validation examples`,
+      );
+      return new Trainer(cfg, model, tokenizer, train, val, adapterConfig);
+    } catch (err) {
+      model.dispose();
+      throw err;
+    }
+  }
+
+  /** What a resumed run must share with the run that wrote the checkpoint. */
+  private fingerprint(totalSteps: number): Record<string, unknown> {
+    const c = this.cfg;
+    return {
+      model: path.resolve(c.model),
+      data: path.resolve(c.data),
+      'val-data': c['val-data'] ? path.resolve(c['val-data']) : null,
+      'val-split': c['val-split'],
+      adapter: this.adapterConfig,
+      'batch-size': c['batch-size'],
+      'grad-accum': c['grad-accum'],
+      'max-seq-len': c['max-seq-len'],
+      seed: c.seed,
+      shuffle: !c['no-shuffle'],
+      totalSteps,
+      examples: this.train.length,
+    };
+  }
+
+  private findResume(): LoadedCheckpoint | undefined {
+    const r = this.cfg.resume;
+    if (!r) return undefined;
+    let dir: string | undefined = r;
+    if (r === 'auto') {
+      dir = listCheckpoints(this.cfg.out).pop();
+      if (!dir) {
+        this.emit('log', `no checkpoint in ${this.cfg.out}: starting from scratch`);
+        return undefined;
+      }
+    }
+    return loadCheckpoint(dir, this.model.config);
+  }
+
+  async run(): Promise<TrainResult> {
+    const c = this.cfg;
+    const A = c['grad-accum'];
+    const batcher = new Batcher(this.train, { batchSize: c['batch-size'], seed: c.seed, shuffle: !c['no-shuffle'] });
+    const stepsPerEpoch = batcher.batchesPerEpoch / A;
+    const totalSteps = c['max-steps'] ?? Math.ceil((c.epochs * batcher.batchesPerEpoch) / A);
+    const schedule: ScheduleOptions = {
+      peakLr: c.lr ?? peakFromBase(c.blr, c['batch-size'] * A),
+      totalSteps,
+      warmupSteps: c['warmup-steps'] ?? Math.round(c['warmup-epochs'] * stepsPerEpoch),
+      kind: c.schedule,
+    };
+    const fingerprint = this.fingerprint(totalSteps);
+
+    fs.mkdirSync(c.out, { recursive: true });
+    const resumed = this.findResume();
+    let adapter: Adapter;
+    let startStep = 0;
+    if (resumed) {
+      const mismatch = Object.keys(fingerprint).filter(
+        (k) => JSON.stringify(fingerprint[k]) !== JSON.stringify(resumed.state.fingerprint?.[k]),
+      );
+      if (mismatch.length) {
+        resumed.adapter.dispose();
+        throw new Error(
+          `cannot resume from ${resumed.dir}: ${mismatch.map((k) => `${k} was ${JSON.stringify(resumed.state.fingerprint?.[k])}, now ${JSON.stringify(fingerprint[k])}`).join('; ')}`,
+        );
+      }
+      adapter = resumed.adapter;
+      batcher.restore(resumed.state.data);
+      startStep = resumed.state.step;
+      this.emit('log', `resuming from ${resumed.dir} at step ${startStep}/${totalSteps}`);
+    } else if (c['init-adapter']) {
+      adapter = Adapter.load(c['init-adapter'], this.model.config);
+      const a = adapter.config;
+      const want = this.adapterConfig;
+      if (a.layers !== want.layers || a.len !== want.len || a.gate !== want.gate) {
+        adapter.dispose();
+        throw new Error(
+          `--init-adapter ${c['init-adapter']} has ${a.layers} layers, ${a.len} prompts, ${a.gate} gate; the run asks for ${want.layers}, ${want.len}, ${want.gate}`,
+        );
+      }
+    } else {
+      adapter = Adapter.init(this.model.config, this.adapterConfig, c.seed);
+    }
+
+    const opt = new AdamW(adapter.parameters(), { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: c['weight-decay'] }, resumed ? { moments: resumed.moments, step: resumed.optimizerStep } : undefined);
+    const grads = new AdapterGrads(adapter);
+    const graph = new AdapterGraph(this.model, adapter, { checkpointing: c.checkpointing });
+    fs.writeFileSync(path.join(c.out, 'config.yaml'), configToYaml(c));
+    const metricsFile = path.join(c.out, 'metrics.jsonl');
+    keepMetricsUpTo(metricsFile, startStep);
+    this.emit('log', `${totalSteps} steps of ${c['batch-size']} x ${A} examples, peak lr ${schedule.peakLr.toPrecision(3)}, ` + `warmup ${schedule.warmupSteps} steps, ${adapter.parameterCount} trainable parameters`);
+
+    let lastLoss = NaN;
+    let lastEval: EvalResult | undefined;
+    let lastSaved = resumed?.dir;
+    try {
+      for (let step = startStep; step < totalSteps; step++) {
+        const t0 = Date.now();
+        const micro: Batch[] = Array.from({ length: A }, () => batcher.next());
+        const targets = micro.reduce((s, b) => s + b.targetCount, 0);
+        const tokens = micro.reduce((s, b) => s + b.tokens.length, 0);
+        grads.zero();
+        let lossSum = 0;
+        // the step's loss is the mean over all its target tokens (SPEC §3): one shared denominator
+        for (const b of micro) lossSum += (await graph.run(b, targets > 0 ? 1 / targets : 0, grads)).lossSum;
+        const loss = targets > 0 ? lossSum / targets : 0;
+        const lr = learningRate(step, schedule);
+        if (!Number.isFinite(loss)) throw new NonFiniteError(`the loss is ${loss} at step ${step + 1}`);
+        const gradNorm = await opt.update(grads.all(), lr, c['clip-grad']);
+        lastLoss = loss;
+        const m: StepMetrics = {
+          step: step + 1,
+          totalSteps,
+          epoch: (batcher.epoch * batcher.batchesPerEpoch + batcher.index) / batcher.batchesPerEpoch,
+          loss,
+          lr,
+          grad_norm: gradNorm,
+          tokens,
+          targets,
+          ms: Date.now() - t0,
+        };
+        fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
+        this.emit('step', m);
+        const last = step + 1 === totalSteps;
+        if (c['eval-every'] > 0 && ((step + 1) % c['eval-every'] === 0 || last) && this.val.length) {
+          lastEval = await this.evaluate(adapter, step + 1);
+          fs.appendFileSync(metricsFile, JSON.stringify({ step: step + 1, val_loss: lastEval.loss, val_tokens: lastEval.tokens }) + '\n');
+          this.emit('eval', lastEval);
+        }
+        if (c['save-every'] > 0 && (step + 1) % c['save-every'] === 0) {
+          const state: RunState = { step: step + 1, totalSteps, data: batcher.state(), fingerprint };
+          lastSaved = await saveCheckpoint(c.out, adapter, opt, state, c['keep-last']);
+          this.emit('checkpoint', lastSaved);
+        }
+      }
+      const adapterPath = path.join(c.out, 'adapter.safetensors');
+      await adapter.save(adapterPath, { steps: String(totalSteps), model: path.basename(c.model) });
+      return { adapterPath, steps: totalSteps, finalLoss: lastLoss, lastEval };
+    } catch (err) {
+      if (err instanceof NonFiniteError)
+        throw new NonFiniteError(
+          `training stopped: ${err.message}. ${lastSaved ? `The last good checkpoint, ${lastSaved}, is intact.` : 'No checkpoint was saved (use --save-every).'} Try a lower --lr or --clip-grad.`,
+        );
+      throw err;
+    } finally {
+      grads.dispose();
+      opt.dispose();
+      adapter.dispose();
+    }
+  }
+
+  /** Validation loss and one greedy sample from the first validation prompt. */
+  async evaluate(adapter: Adapter, step: number): Promise<EvalResult> {
+    const { loss, tokens } = await evaluateLoss(this.model, adapter, this.val, this.cfg['batch-size']);
+    const first = this.val[0];
+    if (first.promptLen + 1 >= this.model.config.maxSeqLen) return { step, loss, tokens };
+    const prompt = this.tokenizer.decode(Array.from(first.ids.subarray(0, first.promptLen)));
+    this.model.setAdapter(adapter);
+    let text = '';
+    try {
+      for await (const piece of generate(this.model, this.tokenizer, prompt, { temperature: 0, maxTokens: 64 })) text += piece;
+    } finally {
+      this.model.setAdapter(undefined);
+    }
+    return { step, loss, tokens, sample: { prompt, text } };
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
+}
+
+/** Drops metric lines after `step` (a resumed run rewrites them). */
+function keepMetricsUpTo(file: string, step: number): void {
+  if (!fs.existsSync(file)) return;
+  if (step === 0) return fs.rmSync(file);
+  const kept = fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => {
+      if (!line.trim()) return false;
+      try {
+        return JSON.parse(line).step <= step;
+      } catch {
+        return false;
+      }
+    });
+  fs.writeFileSync(file, kept.map((l) => l + '\n').join(''));
+}
