@@ -238,11 +238,11 @@ describe('data: loading JSON and JSONL', () => {
 
   it('names the file and the position of malformed JSON', () => {
     const p = write('bad.json', '[\n  {"instruction": "a", "output": "b",}\n]');
-    throwsWith(() => loadAlpaca(p), `data file "${p}"`, 'malformed JSON', 'at position 39', 'line 2, column 38');
+    throwsWith(() => loadAlpaca(p), `data file "${p}"`, 'malformed JSON', 'at position 39', 'line 2', 'column 38');
     const q = write('bad.jsonl', '{"instruction": "a", "output": "b"}\n\n{"instruction": "a" "output": "b"}\n');
     throwsWith(() => loadAlpaca(q), `data file "${q}"`, 'line 3: malformed JSON', 'column 21');
     const t = write('truncated.json', '[{"instruction": "a", "output": "b"}');
-    throwsWith(() => loadAlpaca(t), 'malformed JSON', 'at position 36');
+    throwsWith(() => loadAlpaca(t), `data file "${t}"`, 'malformed JSON');
     const o = write('object.json', '{\n  "instruction": "a",\n  "output": "b"\n}\n');
     throwsWith(() => loadAlpaca(o), 'line 1: malformed JSON', 'a single JSON object');
   });

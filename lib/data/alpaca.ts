@@ -16,8 +16,8 @@ export interface AlpacaRecord {
 // ---------------------------------------------------------------------------------------------
 // Loading
 
-/** Record files are text; anything this big is almost surely the wrong file. */
-const MAX_FILE_BYTES = 2 * 1024 * 1024 * 1024 - 1;
+/** The whole file becomes one string; V8 strings stop a little above this. */
+const MAX_FILE_BYTES = 500 * 1024 * 1024;
 
 /**
  * Reads Alpaca records from a JSON list (`[{...}, ...]`) or JSONL (one object per non-empty line).
@@ -30,7 +30,7 @@ export function loadAlpaca(path: string): AlpacaRecord[] {
   try {
     const st = fs.statSync(path);
     if (!st.isFile()) throw new Error('not a regular file');
-    if (st.size > MAX_FILE_BYTES) throw new Error(`${st.size} bytes is too large`);
+    if (st.size > MAX_FILE_BYTES) throw new Error(`${st.size} bytes is too large to load at once (at most ${MAX_FILE_BYTES})`);
     text = fs.readFileSync(path, 'utf8');
   } catch (e) {
     throw new Error(`cannot read data file "${path}": ${(e as Error).message}`);
@@ -84,7 +84,7 @@ export function loadAlpaca(path: string): AlpacaRecord[] {
 /** JSON.parse's message, plus line and column when it gives a character position. */
 function describeJsonError(e: Error, text: string): string {
   const m = /at position (\d+)/.exec(e.message);
-  if (!m) return e.message;
+  if (!m || /\bline \d+/.test(e.message)) return e.message; // newer engines give the line themselves
   const pos = Number(m[1]);
   const before = text.slice(0, pos);
   const line = before.split('\n').length;

@@ -88,7 +88,7 @@ void scale_inplace(float* x, int64_t n, float s);
 // exp(x) without a libm call, so that loops over it vectorise (softmax, cross-entropy): Cephes'
 // expf (round x / ln2 to the nearest integer n with the 1.5 * 2^23 trick, reduce by a two-part ln2,
 // degree-6 polynomial, scale by 2^n through the exponent bits); relative error ~2 ulp. Arguments
-// below -87.3 give ~1e-38 instead of smaller values (harmless for softmax); NaN stays NaN.
+// below -87.3 (where f32 results turn subnormal) give 0; +inf gives a large finite value; NaN stays NaN.
 inline __attribute__((always_inline)) float exp_poly(float x) {
   float xc = x < -87.33654f ? -87.33654f : x;
   xc = xc > 88.37626f ? 88.37626f : xc;
@@ -106,7 +106,9 @@ inline __attribute__((always_inline)) float exp_poly(float x) {
   int32_t bits = (int32_t(n) + 127) << 23;
   float s;
   std::memcpy(&s, &bits, 4);
-  return x != x ? x : y * s;
+  y *= s;
+  y = x < -87.33654f ? 0.f : y;  // underflow (and -inf) -> 0
+  return x != x ? x : y;         // NaN stays NaN
 }
 
 }  // namespace la::cpu

@@ -107,6 +107,18 @@ struct Args {
       type_error(i, name, "a Tensor");
     return TensorWrap::Unwrap(info[i].As<Napi::Object>())->tensor(fn);
   }
+  // A Tensor, or nullptr for null, undefined or a missing argument.
+  TensorPtr optional_tensor(size_t i, const char* name) const {
+    if (i >= info.Length() || info[i].IsNull() || info[i].IsUndefined()) return nullptr;
+    auto* data = info.Env().GetInstanceData<AddonData>();
+    if (!info[i].IsObject() || !info[i].As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
+      type_error(i, name, "a Tensor or null");
+    return TensorWrap::Unwrap(info[i].As<Napi::Object>())->tensor(fn);
+  }
+  bool boolean(size_t i, const char* name) const {
+    if (i >= info.Length() || !info[i].IsBoolean()) type_error(i, name, "a boolean");
+    return info[i].As<Napi::Boolean>().Value();
+  }
   double number(size_t i, const char* name) const {
     if (i >= info.Length() || !info[i].IsNumber()) type_error(i, name, "a number");
     double v = info[i].As<Napi::Number>().DoubleValue();
@@ -152,6 +164,14 @@ inline Napi::Value wrap(Napi::Env env, TensorPtr t) {
   Napi::Object obj = data->tensor_ctor.New({});
   TensorWrap::Unwrap(obj)->set(std::move(t));
   return obj;
+}
+
+// A JS array of tensors; a null TensorPtr becomes null.
+inline Napi::Value wrap_all(Napi::Env env, std::initializer_list<TensorPtr> ts) {
+  Napi::Array arr = Napi::Array::New(env, ts.size());
+  uint32_t i = 0;
+  for (const TensorPtr& t : ts) arr.Set(i++, t ? wrap(env, t) : env.Null());
+  return arr;
 }
 
 // Runs a binding body; native errors become JS errors (never an abort).

@@ -18,8 +18,13 @@ LA_OP(kvWrite, {
   ops::kv_write(a.tensor(0, "cache"), a.tensor(1, "src"), a.integer(2, "pos0"));
   return info.Env().Undefined();
 })
-LA_OP(attention, return wrap(info.Env(), ops::attention(a.tensor(0, "q"), a.tensor(1, "kCache"), a.tensor(2, "vCache"),
-                                                        a.integer(3, "pos0")));)
+LA_OP(attention, {
+  TensorPtr q = a.tensor(0, "q"), k = a.tensor(1, "kCache"), v = a.tensor(2, "vCache");
+  int64_t pos0 = a.integer(3, "pos0");
+  // optional adapter branch: prompt keys/values (K, Hkv, d) and gate (H) or (1)
+  TensorPtr pk = a.optional_tensor(4, "pk"), pv = a.optional_tensor(5, "pv"), gate = a.optional_tensor(6, "gate");
+  return wrap(info.Env(), ops::attention(q, k, v, pos0, pk, pv, gate));
+})
 LA_OP(swiglu, return wrap(info.Env(), ops::swiglu(a.tensor(0, "a"), a.tensor(1, "b")));)
 LA_OP(addInPlace, {
   ops::add_inplace(a.tensor(0, "x"), a.tensor(1, "y"));

@@ -8,6 +8,7 @@
 #include "../core/executor.h"
 #include "../core/parallel.h"
 #include "../cpu/kernels.h"
+#include "train_ops.h"
 
 namespace la::ops {
 namespace {
@@ -148,7 +149,8 @@ void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
   });
 }
 
-TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, int64_t pos0) {
+TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, int64_t pos0, const TensorPtr& pk,
+                    const TensorPtr& pv, const TensorPtr& gate) {
   const char* op = "attention";
   expect_ndim(op, "q", q, 3);
   expect_ndim(op, "k", k, 3);
@@ -159,11 +161,18 @@ TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, 
   LA_CHECK(k->dim(2) == d, op, ": head size of q ", q->describe(), " and k ", k->describe(), " differ");
   LA_CHECK(H % Hkv == 0, op, ": heads ", H, " must be a multiple of kv heads ", Hkv);
   LA_CHECK(pos0 >= 0 && pos0 + T <= S, op, ": positions ", pos0, "..", pos0 + T, " exceed the cache length ", S);
+  int64_t K = check_prompt(op, pk, pv, gate, H, Hkv, d);  // 0: no adapter branch
   expect_cpu(op, {&q, &k, &v});
+  if (K) expect_cpu(op, {&pk, &pv, &gate});
   TensorPtr out = empty(q->shape, DType::F32);
-  queue_op(op, {q, k, v}, {out}, [=] {
+  std::vector<TensorPtr> inputs{q, k, v};
+  if (K) inputs.insert(inputs.end(), {pk, pv, gate});
+  queue_op(op, inputs, {out}, [=] {
     cpu::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H, Hkv, d,
                            pos0);
+    if (K)
+      cpu::attention_prompt_add(out->data<float>(), q->data<float>(), pk->data<float>(), pv->data<float>(),
+                                gate->data<float>(), gate->dim(0), T, H, Hkv, d, K);
   });
   return out;
 }

@@ -1,0 +1,143 @@
+// Input gradients of the frozen model's ops (no weight gradient is ever formed), per-token RoPE, and
+// the row gather/scatter that move activations between packed rows and loss rows.
+//
+// Dimension letters: T tokens (rows), C channels, N packed tokens, H heads, d head size, M/N/K
+// matmul sizes. PyTorch formula beside each loop.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../core/bf16.h"
+#include "../core/blas.h"
+#include "../core/parallel.h"
+#include "kernels.h"
+
+namespace la::cpu {
+
+// x (N, H, d): rotate pair i of token t by angle pos[t] * theta^(-2i/d) (by -angle when inverse).
+// cos/sin are rounded to f32 from double exactly as rope_forward does, so ropeAt at positions
+// pos0 + t equals rope bit for bit. When the positions are small (packed rows restart per segment)
+// they come from a table over 0 .. max position.
+void rope_at(float* x, const int32_t* pos, int64_t N, int64_t H, int64_t d, float theta, bool interleaved,
+             bool inverse) {
+  const int64_t half = d / 2;
+  std::vector<double> freq(half);
+  for (int64_t i = 0; i < half; i++) freq[i] = std::pow(double(theta), -double(2 * i) / double(d));
+  int64_t pmax = 0;
+  for (int64_t t = 0; t < N; t++) pmax = std::max<int64_t>(pmax, pos[t]);
+  const float sign = inverse ? -1.f : 1.f;
+  auto angles = [&](float* cs, float* sn, int64_t p) {
+    for (int64_t i = 0; i < half; i++) {
+      cs[i] = float(std::cos(double(p) * freq[i]));
+      sn[i] = sign * float(std::sin(double(p) * freq[i]));
+    }
+  };
+  auto rotate = [&](float* v, const float* cs, const float* sn) {
+    for (int64_t i = 0; i < half; i++) {
+      float* a = interleaved ? v + 2 * i : v + i;
+      float* b = interleaved ? v + 2 * i + 1 : v + i + half;
+      float x0 = *a, x1 = *b;
+      *a = x0 * cs[i] - x1 * sn[i];
+      *b = x0 * sn[i] + x1 * cs[i];
+    }
+  };
+  const int64_t grain = std::max<int64_t>(1, 4096 / (H * d));
+  if (pmax < N) {
+    std::vector<float> table(size_t((pmax + 1) * d));  // per position: cos (half), sin (half)
+    parallel_for(pmax + 1, 16, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; p++) angles(&table[p * d], &table[p * d + half], p);
+    });
+    parallel_for(N, grain, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; t++) {
+        const float* cs = &table[int64_t(pos[t]) * d];
+        for (int64_t h = 0; h < H; h++) rotate(x + (t * H + h) * d, cs, cs + half);
+      }
+    });
+  } else {
+    parallel_for(N, grain, [&](int64_t t0, int64_t t1) {
+      std::vector<float> cs(half), sn(half);
+      for (int64_t t = t0; t < t1; t++) {
+        angles(cs.data(), sn.data(), pos[t]);
+        for (int64_t h = 0; h < H; h++) rotate(x + (t * H + h) * d, cs.data(), sn.data());
+      }
+    });
+  }
+}
+
+// y = x * w * r, r = 1/sqrt(mean(x^2) + eps):
+//   dx = r * (dy * w) - x * r^3 / C * sum(dy * w * x)
+// r is computed exactly as rmsnorm_forward does.
+void rmsnorm_backward(float* dx, const float* dy, const float* x, const float* w, int64_t T, int64_t C, float eps) {
+  parallel_for(T, std::max<int64_t>(1, 16384 / C), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+      const float* xt = x + t * C;
+      const float* gt = dy + t * C;
+      float* o = dx + t * C;
+      double ss = 0, gx = 0;
+      for (int64_t c = 0; c < C; c++) {
+        ss += double(xt[c]) * xt[c];
+        gx += double(gt[c]) * w[c] * xt[c];
+      }
+      float r = float(1.0 / std::sqrt(ss / double(C) + double(eps)));
+      float coef = float(double(r) * r * r * gx / double(C));
+      for (int64_t c = 0; c < C; c++) o[c] = r * (gt[c] * w[c]) - coef * xt[c];
+    }
+  });
+}
+
+// out = silu(a) * b, silu(a) = a * sigmoid(a):
+//   da = dout * b * sigmoid(a) * (1 + a * (1 - sigmoid(a)));  db = dout * silu(a)
+void swiglu_backward(float* da, float* db, const float* dout, const float* a, const float* b, int64_t N) {
+  parallel_for(N, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) {
+      float s = 1.f / (1.f + std::exp(-a[i]));
+      da[i] = dout[i] * b[i] * s * (1.f + a[i] * (1.f - s));
+      db[i] = dout[i] * a[i] * s;
+    }
+  });
+}
+
+// y = x · wᵀ  =>  dx (M, K) = dy (M, N) · w (N, K)
+void matmul_backward(float* dx, const float* dy, const float* w, int64_t M, int64_t N, int64_t K) {
+  sgemm(false, false, int(M), int(K), int(N), 1.f, dy, int(N), w, int(K), 0.f, dx, int(K));
+}
+
+void matmul_backward_bf16(float* dx, const float* dy, const uint16_t* w, int64_t M, int64_t N, int64_t K) {
+  // Widen blocks of about 4 MiB of weight rows (as matmul_forward_bf16), then
+  // dx += dy[:, n0:n0+nb] · w_block, the first block overwriting dx.
+  int64_t nb = std::max<int64_t>(64, (int64_t(1) << 20) / K);
+  std::vector<float> block(size_t(std::min(nb, N)) * K);
+  for (int64_t n0 = 0; n0 < N; n0 += nb) {
+    int64_t rows = std::min(nb, N - n0);
+    parallel_for(rows * K, 1 << 16, [&](int64_t i0, int64_t i1) {
+      const uint16_t* src = w + n0 * K;
+      for (int64_t i = i0; i < i1; i++) block[i] = bf16_to_f32(src[i]);
+    });
+    sgemm(false, false, int(M), int(K), int(rows), 1.f, dy + n0, int(N), block.data(), int(K), n0 == 0 ? 0.f : 1.f,
+          dx, int(K));
+  }
+}
+
+void gather_rows(void* out, const void* x, const int32_t* idx, int64_t M, int64_t row_bytes) {
+  char* o = static_cast<char*>(out);
+  const char* s = static_cast<const char*>(x);
+  parallel_for(M, std::max<int64_t>(1, 65536 / row_bytes), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; m++) std::memcpy(o + m * row_bytes, s + int64_t(idx[m]) * row_bytes, size_t(row_bytes));
+  });
+}
+
+// Threads own column ranges and walk all rows in order: repeated indices accumulate in index
+// order, with no races and the same result for any thread count.
+void scatter_add_rows(float* dst, const int32_t* idx, const float* src, int64_t M, int64_t C) {
+  int64_t grain = std::max<int64_t>(64, (int64_t(1) << 16) / std::max<int64_t>(1, M));
+  parallel_for(C, grain, [&](int64_t c0, int64_t c1) {
+    for (int64_t m = 0; m < M; m++) {
+      float* d = dst + int64_t(idx[m]) * C;
+      const float* s = src + m * C;
+      for (int64_t c = c0; c < c1; c++) d[c] += s[c];
+    }
+  });
+}
+
+}  // namespace la::cpu
