@@ -327,6 +327,7 @@ function readV0Shape(file: string): Llama2cShape {
 }
 
 export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
+  const loadAtStart = os.loadavg()[0];
   const log = opts.log ?? (() => {});
   const threads = opts.threads;
   const steps = opts.steps ?? 256;
@@ -405,7 +406,10 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
     }
   }
 
+  const load = loadAtStart;
   const notes = [
+    `Load average at the start: ${load.toFixed(2)} on ${os.cpus().length} CPUs` +
+      (load > 0.5 ? ' — other processes competed for the cores: numbers are noisy.' : '.'),
     `Read bandwidth: ${(bw / 1e9).toFixed(2)} GB/s (best of memcmp over 2 x 512 MiB with ${threads} threads: ` +
       `${(bwN / 1e9).toFixed(2)} GB/s; 1 thread: ${(bw1 / 1e9).toFixed(2)} GB/s). ` +
       `Bound = bandwidth / weight bytes per token (all matrices, norms, classifier; KV-cache reads excluded).`,

@@ -6,6 +6,7 @@
 // last-level cache, so that M = 1 (decode) measures weights streamed from DRAM, as in a real
 // forward pass, rather than re-reading a cache-resident matrix.
 import * as fs from 'fs';
+import * as os from 'os';
 import { native, Tensor, DType } from '../lib/native';
 
 export interface BenchTable {
@@ -122,6 +123,7 @@ export async function measurePeak(n: number, seconds: number): Promise<{ gflops:
 const fmt = (v: number, digits: number) => v.toFixed(digits);
 
 export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
+  const loadAtStart = os.loadavg()[0];
   const log = opts.log ?? (() => {});
   const ms = opts.ms ?? [1, 16, 128, 512];
   const shapes = opts.shapes ?? LLAMA_SHAPES;
@@ -180,6 +182,8 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
         `bandwidth in the decode table); M > 8 runs OpenBLAS sgemm (bf16 widened to f32 block by block).`,
       `Best of >= 3 batches; each call reads another copy of w (working set >= ` +
         `${Math.round(workingSet / 2 ** 20)} MiB > LLC ${Math.round(llc / 2 ** 20)} MiB), so weights come from DRAM.`,
+      `Load average at the start: ${loadAtStart.toFixed(2)} on ${os.cpus().length} CPUs` +
+        (loadAtStart > 0.5 ? ' — other processes competed for the cores: numbers are noisy.' : '.'),
     ],
   };
 }

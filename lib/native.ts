@@ -60,17 +60,22 @@ export interface NativeBinding {
   fromFile(map: FileMapping, byteOffset: number, shape: number[], fileDtype: FileDType, dtype: DType, name?: string): Tensor;
   // --- training ops (packed rows: N tokens of S segments, segments (S+1) i32 offsets 0..N; ---
   // --- the adapter's K prompts per layer; every op's backward forms input gradients only)  ---
-  /** x (N, H, d) rotated in place by per-token positions (N) i32; `inverse` rotates by -angle,
-   *  which is rope's backward (and its inverse). */
+  /** x (N, H, d) rotated in place by per-token positions (N) i32 (>= 0, checked when it runs);
+   *  `inverse` rotates by -angle, which is rope's backward (and its inverse). At positions
+   *  pos0 + t it equals rope(x, pos0, ...) bit for bit. */
   ropeAt(x: Tensor, positions: Tensor, theta: number, layout: RopeLayout, inverse: boolean): void;
   /** The fused gated split-softmax attention (SPEC §2) over packed sequences, causal within each
    *  segment. q (N, H, d) and k (N, Hkv, d) already rotated, v (N, Hkv, d); prompt keys/values
    *  pk, pv (K, Hkv, d) (no RoPE) and the raw gate (H) or (1) (tanh applied inside), or all three
    *  null for plain attention. Returns [out (N, H, d), stats (N, H, 2): log-sum-exp of the word
-   *  and the prompt scores, kept for the backward]. */
+   *  and the prompt scores (scaled by 1/sqrt(d); the prompt one is -Infinity without a prompt),
+   *  kept for the backward]. The offsets must rise (non-decreasing; empty segments are allowed)
+   *  from 0 to N; they are checked when the op runs (a bad one rejects at read()). */
   gatedAttention(q: Tensor, k: Tensor, v: Tensor, segments: Tensor, pk: Tensor | null, pv: Tensor | null, gate: Tensor | null): [Tensor, Tensor];
-  /** Backward of gatedAttention given dout (N, H, d): [dq, dk, dv, dpk (K, Hkv, d), dpv, dgate
-   *  (shape of gate)]; the prompt gradients are summed over all tokens, null without a prompt. */
+  /** Backward of gatedAttention given dout (N, H, d) and its out and stats: [dq, dk, dv, dpk
+   *  (K, Hkv, d), dpv, dgate (shape of gate: per head, or summed over heads for a scalar gate)];
+   *  the prompt gradients are summed over all tokens, null without a prompt. Deterministic: the
+   *  same inputs give bit-identical gradients for any thread count. */
   gatedAttentionBackward(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, segments: Tensor,
     pk: Tensor | null, pv: Tensor | null, gate: Tensor | null, out: Tensor, stats: Tensor,
@@ -81,18 +86,23 @@ export interface NativeBinding {
   swigluBackward(dout: Tensor, a: Tensor, b: Tensor): [Tensor, Tensor];
   /** dx (M, K) = dy (M, N) · w (N, K) f32|bf16: the input gradient of matmul; no dW is formed. */
   matmulBackward(dy: Tensor, w: Tensor): Tensor;
-  /** x (N, C) rows idx (M) i32 -> (M, C) */
+  /** x (N, C) rows idx (M) i32 -> (M, C); any dtype, any trailing dims; an index outside [0, N)
+   *  rejects at read() */
   gatherRows(x: Tensor, idx: Tensor): Tensor;
-  /** dst (N, C) rows idx (M) += src (M, C), in place (repeated indices accumulate) */
+  /** dst (N, C) rows idx (M) += src (M, C), in place, f32 (repeated indices accumulate, in index
+   *  order); an index outside [0, N) fails the op (dst is then poisoned) */
   scatterAddRows(dst: Tensor, idx: Tensor, src: Tensor): void;
   /** Cross-entropy of logits (M, V) against targets (M) i32: [loss (1) = sum over rows of
-   *  -log softmax[target], dlogits (M, V) = scale * (softmax - onehot)]. */
+   *  -log softmax[target] (summed in double), dlogits (M, V) = scale * (softmax - onehot)]. A
+   *  target outside [0, V) rejects at read(), naming the row. */
   crossEntropy(logits: Tensor, targets: Tensor, scale: number): [Tensor, Tensor];
-  /** Decoupled AdamW (SPEC §4), in place on f32 param, m, v given grad; `step` counts from 1. */
+  /** Decoupled AdamW (SPEC §4), in place on f32 param, m, v given grad; `step` counts from 1.
+   *  Exactly torch.optim.AdamW's (non-foreach) order: p *= 1 - lr wd; m = lerp(m, g, 1 - b1);
+   *  v = b2 v + (1 - b2) g²; p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). */
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, step: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number): void;
   /** (1) f32: the sum of squares of x (in double precision) */
   sumSquares(x: Tensor): Tensor;
-  /** x *= s, in place */
+  /** x *= s, in place; s = 0 clears x (NaN and Inf included), for zeroing accumulators */
   scaleInPlace(x: Tensor, s: number): void;
   /** The same storage seen with another shape of equal element count (no copy). */
   reshape(x: Tensor, shape: number[]): Tensor;
@@ -110,8 +120,11 @@ export interface NativeBinding {
   matmul(x: Tensor, w: Tensor): Tensor;
   /** cache (S, Hkv, d) [pos0 .. pos0+T) = src (T, Hkv, d), in place */
   kvWrite(cache: Tensor, src: Tensor, pos0: number): void;
-  /** q (T, H, d) at positions pos0.., caches (S, Hkv, d) -> (T, H, d); causal over keys 0..pos */
-  attention(q: Tensor, kCache: Tensor, vCache: Tensor, pos0: number): Tensor;
+  /** q (T, H, d) at positions pos0.., caches (S, Hkv, d) -> (T, H, d); causal over keys 0..pos.
+   *  With the adapter branch (SPEC §2): prompt keys/values pk, pv (K, Hkv, d) (no RoPE) and the raw
+   *  gate (H) or (1) (all three, or none/null) add tanh(gate) * softmax(q pkᵀ / sqrt(d)) pv, a
+   *  separate softmax over the K prompt keys, unmasked. */
+  attention(q: Tensor, kCache: Tensor, vCache: Tensor, pos0: number, pk?: Tensor | null, pv?: Tensor | null, gate?: Tensor | null): Tensor;
   /** a, b (T, F) -> silu(a) * b */
   swiglu(a: Tensor, b: Tensor): Tensor;
   /** x += y, in place (same shape) */

@@ -1,5 +1,6 @@
 #include "executor.h"
 
+#include <algorithm>
 #include <exception>
 
 namespace la {
@@ -52,6 +53,7 @@ void Executor::run() {
       if (queue_.empty()) return;  // stopping, nothing left
       task = std::move(queue_.front());
       queue_.pop_front();
+      running_ = true;
     }
     std::string failure;
     try {
@@ -65,10 +67,21 @@ void Executor::run() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!failure.empty() && error_.empty()) error_ = failure;
-      completed_ = task.ticket;
+      completed_ = std::max(completed_, task.ticket);
+      running_ = false;
     }
     done_.notify_all();
   }
+}
+
+void Executor::shutdown() {
+  std::unique_lock<std::mutex> lock(mu_);
+  stop_ = true;
+  if (!queue_.empty()) completed_ = std::max(completed_, queue_.back().ticket);
+  queue_.clear();
+  has_work_.notify_all();
+  done_.notify_all();
+  done_.wait(lock, [&] { return !running_; });
 }
 
 Executor& cpu_executor() {

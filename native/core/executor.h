@@ -28,6 +28,9 @@ class Executor {
   uint64_t last_ticket();
   // The first failure since the previous call ("" if none), cleared.
   std::string take_error();
+  // At process exit: drops queued ops and waits for the running one, so that no kernel is inside
+  // BLAS when the libraries' own exit handlers run (OpenBLAS would wait for it forever).
+  void shutdown();
 
  private:
   struct Task {
@@ -43,6 +46,7 @@ class Executor {
   uint64_t next_ticket_ = 1, completed_ = 0;
   std::string error_;
   bool stop_ = false;
+  bool running_ = false;
   std::thread thread_;
 };
 

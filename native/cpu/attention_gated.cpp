@@ -364,7 +364,7 @@ void prompt_grad(const BwdArgs& A, const Dims& g, float* dpk, float* dpv, int64_
 
 // seg_start (N): the first token of each token's segment; returns the longest segment's length.
 int64_t segment_starts(std::vector<int64_t>& seg_start, const int32_t* seg, int64_t S, int64_t N) {
-  seg_start.resize(size_t(N));
+  seg_start.resize(static_cast<size_t>(N));
   int64_t longest = 0;
   for (int64_t s = 0; s < S; s++) {
     for (int64_t t = seg[s]; t < seg[s + 1]; t++) seg_start[t] = seg[s];
@@ -374,7 +374,7 @@ int64_t segment_starts(std::vector<int64_t>& seg_start, const int32_t* seg, int6
 }
 
 std::vector<float> tanh_gate(const float* gate, int64_t G, int64_t H) {
-  std::vector<float> gamma(size_t(H));
+  std::vector<float> gamma(static_cast<size_t>(H));
   for (int64_t h = 0; h < H; h++) gamma[h] = std::tanh(gate[G == 1 ? 0 : h]);
   return gamma;
 }
@@ -391,7 +391,7 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
   if (pk) gamma = tanh_gate(gate, G, H);
   FwdArgs A{out, stats, q, k, v, pk, pv, pk ? gamma.data() : nullptr, seg_start.data()};
   parallel_for(N * H, 16, [&](int64_t u0, int64_t u1) {
-    std::vector<float> e(size_t(longest)), a(size_t(std::max<int64_t>(1, g.K))), y(size_t(d));
+    std::vector<float> e(static_cast<size_t>(longest)), a(static_cast<size_t>(std::max<int64_t>(1, g.K))), y(static_cast<size_t>(d));
     forward_units(A, g, u0, u1, e.data(), a.data(), y.data());
   });
 }
@@ -418,7 +418,7 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
 
   // Pass P: prompt branch per row (sets dq), D_w
   parallel_for(N * H, 16, [&](int64_t u0, int64_t u1) {
-    std::vector<float> y(size_t(d)), dA(size_t(std::max<int64_t>(1, g.K)));
+    std::vector<float> y(static_cast<size_t>(d)), dA(static_cast<size_t>(std::max<int64_t>(1, g.K)));
     prompt_pass(A, g, u0, u1, y.data(), dA.data());
   });
 
@@ -432,7 +432,7 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
     return seg[x / Hkv + 1] - seg[x / Hkv] > seg[y / Hkv + 1] - seg[y / Hkv];
   });
   parallel_for(int64_t(units.size()), 1, [&](int64_t u0, int64_t u1) {
-    std::vector<float> sc(size_t(longest)), dp(size_t(longest)), acc(size_t(d));
+    std::vector<float> sc(static_cast<size_t>(longest)), dp(static_cast<size_t>(longest)), acc(static_cast<size_t>(d));
     word_pass(A, g, units.data(), u0, u1, sc.data(), dp.data(), acc.data());
   });
 
@@ -460,7 +460,7 @@ void attention_prompt_add(float* out, const float* q, const float* pk, const flo
   Dims g(T, H, Hkv, d, K, G);
   std::vector<float> gamma = tanh_gate(gate, G, H);
   parallel_for(T * H, 16, [&](int64_t u0, int64_t u1) {
-    std::vector<float> a(size_t(K)), y(size_t(d));
+    std::vector<float> a(static_cast<size_t>(K)), y(static_cast<size_t>(d));
     for (int64_t u = u0; u < u1; u++) {
       int64_t t = u / H, h = u % H, kvh = g.kv_of(h);
       const float* qi = q + t * g.ldq + h * d;

@@ -66,7 +66,7 @@ double ce_row_plain(float* dl, const float* l, int32_t target, int64_t V, float 
 }  // namespace
 
 double cross_entropy(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V, float scale) {
-  std::vector<double> loss(size_t(M));
+  std::vector<double> loss(static_cast<size_t>(M));
   parallel_for(M, std::max<int64_t>(1, 32768 / V), [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; m++) {
 #ifdef LA_CE_X86

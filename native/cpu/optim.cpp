@@ -44,7 +44,7 @@ double sum_squares(const float* x, int64_t n) {
   // Fixed blocks, each summed in double lanes, then the blocks in order: thread-count independent.
   const int64_t B = 1 << 14;
   int64_t blocks = (n + B - 1) / B;
-  std::vector<double> part(size_t(blocks));
+  std::vector<double> part(static_cast<size_t>(blocks));
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; b++) {
       int64_t i = b * B, e = std::min(n, i + B);
@@ -60,9 +60,13 @@ double sum_squares(const float* x, int64_t n) {
   return total;
 }
 
+// s = 0 clears (a NaN or Inf times 0 would stay NaN): scaleInPlace(g, 0) zeroes accumulators.
 void scale_inplace(float* x, int64_t n, float s) {
   parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i++) x[i] *= s;
+    if (s == 0.f)
+      std::fill(x + i0, x + i1, 0.f);
+    else
+      for (int64_t i = i0; i < i1; i++) x[i] *= s;
   });
 }
 

@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -118,9 +119,9 @@ Napi::Value FromArray(const Napi::CallbackInfo& info) {
     std::vector<int64_t> shape = a.shape(1);
     DType dtype = a.dtype(2, kind == napi_int32_array ? DType::I32 : DType::F32);
     if ((kind == napi_int32_array) != (dtype == DType::I32))
-      throw Napi::TypeError::New(info.Env(), std::string("fromArray: an ") +
-                                                 (kind == napi_int32_array ? "Int32Array" : "Float32Array") +
-                                                 " cannot make a " + dtype_name(dtype) + " tensor");
+      throw Napi::TypeError::New(info.Env(), std::string("fromArray: ") +
+                                                 (kind == napi_int32_array ? "an Int32Array" : "a Float32Array") +
+                                                 " cannot make a tensor of dtype " + dtype_name(dtype));
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
     LA_CHECK(int64_t(ta.ElementLength()) == n, "fromArray: data has ", ta.ElementLength(),
@@ -181,6 +182,8 @@ Napi::Value FromFile(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  static bool exit_hook = (std::atexit([] { cpu_executor().shutdown(); }), true);
+  (void)exit_hook;
   auto* data = new AddonData();
   data->tensor_ctor = Napi::Persistent(TensorWrap::Define(env));
   data->mapping_ctor = Napi::Persistent(MappingWrap::Define(env));

@@ -223,12 +223,13 @@ class WaitWorker : public Napi::AsyncWorker {
   std::function<Napi::Value(Napi::Env)> make_;
 };
 
-// One binding: `Name(info)` runs `body` with `a` = Args{info, "Name"}, errors converted.
-#define LA_OP(Name, body)                            \
+// One binding: `Name(info)` runs the body with `a` = Args{info, "Name"}, errors converted. The body
+// is variadic so that it may contain unparenthesised commas.
+#define LA_OP(Name, ...)                             \
   Napi::Value Name(const Napi::CallbackInfo& info) { \
     return guarded(info, [&]() -> Napi::Value {      \
       Args a{info, #Name};                           \
-      body                                           \
+      __VA_ARGS__                                    \
     });                                              \
   }
 
