@@ -8,6 +8,8 @@ import * as path from 'path';
 import { repoRoot } from './util/paths';
 
 const node = process.execPath;
+/** dependencies used only to build from source */
+const buildOnly = ['cmake-js', 'node-addon-api'];
 
 describe('package', function () {
   this.timeout(600_000);
@@ -42,8 +44,10 @@ describe('package', function () {
       // a copy of the package as installed from a tarball: no build/ folder, no sources
       pkg = fs.mkdtempSync(path.join(os.tmpdir(), 'la-prebuilt-'));
       for (const item of ['package.json', 'dist', 'prebuilds']) fs.cpSync(path.join(repoRoot, item), path.join(pkg, item), { recursive: true });
-      fs.mkdirSync(path.join(pkg, 'node_modules'));
-      fs.cpSync(path.join(repoRoot, 'node_modules', 'node-gyp-build'), path.join(pkg, 'node_modules', 'node-gyp-build'), { recursive: true });
+      // its runtime dependencies, as npm would install them (the build tools are not needed)
+      const deps = Object.keys(require(path.join(repoRoot, 'package.json')).dependencies).filter((d) => !buildOnly.includes(d));
+      for (const dep of deps)
+        fs.cpSync(path.join(repoRoot, 'node_modules', dep), path.join(pkg, 'node_modules', dep), { recursive: true });
     });
     after(() => fs.rmSync(pkg, { recursive: true, force: true }));
 

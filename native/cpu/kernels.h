@@ -5,7 +5,6 @@
 // S cache length, V vocabulary, F FFN hidden size, M/N/K matmul sizes.
 #pragma once
 #include <cstdint>
-#include <cstring>
 
 namespace la::cpu {
 
@@ -85,30 +84,9 @@ double sum_squares(const float* x, int64_t n);
 // x *= s
 void scale_inplace(float* x, int64_t n, float s);
 
-// exp(x) without a libm call, so that loops over it vectorise (softmax, cross-entropy): Cephes'
-// expf (round x / ln2 to the nearest integer n with the 1.5 * 2^23 trick, reduce by a two-part ln2,
-// degree-6 polynomial, scale by 2^n through the exponent bits); relative error ~2 ulp. Arguments
-// below -87.3 (where f32 results turn subnormal) give 0; +inf gives a large finite value; NaN stays NaN.
-inline __attribute__((always_inline)) float exp_poly(float x) {
-  float xc = x < -87.33654f ? -87.33654f : x;
-  xc = xc > 88.37626f ? 88.37626f : xc;
-  float n = xc * 1.44269504088896341f + 12582912.f;
-  n -= 12582912.f;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.f;
-  int32_t bits = (int32_t(n) + 127) << 23;
-  float s;
-  std::memcpy(&s, &bits, 4);
-  y *= s;
-  y = x < -87.33654f ? 0.f : y;  // underflow (and -inf) -> 0
-  return x != x ? x : y;         // NaN stays NaN
-}
+// e[j] = exp(x[j] * scale - shift) for j < n (e may be x); returns the sum of the e[j] (f32 lanes
+// in a fixed order). Vectorised (AVX2 when the CPU has it; Cephes' expf polynomial, ~2 ulp, results
+// below ~1e-38 flush to 0). The inner loop of softmax rows (attention_gated.cpp, loss.cpp).
+float exp_sum(float* e, const float* x, int64_t n, float scale, float shift);
 
 }  // namespace la::cpu
