@@ -20,16 +20,18 @@ import { writeDemoData } from '../tools/make-demo-data';
 const root = path.resolve(__dirname, '..', '..');
 const shared = process.env.LLAMA_ADAPTER_DATA ?? path.resolve(root, '..', 'shared', 'data');
 
-function nameOf(r: AlpacaRecord): string {
-  const m = /^Write a story about (\S+) who likes/.exec(r.instruction);
+/** The name and the thing a demo instruction asks for. */
+function askedFor(r: AlpacaRecord): { name: string; thing: string } {
+  const m = /^Write a story about (\S+) who likes (.+)\.$/.exec(r.instruction);
   if (!m) throw new Error(`not a demo instruction: ${r.instruction}`);
-  return m[1];
+  return { name: m[1], thing: m[2] };
 }
 
 interface Measured {
   loss: number;
   tokens: number;
-  success: number;
+  usesName: number;
+  usesThing: number;
   asked: number;
   samples: { instruction: string; text: string }[];
 }
@@ -38,19 +40,22 @@ async function measure(model: Llama, tok: Tokenizer, adapter: Adapter | undefine
   const { examples } = tokenizeRecords(tok, test, { maxSeqLen: model.config.maxSeqLen, warn: () => {} });
   const { loss, tokens } = await evaluateLoss(model, adapter, examples, 16);
   model.setAdapter(adapter);
-  let success = 0;
+  let usesName = 0;
+  let usesThing = 0;
   const samples: Measured['samples'] = [];
   try {
     for (const r of test.slice(0, n)) {
       let text = '';
       for await (const piece of generate(model, tok, promptOf(r), { temperature: 0, maxTokens: 80 })) text += piece;
-      if (storyUsesName(text, nameOf(r))) success++;
+      const { name, thing } = askedFor(r);
+      if (storyUsesName(text, name)) usesName++;
+      if (storyUsesName(text, thing)) usesThing++;
       if (samples.length < 3) samples.push({ instruction: r.instruction, text: text.trim() });
     }
   } finally {
     model.setAdapter(undefined);
   }
-  return { loss, tokens, success, asked: Math.min(n, test.length), samples };
+  return { loss, tokens, usesName, usesThing, asked: Math.min(n, test.length), samples };
 }
 
 async function main(): Promise<void> {
@@ -111,11 +116,12 @@ async function main(): Promise<void> {
       adapter.dispose();
     }
 
-    const pct = (m: Measured) => `${m.success}/${m.asked} (${Math.round((100 * m.success) / m.asked)}%)`;
+    const pct = (k: number, m: Measured) => `${k}/${m.asked} (${Math.round((100 * k) / m.asked)}%)`;
     console.log('\n| held-out test set (unseen names) | frozen stories260K | + adapter |');
     console.log('|---|---|---|');
     console.log(`| mean cross-entropy of the stories (${before.tokens} tokens) | ${before.loss.toFixed(4)} | ${after.loss.toFixed(4)} |`);
-    console.log(`| greedy story uses the asked name | ${pct(before)} | ${pct(after)} |`);
+    console.log(`| greedy story uses the asked name | ${pct(before.usesName, before)} | ${pct(after.usesName, after)} |`);
+    console.log(`| greedy story uses the asked thing | ${pct(before.usesThing, before)} | ${pct(after.usesThing, after)} |`);
     for (let i = 0; i < before.samples.length; i++) {
       console.log(`\n${before.samples[i].instruction}`);
       console.log(`  frozen : ${JSON.stringify(before.samples[i].text.slice(0, 200))}`);

@@ -5,7 +5,9 @@ const fs = require('fs');
 const path = require('path');
 
 const root = path.resolve(__dirname, '..');
-const dirs = ['native/core', 'native/cpu', 'native/ops', 'native/io', 'native/napi'];
+// native/comm builds its MPI engine only under CMake; here (prebuilt binaries) it is the stub, so
+// that the binary loads on machines without Open MPI. NCCL is loaded at run time either way.
+const dirs = ['native/core', 'native/cpu', 'native/ops', 'native/io', 'native/napi', 'native/comm'];
 const blasHeader = ['/usr/include/x86_64-linux-gnu/openblas-pthread', '/usr/include/openblas', '/usr/include'].find((d) =>
   fs.existsSync(path.join(d, 'cblas.h')),
 );

@@ -144,23 +144,24 @@ float exp_sum_plain(float* e, const float* x, int64_t n, float scale, float shif
 
 // ---- micro-kernels over packed, zero-padded tiles ---------------------------------------------
 //
-// A block has R query rows (its buffers hold round_up(R, 4) rows, the extra ones zero); row r of
-// the block is query rel + r of its segment and sees keys 0 .. rel + r. dp is a multiple of 8; key
-// dimensions of packed buffers are zero-padded to a multiple of 8.
+// A block has R query rows (its buffers hold round_up(R, 4) rows, the extra ones zero) and nkeys
+// keys; row r sees keys 0 .. min(rel + r, nkeys - 1): causal with rel = the block's first query
+// within its segment (nkeys = rel + R), unmasked with rel = nkeys (the prompt keys). dp is a
+// multiple of 8; key dimensions of packed buffers are zero-padded to a multiple of 8.
 //
-//   scores: C (R, keys) = A (R, dp) · Bt (dp, keys), for each 4-row group the keys up to
-//           round_up(rel + last row + 1, 8)
+//   scores: C (R, keys) = A (R, dp) · Bt (dp, keys), for each 4-row group the keys its last row
+//           sees, rounded up to 8 (Bt needs those zero-padded columns)
 //   rowmix: C (R, dp) = A (R, keys) · B (keys, dp), each 4-row group over the keys its last row sees
-//   accum:  C (keys, dp) += Aᵀ (keys, R) · B (R, dp), keys = rel + R (rounded up to 4 in C's rows);
-//           the rows that cannot see a key tile are skipped
+//   accum:  C (keys, dp) += Aᵀ (keys, R) · B (R, dp) in tiles of 4 keys (C has round_up(nkeys, 4)
+//           rows, A that many zero-padded columns); the rows that cannot see a key tile are skipped
 
 struct Kernels {
   void (*scores)(float* C, int64_t ldc, const float* A, int64_t lda, const float* Bt, int64_t ldb, int64_t R,
-                 int64_t rel, int64_t dp);
+                 int64_t nkeys, int64_t rel, int64_t dp);
   void (*rowmix)(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb, int64_t R,
-                 int64_t rel, int64_t dp);
+                 int64_t nkeys, int64_t rel, int64_t dp);
   void (*accum)(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb, int64_t R,
-                int64_t rel, int64_t dp);
+                int64_t nkeys, int64_t rel, int64_t dp);
   float (*exp_sum)(float* e, const float* x, int64_t n, float scale, float shift);
   float (*max)(const float* x, int64_t n);
 };
@@ -172,9 +173,9 @@ float max_plain(const float* x, int64_t n) {
 }
 
 void scores_plain(float* C, int64_t ldc, const float* A, int64_t lda, const float* Bt, int64_t ldb, int64_t R,
-                  int64_t rel, int64_t dp) {
+                  int64_t nkeys, int64_t rel, int64_t dp) {
   for (int64_t r0 = 0; r0 < R; r0 += 4) {
-    int64_t cols = round_up(rel + std::min(r0 + 4, R), 8);
+    int64_t cols = round_up(std::min(nkeys, rel + std::min(r0 + 4, R)), 8);
     for (int64_t r = r0; r < r0 + 4; r++) {
       float* c = C + r * ldc;
       std::fill(c, c + cols, 0.f);
@@ -188,9 +189,9 @@ void scores_plain(float* C, int64_t ldc, const float* A, int64_t lda, const floa
 }
 
 void rowmix_plain(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb, int64_t R,
-                  int64_t rel, int64_t dp) {
+                  int64_t nkeys, int64_t rel, int64_t dp) {
   for (int64_t r0 = 0; r0 < R; r0 += 4) {
-    int64_t keys = rel + std::min(r0 + 4, R);
+    int64_t keys = std::min(nkeys, rel + std::min(r0 + 4, R));
     for (int64_t r = r0; r < r0 + 4; r++) {
       float* c = C + r * ldc;
       std::fill(c, c + dp, 0.f);
@@ -204,9 +205,8 @@ void rowmix_plain(float* C, int64_t ldc, const float* A, int64_t lda, const floa
 }
 
 void accum_plain(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb, int64_t R,
-                 int64_t rel, int64_t dp) {
-  int64_t keys = rel + R;
-  for (int64_t j = 0; j < keys; j++) {
+                 int64_t nkeys, int64_t rel, int64_t dp) {
+  for (int64_t j = 0; j < nkeys; j++) {
     float* c = C + j * ldc;
     for (int64_t r = std::max<int64_t>(0, j - rel); r < R; r++) {
       float a = A[r * lda + j];
@@ -310,27 +310,26 @@ LA_AVX2 inline void tile8_acc_t(float* C, int64_t ldc, const float* A, int64_t l
 #undef LA_TILE_STEP8
 
 LA_AVX2 void scores_avx2(float* C, int64_t ldc, const float* A, int64_t lda, const float* Bt, int64_t ldb, int64_t R,
-                         int64_t rel, int64_t dp) {
+                         int64_t nkeys, int64_t rel, int64_t dp) {
   for (int64_t r0 = 0; r0 < R; r0 += 4) {
-    int64_t cols = round_up(rel + std::min(r0 + 4, R), 8), j = 0;
+    int64_t cols = round_up(std::min(nkeys, rel + std::min(r0 + 4, R)), 8), j = 0;
     for (; j + 16 <= cols; j += 16) tile16_set(C + r0 * ldc + j, ldc, A + r0 * lda, lda, Bt + j, ldb, dp);
     if (j < cols) tile8_set(C + r0 * ldc + j, ldc, A + r0 * lda, lda, Bt + j, ldb, dp);
   }
 }
 
 LA_AVX2 void rowmix_avx2(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb, int64_t R,
-                         int64_t rel, int64_t dp) {
+                         int64_t nkeys, int64_t rel, int64_t dp) {
   for (int64_t r0 = 0; r0 < R; r0 += 4) {
-    int64_t keys = rel + std::min(r0 + 4, R), k = 0;
+    int64_t keys = std::min(nkeys, rel + std::min(r0 + 4, R)), k = 0;
     for (; k + 16 <= dp; k += 16) tile16_set(C + r0 * ldc + k, ldc, A + r0 * lda, lda, B + k, ldb, keys);
     if (k < dp) tile8_set(C + r0 * ldc + k, ldc, A + r0 * lda, lda, B + k, ldb, keys);
   }
 }
 
 LA_AVX2 void accum_avx2(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb, int64_t R,
-                        int64_t rel, int64_t dp) {
-  int64_t keys = rel + R;
-  for (int64_t j0 = 0; j0 < keys; j0 += 4) {
+                        int64_t nkeys, int64_t rel, int64_t dp) {
+  for (int64_t j0 = 0; j0 < nkeys; j0 += 4) {
     int64_t r0 = std::max<int64_t>(0, j0 - rel), k = 0;
     for (; k + 16 <= dp; k += 16) tile16_acc_t(C + j0 * ldc + k, ldc, A + j0, lda, B + k, ldb, r0, R);
     if (k < dp) tile8_acc_t(C + j0 * ldc + k, ldc, A + j0, lda, B + k, ldb, r0, R);
@@ -338,14 +337,22 @@ LA_AVX2 void accum_avx2(float* C, int64_t ldc, const float* A, int64_t lda, cons
 }
 #endif
 
-// LLAMA_ADAPTER_NO_AVX2=1 selects the portable loops on any CPU (for testing them).
+// AVX2+FMA when the CPU has it, unless LLAMA_ADAPTER_NO_AVX2=1 (to test the portable loops).
+bool avx2_enabled() {
+#ifdef LA_GA_X86
+  static const bool on = has_avx2 && !(std::getenv("LLAMA_ADAPTER_NO_AVX2") &&
+                                       std::string(std::getenv("LLAMA_ADAPTER_NO_AVX2")) == "1");
+  return on;
+#else
+  return false;
+#endif
+}
+
 const Kernels& kernels() {
   static const Kernels plain{scores_plain, rowmix_plain, accum_plain, exp_sum_plain, max_plain};
 #ifdef LA_GA_X86
   static const Kernels avx2{scores_avx2, rowmix_avx2, accum_avx2, exp_sum_avx2, max_avx2};
-  static const bool use_avx2 = has_avx2 && !(std::getenv("LLAMA_ADAPTER_NO_AVX2") &&
-                                             std::string(std::getenv("LLAMA_ADAPTER_NO_AVX2")) == "1");
-  if (use_avx2) return avx2;
+  if (avx2_enabled()) return avx2;
 #endif
   return plain;
 }
@@ -366,9 +373,48 @@ void pack_rows(float* dst, int64_t dp, const float* src, int64_t ld, int64_t n, 
 }
 
 // dst (dp, ldt) = transpose of src rows (stride ld): dst[k][j] = src[j][k], zero-padded
+#ifdef LA_GA_X86
+// dst rows 0..7 (stride ldt) = the transpose of src rows 0..7 (stride ld), 8 columns
+LA_AVX2 inline void transpose8(float* dst, int64_t ldt, const float* src, int64_t ld) {
+  __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld), r2 = _mm256_loadu_ps(src + 2 * ld),
+         r3 = _mm256_loadu_ps(src + 3 * ld), r4 = _mm256_loadu_ps(src + 4 * ld), r5 = _mm256_loadu_ps(src + 5 * ld),
+         r6 = _mm256_loadu_ps(src + 6 * ld), r7 = _mm256_loadu_ps(src + 7 * ld);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+         t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE), u2 = _mm256_shuffle_ps(t1, t3, 0x44),
+         u3 = _mm256_shuffle_ps(t1, t3, 0xEE), u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + ldt, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ldt, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ldt, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ldt, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ldt, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ldt, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ldt, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+LA_AVX2 int64_t transpose_blocks_avx2(float* dst, int64_t ldt, const float* src, int64_t ld, int64_t n, int64_t d) {
+  int64_t j0 = 0;
+  for (; j0 + 8 <= n; j0 += 8)
+    for (int64_t k = 0; k + 8 <= d; k += 8) transpose8(dst + k * ldt + j0, ldt, src + j0 * ld + k, ld);
+  return j0;  // rows done (all columns below d rounded down to 8)
+}
+#endif
+
 void pack_transposed(float* dst, int64_t ldt, const float* src, int64_t ld, int64_t n, int64_t d, int64_t dp) {
   std::fill(dst, dst + dp * ldt, 0.f);
-  int64_t j0 = 0;
+  int64_t done = 0, kfull = 0;
+#ifdef LA_GA_X86
+  if (avx2_enabled()) {
+    done = transpose_blocks_avx2(dst, ldt, src, ld, n, d);
+    kfull = d / 8 * 8;
+  }
+#endif
+  for (int64_t j0 = 0; j0 < done; j0 += 8)  // the columns past the 8x8 blocks
+    for (int64_t k = kfull; k < d; k++)
+      for (int64_t j = 0; j < 8; j++) dst[k * ldt + j0 + j] = src[(j0 + j) * ld + k];
+  int64_t j0 = done;
   for (; j0 + 8 <= n; j0 += 8)  // 8 source rows at a time: 8 contiguous stores per column
     for (int64_t k = 0; k < d; k++)
       for (int64_t j = 0; j < 8; j++) dst[k * ldt + j0 + j] = src[(j0 + j) * ld + k];
@@ -437,13 +483,41 @@ std::vector<float> tanh_gate(const float* gate, int64_t G, int64_t H) {
   return gamma;
 }
 
+// The prompt keys and values of every kv head, packed once per op: transposed (dp, ldt) for
+// scores, rows (round_up(K, 8), ldr) for products. ldt = key_stride(K).
+struct PromptTiles {
+  int64_t K = 0, ldt = 0, rows = 0;
+  std::vector<float> kt, vt, kr, vr;  // per kv head, one after another
+  PromptTiles(const float* pk, const float* pv, const Dims& g) {
+    if (!pk) return;
+    K = g.K;
+    ldt = key_stride(K);
+    rows = round_up(K, 8);
+    kt.resize(size_t(g.Hkv * g.dp * ldt));
+    vt.resize(kt.size());
+    kr.resize(size_t(g.Hkv * rows * g.ldr));
+    vr.resize(kr.size());
+    for (int64_t h = 0; h < g.Hkv; h++) {
+      pack_transposed(&kt[h * g.dp * ldt], ldt, pk + h * g.d, g.ldk, K, g.d, g.dp);
+      pack_transposed(&vt[h * g.dp * ldt], ldt, pv + h * g.d, g.ldk, K, g.d, g.dp);
+      pack_rows(&kr[h * rows * g.ldr], g.ldr, pk + h * g.d, g.ldk, K, rows, g.d);
+      pack_rows(&vr[h * rows * g.ldr], g.ldr, pv + h * g.d, g.ldk, K, rows, g.d);
+    }
+  }
+  const float* kt_of(int64_t kvh, const Dims& g) const { return &kt[kvh * g.dp * ldt]; }
+  const float* vt_of(int64_t kvh, const Dims& g) const { return &vt[kvh * g.dp * ldt]; }
+  const float* kr_of(int64_t kvh, const Dims& g) const { return &kr[kvh * rows * g.ldr]; }
+  const float* vr_of(int64_t kvh, const Dims& g) const { return &vr[kvh * rows * g.ldr]; }
+};
+
 // Per-chunk scratch of a unit walking one segment, sized for the longest segment: ldt = its key
 // stride, rows of ldr floats. Transposed tiles (dp, ldt); row tiles (ldt, ldr); blocks (kBq, .).
+// The prompt blocks: sp (kBq, prompt ldt) scores, yb (kBq, ldr).
 struct Scratch {
-  std::vector<float> kt, vt, kr, vr, qb, ob, sb, pb, dkr, dvr, y, a;
-  Scratch(int64_t ldt, const Dims& g, bool backward)
+  std::vector<float> kt, vt, kr, vr, qb, ob, sb, pb, dkr, dvr, sp, yb;
+  Scratch(int64_t ldt, const Dims& g, const PromptTiles& pt, bool backward)
       : kt(size_t(g.dp * ldt)), vr(size_t(ldt * g.ldr)), qb(size_t(kBq * g.ldr)), ob(size_t(kBq * g.ldr)),
-        sb(size_t(kBq * ldt)), y(size_t(g.d)), a(size_t(std::max<int64_t>(1, g.K))) {
+        sb(size_t(kBq * ldt)), sp(size_t(kBq * std::max<int64_t>(8, pt.ldt))), yb(size_t(kBq * g.ldr)) {
     if (backward) {
       vt.resize(size_t(g.dp * ldt));
       kr.resize(size_t(ldt * g.ldr));
@@ -468,10 +542,11 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
   const int64_t ldt_max = key_stride(longest_segment(seg, S)), dp = g.dp, ldr = g.ldr;
   std::vector<float> gamma;
   if (pk) gamma = tanh_gate(gate, G, H);
+  const PromptTiles pt(pk, pv, g);
   std::vector<int64_t> units = segment_units(seg, S, H);
   parallel_for(int64_t(units.size()), 1, [&](int64_t u0, int64_t u1) {
-    Scratch w(ldt_max, g, false);
-    float lse[kBq], inv[kBq];
+    Scratch w(ldt_max, g, pt, false);
+    float lse[kBq], inv[kBq], lsep[kBq];
     for (int64_t u = u0; u < u1; u++) {
       int64_t s = units[u] / H, h = units[u] % H, kvh = g.kv_of(h), s0 = seg[s], L = seg[s + 1] - s0;
       int64_t ldt = key_stride(L);
@@ -480,7 +555,8 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
       for (int64_t rel = 0; rel < L; rel += kBq) {
         int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = rel + R;
         pack_rows(w.qb.data(), ldr, q + (s0 + rel) * g.ldq + h * d, g.ldq, R, R4, d);
-        kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, rel, dp);
+        // word branch: S = Q Kᵀ, causal softmax rows, O = P V (normalised below)
+        kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, rel, dp);
         for (int64_t r = 0; r < R4; r++) {
           float* row = w.sb.data() + r * ldt;
           int64_t n = r < R ? rel + r + 1 : 0;
@@ -492,19 +568,33 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
           }
           std::fill(row + n, row + keys, 0.f);  // causal mask (and the padding rows)
         }
-        kn.rowmix(w.ob.data(), ldr, w.sb.data(), ldt, w.vr.data(), ldr, R, rel, dp);
+        kn.rowmix(w.ob.data(), ldr, w.sb.data(), ldt, w.vr.data(), ldr, R, keys, rel, dp);
+        // prompt branch: A_p = softmax(Q K_pᵀ), Y_p = A_p V_p
+        if (pk) {
+          kn.scores(w.sp.data(), pt.ldt, w.qb.data(), ldr, pt.kt_of(kvh, g), pt.ldt, R, K, K, dp);
+          for (int64_t r = 0; r < R; r++) {
+            float* row = w.sp.data() + r * pt.ldt;
+            float mx = kn.max(row, K) * g.scale;
+            float sum = kn.exp_sum(row, row, K, g.scale, mx);
+            lsep[r] = mx + std::log(sum);
+            float iv = 1.f / sum;
+            for (int64_t j = 0; j < K; j++) row[j] *= iv;
+          }
+          kn.rowmix(w.yb.data(), ldr, w.sp.data(), pt.ldt, pt.vr_of(kvh, g), ldr, R, K, K, dp);
+        }
         for (int64_t r = 0; r < R; r++) {
           int64_t t = s0 + rel + r;
           float* o = out + t * g.ldq + h * d;
           const float* ob = w.ob.data() + r * ldr;
-          for (int64_t c = 0; c < d; c++) o[c] = ob[c] * inv[r];
           float* st = stats + (t * H + h) * 2;
           st[0] = lse[r];
           if (pk) {
-            st[1] = prompt_softmax(w.a.data(), w.y.data(), q + t * g.ldq + h * d, pk + kvh * d, pv + kvh * d, g);
+            const float* y = w.yb.data() + r * ldr;
             float gm = gamma[h];
-            for (int64_t c = 0; c < d; c++) o[c] += gm * w.y[c];
+            for (int64_t c = 0; c < d; c++) o[c] = ob[c] * inv[r] + gm * y[c];
+            st[1] = lsep[r];
           } else {
+            for (int64_t c = 0; c < d; c++) o[c] = ob[c] * inv[r];
             st[1] = -INFINITY;
           }
         }
@@ -522,62 +612,22 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
   const bool prompt = pk != nullptr;
   Dims g(N, H, Hkv, d, prompt ? K : 0, G);
   const int64_t ldt_max = key_stride(longest_segment(seg, S)), dp = g.dp, ldr = g.ldr;
-  std::vector<float> gamma, Dw(size_t(N * H)), Ap, dSp, Gp;
+  const PromptTiles pt(pk, pv, g);
+  const int64_t K4 = round_up(std::max<int64_t>(K, 1), 4), ldtp = std::max<int64_t>(8, pt.ldt);
+  std::vector<float> gamma, Gp;
   if (prompt) {
     gamma = tanh_gate(gate, G, H);
-    Ap.resize(size_t(N * H * K));
-    dSp.resize(size_t(N * H * K));
-    Gp.resize(size_t(N * H));
+    Gp.resize(size_t(N * H));  // (N, H): <dout, Y_p>
   }
-
-  // Pass P, units (token, head): the prompt branch's share of dq (or dq = 0), and D_w.
-  parallel_for(N * H, 64, [&](int64_t u0, int64_t u1) {
-    std::vector<float> y(static_cast<size_t>(d)), dA(static_cast<size_t>(std::max<int64_t>(1, g.K)));
-    for (int64_t u = u0; u < u1; u++) {
-      int64_t t = u / H, h = u % H, kvh = g.kv_of(h);
-      const float* doi = dout + u * d;
-      const float* oi = out + u * d;
-      float* dqi = dq + u * d;
-      if (!prompt) {
-        Dw[u] = dot_f32(doi, oi, d);
-        std::fill(dqi, dqi + d, 0.f);
-        continue;
-      }
-      const float* qi = q + u * d;
-      const float* pkh = pk + kvh * d;
-      const float* pvh = pv + kvh * d;
-      float* a = Ap.data() + u * K;
-      float* ds = dSp.data() + u * K;
-      float gm = gamma[h];
-      // A_p from the saved log-sum-exp; Y_p = A_p V_p; G = <dout, Y_p>
-      dots_f32(a, pkh, g.ldk, K, qi, d);
-      kn.exp_sum(a, a, K, g.scale, stats[u * 2 + 1]);
-      std::fill(y.begin(), y.end(), 0.f);
-      for (int64_t j = 0; j < K; j++)
-        for (int64_t c = 0; c < d; c++) y[c] += a[j] * pvh[j * g.ldk + c];
-      Gp[u] = dot_f32(doi, y.data(), d);
-      // dA_p = gamma dout V_pᵀ; dS_p = A_p (dA_p - rowsum(A_p dA_p)), kept times scale
-      dots_f32(dA.data(), pvh, g.ldk, K, doi, d);
-      float Dp = 0;
-      for (int64_t j = 0; j < K; j++) {
-        dA[j] = gm * dA[j];
-        Dp += a[j] * dA[j];
-      }
-      for (int64_t j = 0; j < K; j++) ds[j] = a[j] * (dA[j] - Dp) * g.scale;
-      std::fill(dqi, dqi + d, 0.f);  // dq = dS_p K_p / sqrt(d)
-      for (int64_t j = 0; j < K; j++)
-        for (int64_t c = 0; c < d; c++) dqi[c] += ds[j] * pkh[j * g.ldk + c];
-      // D_w = <dout, out - gamma Y_p>
-      for (int64_t c = 0; c < d; c++) y[c] = oi[c] - gm * y[c];
-      Dw[u] = dot_f32(doi, y.data(), d);
-      (void)t;
-    }
-  });
-
-  // Pass W, units (segment, kv head): dk, dv rows of the segment and the word part of dq
+  // One pass, units (segment, kv head): dk, dv rows of the segment, dq rows of its heads, and the
+  // unit's share of dpk, dpv (partial tiles, summed afterwards in segment order).
   std::vector<int64_t> units = segment_units(seg, S, Hkv);
+  const int64_t part = prompt ? K4 * ldr : 0;
+  std::vector<float> parts(size_t(2 * part * S * Hkv));  // per (segment, kv head): dpk tile, dpv tile
   parallel_for(int64_t(units.size()), 1, [&](int64_t u0, int64_t u1) {
-    Scratch w(ldt_max, g, true);
+    Scratch w(ldt_max, g, pt, true);
+    std::vector<float> da(size_t(kBq * ldtp)), ag(size_t(kBq * ldtp));
+    float D[kBq];
     for (int64_t u = u0; u < u1; u++) {
       int64_t s = units[u] / Hkv, kvh = units[u] % Hkv, s0 = seg[s], L = seg[s + 1] - s0;
       int64_t ldt = key_stride(L), rows = round_up(L, 8);
@@ -588,34 +638,89 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
       pack_rows(w.kr.data(), ldr, kb, g.ldk, L, rows, d);
       std::fill(w.dkr.begin(), w.dkr.begin() + rows * ldr, 0.f);
       std::fill(w.dvr.begin(), w.dvr.begin() + rows * ldr, 0.f);
+      float* cpk = prompt ? &parts[units[u] * 2 * part] : nullptr;
+      float* cpv = prompt ? cpk + part : nullptr;
+      if (prompt) std::fill(cpk, cpk + 2 * part, 0.f);
       for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; h++)
         for (int64_t rel = 0; rel < L; rel += kBq) {
-          // the micro-kernels read P and dS up to `kfill` columns: zero everything a row cannot see
-          int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), kfill = round_up(rel + R, 4);
-          const float* qsrc = q + (s0 + rel) * g.ldq + h * d;
-          const float* dosrc = dout + (s0 + rel) * g.ldq + h * d;
-          pack_rows(w.qb.data(), ldr, qsrc, g.ldq, R, R4, d);
-          pack_rows(w.ob.data(), ldr, dosrc, g.ldq, R, R4, d);  // dout block
-          kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, rel, dp);  // S
-          kn.scores(w.pb.data(), ldt, w.ob.data(), ldr, w.vt.data(), ldt, R, rel, dp);  // dP = dout Vᵀ
+          int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = rel + R, t0 = s0 + rel;
+          pack_rows(w.qb.data(), ldr, q + t0 * g.ldq + h * d, g.ldq, R, R4, d);
+          pack_rows(w.ob.data(), ldr, dout + t0 * g.ldq + h * d, g.ldq, R, R4, d);  // dout block
+
+          // -- prompt branch: A_p from the saved log-sum-exp, Y_p = A_p V_p, dA_p = gamma dout V_pᵀ,
+          //    dS_p = A_p (dA_p - rowsum(A_p dA_p)) * scale; dq = dS_p K_p, D = <dout, out - gamma Y_p>
+          if (prompt) {
+            float gm = gamma[h];
+            kn.scores(w.sp.data(), ldtp, w.qb.data(), ldr, pt.kt_of(kvh, g), ldtp, R, K, K, dp);
+            kn.scores(da.data(), ldtp, w.ob.data(), ldr, pt.vt_of(kvh, g), ldtp, R, K, K, dp);
+            for (int64_t r = 0; r < R4; r++) {
+              float* a = w.sp.data() + r * ldtp;
+              float* ds = da.data() + r * ldtp;
+              float* gr = ag.data() + r * ldtp;
+              if (r < R) {
+                kn.exp_sum(a, a, K, g.scale, stats[((t0 + r) * H + h) * 2 + 1]);
+                float Dp = 0;
+                for (int64_t j = 0; j < K; j++) {
+                  ds[j] *= gm;
+                  Dp += a[j] * ds[j];
+                }
+                for (int64_t j = 0; j < K; j++) {
+                  ds[j] = a[j] * (ds[j] - Dp) * g.scale;
+                  gr[j] = gm * a[j];
+                }
+              } else {
+                std::fill(a, a + K, 0.f);
+                std::fill(ds, ds + K, 0.f);
+                std::fill(gr, gr + K, 0.f);
+              }
+              std::fill(ds + K, ds + K4, 0.f);
+              std::fill(gr + K, gr + K4, 0.f);
+            }
+            kn.rowmix(w.yb.data(), ldr, w.sp.data(), ldtp, pt.vr_of(kvh, g), ldr, R, K, K, dp);  // Y_p
+            kn.accum(cpk, ldr, da.data(), ldtp, w.qb.data(), ldr, R, K, K, dp);  // dpk += dS_pᵀ Q
+            kn.accum(cpv, ldr, ag.data(), ldtp, w.ob.data(), ldr, R, K, K, dp);  // dpv += (gamma A_p)ᵀ dout
+            for (int64_t r = 0; r < R; r++) {
+              int64_t row = (t0 + r) * H + h;
+              const float* doi = dout + row * d;
+              const float* oi = out + row * d;
+              float* y = w.yb.data() + r * ldr;
+              Gp[row] = dot_f32(doi, y, d);
+              for (int64_t c = 0; c < d; c++) y[c] = oi[c] - gm * y[c];  // out_w
+              D[r] = dot_f32(doi, y, d);  // as without a prompt: at gamma = 0 the same bits
+            }
+            kn.rowmix(w.yb.data(), ldr, da.data(), ldtp, pt.kr_of(kvh, g), ldr, R, K, K, dp);  // dS_p K_p
+            for (int64_t r = 0; r < R; r++)
+              std::memcpy(dq + ((t0 + r) * H + h) * d, w.yb.data() + r * ldr, size_t(d) * 4);
+          } else {
+            for (int64_t r = 0; r < R; r++) {
+              int64_t row = (t0 + r) * H + h;
+              D[r] = dot_f32(dout + row * d, out + row * d, d);
+              std::fill(dq + row * d, dq + row * d + d, 0.f);
+            }
+          }
+
+          // -- word branch: P = exp(S - lse), dS = P (dout Vᵀ - D) * scale; dV += Pᵀ dout,
+          //    dK += dSᵀ Q, dq += dS K. The kernels read P and dS up to `kfill` columns: zero
+          //    everything a row cannot see.
+          int64_t kfill = round_up(keys, 4);
+          kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, rel, dp);  // S
+          kn.scores(w.pb.data(), ldt, w.ob.data(), ldr, w.vt.data(), ldt, R, keys, rel, dp);  // dP = dout Vᵀ
           for (int64_t r = 0; r < R4; r++) {
             float* P = w.sb.data() + r * ldt;
             float* dS = w.pb.data() + r * ldt;
             int64_t n = r < R ? rel + r + 1 : 0;
             if (n) {
-              int64_t row = (s0 + rel + r) * H + h;
-              kn.exp_sum(P, P, n, g.scale, stats[row * 2]);
-              float D = Dw[row];
-              for (int64_t j = 0; j < n; j++) dS[j] = P[j] * (dS[j] - D) * g.scale;
+              kn.exp_sum(P, P, n, g.scale, stats[((t0 + r) * H + h) * 2]);
+              for (int64_t j = 0; j < n; j++) dS[j] = P[j] * (dS[j] - D[r]) * g.scale;
             }
             std::fill(P + n, P + kfill, 0.f);
             std::fill(dS + n, dS + kfill, 0.f);
           }
-          kn.accum(w.dvr.data(), ldr, w.sb.data(), ldt, w.ob.data(), ldr, R, rel, dp);  // dV += Pᵀ dout
-          kn.accum(w.dkr.data(), ldr, w.pb.data(), ldt, w.qb.data(), ldr, R, rel, dp);  // dK += dSᵀ Q
-          kn.rowmix(w.qb.data(), ldr, w.pb.data(), ldt, w.kr.data(), ldr, R, rel, dp);  // dQ = dS K (into Q's tile)
+          kn.accum(w.dvr.data(), ldr, w.sb.data(), ldt, w.ob.data(), ldr, R, keys, rel, dp);  // dV += Pᵀ dout
+          kn.accum(w.dkr.data(), ldr, w.pb.data(), ldt, w.qb.data(), ldr, R, keys, rel, dp);  // dK += dSᵀ Q
+          kn.rowmix(w.qb.data(), ldr, w.pb.data(), ldt, w.kr.data(), ldr, R, keys, rel, dp);  // dQ = dS K (into Q's tile)
           for (int64_t r = 0; r < R; r++) {
-            float* dqi = dq + (s0 + rel + r) * g.ldq + h * d;
+            float* dqi = dq + ((t0 + r) * H + h) * d;
             const float* src = w.qb.data() + r * ldr;
             for (int64_t c = 0; c < d; c++) dqi[c] += src[c];
           }
@@ -626,41 +731,34 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
       }
     }
   });
-
   if (!prompt) return;
-  // Pass K, units (kv head): dpk = sum dS_p q, dpv = sum gamma A_p dout over tokens and heads
+  // dpk, dpv: the units' partial tiles summed in segment order (the same for any thread count)
   parallel_for(Hkv, 1, [&](int64_t h0, int64_t h1) {
-    for (int64_t kvh = h0; kvh < h1; kvh++) {
+    for (int64_t kvh = h0; kvh < h1; kvh++)
       for (int64_t j = 0; j < K; j++) {
-        std::fill(dpk + j * g.ldk + kvh * d, dpk + j * g.ldk + kvh * d + d, 0.f);
-        std::fill(dpv + j * g.ldk + kvh * d, dpv + j * g.ldk + kvh * d + d, 0.f);
-      }
-      for (int64_t t = 0; t < N; t++)
-        for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; h++) {
-          int64_t u = t * H + h;
-          const float* qi = q + u * d;
-          const float* doi = dout + u * d;
-          float gm = gamma[h];
-          for (int64_t j = 0; j < K; j++) {
-            float* __restrict pkr = dpk + j * g.ldk + kvh * d;
-            float* __restrict pvr = dpv + j * g.ldk + kvh * d;
-            float sj = dSp[u * K + j], aj = gm * Ap[u * K + j];
-            for (int64_t c = 0; c < d; c++) {
-              pkr[c] += sj * qi[c];
-              pvr[c] += aj * doi[c];
-            }
+        float* opk = dpk + j * g.ldk + kvh * d;
+        float* opv = dpv + j * g.ldk + kvh * d;
+        std::fill(opk, opk + d, 0.f);
+        std::fill(opv, opv + d, 0.f);
+        for (int64_t s = 0; s < S; s++) {
+          if (seg[s + 1] == seg[s]) continue;
+          const float* cpk = &parts[(s * Hkv + kvh) * 2 * part + j * ldr];
+          const float* cpv = cpk + part;
+          for (int64_t c = 0; c < d; c++) {
+            opk[c] += cpk[c];
+            opv[c] += cpv[c];
           }
         }
-    }
+      }
   });
   // dgate = (1 - gamma²) sum <dout, Y_p>, in double, in token order
   std::vector<double> per_head(static_cast<size_t>(H), 0.0);
   for (int64_t t = 0; t < N; t++)
     for (int64_t h = 0; h < H; h++) per_head[h] += double(Gp[t * H + h]);
   if (G == 1) {
-    double s = 0;
-    for (int64_t h = 0; h < H; h++) s += per_head[h];
-    dgate[0] = float((1.0 - double(gamma[0]) * double(gamma[0])) * s);
+    double sum = 0;
+    for (int64_t h = 0; h < H; h++) sum += per_head[h];
+    dgate[0] = float((1.0 - double(gamma[0]) * double(gamma[0])) * sum);
   } else {
     for (int64_t h = 0; h < H; h++) dgate[h] = float((1.0 - double(gamma[h]) * double(gamma[h])) * per_head[h]);
   }
