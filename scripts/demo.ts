@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import { AlpacaRecord, promptOf, tokenizeRecords } from '../lib/data/alpaca';
-import { storyUsesName } from '../lib/data/demo';
+import { DEMO_THINGS, DEMO_TRAIN_NAMES, demoInstruction, storyUsesName } from '../lib/data/demo';
 import { generate } from '../lib/generate/generate';
 import { Adapter } from '../lib/model/adapter';
 import { Llama } from '../lib/model/llama';
@@ -27,35 +27,57 @@ function askedFor(r: AlpacaRecord): { name: string; thing: string } {
   return { name: m[1], thing: m[2] };
 }
 
-interface Measured {
-  loss: number;
-  tokens: number;
+interface FollowRate {
   usesName: number;
   usesThing: number;
   asked: number;
   samples: { instruction: string; text: string }[];
 }
 
-async function measure(model: Llama, tok: Tokenizer, adapter: Adapter | undefined, test: AlpacaRecord[], n: number): Promise<Measured> {
+interface Measured {
+  loss: number; // held-out stories, mean cross-entropy
+  tokens: number;
+  unseenNames: FollowRate; // names never seen in training
+  newPairs: FollowRate; // training names with things they were never paired with
+}
+
+/** Instructions pairing training names with things they were never paired with in training. */
+function newPairs(train: AlpacaRecord[], n: number): AlpacaRecord[] {
+  const seen = new Set(train.map((r) => r.instruction));
+  const out: AlpacaRecord[] = [];
+  for (let i = 0; out.length < n && i < 100 * n; i++) {
+    const who = DEMO_TRAIN_NAMES[(i * 7) % DEMO_TRAIN_NAMES.length];
+    const instruction = demoInstruction(who.name, DEMO_THINGS[(i * 11 + 3) % DEMO_THINGS.length]);
+    if (!seen.has(instruction)) out.push({ instruction, output: '' });
+  }
+  return out;
+}
+
+/** How often greedy stories use the asked name and thing. */
+async function followRate(model: Llama, tok: Tokenizer, records: AlpacaRecord[]): Promise<FollowRate> {
+  let usesName = 0;
+  let usesThing = 0;
+  const samples: FollowRate['samples'] = [];
+  for (const r of records) {
+    let text = '';
+    for await (const piece of generate(model, tok, promptOf(r), { temperature: 0, maxTokens: 80 })) text += piece;
+    const { name, thing } = askedFor(r);
+    if (storyUsesName(text, name)) usesName++;
+    if (storyUsesName(text, thing)) usesThing++;
+    if (samples.length < 3) samples.push({ instruction: r.instruction, text: text.trim() });
+  }
+  return { usesName, usesThing, asked: records.length, samples };
+}
+
+async function measure(model: Llama, tok: Tokenizer, adapter: Adapter | undefined, test: AlpacaRecord[], pairs: AlpacaRecord[]): Promise<Measured> {
   const { examples } = tokenizeRecords(tok, test, { maxSeqLen: model.config.maxSeqLen, warn: () => {} });
   const { loss, tokens } = await evaluateLoss(model, adapter, examples, 16);
   model.setAdapter(adapter);
-  let usesName = 0;
-  let usesThing = 0;
-  const samples: Measured['samples'] = [];
   try {
-    for (const r of test.slice(0, n)) {
-      let text = '';
-      for await (const piece of generate(model, tok, promptOf(r), { temperature: 0, maxTokens: 80 })) text += piece;
-      const { name, thing } = askedFor(r);
-      if (storyUsesName(text, name)) usesName++;
-      if (storyUsesName(text, thing)) usesThing++;
-      if (samples.length < 3) samples.push({ instruction: r.instruction, text: text.trim() });
-    }
+    return { loss, tokens, unseenNames: await followRate(model, tok, test.slice(0, pairs.length)), newPairs: await followRate(model, tok, pairs) };
   } finally {
     model.setAdapter(undefined);
   }
-  return { loss, tokens, usesName, usesThing, asked: Math.min(n, test.length), samples };
 }
 
 async function main(): Promise<void> {
@@ -64,7 +86,7 @@ async function main(): Promise<void> {
       out: { type: 'string', default: path.join(root, 'runs', 'demo') },
       model: { type: 'string', default: path.join(shared, 'stories260K', 'stories260K.bin') },
       tokenizer: { type: 'string', default: path.join(shared, 'stories260K', 'tok512.bin') },
-      epochs: { type: 'string', default: '3' },
+      epochs: { type: 'string', default: '4' },
       quick: { type: 'boolean', default: false },
     },
     strict: true,
@@ -74,14 +96,14 @@ async function main(): Promise<void> {
   const dataDir = path.join(out, 'data');
   const { files, splits } = writeDemoData(dataDir, { seed: 0, train: quick ? 200 : 2000, val: 50, test: 100, overwrite: true });
   const [trainFile, valFile] = files;
-  const probe = quick ? 10 : 50;
+  const pairs = newPairs(splits.train, quick ? 10 : 50);
   console.log(`demo data: ${splits.train.length} training stories, held-out names in ${splits.test.length} test instructions (${dataDir})`);
 
   const model = await Llama.load(values.model!);
   const tok = loadTokenizer(values.tokenizer!);
   try {
     console.log('measuring the frozen model ...');
-    const before = await measure(model, tok, undefined, splits.test, probe);
+    const before = await measure(model, tok, undefined, splits.test, pairs);
 
     const cfg = resolveTrainConfig({
       model: values.model!,
@@ -90,13 +112,13 @@ async function main(): Promise<void> {
       'val-data': valFile,
       out: path.join(out, 'run'),
       'adapter-layers': '5',
-      'adapter-len': '10',
+      'adapter-len': '30',
       epochs: quick ? '1' : values.epochs!,
       'batch-size': '16',
       'grad-accum': '1',
-      lr: '2e-2',
+      lr: '5e-2',
       'warmup-epochs': '0.2',
-      'eval-every': quick ? '0' : '50',
+      'eval-every': quick ? '0' : '100',
       seed: '0',
     });
     const trainer = await Trainer.create(cfg, (m) => console.log(m));
@@ -111,21 +133,27 @@ async function main(): Promise<void> {
     let after: Measured;
     try {
       console.log('measuring the adapted model ...');
-      after = await measure(model, tok, adapter, splits.test, probe);
+      after = await measure(model, tok, adapter, splits.test, pairs);
     } finally {
       adapter.dispose();
     }
 
-    const pct = (k: number, m: Measured) => `${k}/${m.asked} (${Math.round((100 * k) / m.asked)}%)`;
-    console.log('\n| held-out test set (unseen names) | frozen stories260K | + adapter |');
+    const pct = (k: number, f: FollowRate) => `${k}/${f.asked} (${Math.round((100 * k) / f.asked)}%)`;
+    const row = (what: string, a: string, b: string) => console.log(`| ${what} | ${a} | ${b} |`);
+    console.log('\n| measured on held-out instructions | frozen stories260K | + adapter |');
     console.log('|---|---|---|');
-    console.log(`| mean cross-entropy of the stories (${before.tokens} tokens) | ${before.loss.toFixed(4)} | ${after.loss.toFixed(4)} |`);
-    console.log(`| greedy story uses the asked name | ${pct(before.usesName, before)} | ${pct(after.usesName, after)} |`);
-    console.log(`| greedy story uses the asked thing | ${pct(before.usesThing, before)} | ${pct(after.usesThing, after)} |`);
-    for (let i = 0; i < before.samples.length; i++) {
-      console.log(`\n${before.samples[i].instruction}`);
-      console.log(`  frozen : ${JSON.stringify(before.samples[i].text.slice(0, 200))}`);
-      console.log(`  adapted: ${JSON.stringify(after.samples[i].text.slice(0, 200))}`);
+    row(`mean cross-entropy of the test stories (${before.tokens} tokens)`, before.loss.toFixed(4), after.loss.toFixed(4));
+    row('story uses the asked name: training names, new (name, thing) pairs', pct(before.newPairs.usesName, before.newPairs), pct(after.newPairs.usesName, after.newPairs));
+    row('story uses the asked thing: same instructions', pct(before.newPairs.usesThing, before.newPairs), pct(after.newPairs.usesThing, after.newPairs));
+    row('story uses the asked name: names never seen in training', pct(before.unseenNames.usesName, before.unseenNames), pct(after.unseenNames.usesName, after.unseenNames));
+    row('story uses the asked thing: same instructions', pct(before.unseenNames.usesThing, before.unseenNames), pct(after.unseenNames.usesThing, after.unseenNames));
+    for (let i = 0; i < 2; i++) {
+      for (const set of ['newPairs', 'unseenNames'] as const) {
+        const b = before[set].samples[i];
+        console.log(`\n${b.instruction}`);
+        console.log(`  frozen : ${JSON.stringify(b.text.slice(0, 160))}`);
+        console.log(`  adapted: ${JSON.stringify(after[set].samples[i].text.slice(0, 160))}`);
+      }
     }
     fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify({ before, after, adapter: adapterPath }, null, 2) + '\n');
     console.log(`\nadapter: ${adapterPath}`);
