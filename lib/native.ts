@@ -43,6 +43,37 @@ export interface Capabilities {
   simd: string[];
 }
 
+/** Collective engines (native/comm): a world of one, Open MPI (CPU ranks), NCCL (GPU ranks). */
+export type CommKind = 'none' | 'mpi' | 'nccl';
+
+export interface CommWorld {
+  kind: CommKind;
+  rank: number;
+  size: number;
+  /** e.g. "Open MPI v4.1.4" or "NCCL 2.27.3 (libnccl.so.2, device 0)" */
+  library: string;
+}
+
+export interface CommInfo extends CommWorld {
+  /** commInit() was called (until then the world is one rank, kind 'none') */
+  initialized: boolean;
+  /** whether this build has the MPI engine (CMake found Open MPI), and which */
+  mpi: { compiled: boolean; library: string };
+  /** float all-reduces run so far: how many, their bytes, and seconds inside the collective */
+  stats: { allreduces: number; bytes: number; seconds: number };
+}
+
+export interface CommOptions {
+  /** the longest any collective waits for the other ranks before it fails (default 600) */
+  timeoutS?: number;
+  /** nccl: this rank's CUDA device (default 0) */
+  device?: number;
+  /** nccl: the file to load first (default: libnccl.so.2 from the loader's search path) */
+  ncclLibrary?: string;
+  /** nccl: take rank and size from MPI (started by mpirun) and broadcast the NCCL id over it */
+  mpi?: boolean;
+}
+
 export interface NativeBinding {
   capabilities(): Capabilities;
   /** Threads for CPU kernels and BLAS (>= 1). */
@@ -108,6 +139,27 @@ export interface NativeBinding {
   reshape(x: Tensor, shape: number[]): Tensor;
   /** f32 <-> bf16 copy */
   convert(x: Tensor, dtype: DType): Tensor;
+
+  // --- communication (data parallelism: one process per rank; native/comm) -------------------
+  // Collectives are queued on the executor in order with the ops (an all-reduce of gradients runs
+  // after the backward that wrote them); each waits at most timeoutS for the other ranks, then
+  // fails saying so. A world of one (before commInit, or kind 'none') makes them the identity.
+  /** Joins the world (synchronously; 'mpi' and 'nccl' with mpi: true need the process to have been
+   *  started by mpirun). Once per process; calling it again with the same kind returns the world. */
+  commInit(kind: CommKind, opts?: CommOptions): CommWorld;
+  commInfo(): CommInfo;
+  /** Every tensor (f32, one device) becomes the sum over the ranks of that tensor, in place; one
+   *  collective for all of them. Resolves once it ran; rejects with the error (and poisons them). */
+  allreduceSum(tensors: Tensor[]): Promise<void>;
+  /** The element-wise sum over the ranks, in float64. */
+  allreduceScalars(values: Float64Array): Promise<Float64Array>;
+  /** The root's bytes on every rank (the other ranks pass null). */
+  broadcast(data: Uint8Array | null, root?: number): Promise<Uint8Array>;
+  commBarrier(): Promise<void>;
+  /** Leaves the world (MPI_Finalize after the queued work); collectives fail afterwards. */
+  commFinalize(): Promise<void>;
+  /** Ends every rank of the world now with `code` (MPI_Abort; a world of one exits). */
+  commAbort(code?: number): never;
 
   // --- forward ops (shape comments: T tokens, C channels, H heads, Hkv kv heads, d head size) ---
   /** table (V, C) f32|bf16, tokens (T) i32 -> (T, C) f32 */

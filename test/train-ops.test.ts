@@ -98,6 +98,10 @@ const CASES: Case[] = [
   { name: 'no prompt, H = 3 Hkv, segments 33, 4, 40 (several query blocks)', H: 3, Hkv: 1, d: 12, lens: [33, 4, 40], K: 0, gate: 'none' },
   { name: 'd = 64, K = 10, per-head gate, segments 70, 1, 35', H: 2, Hkv: 2, d: 64, lens: [70, 1, 35], K: 10, gate: 'head' },
   { name: 'an empty segment, H = 2 Hkv, K = 2, scalar gate, segments 3, 0, 2', H: 2, Hkv: 1, d: 10, lens: [3, 0, 2], K: 2, gate: 'scalar' },
+  {
+    name: '60 short segments (lengths 1 .. 7, one empty) and one of 130: several work groups',
+    H: 4, Hkv: 2, d: 8, lens: [...Array.from({ length: 60 }, (_, i) => (i * 5) % 8), 130], K: 5, gate: 'head',
+  },
 ];
 
 interface Data {
@@ -411,26 +415,26 @@ describe('training ops (CPU)', function () {
       close(pg[5]!, sums[2], 1e-4, 1e-5, 'dgate = sum over the segments');
     });
 
-    it('results are bit-identical for 1, 2 and 3 threads', async () => {
-      const before = native.capabilities().threads;
-      try {
-        const c = CASES[4];
-        const x = makeData(c, 81);
-        const dout = new ref.Rng(82).normals(x.N * c.H * c.d);
-        const runs: Uint32Array[][] = [];
-        for (const n of [1, 2, 3]) {
-          native.setThreads(n);
-          const t = tensorsOf(x);
-          const [out, stats] = forward(t);
-          const g = await backward(t, dout, x);
-          runs.push([await readF(out), await readF(stats), ...g.map((a) => a!)].map((a) => bits(a)));
+    for (const c of [CASES[4], CASES[6]])
+      it(`results are bit-identical for 1, 2 and 3 threads (${c.name})`, async () => {
+        const before = native.capabilities().threads;
+        try {
+          const x = makeData(c, 81);
+          const dout = new ref.Rng(82).normals(x.N * c.H * c.d);
+          const runs: Uint32Array[][] = [];
+          for (const n of [1, 2, 3]) {
+            native.setThreads(n);
+            const t = tensorsOf(x);
+            const [out, stats] = forward(t);
+            const g = await backward(t, dout, x);
+            runs.push([await readF(out), await readF(stats), ...g.map((a) => a!)].map((a) => bits(a)));
+          }
+          for (let r = 1; r < runs.length; r++)
+            runs[r].forEach((a, i) => expect(Array.from(a)).to.deep.equal(Array.from(runs[0][i]), `output ${i} with ${r + 1} threads`));
+        } finally {
+          native.setThreads(before);
         }
-        for (let r = 1; r < runs.length; r++)
-          runs[r].forEach((a, i) => expect(Array.from(a)).to.deep.equal(Array.from(runs[0][i]), `output ${i} with ${r + 1} threads`));
-      } finally {
-        native.setThreads(before);
-      }
-    });
+      });
 
     it('a longer packed batch (4 segments up to 150 tokens, H = 4, Hkv = 2, d = 32) against the reference', async () => {
       const c: Case = { name: 'long', H: 4, Hkv: 2, d: 32, lens: [150, 37, 1, 96], K: 10, gate: 'head' };

@@ -37,6 +37,10 @@ export interface TrainConfig {
   threads?: number;
   dtype: 'f32' | 'bf16';
   checkpointing: boolean;
+  // data parallelism (lib/train/distributed.ts)
+  devices?: number; // processes to start on this machine (under mpirun); default 1
+  comm: 'auto' | 'mpi' | 'nccl' | 'none';
+  'comm-timeout'?: number; // seconds; default $LLAMA_ADAPTER_COMM_TIMEOUT or 600
 }
 
 type Kind = 'string' | 'int' | 'number' | 'bool' | 'enum';
@@ -83,6 +87,9 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   threads: { kind: 'int', min: 1, help: 'CPU threads (default: all cores)' },
   dtype: { kind: 'enum', values: ['f32', 'bf16'], help: 'storage of the frozen weights (default f32)' },
   checkpointing: { kind: 'bool', help: 'recompute each adapted layer in the backward (less memory)' },
+  devices: { kind: 'int', min: 1, help: 'data-parallel processes on this machine, started with mpirun (default 1)' },
+  comm: { kind: 'enum', values: ['auto', 'mpi', 'nccl', 'none'], help: 'gradient all-reduce: auto = MPI when started by mpirun (default auto)' },
+  'comm-timeout': { kind: 'number', min: 0, minExclusive: true, help: 'seconds a rank waits for the others before failing (default 600)' },
 };
 
 export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
@@ -104,6 +111,7 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
   'keep-last': 2,
   dtype: 'f32',
   checkpointing: false,
+  comm: 'auto',
 };
 
 export function trainFlagSpec(): FlagSpec {

@@ -11,6 +11,7 @@ import { Llama } from '../model/llama';
 import { loadTokenizer, Tokenizer } from '../tokenizer';
 import { listCheckpoints, loadCheckpoint, LoadedCheckpoint, RunState, saveCheckpoint } from './checkpoint';
 import { configToYaml, TrainConfig } from './config';
+import { currentWorld } from './distributed';
 import { AdapterGrads, AdapterGraph } from './graph';
 import { AdamW, NonFiniteError } from './optimizer';
 import { learningRate, peakFromBase, ScheduleOptions } from './schedule';
@@ -166,9 +167,12 @@ export class Trainer extends EventEmitter {
       kind: c.schedule,
     };
     const fingerprint = this.fingerprint(totalSteps);
+    const dist = currentWorld(); // data parallelism (distributed.ts): a world of one unless launched by mpirun
+    const root = dist.isRoot; // only rank 0 writes files
 
-    fs.mkdirSync(c.out, { recursive: true });
-    const resumed = this.findResume();
+    if (root) fs.mkdirSync(c.out, { recursive: true });
+    const resumed = await dist.shareResume(() => this.findResume(), this.model.config);
+    if (resumed) dist.checkResume(resumed);
     let adapter: Adapter;
     let startStep = 0;
     if (resumed) {
@@ -202,9 +206,11 @@ export class Trainer extends EventEmitter {
     const opt = new AdamW(adapter.parameters(), { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: c['weight-decay'] }, resumed ? { moments: resumed.moments, step: resumed.optimizerStep } : undefined);
     const grads = new AdapterGrads(adapter);
     const graph = new AdapterGraph(this.model, adapter, { checkpointing: c.checkpointing });
-    fs.writeFileSync(path.join(c.out, 'config.yaml'), configToYaml(c));
     const metricsFile = path.join(c.out, 'metrics.jsonl');
-    keepMetricsUpTo(metricsFile, startStep);
+    if (root) {
+      fs.writeFileSync(path.join(c.out, 'config.yaml'), configToYaml(c));
+      keepMetricsUpTo(metricsFile, startStep);
+    }
     this.emit('log', `${totalSteps} steps of ${c['batch-size']} x ${A} examples, peak lr ${schedule.peakLr.toPrecision(3)}, ` + `warmup ${schedule.warmupSteps} steps, ${adapter.parameterCount} trainable parameters`);
 
     let lastLoss = NaN;
@@ -219,7 +225,9 @@ export class Trainer extends EventEmitter {
         grads.zero();
         let lossSum = 0;
         // the step's loss is the mean over all its target tokens (SPEC §3): one shared denominator
-        for (const b of micro) lossSum += (await graph.run(b, targets > 0 ? 1 / targets : 0, grads)).lossSum;
+        // (every rank sees the whole global batch, so `targets` is global; each runs its shard)
+        for (const b of micro) lossSum += (await graph.run(dist.shard(b, this.train), targets > 0 ? 1 / targets : 0, grads)).lossSum;
+        lossSum = await dist.reduceStep(grads.all(), lossSum); // sum gradients and losses over the ranks
         const loss = targets > 0 ? lossSum / targets : 0;
         const lr = learningRate(step, schedule);
         if (!Number.isFinite(loss)) throw new NonFiniteError(`the loss is ${loss} at step ${step + 1}`);
@@ -236,22 +244,22 @@ export class Trainer extends EventEmitter {
           targets,
           ms: Date.now() - t0,
         };
-        fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
+        if (root) fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
         this.emit('step', m);
         const last = step + 1 === totalSteps;
         if (c['eval-every'] > 0 && ((step + 1) % c['eval-every'] === 0 || last) && this.val.length) {
           lastEval = await this.evaluate(adapter, step + 1);
-          fs.appendFileSync(metricsFile, JSON.stringify({ step: step + 1, val_loss: lastEval.loss, val_tokens: lastEval.tokens }) + '\n');
+          if (root) fs.appendFileSync(metricsFile, JSON.stringify({ step: step + 1, val_loss: lastEval.loss, val_tokens: lastEval.tokens }) + '\n');
           this.emit('eval', lastEval);
         }
-        if (c['save-every'] > 0 && (step + 1) % c['save-every'] === 0) {
-          const state: RunState = { step: step + 1, totalSteps, data: batcher.state(), fingerprint };
+        if (root && c['save-every'] > 0 && (step + 1) % c['save-every'] === 0) {
+          const state: RunState = { step: step + 1, totalSteps, data: batcher.state(), fingerprint, ...dist.runState() };
           lastSaved = await saveCheckpoint(c.out, adapter, opt, state, c['keep-last']);
           this.emit('checkpoint', lastSaved);
         }
       }
       const adapterPath = path.join(c.out, 'adapter.safetensors');
-      await adapter.save(adapterPath, { steps: String(totalSteps), model: path.basename(c.model) });
+      if (root) await adapter.save(adapterPath, { steps: String(totalSteps), model: path.basename(c.model) });
       return { adapterPath, steps: totalSteps, finalLoss: lastLoss, lastEval };
     } catch (err) {
       if (err instanceof NonFiniteError)

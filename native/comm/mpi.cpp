@@ -12,6 +12,9 @@
 
 #ifdef LA_HAVE_MPI
 #include <dlfcn.h>
+// the C API only (mpi.h would pull in the deprecated C++ bindings, which need libmpi_cxx)
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
 #include <algorithm>

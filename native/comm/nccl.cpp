@@ -71,7 +71,6 @@ struct Nccl {
       }
       const char* e = dlerror();
       errors += std::string("\n  ") + (e ? e : name);
-      if (!want.empty()) break;  // an explicit path is the only one tried
     }
     LA_CHECK(lib, "NCCL could not be loaded:", errors,
              "\nThe NCCL engine loads libnccl.so.2 at run time. Install NCCL (e.g. `pip install nvidia-nccl-cu13`, "

@@ -20,19 +20,22 @@
 //   prompt: dA_p = gamma dout V_pᵀ, dS_p = A_p (dA_p - rowsum(A_p dA_p)) * scale
 //           dQ += dS_p K_p, dK_p = sum dS_pᵀ Q, dV_p = sum gamma A_pᵀ dout, dgate = (1 - gamma²) sum <dout, Y_p>
 //
-// Work units own disjoint outputs and every sum runs in a fixed order, so results do not depend on
-// the thread count:
-//   forward          (segment, head)          -> out, stats rows of the segment
-//   backward pass P  (head, token)            -> prompt part of dq, D_w, A_p, dS_p, <dout, Y_p>
-//   backward pass W  (segment, kv head)       -> dk, dv rows of the segment, word part of dq
-//   backward pass K  (kv head)                -> dpk, dpv (sums over all tokens)
-//   dgate            serial, in double, token order
+// Work units own disjoint outputs and every sum runs in a fixed order, so results are bit-identical
+// for any thread count. A group is a run of consecutive segments of >= 128 tokens (a longer segment
+// alone), fixed by the offsets:
+//   forward   (group, head)       -> out, stats rows of its segments
+//   backward  (group, kv head)    -> dk, dv rows of its segments, dq rows of the heads that read the
+//                                    kv head, and a partial dpk, dpv tile; then the tiles are summed
+//                                    in group order, and dgate in double, in token order
 //
-// A unit packs its segment's keys and values once into zero-padded tiles (head size padded to
-// dp = a multiple of 8, keys to a multiple of 8), then walks blocks of Bq queries: the score block
-// S = Q Kᵀ, the softmax rows and the products with V (or, backward, the five products) run in
-// register-tiled micro-kernels (AVX2+FMA when the CPU has it, plain loops otherwise) over data that
-// stays in L1/L2. Causality trims each 4-row group to the keys its last row sees.
+// A unit packs a segment's keys and values once into zero-padded tiles (head size padded to dp, a
+// multiple of 8, keys to a multiple of 8; strides kept off multiples of 128 bytes), then walks
+// blocks of kBq queries. The products (S = Q Kᵀ, P V, and backward dout Vᵀ, Pᵀ dout, dSᵀ Q, dS K,
+// and the same against the K prompt keys, packed once per op) run in register-tiled micro-kernels
+// (AVX2+FMA when the CPU has it, plain loops otherwise) over data that stays in L1/L2; softmax rows
+// use a vectorised exp. Causality trims each 4-row group to the keys its last row sees. The T x T
+// probabilities are recomputed from the saved log-sum-exps, never stored.
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -372,7 +375,6 @@ void pack_rows(float* dst, int64_t dp, const float* src, int64_t ld, int64_t n, 
   }
 }
 
-// dst (dp, ldt) = transpose of src rows (stride ld): dst[k][j] = src[j][k], zero-padded
 #ifdef LA_GA_X86
 // dst rows 0..7 (stride ldt) = the transpose of src rows 0..7 (stride ld), 8 columns
 LA_AVX2 inline void transpose8(float* dst, int64_t ldt, const float* src, int64_t ld) {
@@ -382,8 +384,9 @@ LA_AVX2 inline void transpose8(float* dst, int64_t ldt, const float* src, int64_
   __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
          t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
          t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE), u2 = _mm256_shuffle_ps(t1, t3, 0x44),
-         u3 = _mm256_shuffle_ps(t1, t3, 0xEE), u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+         u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+         u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
          u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
   _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
   _mm256_storeu_ps(dst + ldt, _mm256_permute2f128_ps(u1, u5, 0x20));
@@ -402,6 +405,7 @@ LA_AVX2 int64_t transpose_blocks_avx2(float* dst, int64_t ldt, const float* src,
 }
 #endif
 
+// dst (dp, ldt) = transpose of src rows (stride ld): dst[k][j] = src[j][k], zero-padded
 void pack_transposed(float* dst, int64_t ldt, const float* src, int64_t ld, int64_t n, int64_t d, int64_t dp) {
   std::fill(dst, dst + dp * ldt, 0.f);
   int64_t done = 0, kfull = 0;
@@ -464,16 +468,39 @@ int64_t longest_segment(const int32_t* seg, int64_t S) {
   return L;
 }
 
-// Units (segment, x) for x < X, longest segments first (empty ones dropped): a balanced schedule
-// for parallel_for's contiguous chunks; the outputs do not depend on it.
-std::vector<int64_t> segment_units(const int32_t* seg, int64_t S, int64_t X) {
-  std::vector<int64_t> units;
+// Work groups: runs of consecutive segments, each closed once it holds >= kGroupTokens tokens (a
+// long segment is a group of its own). They depend on the offsets alone, never on the thread
+// count, and bound the number of partial dpk/dpv tiles (one per group and kv head) by N / 128 + 1.
+constexpr int64_t kGroupTokens = 128;
+struct Groups {
+  std::vector<int64_t> first;  // group i holds segments first[i] .. first[i + 1] - 1
+  int64_t count() const { return int64_t(first.size()) - 1; }
+};
+Groups make_groups(const int32_t* seg, int64_t S) {
+  Groups g;
+  g.first.push_back(0);
+  int64_t start = 0;
   for (int64_t s = 0; s < S; s++)
-    if (seg[s + 1] > seg[s])
-      for (int64_t x = 0; x < X; x++) units.push_back(s * X + x);
-  std::stable_sort(units.begin(), units.end(), [&](int64_t a, int64_t b) {
-    return seg[a / X + 1] - seg[a / X] > seg[b / X + 1] - seg[b / X];
-  });
+    if (seg[s + 1] - seg[start] >= kGroupTokens || s == S - 1) {
+      g.first.push_back(s + 1);
+      start = s + 1;
+    }
+  return g;
+}
+
+// Units (group, x) for x < X, the costliest groups (sum of squared lengths) first: a balanced
+// schedule for parallel_for's contiguous chunks; the outputs do not depend on it.
+std::vector<int64_t> group_units(const Groups& gr, const int32_t* seg, int64_t X) {
+  std::vector<int64_t> cost(size_t(gr.count()), 0), units;
+  for (int64_t i = 0; i < gr.count(); i++) {
+    for (int64_t s = gr.first[i]; s < gr.first[i + 1]; s++) {
+      int64_t L = seg[s + 1] - seg[s];
+      cost[i] += L * L;
+    }
+    if (cost[i])
+      for (int64_t x = 0; x < X; x++) units.push_back(i * X + x);
+  }
+  std::stable_sort(units.begin(), units.end(), [&](int64_t a, int64_t b) { return cost[a / X] > cost[b / X]; });
   return units;
 }
 
@@ -533,6 +560,7 @@ struct Scratch {
 float exp_sum(float* e, const float* x, int64_t n, float scale, float shift) {
   return kernels().exp_sum(e, x, n, scale, shift);
 }
+float max_of(const float* x, int64_t n) { return kernels().max(x, n); }
 
 void gated_attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                              const int32_t* seg, int64_t S, const float* pk, const float* pv, const float* gate,
@@ -543,59 +571,64 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
   std::vector<float> gamma;
   if (pk) gamma = tanh_gate(gate, G, H);
   const PromptTiles pt(pk, pv, g);
-  std::vector<int64_t> units = segment_units(seg, S, H);
+  const Groups groups = make_groups(seg, S);
+  std::vector<int64_t> units = group_units(groups, seg, H);
   parallel_for(int64_t(units.size()), 1, [&](int64_t u0, int64_t u1) {
     Scratch w(ldt_max, g, pt, false);
     float lse[kBq], inv[kBq], lsep[kBq];
     for (int64_t u = u0; u < u1; u++) {
-      int64_t s = units[u] / H, h = units[u] % H, kvh = g.kv_of(h), s0 = seg[s], L = seg[s + 1] - s0;
-      int64_t ldt = key_stride(L);
-      pack_transposed(w.kt.data(), ldt, k + s0 * g.ldk + kvh * d, g.ldk, L, d, dp);
-      pack_rows(w.vr.data(), ldr, v + s0 * g.ldk + kvh * d, g.ldk, L, round_up(L, 8), d);
-      for (int64_t rel = 0; rel < L; rel += kBq) {
-        int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = rel + R;
-        pack_rows(w.qb.data(), ldr, q + (s0 + rel) * g.ldq + h * d, g.ldq, R, R4, d);
-        // word branch: S = Q Kᵀ, causal softmax rows, O = P V (normalised below)
-        kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, rel, dp);
-        for (int64_t r = 0; r < R4; r++) {
-          float* row = w.sb.data() + r * ldt;
-          int64_t n = r < R ? rel + r + 1 : 0;
-          if (n) {
-            float mx = kn.max(row, n) * g.scale;
-            float sum = kn.exp_sum(row, row, n, g.scale, mx);
-            lse[r] = mx + std::log(sum);
-            inv[r] = 1.f / sum;
+      const int64_t grp = units[u] / H, h = units[u] % H, kvh = g.kv_of(h);
+      for (int64_t s = groups.first[grp]; s < groups.first[grp + 1]; s++) {
+        int64_t s0 = seg[s], L = seg[s + 1] - s0;
+        if (L == 0) continue;
+        int64_t ldt = key_stride(L);
+        pack_transposed(w.kt.data(), ldt, k + s0 * g.ldk + kvh * d, g.ldk, L, d, dp);
+        pack_rows(w.vr.data(), ldr, v + s0 * g.ldk + kvh * d, g.ldk, L, round_up(L, 8), d);
+        for (int64_t rel = 0; rel < L; rel += kBq) {
+          int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = rel + R;
+          pack_rows(w.qb.data(), ldr, q + (s0 + rel) * g.ldq + h * d, g.ldq, R, R4, d);
+          // word branch: S = Q Kᵀ, causal softmax rows, O = P V (normalised below)
+          kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, rel, dp);
+          for (int64_t r = 0; r < R4; r++) {
+            float* row = w.sb.data() + r * ldt;
+            int64_t n = r < R ? rel + r + 1 : 0;
+            if (n) {
+              float mx = kn.max(row, n) * g.scale;
+              float sum = kn.exp_sum(row, row, n, g.scale, mx);
+              lse[r] = mx + std::log(sum);
+              inv[r] = 1.f / sum;
+            }
+            std::fill(row + n, row + keys, 0.f);  // causal mask (and the padding rows)
           }
-          std::fill(row + n, row + keys, 0.f);  // causal mask (and the padding rows)
-        }
-        kn.rowmix(w.ob.data(), ldr, w.sb.data(), ldt, w.vr.data(), ldr, R, keys, rel, dp);
-        // prompt branch: A_p = softmax(Q K_pᵀ), Y_p = A_p V_p
-        if (pk) {
-          kn.scores(w.sp.data(), pt.ldt, w.qb.data(), ldr, pt.kt_of(kvh, g), pt.ldt, R, K, K, dp);
-          for (int64_t r = 0; r < R; r++) {
-            float* row = w.sp.data() + r * pt.ldt;
-            float mx = kn.max(row, K) * g.scale;
-            float sum = kn.exp_sum(row, row, K, g.scale, mx);
-            lsep[r] = mx + std::log(sum);
-            float iv = 1.f / sum;
-            for (int64_t j = 0; j < K; j++) row[j] *= iv;
-          }
-          kn.rowmix(w.yb.data(), ldr, w.sp.data(), pt.ldt, pt.vr_of(kvh, g), ldr, R, K, K, dp);
-        }
-        for (int64_t r = 0; r < R; r++) {
-          int64_t t = s0 + rel + r;
-          float* o = out + t * g.ldq + h * d;
-          const float* ob = w.ob.data() + r * ldr;
-          float* st = stats + (t * H + h) * 2;
-          st[0] = lse[r];
+          kn.rowmix(w.ob.data(), ldr, w.sb.data(), ldt, w.vr.data(), ldr, R, keys, rel, dp);
+          // prompt branch: A_p = softmax(Q K_pᵀ), Y_p = A_p V_p
           if (pk) {
-            const float* y = w.yb.data() + r * ldr;
-            float gm = gamma[h];
-            for (int64_t c = 0; c < d; c++) o[c] = ob[c] * inv[r] + gm * y[c];
-            st[1] = lsep[r];
-          } else {
-            for (int64_t c = 0; c < d; c++) o[c] = ob[c] * inv[r];
-            st[1] = -INFINITY;
+            kn.scores(w.sp.data(), pt.ldt, w.qb.data(), ldr, pt.kt_of(kvh, g), pt.ldt, R, K, K, dp);
+            for (int64_t r = 0; r < R; r++) {
+              float* row = w.sp.data() + r * pt.ldt;
+              float mx = kn.max(row, K) * g.scale;
+              float sum = kn.exp_sum(row, row, K, g.scale, mx);
+              lsep[r] = mx + std::log(sum);
+              float iv = 1.f / sum;
+              for (int64_t j = 0; j < K; j++) row[j] *= iv;
+            }
+            kn.rowmix(w.yb.data(), ldr, w.sp.data(), pt.ldt, pt.vr_of(kvh, g), ldr, R, K, K, dp);
+          }
+          for (int64_t r = 0; r < R; r++) {
+            int64_t t = s0 + rel + r;
+            float* o = out + t * g.ldq + h * d;
+            const float* ob = w.ob.data() + r * ldr;
+            float* st = stats + (t * H + h) * 2;
+            st[0] = lse[r];
+            if (pk) {
+              const float* y = w.yb.data() + r * ldr;
+              float gm = gamma[h];
+              for (int64_t c = 0; c < d; c++) o[c] = ob[c] * inv[r] + gm * y[c];
+              st[1] = lsep[r];
+            } else {
+              for (int64_t c = 0; c < d; c++) o[c] = ob[c] * inv[r];
+              st[1] = -INFINITY;
+            }
           }
         }
       }
@@ -619,120 +652,125 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
     gamma = tanh_gate(gate, G, H);
     Gp.resize(size_t(N * H));  // (N, H): <dout, Y_p>
   }
-  // One pass, units (segment, kv head): dk, dv rows of the segment, dq rows of its heads, and the
-  // unit's share of dpk, dpv (partial tiles, summed afterwards in segment order).
-  std::vector<int64_t> units = segment_units(seg, S, Hkv);
+  // One pass, units (group of segments, kv head): dk, dv rows of its segments, dq rows of its
+  // heads, and the unit's share of dpk, dpv (partial tiles, summed afterwards in group order).
+  const Groups groups = make_groups(seg, S);
+  std::vector<int64_t> units = group_units(groups, seg, Hkv);
   const int64_t part = prompt ? K4 * ldr : 0;
-  std::vector<float> parts(size_t(2 * part * S * Hkv));  // per (segment, kv head): dpk tile, dpv tile
+  std::vector<float> parts(size_t(2 * part * groups.count() * Hkv));  // per (group, kv head): dpk, dpv tiles
   parallel_for(int64_t(units.size()), 1, [&](int64_t u0, int64_t u1) {
     Scratch w(ldt_max, g, pt, true);
     std::vector<float> da(size_t(kBq * ldtp)), ag(size_t(kBq * ldtp));
     float D[kBq];
     for (int64_t u = u0; u < u1; u++) {
-      int64_t s = units[u] / Hkv, kvh = units[u] % Hkv, s0 = seg[s], L = seg[s + 1] - s0;
-      int64_t ldt = key_stride(L), rows = round_up(L, 8);
-      const float* kb = k + s0 * g.ldk + kvh * d;
-      const float* vb = v + s0 * g.ldk + kvh * d;
-      pack_transposed(w.kt.data(), ldt, kb, g.ldk, L, d, dp);
-      pack_transposed(w.vt.data(), ldt, vb, g.ldk, L, d, dp);
-      pack_rows(w.kr.data(), ldr, kb, g.ldk, L, rows, d);
-      std::fill(w.dkr.begin(), w.dkr.begin() + rows * ldr, 0.f);
-      std::fill(w.dvr.begin(), w.dvr.begin() + rows * ldr, 0.f);
+      const int64_t grp = units[u] / Hkv, kvh = units[u] % Hkv;
       float* cpk = prompt ? &parts[units[u] * 2 * part] : nullptr;
       float* cpv = prompt ? cpk + part : nullptr;
       if (prompt) std::fill(cpk, cpk + 2 * part, 0.f);
-      for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; h++)
-        for (int64_t rel = 0; rel < L; rel += kBq) {
-          int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = rel + R, t0 = s0 + rel;
-          pack_rows(w.qb.data(), ldr, q + t0 * g.ldq + h * d, g.ldq, R, R4, d);
-          pack_rows(w.ob.data(), ldr, dout + t0 * g.ldq + h * d, g.ldq, R, R4, d);  // dout block
+      for (int64_t s = groups.first[grp]; s < groups.first[grp + 1]; s++) {
+        int64_t s0 = seg[s], L = seg[s + 1] - s0;
+        if (L == 0) continue;
+        int64_t ldt = key_stride(L), rows = round_up(L, 8);
+        const float* kb = k + s0 * g.ldk + kvh * d;
+        const float* vb = v + s0 * g.ldk + kvh * d;
+        pack_transposed(w.kt.data(), ldt, kb, g.ldk, L, d, dp);
+        pack_transposed(w.vt.data(), ldt, vb, g.ldk, L, d, dp);
+        pack_rows(w.kr.data(), ldr, kb, g.ldk, L, rows, d);
+        std::fill(w.dkr.begin(), w.dkr.begin() + rows * ldr, 0.f);
+        std::fill(w.dvr.begin(), w.dvr.begin() + rows * ldr, 0.f);
+        for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; h++)
+          for (int64_t rel = 0; rel < L; rel += kBq) {
+            int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = rel + R, t0 = s0 + rel;
+            pack_rows(w.qb.data(), ldr, q + t0 * g.ldq + h * d, g.ldq, R, R4, d);
+            pack_rows(w.ob.data(), ldr, dout + t0 * g.ldq + h * d, g.ldq, R, R4, d);  // dout block
 
-          // -- prompt branch: A_p from the saved log-sum-exp, Y_p = A_p V_p, dA_p = gamma dout V_pᵀ,
-          //    dS_p = A_p (dA_p - rowsum(A_p dA_p)) * scale; dq = dS_p K_p, D = <dout, out - gamma Y_p>
-          if (prompt) {
-            float gm = gamma[h];
-            kn.scores(w.sp.data(), ldtp, w.qb.data(), ldr, pt.kt_of(kvh, g), ldtp, R, K, K, dp);
-            kn.scores(da.data(), ldtp, w.ob.data(), ldr, pt.vt_of(kvh, g), ldtp, R, K, K, dp);
-            for (int64_t r = 0; r < R4; r++) {
-              float* a = w.sp.data() + r * ldtp;
-              float* ds = da.data() + r * ldtp;
-              float* gr = ag.data() + r * ldtp;
-              if (r < R) {
-                kn.exp_sum(a, a, K, g.scale, stats[((t0 + r) * H + h) * 2 + 1]);
-                float Dp = 0;
-                for (int64_t j = 0; j < K; j++) {
-                  ds[j] *= gm;
-                  Dp += a[j] * ds[j];
+            // -- prompt branch: A_p from the saved log-sum-exp, Y_p = A_p V_p, dA_p = gamma dout V_pᵀ,
+            //    dS_p = A_p (dA_p - rowsum(A_p dA_p)) * scale; dq = dS_p K_p, D = <dout, out - gamma Y_p>
+            if (prompt) {
+              float gm = gamma[h];
+              kn.scores(w.sp.data(), ldtp, w.qb.data(), ldr, pt.kt_of(kvh, g), ldtp, R, K, K, dp);
+              kn.scores(da.data(), ldtp, w.ob.data(), ldr, pt.vt_of(kvh, g), ldtp, R, K, K, dp);
+              for (int64_t r = 0; r < R4; r++) {
+                float* a = w.sp.data() + r * ldtp;
+                float* ds = da.data() + r * ldtp;
+                float* gr = ag.data() + r * ldtp;
+                if (r < R) {
+                  kn.exp_sum(a, a, K, g.scale, stats[((t0 + r) * H + h) * 2 + 1]);
+                  float Dp = 0;
+                  for (int64_t j = 0; j < K; j++) {
+                    ds[j] *= gm;
+                    Dp += a[j] * ds[j];
+                  }
+                  for (int64_t j = 0; j < K; j++) {
+                    ds[j] = a[j] * (ds[j] - Dp) * g.scale;
+                    gr[j] = gm * a[j];
+                  }
+                } else {
+                  std::fill(a, a + K, 0.f);
+                  std::fill(ds, ds + K, 0.f);
+                  std::fill(gr, gr + K, 0.f);
                 }
-                for (int64_t j = 0; j < K; j++) {
-                  ds[j] = a[j] * (ds[j] - Dp) * g.scale;
-                  gr[j] = gm * a[j];
-                }
-              } else {
-                std::fill(a, a + K, 0.f);
-                std::fill(ds, ds + K, 0.f);
-                std::fill(gr, gr + K, 0.f);
+                std::fill(ds + K, ds + K4, 0.f);
+                std::fill(gr + K, gr + K4, 0.f);
               }
-              std::fill(ds + K, ds + K4, 0.f);
-              std::fill(gr + K, gr + K4, 0.f);
+              kn.rowmix(w.yb.data(), ldr, w.sp.data(), ldtp, pt.vr_of(kvh, g), ldr, R, K, K, dp);  // Y_p
+              kn.accum(cpk, ldr, da.data(), ldtp, w.qb.data(), ldr, R, K, K, dp);  // dpk += dS_pᵀ Q
+              kn.accum(cpv, ldr, ag.data(), ldtp, w.ob.data(), ldr, R, K, K, dp);  // dpv += (gamma A_p)ᵀ dout
+              for (int64_t r = 0; r < R; r++) {
+                int64_t row = (t0 + r) * H + h;
+                const float* doi = dout + row * d;
+                const float* oi = out + row * d;
+                float* y = w.yb.data() + r * ldr;
+                Gp[row] = dot_f32(doi, y, d);
+                for (int64_t c = 0; c < d; c++) y[c] = oi[c] - gm * y[c];  // out_w
+                D[r] = dot_f32(doi, y, d);  // as without a prompt: at gamma = 0 the same bits
+              }
+              kn.rowmix(w.yb.data(), ldr, da.data(), ldtp, pt.kr_of(kvh, g), ldr, R, K, K, dp);  // dS_p K_p
+              for (int64_t r = 0; r < R; r++)
+                std::memcpy(dq + ((t0 + r) * H + h) * d, w.yb.data() + r * ldr, size_t(d) * 4);
+            } else {
+              for (int64_t r = 0; r < R; r++) {
+                int64_t row = (t0 + r) * H + h;
+                D[r] = dot_f32(dout + row * d, out + row * d, d);
+                std::fill(dq + row * d, dq + row * d + d, 0.f);
+              }
             }
-            kn.rowmix(w.yb.data(), ldr, w.sp.data(), ldtp, pt.vr_of(kvh, g), ldr, R, K, K, dp);  // Y_p
-            kn.accum(cpk, ldr, da.data(), ldtp, w.qb.data(), ldr, R, K, K, dp);  // dpk += dS_pᵀ Q
-            kn.accum(cpv, ldr, ag.data(), ldtp, w.ob.data(), ldr, R, K, K, dp);  // dpv += (gamma A_p)ᵀ dout
-            for (int64_t r = 0; r < R; r++) {
-              int64_t row = (t0 + r) * H + h;
-              const float* doi = dout + row * d;
-              const float* oi = out + row * d;
-              float* y = w.yb.data() + r * ldr;
-              Gp[row] = dot_f32(doi, y, d);
-              for (int64_t c = 0; c < d; c++) y[c] = oi[c] - gm * y[c];  // out_w
-              D[r] = dot_f32(doi, y, d);  // as without a prompt: at gamma = 0 the same bits
-            }
-            kn.rowmix(w.yb.data(), ldr, da.data(), ldtp, pt.kr_of(kvh, g), ldr, R, K, K, dp);  // dS_p K_p
-            for (int64_t r = 0; r < R; r++)
-              std::memcpy(dq + ((t0 + r) * H + h) * d, w.yb.data() + r * ldr, size_t(d) * 4);
-          } else {
-            for (int64_t r = 0; r < R; r++) {
-              int64_t row = (t0 + r) * H + h;
-              D[r] = dot_f32(dout + row * d, out + row * d, d);
-              std::fill(dq + row * d, dq + row * d + d, 0.f);
-            }
-          }
 
-          // -- word branch: P = exp(S - lse), dS = P (dout Vᵀ - D) * scale; dV += Pᵀ dout,
-          //    dK += dSᵀ Q, dq += dS K. The kernels read P and dS up to `kfill` columns: zero
-          //    everything a row cannot see.
-          int64_t kfill = round_up(keys, 4);
-          kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, rel, dp);  // S
-          kn.scores(w.pb.data(), ldt, w.ob.data(), ldr, w.vt.data(), ldt, R, keys, rel, dp);  // dP = dout Vᵀ
-          for (int64_t r = 0; r < R4; r++) {
-            float* P = w.sb.data() + r * ldt;
-            float* dS = w.pb.data() + r * ldt;
-            int64_t n = r < R ? rel + r + 1 : 0;
-            if (n) {
-              kn.exp_sum(P, P, n, g.scale, stats[((t0 + r) * H + h) * 2]);
-              for (int64_t j = 0; j < n; j++) dS[j] = P[j] * (dS[j] - D[r]) * g.scale;
+            // -- word branch: P = exp(S - lse), dS = P (dout Vᵀ - D) * scale; dV += Pᵀ dout,
+            //    dK += dSᵀ Q, dq += dS K. The kernels read P and dS up to `kfill` columns: zero
+            //    everything a row cannot see.
+            int64_t kfill = round_up(keys, 4);
+            kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, rel, dp);  // S
+            kn.scores(w.pb.data(), ldt, w.ob.data(), ldr, w.vt.data(), ldt, R, keys, rel, dp);  // dP = dout Vᵀ
+            for (int64_t r = 0; r < R4; r++) {
+              float* P = w.sb.data() + r * ldt;
+              float* dS = w.pb.data() + r * ldt;
+              int64_t n = r < R ? rel + r + 1 : 0;
+              if (n) {
+                kn.exp_sum(P, P, n, g.scale, stats[((t0 + r) * H + h) * 2]);
+                for (int64_t j = 0; j < n; j++) dS[j] = P[j] * (dS[j] - D[r]) * g.scale;
+              }
+              std::fill(P + n, P + kfill, 0.f);
+              std::fill(dS + n, dS + kfill, 0.f);
             }
-            std::fill(P + n, P + kfill, 0.f);
-            std::fill(dS + n, dS + kfill, 0.f);
+            kn.accum(w.dvr.data(), ldr, w.sb.data(), ldt, w.ob.data(), ldr, R, keys, rel, dp);  // dV += Pᵀ dout
+            kn.accum(w.dkr.data(), ldr, w.pb.data(), ldt, w.qb.data(), ldr, R, keys, rel, dp);  // dK += dSᵀ Q
+            kn.rowmix(w.qb.data(), ldr, w.pb.data(), ldt, w.kr.data(), ldr, R, keys, rel, dp);  // dQ = dS K, into Q's
+            for (int64_t r = 0; r < R; r++) {
+              float* dqi = dq + ((t0 + r) * H + h) * d;
+              const float* src = w.qb.data() + r * ldr;
+              for (int64_t c = 0; c < d; c++) dqi[c] += src[c];
+            }
           }
-          kn.accum(w.dvr.data(), ldr, w.sb.data(), ldt, w.ob.data(), ldr, R, keys, rel, dp);  // dV += Pᵀ dout
-          kn.accum(w.dkr.data(), ldr, w.pb.data(), ldt, w.qb.data(), ldr, R, keys, rel, dp);  // dK += dSᵀ Q
-          kn.rowmix(w.qb.data(), ldr, w.pb.data(), ldt, w.kr.data(), ldr, R, keys, rel, dp);  // dQ = dS K (into Q's tile)
-          for (int64_t r = 0; r < R; r++) {
-            float* dqi = dq + ((t0 + r) * H + h) * d;
-            const float* src = w.qb.data() + r * ldr;
-            for (int64_t c = 0; c < d; c++) dqi[c] += src[c];
-          }
+        for (int64_t j = 0; j < L; j++) {
+          std::memcpy(dk + (s0 + j) * g.ldk + kvh * d, w.dkr.data() + j * ldr, size_t(d) * 4);
+          std::memcpy(dv + (s0 + j) * g.ldk + kvh * d, w.dvr.data() + j * ldr, size_t(d) * 4);
         }
-      for (int64_t j = 0; j < L; j++) {
-        std::memcpy(dk + (s0 + j) * g.ldk + kvh * d, w.dkr.data() + j * ldr, size_t(d) * 4);
-        std::memcpy(dv + (s0 + j) * g.ldk + kvh * d, w.dvr.data() + j * ldr, size_t(d) * 4);
       }
     }
   });
   if (!prompt) return;
-  // dpk, dpv: the units' partial tiles summed in segment order (the same for any thread count)
+  // dpk, dpv: the units' partial tiles summed in group order (the same for any thread count)
   parallel_for(Hkv, 1, [&](int64_t h0, int64_t h1) {
     for (int64_t kvh = h0; kvh < h1; kvh++)
       for (int64_t j = 0; j < K; j++) {
@@ -740,9 +778,8 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
         float* opv = dpv + j * g.ldk + kvh * d;
         std::fill(opk, opk + d, 0.f);
         std::fill(opv, opv + d, 0.f);
-        for (int64_t s = 0; s < S; s++) {
-          if (seg[s + 1] == seg[s]) continue;
-          const float* cpk = &parts[(s * Hkv + kvh) * 2 * part + j * ldr];
+        for (int64_t i = 0; i < groups.count(); i++) {
+          const float* cpk = &parts[(i * Hkv + kvh) * 2 * part + j * ldr];
           const float* cpv = cpk + part;
           for (int64_t c = 0; c < d; c++) {
             opk[c] += cpk[c];

@@ -88,12 +88,17 @@ void rmsnorm_backward(float* dx, const float* dy, const float* x, const float* w
 
 // out = silu(a) * b, silu(a) = a * sigmoid(a):
 //   da = dout * b * sigmoid(a) * (1 + a * (1 - sigmoid(a)));  db = dout * silu(a)
+// exp(-a) comes from the vectorised exp_sum in blocks (written into db, then overwritten).
 void swiglu_backward(float* da, float* db, const float* dout, const float* a, const float* b, int64_t N) {
   parallel_for(N, 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i++) {
-      float s = 1.f / (1.f + std::exp(-a[i]));
-      da[i] = dout[i] * b[i] * s * (1.f + a[i] * (1.f - s));
-      db[i] = dout[i] * a[i] * s;
+    for (int64_t j0 = i0; j0 < i1; j0 += 4096) {
+      int64_t j1 = std::min(i1, j0 + 4096);
+      exp_sum(db + j0, a + j0, j1 - j0, -1.f, 0.f);  // db = exp(-a)
+      for (int64_t i = j0; i < j1; i++) {
+        float s = 1.f / (1.f + db[i]);
+        da[i] = dout[i] * b[i] * s * (1.f + a[i] * (1.f - s));
+        db[i] = dout[i] * a[i] * s;
+      }
     }
   });
 }
@@ -123,7 +128,8 @@ void gather_rows(void* out, const void* x, const int32_t* idx, int64_t M, int64_
   char* o = static_cast<char*>(out);
   const char* s = static_cast<const char*>(x);
   parallel_for(M, std::max<int64_t>(1, 65536 / row_bytes), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; m++) std::memcpy(o + m * row_bytes, s + int64_t(idx[m]) * row_bytes, size_t(row_bytes));
+    for (int64_t m = m0; m < m1; m++)
+      std::memcpy(o + m * row_bytes, s + int64_t(idx[m]) * row_bytes, size_t(row_bytes));
   });
 }
 

@@ -81,12 +81,14 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, int64_t step
            double beta2, double eps, double weight_decay);
 // sum of x[i]^2 in double, in fixed blocks (the same result for any thread count)
 double sum_squares(const float* x, int64_t n);
-// x *= s
+// x *= s; s = 0 clears (NaN and Inf included)
 void scale_inplace(float* x, int64_t n, float s);
 
 // e[j] = exp(x[j] * scale - shift) for j < n (e may be x); returns the sum of the e[j] (f32 lanes
 // in a fixed order). Vectorised (AVX2 when the CPU has it; Cephes' expf polynomial, ~2 ulp, results
 // below ~1e-38 flush to 0). The inner loop of softmax rows (attention_gated.cpp, loss.cpp).
 float exp_sum(float* e, const float* x, int64_t n, float scale, float shift);
+// max of x[0 .. n) (n >= 1), vectorised like exp_sum
+float max_of(const float* x, int64_t n);
 
 }  // namespace la::cpu

@@ -18,11 +18,11 @@ double cross_entropy(float* dlogits, const float* logits, const int32_t* targets
     for (int64_t m = m0; m < m1; m++) {
       const float* l = logits + m * V;
       float* dl = dlogits + m * V;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < V; j++) mx = std::max(mx, l[j]);
+      float mx = max_of(l, V);
       // e = exp(l - max) into dl; the row sum in double over blocks of 256 (f32 lanes inside)
       double sum = 0;
-      for (int64_t b = 0; b < V; b += 256) sum += double(exp_sum(dl + b, l + b, std::min<int64_t>(256, V - b), 1.f, mx));
+      for (int64_t b = 0; b < V; b += 256)
+        sum += double(exp_sum(dl + b, l + b, std::min<int64_t>(256, V - b), 1.f, mx));
       float f = float(double(scale) / sum);
       for (int64_t j = 0; j < V; j++) dl[j] *= f;
       int32_t t = targets[m];

@@ -6,7 +6,63 @@
 #include "../core/parallel.h"
 #include "kernels.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LA_OPT_X86 1
+#include <immintrin.h>
+#endif
+
 namespace la::cpu {
+
+namespace {
+
+// One range of AdamW elements. kSmall picks PyTorch's lerp formula: m + w (g - m) for w < 0.5,
+// else g - (g - m) (1 - w).
+struct AdamScalars {
+  float decay, w1, w1c, b2, w2, neg_step, bc2_sqrt, eps;
+};
+
+template <bool kSmall>
+void adamw_range(float* p, const float* g, float* m, float* v, int64_t i0, int64_t i1, const AdamScalars& c) {
+  for (int64_t i = i0; i < i1; i++) {
+    float pi = p[i] * c.decay;
+    float gi = g[i];
+    float mi = kSmall ? m[i] + c.w1 * (gi - m[i]) : gi - (gi - m[i]) * c.w1c;
+    float vi = v[i] * c.b2;
+    vi = vi + c.w2 * gi * gi;
+    float denom = std::sqrt(vi) / c.bc2_sqrt + c.eps;
+    p[i] = pi + c.neg_step * mi / denom;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+#ifdef LA_OPT_X86
+// The same, 8 lanes at a time (std::sqrt does not vectorise while it may set errno).
+template <bool kSmall>
+__attribute__((target("avx2,fma"))) void adamw_range_avx2(float* p, const float* g, float* m, float* v, int64_t i0,
+                                                           int64_t i1, const AdamScalars& c) {
+  const __m256 decay = _mm256_set1_ps(c.decay), w1 = _mm256_set1_ps(c.w1), w1c = _mm256_set1_ps(c.w1c),
+               b2 = _mm256_set1_ps(c.b2), w2 = _mm256_set1_ps(c.w2), ns = _mm256_set1_ps(c.neg_step),
+               bs = _mm256_set1_ps(c.bc2_sqrt), eps = _mm256_set1_ps(c.eps);
+  int64_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    __m256 pi = _mm256_mul_ps(_mm256_loadu_ps(p + i), decay);
+    __m256 gi = _mm256_loadu_ps(g + i), mo = _mm256_loadu_ps(m + i);
+    __m256 mi = kSmall ? _mm256_add_ps(mo, _mm256_mul_ps(w1, _mm256_sub_ps(gi, mo)))
+                       : _mm256_sub_ps(gi, _mm256_mul_ps(_mm256_sub_ps(gi, mo), w1c));
+    __m256 vi = _mm256_mul_ps(_mm256_loadu_ps(v + i), b2);
+    vi = _mm256_add_ps(vi, _mm256_mul_ps(_mm256_mul_ps(w2, gi), gi));
+    __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bs), eps);
+    _mm256_storeu_ps(p + i, _mm256_add_ps(pi, _mm256_div_ps(_mm256_mul_ps(ns, mi), denom)));
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+  }
+  adamw_range<kSmall>(p, g, m, v, i, i1, c);
+}
+const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+
+}  // namespace
 
 // torch.optim.AdamW, single-tensor (non-foreach) path, in its order; scalars are formed in double
 // and applied as f32 (as PyTorch does for f32 tensors):
@@ -21,22 +77,20 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, int64_t step
   const float decay = float(1.0 - lr * weight_decay);
   const double w1d = 1.0 - beta1;
   const float w1 = float(w1d), w1c = 1.f - w1;  // lerp weight, and 1 - weight for the w >= 0.5 branch
-  const bool small = w1d < 0.5;
   const float b2 = float(beta2), w2 = float(1.0 - beta2);
   const double bc1 = 1.0 - std::pow(beta1, double(step)), bc2 = 1.0 - std::pow(beta2, double(step));
   const float neg_step = float(-(lr / bc1)), bc2_sqrt = float(std::sqrt(bc2)), epsf = float(eps);
+  const AdamScalars c{decay, w1, w1c, b2, w2, neg_step, bc2_sqrt, epsf};
+  const bool small = w1d < 0.5;
   parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i++) {
-      float pi = p[i] * decay;
-      float gi = g[i], mi = m[i];
-      mi = small ? mi + w1 * (gi - mi) : gi - (gi - mi) * w1c;
-      float vi = v[i] * b2;
-      vi = vi + w2 * gi * gi;
-      float denom = std::sqrt(vi) / bc2_sqrt + epsf;
-      p[i] = pi + neg_step * mi / denom;
-      m[i] = mi;
-      v[i] = vi;
+#ifdef LA_OPT_X86
+    if (has_avx2) {
+      if (small) return adamw_range_avx2<true>(p, g, m, v, i0, i1, c);
+      return adamw_range_avx2<false>(p, g, m, v, i0, i1, c);
     }
+#endif
+    if (small) return adamw_range<true>(p, g, m, v, i0, i1, c);
+    adamw_range<false>(p, g, m, v, i0, i1, c);
   });
 }
 

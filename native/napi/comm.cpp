@@ -3,6 +3,7 @@
 // produced them and before the optimiser step that reads them, without blocking the event loop.
 #include <chrono>
 #include <cstdlib>
+#include <future>
 #include <cmath>
 #include <mutex>
 #include <optional>
@@ -28,20 +29,6 @@ Stats stats;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// Runs `fn` on the executor (after everything queued before) and waits for it on this thread.
-void run_on_executor(const std::string& what, std::function<void()> fn) {
-  auto err = std::make_shared<std::string>();
-  uint64_t t = cpu_executor().enqueue(what, [fn = std::move(fn), err] {
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      *err = e.what();
-    }
-  });
-  cpu_executor().wait(t);
-  if (!err->empty()) throw Error(*err);
 }
 
 // Queues `fn` on the executor; the Promise resolves with make(env) or rejects with its error.
@@ -107,16 +94,31 @@ LA_OP(commInit, {
   }
   static bool exit_hook = (std::atexit([] { comm::cancelled().store(true); }), true);
   (void)exit_hook;
-  // MPI and NCCL are used from the executor's thread only: start them there too.
-  run_on_executor("commInit(" + kind + ")", [kind, opts] {
-    if (kind == "mpi") comm::set_world(comm::make_mpi(opts));
-    else if (kind == "nccl") comm::set_world(comm::make_nccl(opts));
-    else comm::set_world(comm::make_single());
+  // MPI and NCCL are used from the executor's thread only: start them there too. Joining waits
+  // for every rank (MPI_Init, ncclCommInitRank), which no MPI call bounds: wait here with the
+  // deadline, and leave the executor stuck behind if it passes (the caller will exit).
+  auto done = std::make_shared<std::promise<std::string>>();
+  std::future<std::string> result = done->get_future();
+  cpu_executor().enqueue("commInit(" + kind + ")", [kind, opts, done] {
+    try {
+      if (kind == "mpi") comm::set_world(comm::make_mpi(opts));
+      else if (kind == "nccl") comm::set_world(comm::make_nccl(opts));
+      else comm::set_world(comm::make_single());
+      done->set_value("");
+    } catch (const std::exception& e) {
+      done->set_value(e.what());
+    }
   });
+  if (result.wait_for(std::chrono::duration<double>(opts.timeout_s)) != std::future_status::ready)
+    fail("commInit(", kind, "): joining the world took longer than ", opts.timeout_s,
+         " s: a rank died or hangs before joining (--comm-timeout / LLAMA_ADAPTER_COMM_TIMEOUT sets the limit)");
+  std::string err = result.get();
+  if (!err.empty()) throw Error(err);
   return world_info(info.Env());
 })
 
 LA_OP(commInfo, {
+  (void)a;
   Napi::Env env = info.Env();
   Napi::Object o = world_info(env);
   o.Set("initialized", comm::world_initialized());
@@ -239,13 +241,14 @@ LA_OP(broadcast, {
       });
 })
 
-LA_OP(commBarrier, return queue_async(info.Env(), "barrier", [] { comm::world().barrier(); }, [](Napi::Env env) { return env.Undefined(); });)
+LA_OP(commBarrier, (void)a; return queue_async(info.Env(), "barrier", [] { comm::world().barrier(); }, [](Napi::Env env) { return env.Undefined(); });)
 
-LA_OP(commFinalize, return queue_async(info.Env(), "commFinalize", [] { comm::world().finalize(); }, [](Napi::Env env) { return env.Undefined(); });)
+LA_OP(commFinalize, (void)a; return queue_async(info.Env(), "commFinalize", [] { comm::world().finalize(); }, [](Napi::Env env) { return env.Undefined(); });)
 
 LA_OP(commAbort, {
   int64_t code = info.Length() > 0 && !info[0].IsUndefined() ? a.integer(0, "code") : 1;
   comm::world().abort(int(code));  // never returns
+  return info.Env().Undefined();
 })
 
 }  // namespace

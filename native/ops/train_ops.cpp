@@ -82,7 +82,8 @@ int64_t check_gated(const char* op, const TensorPtr& q, const TensorPtr& k, cons
 int64_t check_prompt(const char* op, const TensorPtr& pk, const TensorPtr& pv, const TensorPtr& gate, int64_t H,
                      int64_t Hkv, int64_t d) {
   if (!pk && !pv && !gate) return 0;
-  LA_CHECK(pk && pv && gate, op, ": the prompt keys pk, values pv and gate come together (all tensors, or all null); got ",
+  LA_CHECK(pk && pv && gate, op,
+           ": the prompt keys pk, values pv and gate come together (all tensors, or all null); got ",
            pk ? "pk" : "no pk", ", ", pv ? "pv" : "no pv", ", ", gate ? "gate" : "no gate");
   expect_ndim(op, "pk", pk, 3);
   expect_ndim(op, "pv", pv, 3);
@@ -104,8 +105,8 @@ void rope_at(const TensorPtr& x, const TensorPtr& positions, float theta, bool i
   expect_ndim(op, "positions", positions, 1);
   expect_dtype(op, "positions", positions, DType::I32);
   LA_CHECK(x->dim(2) % 2 == 0, op, ": head size must be even, got ", x->describe());
-  LA_CHECK(positions->dim(0) == x->dim(0), op, ": positions ", positions->describe(), " must have one entry per row of x ",
-           x->describe());
+  LA_CHECK(positions->dim(0) == x->dim(0), op, ": positions ", positions->describe(),
+           " must have one entry per row of x ", x->describe());
   LA_CHECK(theta > 0 && std::isfinite(theta), op, ": theta must be > 0, got ", theta);
   expect_cpu(op, {&x, &positions});
   expect_writable(op, "x", x);
@@ -268,8 +269,8 @@ std::pair<TensorPtr, TensorPtr> cross_entropy(const TensorPtr& logits, const Ten
   expect_dtype(op, "logits", logits, DType::F32);
   expect_ndim(op, "targets", targets, 1);
   expect_dtype(op, "targets", targets, DType::I32);
-  LA_CHECK(targets->dim(0) == logits->dim(0), op, ": targets ", targets->describe(), " must have one entry per row of logits ",
-           logits->describe());
+  LA_CHECK(targets->dim(0) == logits->dim(0), op, ": targets ", targets->describe(),
+           " must have one entry per row of logits ", logits->describe());
   LA_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
   expect_cpu(op, {&logits, &targets});
   int64_t M = logits->dim(0), V = logits->dim(1);
@@ -286,8 +287,10 @@ std::pair<TensorPtr, TensorPtr> cross_entropy(const TensorPtr& logits, const Ten
 void adamw(const TensorPtr& param, const TensorPtr& grad, const TensorPtr& m, const TensorPtr& v, int64_t step,
            double lr, double beta1, double beta2, double eps, double weight_decay) {
   const char* op = "adamw";
-  for (auto [name, t] : {std::pair<const char*, const TensorPtr*>{"param", &param}, {"grad", &grad}, {"m", &m}, {"v", &v}})
-    expect_dtype(op, name, *t, DType::F32);
+  expect_dtype(op, "param", param, DType::F32);
+  expect_dtype(op, "grad", grad, DType::F32);
+  expect_dtype(op, "m", m, DType::F32);
+  expect_dtype(op, "v", v, DType::F32);
   LA_CHECK(grad->shape == param->shape && m->shape == param->shape && v->shape == param->shape, op, ": param ",
            param->describe(), ", grad ", grad->describe(), ", m ", m->describe(), " and v ", v->describe(),
            " must have the same shape");

@@ -42,10 +42,12 @@ GatedAttentionGrads gated_attention_backward(const TensorPtr& dout, const Tensor
 
 TensorPtr rmsnorm_backward(const TensorPtr& dy /*(T,C)*/, const TensorPtr& x /*(T,C)*/, const TensorPtr& w /*(C)*/,
                            float eps);                                                          // -> dx (T,C)
-std::pair<TensorPtr, TensorPtr> swiglu_backward(const TensorPtr& dout, const TensorPtr& a, const TensorPtr& b);  // da, db
+// -> da, db of out = silu(a) * b
+std::pair<TensorPtr, TensorPtr> swiglu_backward(const TensorPtr& dout, const TensorPtr& a, const TensorPtr& b);
 TensorPtr matmul_backward(const TensorPtr& dy /*(M,N)*/, const TensorPtr& w /*(N,K) f32|bf16*/);  // -> dx (M,K)
 TensorPtr gather_rows(const TensorPtr& x /*(N,...)*/, const TensorPtr& idx /*(M) i32*/);          // -> (M,...)
-void scatter_add_rows(const TensorPtr& dst /*(N,...)*/, const TensorPtr& idx /*(M) i32*/, const TensorPtr& src /*(M,...)*/);
+void scatter_add_rows(const TensorPtr& dst /*(N,...)*/, const TensorPtr& idx /*(M) i32*/,
+                      const TensorPtr& src /*(M,...)*/);  // dst[idx] += src, in place
 // -> loss (1) = sum of row losses, dlogits (M,V) = scale * (softmax - onehot)
 std::pair<TensorPtr, TensorPtr> cross_entropy(const TensorPtr& logits /*(M,V)*/, const TensorPtr& targets /*(M) i32*/,
                                               float scale);
