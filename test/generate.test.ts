@@ -2,7 +2,10 @@
 // llama2.c v0 and v1 files and the Hugging Face folder; seeded sampling is reproducible.
 import { expect } from 'chai';
 import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
+import { convertLlama2cToHf } from '../tools/llama2c-to-hf';
 import { generate, generateTokens } from '../lib/generate/generate';
 import { Llama } from '../lib/model/llama';
 import { loadTokenizer } from '../lib/tokenizer';
@@ -31,6 +34,54 @@ describe('generation (stories260K)', function () {
       }
     });
   }
+
+  it('both RoPE layouts give the same logits: llama2.c (pairs) vs Hugging Face (halves, permuted rows)', async () => {
+    const ids = tokenizer.encode('Once upon a time, there was a little girl named Lily.', { bos: true });
+    const logitsOf = async (file: string) => {
+      const model = await Llama.load(file);
+      const cache = model.newCache(64);
+      try {
+        const t = model.forward(ids, cache, { allLogits: true });
+        const v = (await t.read()) as Float32Array;
+        t.dispose();
+        return v;
+      } finally {
+        cache.dispose();
+        model.dispose();
+      }
+    };
+    const a = await logitsOf(stories.v0);
+    const b = await logitsOf(stories.hf);
+    expect(a.length).to.equal(ids.length * 512);
+    let worst = 0;
+    for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+    expect(worst).to.be.below(1e-4); // float32: the two layouts round differently
+    const v1 = await logitsOf(stories.v1);
+    expect(Array.from(v1)).to.deep.equal(Array.from(a)); // the same layout and values: bit for bit
+    // the same model converted to a sharded Hugging Face folder
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-shards-'));
+    try {
+      convertLlama2cToHf(stories.v0, dir, { shards: 3 });
+      expect(fs.existsSync(path.join(dir, 'model.safetensors.index.json'))).to.equal(true);
+      expect(Array.from(await logitsOf(dir))).to.deep.equal(Array.from(b));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('bf16 storage halves the weights\' memory', async () => {
+    const f32 = await Llama.load(stories.v0);
+    const bf16 = await Llama.load(stories.v0, { dtype: 'bf16' });
+    try {
+      const bytes = (m: Llama) => m.checkpoint.weights.layers.reduce((s, l) => s + l.wq.bytes + l.w1.bytes + l.w2.bytes, 0);
+      expect(bytes(bf16) * 2).to.equal(bytes(f32));
+      expect(bf16.checkpoint.weights.layers[0].wq.dtype).to.equal('bf16');
+      expect(bf16.checkpoint.weights.finalNorm.dtype).to.equal('f32');
+    } finally {
+      f32.dispose();
+      bf16.dispose();
+    }
+  });
 
   it('bf16 weights give nearly the same greedy text', async () => {
     const model = await Llama.load(stories.v0, { dtype: 'bf16' });
