@@ -169,12 +169,19 @@ describe('data parallelism', function () {
         expect(m2[i].loss).to.be.closeTo(m.loss, 1e-6 * m.loss);
         expect(m2[i].grad_norm).to.be.closeTo(m.grad_norm, 1e-5 * m.grad_norm);
       });
-      // the final adapters: |a - b| <= 1e-6 + 1e-5 |a| for every value
+      // the final adapters: |a - b| <= 1e-5 max(1, |a|) for every value (the prompts are O(1): ~80
+      // float32 ulps at 1.0). The summation order changes the gradients by an ulp or so, and AdamW's
+      // per-element normalisation turns that into a few ulps of the values after 4 steps.
       const a = await adapterValues(path.join(one, 'adapter.safetensors'));
       const b = await adapterValues(path.join(two, 'adapter.safetensors'));
       expect(b.length).to.equal(a.length);
       let worst = 0;
-      for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]) / (1e-6 + 1e-5 * Math.abs(a[i])));
+      let maxAbs = 0;
+      for (let i = 0; i < a.length; i++) {
+        worst = Math.max(worst, Math.abs(a[i] - b[i]) / (1e-5 * Math.max(1, Math.abs(a[i]))));
+        maxAbs = Math.max(maxAbs, Math.abs(a[i] - b[i]));
+      }
+      console.log(`      (largest difference ${maxAbs.toExponential(2)}, ${(100 * worst).toFixed(1)}% of the tolerance)`);
       expect(worst, 'largest difference in units of the tolerance').to.be.at.most(1);
     });
 
@@ -254,6 +261,31 @@ describe('data parallelism', function () {
       expect(r.code).to.not.equal(0);
       expect(r.stderr).to.match(/error on rank 0 of 2: .*no answer from the other ranks within 3 s: a rank died, hangs or is far behind/);
       expect(r.seconds).to.be.below(60);
+    });
+
+    it('a rank that hangs before joining makes the others fail after --comm-timeout, not wait forever', () => {
+      const wrap = path.join(dir, 'stop-rank-1.sh');
+      fs.writeFileSync(wrap, '#!/bin/bash\n# rank 1 stops itself before its program starts\nif [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then kill -STOP $$; fi\nexec "$@"\n');
+      const marker = `${process.pid}-init-${Date.now()}`;
+      const t0 = Date.now();
+      const args = [cli, 'train', ...model, '--data', data, '--out', path.join(dir, 'never'), ...flags, '--max-steps', '4', '--comm-timeout', '3'];
+      const r = spawnSync(which('mpirun')!, mpirunArgs(2, ['bash', wrap, process.execPath, ...args]), {
+        encoding: 'utf8',
+        timeout: 60_000,
+        env: { ...process.env, LLAMA_ADAPTER_TEST_MARKER: marker },
+      });
+      for (const pid of pidsWithEnv({ LLAMA_ADAPTER_TEST_MARKER: marker })) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+      }
+      const seconds = (Date.now() - t0) / 1000;
+      console.log(`      (the run ended after ${seconds.toFixed(1)} s)`);
+      expect(r.error, 'mpirun did not end within 60 s').to.equal(undefined);
+      expect(r.status).to.not.equal(0);
+      expect(r.stdout + r.stderr).to.match(/error on rank 0 of 2: commInit\(mpi\): joining the world took longer than 3 s/);
     });
   });
 

@@ -78,7 +78,7 @@ export class World {
    * of the mean over the global batch.
    */
   async reduceStep(grads: Tensor[], lossSum: number): Promise<number> {
-    if (this.size === 1) return lossSum;
+    if (this.kind === 'none') return lossSum; // (a one-rank NCCL world still runs it: the GPU check)
     const [, sums] = await Promise.all([native.allreduceSum(grads), native.allreduceScalars(Float64Array.of(lossSum))]);
     return sums[0];
   }
@@ -170,6 +170,7 @@ export function initWorld(opts: WorldOptions = {}): World {
     throw new Error(`--comm mpi needs the process to be started by mpirun (or use --devices N)`);
   if (kind === 'mpi' && !native.commInfo().mpi.compiled)
     throw new Error(`this run was started by mpirun, but the native addon was built without MPI: ${installMpi}`);
+  if (kind === 'none') return (current = World.single()); // nothing to join
   const envTimeout = Number(env.LLAMA_ADAPTER_COMM_TIMEOUT);
   const timeoutS = opts.timeoutS ?? (envTimeout > 0 ? envTimeout : 600);
   const w = native.commInit(kind, {

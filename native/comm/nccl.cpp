@@ -93,7 +93,7 @@ struct Nccl {
     return "NCCL " + std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
   }
   void check(ncclResult_t r, const char* what) const {
-    LA_CHECK(r == ncclSuccess, what, " failed: ", GetErrorString(r), " (NCCL_DEBUG=WARN tells more)");
+    LA_CHECK(r == ncclSuccess, what, " failed: ", GetErrorString(r));
   }
 };
 
