@@ -24,3 +24,5 @@ export { AdamW } from './train/optimizer';
 export { learningRate, peakFromBase } from './train/schedule';
 export { loadAlpaca, promptOf, tokenizeExample, tokenizeRecords, Batcher } from './data/alpaca';
 export type { AlpacaRecord, Example, Batch } from './data/alpaca';
+export { initWorld, currentWorld, World } from './train/distributed';
+export type { WorldOptions } from './train/distributed';
