@@ -9,39 +9,10 @@ import * as os from 'os';
 import * as path from 'path';
 import { native, Tensor } from '../lib/native';
 import * as ref from './util/reference';
+import { f32, i32, rejects, throwsErr } from './util/tensors';
 
 // The compiled lib/native.js beside this file's compiled copy (dist/test -> dist/lib).
 const NATIVE_JS = path.resolve(__dirname, '..', 'lib', 'native.js');
-
-type Ctor = typeof Error | typeof TypeError;
-
-function throwsErr(fn: () => unknown, ctor: Ctor, re: RegExp): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected ${ctor.name} matching ${re}`).to.be.instanceOf(ctor);
-  expect((err as Error).message).to.match(re);
-}
-async function rejects(p: () => Promise<unknown>, re: RegExp): Promise<Error> {
-  let err: unknown;
-  try {
-    await p();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected a rejection matching ${re}`).to.be.instanceOf(Error);
-  expect((err as Error).message).to.match(re);
-  return err as Error;
-}
-function f32(data: ArrayLike<number>, shape: number[]): Tensor {
-  return native.fromArray(Float32Array.from(data), shape);
-}
-function i32(data: number[]): Tensor {
-  return native.fromArray(Int32Array.from(data), [data.length]);
-}
 
 interface ChildResult {
   status: number | null;

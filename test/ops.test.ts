@@ -10,29 +10,11 @@
 import { expect } from 'chai';
 import { native, Tensor, RopeLayout } from '../lib/native';
 import * as ref from './util/reference';
+import { bits, f32, i32, maxAbs, readF } from './util/tensors';
 
 const F32_RTOL = 1e-5;
 const NORM_TOL = 1e-4;
 
-function f32(data: ArrayLike<number>, shape: number[]): Tensor {
-  return native.fromArray(Float32Array.from(data), shape);
-}
-function i32(data: ArrayLike<number>, shape?: number[]): Tensor {
-  return native.fromArray(Int32Array.from(data), shape ?? [data.length]);
-}
-async function readF(t: Tensor): Promise<Float32Array> {
-  const v = await t.read();
-  expect(v).to.be.instanceOf(Float32Array);
-  return v as Float32Array;
-}
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
-}
-function bitsOf(a: Float32Array): Uint32Array {
-  return new Uint32Array(a.buffer, a.byteOffset, a.length);
-}
 /** Rope's per-element absolute allowance: 1e-6 (|x0| + |x1|) of the pair the element belongs to. */
 function ropeAtol(x: ArrayLike<number>, rows: number, d: number, layout: RopeLayout): Float64Array {
   const atol = new Float64Array(rows * d);
@@ -470,12 +452,12 @@ describe('ops (CPU) against the float64 reference', function () {
 
     for (const how of ['convert', 'fromArray'] as const)
       it(`f32 -> bf16 by ${how}: round to nearest even, Inf and -0 kept, every NaN stays NaN`, async () => {
-        const bits = new Uint32Array([...cases.map((c) => c[0]), ...nanBits]);
-        const src = new Float32Array(bits.buffer);
+        const inputBits = new Uint32Array([...cases.map((c) => c[0]), ...nanBits]);
+        const src = new Float32Array(inputBits.buffer);
         const t = how === 'convert' ? native.convert(native.fromArray(src, [src.length]), 'bf16') : native.fromArray(src, [src.length], 'bf16');
         expect(t.dtype).to.equal('bf16');
         expect(t.bytes).to.equal(2 * src.length);
-        const got = bitsOf(await readF(t)); // bf16 reads back as f32: bf16 bits << 16
+        const got = bits(await readF(t)); // bf16 reads back as f32: bf16 bits << 16
         for (let i = 0; i < cases.length; i++) {
           expect(got[i] & 0xffff, cases[i][2]).to.equal(0);
           expect((got[i] >>> 16).toString(16), cases[i][2]).to.equal(cases[i][1].toString(16));

@@ -12,27 +12,9 @@
 import { expect } from 'chai';
 import { native, Tensor, RopeLayout } from '../lib/native';
 import * as ref from './util/reference';
+import { bits, f32, i32, maxAbs, readF, rejects, throwsErr } from './util/tensors';
 import * as tref from './util/train-reference';
 
-function f32(data: ArrayLike<number>, shape: number[]): Tensor {
-  return native.fromArray(Float32Array.from(data), shape);
-}
-function i32(data: ArrayLike<number>, shape?: number[]): Tensor {
-  return native.fromArray(Int32Array.from(data), shape ?? [data.length]);
-}
-async function readF(t: Tensor): Promise<Float32Array> {
-  const v = await t.read();
-  expect(v).to.be.instanceOf(Float32Array);
-  return v as Float32Array;
-}
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
-}
-function bits(a: Float32Array): Uint32Array {
-  return new Uint32Array(a.buffer, a.byteOffset, a.length);
-}
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += a[i] * b[i];
@@ -57,26 +39,6 @@ function closeGrads(g: (Float32Array | null)[], want: tref.AttnGrads): void {
   close(g[3]!, want.dpk, 1e-4, 1e-5, 'dpk', floor);
   close(g[4]!, want.dpv!, 1e-4, 1e-5, 'dpv', floor);
   close(g[5]!, want.dgate!, 1e-4, 1e-5, 'dgate');
-}
-function throwsErr(fn: () => unknown, ctor: typeof Error | typeof TypeError, re: RegExp): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected ${ctor.name} matching ${re}`).to.be.instanceOf(ctor);
-  expect((err as Error).message).to.match(re);
-}
-async function rejects(p: () => Promise<unknown>, re: RegExp): Promise<void> {
-  let err: unknown;
-  try {
-    await p();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected a rejection matching ${re}`).to.be.instanceOf(Error);
-  expect((err as Error).message).to.match(re);
 }
 
 // ---- gated attention test cases ---------------------------------------------------------------
