@@ -10,7 +10,7 @@ import { Worker } from 'worker_threads';
 import { native } from '../lib/native';
 import { Llama } from '../lib/model/llama';
 import { generateTokens } from '../lib/generate/generate';
-import type { BenchTable } from './gemm';
+import { BenchTable, IdleGate } from './gemm';
 
 // ---- paths ------------------------------------------------------------------------------------
 
@@ -297,6 +297,8 @@ export interface DecodeOptions {
   /** rewrite the random checkpoint even if a matching one exists */
   regenerate?: boolean;
   dtypes?: ('f32' | 'bf16')[];
+  /** before each timed run, wait up to this many seconds for an idle machine (0: never) */
+  waitIdle?: number;
   /** which models: 'stories260K', '110M' */
   models?: string[];
   log?: (line: string) => void;
@@ -360,21 +362,34 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
     });
   }
 
+  const gate = new IdleGate(opts.waitIdle ?? 60);
+  await gate.wait();
   log(`decode: measuring read bandwidth (${threads} threads and 1 thread, memcmp of 2 x 512 MiB) ...`);
   const bwN = await measureReadBandwidth(threads);
-  const bw1 = threads > 1 ? await measureReadBandwidth(1) : bwN;
+  let bw1 = bwN;
+  if (threads > 1) {
+    await gate.wait();
+    bw1 = await measureReadBandwidth(1);
+  }
   const bw = Math.max(bwN, bw1);
   log(`decode: read bandwidth ${(bwN / 1e9).toFixed(2)} GB/s (${threads} threads), ${(bw1 / 1e9).toFixed(2)} GB/s (1 thread)`);
 
   const bin = runcBinary();
   const rows: string[][] = [];
+  const raw: { model: string; dtype: string; oursTokPerSec: number[]; runcTokPerSec?: number[]; boundTokPerSec: number }[] = [];
   for (const c of cases) {
     let runc: number | undefined;
+    let runcRuns: number[] | undefined;
     if (bin) {
       try {
         runcOnce(bin, c.file, c.tokenizer, steps, threads); // warm-up (page cache)
-        const xs = Array.from({ length: runs }, () => runcOnce(bin, c.file, c.tokenizer, steps, threads));
+        const xs: number[] = [];
+        for (let r = 0; r < runs; r++) {
+          await gate.wait();
+          xs.push(runcOnce(bin, c.file, c.tokenizer, steps, threads));
+        }
         runc = median(xs);
+        runcRuns = xs;
         log(`decode: run.c ${c.label}: ${xs.map((x) => x.toFixed(1)).join(', ')} tok/s`);
       } catch (e) {
         log(`decode: run.c ${c.label} failed: ${(e as Error).message}`);
@@ -385,11 +400,15 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
       try {
         await ourDecode(model, Math.min(steps, 65)); // warm-up
         const xs: number[] = [];
-        for (let r = 0; r < runs; r++) xs.push(await ourDecode(model, steps));
+        for (let r = 0; r < runs; r++) {
+          await gate.wait();
+          xs.push(await ourDecode(model, steps));
+        }
         const ours = median(xs);
         log(`decode: ours ${c.label} ${dtype}: ${xs.map((x) => x.toFixed(1)).join(', ')} tok/s`);
         const wbytes = weightBytesPerToken(c.shape, dtype);
         const bound = bw / wbytes;
+        raw.push({ model: c.label, dtype, oursTokPerSec: xs, runcTokPerSec: runcRuns, boundTokPerSec: bound });
         rows.push([
           c.label,
           dtype,
@@ -408,8 +427,7 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
 
   const load = loadAtStart;
   const notes = [
-    `Load average at the start: ${load.toFixed(2)} on ${os.cpus().length} CPUs` +
-      (load > 0.5 ? ' — other processes competed for the cores: numbers are noisy.' : '.'),
+    `Load average at the start: ${load.toFixed(2)} on ${os.cpus().length} CPUs. ${gate.note()}`,
     `Read bandwidth: ${(bw / 1e9).toFixed(2)} GB/s (best of memcmp over 2 x 512 MiB with ${threads} threads: ` +
       `${(bwN / 1e9).toFixed(2)} GB/s; 1 thread: ${(bw1 / 1e9).toFixed(2)} GB/s). ` +
       `Bound = bandwidth / weight bytes per token (all matrices, norms, classifier; KV-cache reads excluded).`,
@@ -439,5 +457,6 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
     align: ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r'],
     rows,
     notes,
+    raw: { readBandwidth: { best: bw, threads: bwN, oneThread: bw1 }, runs: raw },
   };
 }

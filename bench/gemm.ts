@@ -16,6 +16,8 @@ export interface BenchTable {
   align: ('l' | 'r')[];
   rows: string[][];
   notes: string[];
+  /** unformatted measurements, for --json */
+  raw?: unknown;
 }
 
 export interface GemmOptions {
@@ -29,6 +31,8 @@ export interface GemmOptions {
   peakSize?: number;
   /** seconds of timed calls per configuration (at least 3 batches run regardless) */
   seconds?: number;
+  /** before each configuration, wait up to this many seconds for an idle machine (0: never) */
+  waitIdle?: number;
   log?: (line: string) => void;
 }
 
@@ -72,6 +76,53 @@ export function lastLevelCacheBytes(): number {
 }
 
 const now = () => Number(process.hrtime.bigint()) / 1e9;
+
+function cpuTimes(): { idle: number; total: number } | undefined {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]; // "cpu  user nice system idle iowait ..."
+    const v = line.trim().split(/\s+/).slice(1).map(Number);
+    return { idle: v[3] + (v[4] ?? 0), total: v.reduce((a, b) => a + b, 0) };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * On a shared machine, waits (at most `maxSeconds`) until the CPUs were at least `minIdle` idle
+ * over a 0.5 s window, so that a timed run does not start while another process holds a core.
+ * Returns false when it gave up (the run then starts anyway) or true; always true off Linux or
+ * when maxSeconds is 0.
+ */
+export async function waitForIdle(maxSeconds: number, minIdle = 0.9): Promise<boolean> {
+  if (maxSeconds <= 0 || !cpuTimes()) return true;
+  const deadline = now() + maxSeconds;
+  for (;;) {
+    const a = cpuTimes()!;
+    await new Promise((r) => setTimeout(r, 500));
+    const b = cpuTimes()!;
+    const idle = b.total > a.total ? (b.idle - a.idle) / (b.total - a.total) : 1;
+    if (idle >= minIdle) return true;
+    if (now() > deadline) return false;
+  }
+}
+
+/** Counts the timed runs that started on a busy machine. */
+export class IdleGate {
+  busyStarts = 0;
+  starts = 0;
+  constructor(readonly maxSeconds: number) {}
+  async wait(): Promise<void> {
+    this.starts++;
+    if (!(await waitForIdle(this.maxSeconds))) this.busyStarts++;
+  }
+  note(): string {
+    if (this.maxSeconds <= 0) return 'Runs did not wait for an idle machine (--wait-idle 0).';
+    return (
+      `Each timed run waited (up to ${this.maxSeconds} s) for the CPUs to be >= 90% idle; ` +
+      (this.busyStarts ? `${this.busyStarts} of ${this.starts} started on a busy machine anyway.` : `all ${this.starts} started idle.`)
+    );
+  }
+}
 
 interface Timing {
   /** best seconds per call */
@@ -133,6 +184,8 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
   native.setThreads(opts.threads);
   const caps = native.capabilities();
 
+  const gate = new IdleGate(opts.waitIdle ?? 30);
+  await gate.wait();
   log(`gemm: measuring the BLAS peak (f32 ${peakSize}^3, ${opts.threads} threads) ...`);
   const peak = await measurePeak(peakSize, Math.max(seconds, 1));
   log(`gemm: peak ${peak.gflops.toFixed(1)} GFLOP/s`);
@@ -150,6 +203,7 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
       await native.synchronize();
       for (const M of ms) {
         const x = native.fromArray(fillUniform(new Float32Array(M * K), M), [M, K]);
+        await gate.wait();
         const t = await timeCalls((i) => native.matmul(x, ws[i % copies]), seconds);
         x.dispose();
         const flops = 2 * M * N * K;
@@ -182,8 +236,7 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
         `bandwidth in the decode table); M > 8 runs OpenBLAS sgemm (bf16 widened to f32 block by block).`,
       `Best of >= 3 batches; each call reads another copy of w (working set >= ` +
         `${Math.round(workingSet / 2 ** 20)} MiB > LLC ${Math.round(llc / 2 ** 20)} MiB), so weights come from DRAM.`,
-      `Load average at the start: ${loadAtStart.toFixed(2)} on ${os.cpus().length} CPUs` +
-        (loadAtStart > 0.5 ? ' — other processes competed for the cores: numbers are noisy.' : '.'),
+      `Load average at the start: ${loadAtStart.toFixed(2)} on ${os.cpus().length} CPUs. ${gate.note()}`,
     ],
   };
 }

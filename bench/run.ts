@@ -2,7 +2,7 @@
 // tables on stdout (progress on stderr). Not a test: it asserts nothing, it measures.
 //
 //   node dist/bench/run.js [gemm] [decode] [--threads N] [--runs N] [--steps N] [--seed N]
-//                          [--quick] [--regenerate] [--json FILE]
+//                          [--quick] [--wait-idle S] [--regenerate] [--json FILE]
 import * as fs from 'fs';
 import * as os from 'os';
 import { native } from '../lib/native';
@@ -33,6 +33,7 @@ interface Args {
   steps?: number;
   seed?: number;
   quick: boolean;
+  waitIdle?: number;
   regenerate: boolean;
   json?: string;
 }
@@ -52,12 +53,17 @@ function parseArgs(argv: string[]): Args {
     else if (x === '--steps') a.steps = num(++i, x);
     else if (x === '--seed') a.seed = num(++i, x);
     else if (x === '--quick') a.quick = true;
+    else if (x === '--wait-idle') {
+      const v = Number(argv[++i]);
+      if (!(v >= 0)) throw new Error(`--wait-idle expects seconds >= 0, got ${argv[i]}`);
+      a.waitIdle = v;
+    }
     else if (x === '--regenerate') a.regenerate = true;
     else if (x === '--json') a.json = argv[++i];
     else if (x === '--help' || x === '-h') {
       console.log(
         'usage: node dist/bench/run.js [gemm] [decode] [--threads N] [--runs N] [--steps N] [--seed N] ' +
-          '[--quick] [--regenerate] [--json FILE]\n(see bench/README.md)',
+          '[--quick] [--wait-idle S] [--regenerate] [--json FILE]\n(see bench/README.md)',
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${x} (try --help)`);
@@ -82,6 +88,7 @@ async function main(): Promise<void> {
       threads: args.threads,
       seconds: args.quick ? 0.1 : 0.5,
       ms: args.quick ? [1, 128] : undefined,
+      waitIdle: args.waitIdle,
       log,
     });
     console.log(formatTable(t));
@@ -94,6 +101,7 @@ async function main(): Promise<void> {
       steps: args.steps ?? (args.quick ? 65 : 256),
       seed: args.seed,
       regenerate: args.regenerate,
+      waitIdle: args.waitIdle,
       log,
     });
     console.log(formatTable(t));

@@ -2,7 +2,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <sstream>
+#include <vector>
 
 #include "error.h"
 
@@ -55,12 +57,87 @@ static int64_t checked_numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
+namespace {
+
+// A bounded cache of large CPU blocks. A training step allocates and frees the same big
+// activations (tens of MB: logits, FFN activations) over and over; fresh blocks of that size come
+// from mmap, and every first touch of each 4 KiB page is a page fault (the kernel zeroes it), which
+// cost several % of a step. Blocks of >= kMinCached bytes are kept on free instead, up to
+// kCacheCap bytes in all (oldest evicted first), and reused for any request of up to their size
+// that wastes at most a quarter of the block. Thread-safe (tensors are created on the JS thread
+// and often released on the executor's). LLAMA_ADAPTER_CPU_CACHE_MB sets the cap (0: off).
+constexpr size_t kMinCached = size_t(1) << 18;  // 256 KiB: smaller blocks are malloc's business
+
+class BlockCache {
+ public:
+  BlockCache() {
+    const char* env = std::getenv("LLAMA_ADAPTER_CPU_CACHE_MB");
+    cap_ = env ? size_t(std::strtoull(env, nullptr, 10)) << 20 : (size_t(512) << 20);
+  }
+
+  // A 64-byte aligned block of at least `bytes`; its capacity in *cap.
+  void* take(size_t bytes, size_t* cap) {
+    if (bytes >= kMinCached && cap_ > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t best = free_.size();
+      for (size_t i = 0; i < free_.size(); i++)  // best fit; the list is short (blocks >= 256 KiB)
+        if (free_[i].bytes >= bytes && free_[i].bytes - bytes <= free_[i].bytes / 4 &&
+            (best == free_.size() || free_[i].bytes < free_[best].bytes))
+          best = i;
+      if (best != free_.size()) {
+        Block b = free_[best];
+        free_.erase(free_.begin() + std::ptrdiff_t(best));
+        cached_ -= b.bytes;
+        *cap = b.bytes;
+        return b.p;
+      }
+    }
+    size_t padded = bytes >= kMinCached ? (bytes + 4095) / 4096 * 4096 : (bytes + 63) / 64 * 64;
+    *cap = padded;
+    return std::aligned_alloc(64, padded);
+  }
+
+  void give(void* p, size_t cap) {
+    if (cap >= kMinCached && cap <= cap_) {
+      std::vector<void*> evicted;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        free_.push_back({p, cap});
+        cached_ += cap;
+        size_t drop = 0;  // the oldest blocks go first
+        while (cached_ > cap_) cached_ -= free_[drop++].bytes;
+        for (size_t i = 0; i < drop; i++) evicted.push_back(free_[i].p);
+        free_.erase(free_.begin(), free_.begin() + std::ptrdiff_t(drop));
+      }
+      for (void* q : evicted) std::free(q);
+      return;
+    }
+    std::free(p);
+  }
+
+ private:
+  struct Block {
+    void* p;
+    size_t bytes;
+  };
+  std::mutex mu_;
+  std::vector<Block> free_;  // oldest first
+  size_t cached_ = 0, cap_ = 0;
+};
+
+BlockCache& block_cache() {
+  static BlockCache* c = new BlockCache();  // leaked: tensors may be released during static destruction
+  return *c;
+}
+
+}  // namespace
+
 TensorPtr empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   int64_t n = checked_numel(shape);
   LA_CHECK(device == Device::CPU, "empty(): CUDA tensors are allocated by the CUDA backend");
   size_t bytes = size_t(n) * dtype_size(dtype);
-  size_t padded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, padded);
+  size_t cap = 0;
+  void* p = block_cache().take(bytes, &cap);
   LA_CHECK(p, "out of memory allocating ", dtype_name(dtype), shape_str(shape), " (", bytes, " bytes)");
   auto t = std::make_shared<Tensor>();
   t->shape = shape;
@@ -69,7 +146,7 @@ TensorPtr empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   t->storage = std::make_shared<Storage>();
   t->storage->data = p;
   t->storage->bytes = bytes;
-  t->storage->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  t->storage->owner = std::shared_ptr<void>(p, [cap](void* q) { block_cache().give(q, cap); });
   return t;
 }
 
