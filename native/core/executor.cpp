@@ -59,9 +59,9 @@ void Executor::run() {
     try {
       task.work();
     } catch (const std::exception& e) {
-      failure = task.what + ": " + e.what();
+      failure = task.what.empty() ? std::string(e.what()) : task.what + ": " + e.what();
     } catch (...) {
-      failure = task.what + ": unknown error";
+      failure = (task.what.empty() ? std::string("an op") : task.what) + ": unknown error";
     }
     task.work = nullptr;  // release the tensors it held before reporting completion
     {

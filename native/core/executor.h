@@ -21,7 +21,7 @@ class Executor {
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
-  // Queues `work`; `what` describes it for error messages. Returns its ticket.
+  // Queues `work`; `what` prefixes its error message (empty: the message says it all). Returns its ticket.
   uint64_t enqueue(std::string what, std::function<void()> work);
   // Blocks until the op with this ticket (and all before it) ran.
   void wait(uint64_t ticket);

@@ -39,8 +39,10 @@ std::string describe_call(const char* op, const std::vector<TensorPtr>& ts) {
 }  // namespace
 
 void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorPtr> outputs, std::function<void()> body) {
-  std::string what = describe_call(op, inputs);
-  cpu_executor().enqueue(what, [what, inputs = std::move(inputs), outputs = std::move(outputs), body = std::move(body)] {
+  // The description with shapes is built only when the op fails: formatting it for every op
+  // would cost more than a small op's work.
+  cpu_executor().enqueue(std::string(), [name = std::string(op), inputs = std::move(inputs), outputs = std::move(outputs),
+                                         body = std::move(body)] {
     for (const TensorPtr& t : inputs)
       if (t->storage->error) {  // a failed producer: pass its error on instead of computing on garbage
         for (const TensorPtr& o : outputs) o->storage->error = t->storage->error;
@@ -49,15 +51,12 @@ void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorP
     try {
       body();
     } catch (const std::exception& e) {
-      auto err = std::make_shared<const std::string>(what + ": " + e.what());
+      auto err = std::make_shared<const std::string>(describe_call(name.c_str(), inputs) + ": " + e.what());
       for (const TensorPtr& o : outputs) o->storage->error = err;
-      throw;  // the executor keeps it for synchronize()
+      throw Error(*err);  // the executor keeps it for synchronize()
     }
   });
 }
-
-namespace {
-}  // namespace
 
 TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
   const char* op = "embedding";
