@@ -194,7 +194,7 @@ parentPort.on('message', (m) => {
  * `mib` MiB each at the same time; best of `reps` (the first pass touches the pages and is
  * not timed).
  */
-export async function measureReadBandwidth(threads: number, mib = 512, reps = 5): Promise<number> {
+export async function measureReadBandwidth(threads: number, mib = 512, reps = 10): Promise<number> {
   const size = mib * 1024 * 1024;
   const a = new SharedArrayBuffer(size);
   const b = new SharedArrayBuffer(size);
@@ -214,8 +214,12 @@ export async function measureReadBandwidth(threads: number, mib = 512, reps = 5)
       workers.map(
         (w) =>
           new Promise<void>((resolve, reject) => {
-            w.once('message', () => resolve());
-            w.once('error', reject);
+            const onError = (e: Error) => reject(e);
+            w.once('error', onError);
+            w.once('message', () => {
+              w.off('error', onError);
+              resolve();
+            });
             w.postMessage('go');
           }),
       ),
@@ -363,22 +367,25 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
   }
 
   const gate = new IdleGate(opts.waitIdle ?? 60);
-  await gate.wait();
-  log(`decode: measuring read bandwidth (${threads} threads and 1 thread, memcmp of 2 x 512 MiB) ...`);
-  const bwN = await measureReadBandwidth(threads);
-  let bw1 = bwN;
-  if (threads > 1) {
+  // Read bandwidth, best of a measurement before and one after the decode runs.
+  let bwN = 0;
+  let bw1 = 0;
+  const measureBandwidth = async () => {
     await gate.wait();
-    bw1 = await measureReadBandwidth(1);
-  }
-  const bw = Math.max(bwN, bw1);
-  log(`decode: read bandwidth ${(bwN / 1e9).toFixed(2)} GB/s (${threads} threads), ${(bw1 / 1e9).toFixed(2)} GB/s (1 thread)`);
+    bwN = Math.max(bwN, await measureReadBandwidth(threads));
+    if (threads > 1) {
+      await gate.wait();
+      bw1 = Math.max(bw1, await measureReadBandwidth(1));
+    }
+    log(`decode: read bandwidth so far ${(bwN / 1e9).toFixed(2)} GB/s (${threads} threads), ${(bw1 / 1e9).toFixed(2)} GB/s (1 thread)`);
+  };
+  log(`decode: measuring read bandwidth (${threads} threads and 1 thread, memcmp of 2 x 512 MiB) ...`);
+  await measureBandwidth();
 
   const bin = runcBinary();
-  const rows: string[][] = [];
-  const raw: { model: string; dtype: string; oursTokPerSec: number[]; runcTokPerSec?: number[]; boundTokPerSec: number }[] = [];
+  const results: { c: ModelCase; dtype: 'f32' | 'bf16'; ours: number[]; runc?: number[] }[] = [];
+  let runcFailed = false;
   for (const c of cases) {
-    let runc: number | undefined;
     let runcRuns: number[] | undefined;
     if (bin) {
       try {
@@ -388,10 +395,10 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
           await gate.wait();
           xs.push(runcOnce(bin, c.file, c.tokenizer, steps, threads));
         }
-        runc = median(xs);
         runcRuns = xs;
         log(`decode: run.c ${c.label}: ${xs.map((x) => x.toFixed(1)).join(', ')} tok/s`);
       } catch (e) {
+        runcFailed = true;
         log(`decode: run.c ${c.label} failed: ${(e as Error).message}`);
       }
     }
@@ -404,32 +411,43 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
           await gate.wait();
           xs.push(await ourDecode(model, steps));
         }
-        const ours = median(xs);
         log(`decode: ours ${c.label} ${dtype}: ${xs.map((x) => x.toFixed(1)).join(', ')} tok/s`);
-        const wbytes = weightBytesPerToken(c.shape, dtype);
-        const bound = bw / wbytes;
-        raw.push({ model: c.label, dtype, oursTokPerSec: xs, runcTokPerSec: runcRuns, boundTokPerSec: bound });
-        rows.push([
-          c.label,
-          dtype,
-          (wbytes / 2 ** 20).toFixed(wbytes < 2 ** 24 ? 2 : 0),
-          ours.toFixed(1),
-          runc === undefined ? (bin ? 'failed' : 'n/a') : runc.toFixed(1) + (dtype === 'f32' ? '' : ' (f32)'),
-          runc === undefined ? '–' : `${((100 * ours) / runc).toFixed(0)}%`,
-          bound.toFixed(1),
-          `${((100 * ours) / bound).toFixed(0)}%`,
-        ]);
+        results.push({ c, dtype, ours: xs, runc: runcRuns });
       } finally {
         model.dispose();
       }
     }
   }
+  await measureBandwidth();
+  if (threads === 1) bw1 = bwN;
+  const bw = Math.max(bwN, bw1);
+
+  const rows: string[][] = [];
+  const raw: { model: string; dtype: string; oursTokPerSec: number[]; runcTokPerSec?: number[]; boundTokPerSec: number }[] = [];
+  for (const { c, dtype, ours: oursRuns, runc: runcRuns } of results) {
+    const ours = median(oursRuns);
+    const runc = runcRuns && median(runcRuns);
+    const wbytes = weightBytesPerToken(c.shape, dtype);
+    const bound = bw / wbytes;
+    raw.push({ model: c.label, dtype, oursTokPerSec: oursRuns, runcTokPerSec: runcRuns, boundTokPerSec: bound });
+    rows.push([
+      c.label,
+      dtype,
+      (wbytes / 2 ** 20).toFixed(wbytes < 2 ** 24 ? 2 : 0),
+      ours.toFixed(1),
+      runc === undefined ? (bin ? 'failed' : 'n/a') : runc.toFixed(1) + (dtype === 'f32' ? '' : ' (f32)'),
+      runc === undefined ? '–' : `${((100 * ours) / runc).toFixed(0)}%`,
+      bound.toFixed(1),
+      `${((100 * ours) / bound).toFixed(0)}%`,
+      runc === undefined || dtype !== 'f32' ? '–' : `${((100 * runc) / bound).toFixed(0)}%`,
+    ]);
+  }
 
   const load = loadAtStart;
   const notes = [
     `Load average at the start: ${load.toFixed(2)} on ${os.cpus().length} CPUs. ${gate.note()}`,
-    `Read bandwidth: ${(bw / 1e9).toFixed(2)} GB/s (best of memcmp over 2 x 512 MiB with ${threads} threads: ` +
-      `${(bwN / 1e9).toFixed(2)} GB/s; 1 thread: ${(bw1 / 1e9).toFixed(2)} GB/s). ` +
+    `Read bandwidth: ${(bw / 1e9).toFixed(2)} GB/s (memcmp of 2 x 512 MiB, best of 10 passes before and 10 after ` +
+      `the runs; ${threads} threads: ${(bwN / 1e9).toFixed(2)} GB/s, 1 thread: ${(bw1 / 1e9).toFixed(2)} GB/s). ` +
       `Bound = bandwidth / weight bytes per token (all matrices, norms, classifier; KV-cache reads excluded).`,
     `Decode: greedy from BOS, ${steps} positions (run.c -n ${steps}); tok/s over the ${steps - 1} tokens after ` +
       `the first, as run.c times it; median of ${runs} runs after a warm-up; ${threads} threads (OMP_NUM_THREADS=${threads} for run.c).`,
@@ -450,11 +468,21 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
       `run.c: llama2.c's run.c built by bench/fetch-runc.sh (gcc -Ofast -march=native -fopenmp), fp32 only; ` +
         `bf16 rows compare with its f32 rate.`,
     );
-  if (rows.some((r) => r[4] === 'failed')) notes.push('run.c failed on some models: its error is in the log (stderr).');
+  if (runcFailed) notes.push('run.c failed on some models: its error is in the log (stderr).');
   return {
     title: `Decode: tokens/s after the prefill — ${threads} threads, ${os.cpus()[0]?.model.trim() ?? 'CPU'}`,
-    columns: ['model', 'dtype', 'weights MiB/token', 'ours tok/s', 'run.c tok/s', 'ours / run.c', 'bound tok/s', '% of bound'],
-    align: ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r'],
+    columns: [
+      'model',
+      'dtype',
+      'weights MiB/token',
+      'ours tok/s',
+      'run.c tok/s',
+      'ours / run.c',
+      'bound tok/s',
+      'ours % of bound',
+      'run.c % of bound',
+    ],
+    align: ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
     rows,
     notes,
     raw: { readBandwidth: { best: bw, threads: bwN, oneThread: bw1 }, runs: raw },

@@ -115,6 +115,10 @@ export class IdleGate {
     this.starts++;
     if (!(await waitForIdle(this.maxSeconds))) this.busyStarts++;
   }
+  /** waits like wait() but does not count a start (for the batches of a long measurement) */
+  async pause(): Promise<void> {
+    await waitForIdle(this.maxSeconds);
+  }
   note(): string {
     if (this.maxSeconds <= 0) return 'Runs did not wait for an idle machine (--wait-idle 0).';
     return (
@@ -135,7 +139,11 @@ interface Timing {
  * Times `call(i)` (which queues one op and returns its output), in batches queued back to back
  * and awaited once, so that the executor's round trip is amortised as in a forward pass.
  */
-async function timeCalls(call: (i: number) => Tensor, seconds: number): Promise<Timing> {
+async function timeCalls(
+  call: (i: number) => Tensor,
+  seconds: number,
+  beforeLongBatch?: () => Promise<void>,
+): Promise<Timing> {
   // warm-up (page faults, BLAS buffers, thread wake-up) and a first estimate
   let t0 = now();
   call(0).dispose();
@@ -150,6 +158,8 @@ async function timeCalls(call: (i: number) => Tensor, seconds: number): Promise<
   let spent = 0;
   let i = 2;
   while (perCall.length < 3 || (spent < seconds && perCall.length < 50)) {
+    // a batch of a tenth of a second or more is worth waiting for an idle machine
+    if (beforeLongBatch && est * batch > 0.1) await beforeLongBatch();
     const t = now();
     for (let b = 0; b < batch; b++) call(i++).dispose();
     await native.synchronize();
@@ -162,10 +172,14 @@ async function timeCalls(call: (i: number) => Tensor, seconds: number): Promise<
 }
 
 /** The best f32 GEMM rate (GFLOP/s) at (n, n) · (n, n)ᵀ: the BLAS peak of this machine. */
-export async function measurePeak(n: number, seconds: number): Promise<{ gflops: number; seconds: number }> {
+export async function measurePeak(
+  n: number,
+  seconds: number,
+  beforeLongBatch?: () => Promise<void>,
+): Promise<{ gflops: number; seconds: number }> {
   const x = native.fromArray(fillUniform(new Float32Array(n * n), 1), [n, n]);
   const w = native.fromArray(fillUniform(new Float32Array(n * n), 2), [n, n]);
-  const t = await timeCalls(() => native.matmul(x, w), seconds);
+  const t = await timeCalls(() => native.matmul(x, w), seconds, beforeLongBatch);
   x.dispose();
   w.dispose();
   return { gflops: (2 * n * n * n) / t.best / 1e9, seconds: t.best };
@@ -187,7 +201,7 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
   const gate = new IdleGate(opts.waitIdle ?? 30);
   await gate.wait();
   log(`gemm: measuring the BLAS peak (f32 ${peakSize}^3, ${opts.threads} threads) ...`);
-  const peak = await measurePeak(peakSize, Math.max(seconds, 1));
+  const peak = await measurePeak(peakSize, Math.max(seconds, 1), () => gate.pause());
   log(`gemm: peak ${peak.gflops.toFixed(1)} GFLOP/s`);
 
   const llc = lastLevelCacheBytes();
@@ -204,7 +218,7 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
       for (const M of ms) {
         const x = native.fromArray(fillUniform(new Float32Array(M * K), M), [M, K]);
         await gate.wait();
-        const t = await timeCalls((i) => native.matmul(x, ws[i % copies]), seconds);
+        const t = await timeCalls((i) => native.matmul(x, ws[i % copies]), seconds, () => gate.pause());
         x.dispose();
         const flops = 2 * M * N * K;
         const gflops = flops / t.best / 1e9;
@@ -231,10 +245,10 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
     rows,
     notes: [
       `BLAS peak = ${peak.gflops.toFixed(1)} GFLOP/s: best f32 sgemm at ${peakSize}x${peakSize}x${peakSize} ` +
-        `through native.matmul (${(peak.seconds * 1e3).toFixed(1)} ms).`,
+        `through native.matmul (${(peak.seconds * 1e3).toFixed(1)} ms); other shapes can beat it by a few %.`,
       `M <= 8 runs the native SIMD dot-product kernel (memory-bound: compare "w GB/s" with the read ` +
         `bandwidth in the decode table); M > 8 runs OpenBLAS sgemm (bf16 widened to f32 block by block).`,
-      `Best of >= 3 batches; each call reads another copy of w (working set >= ` +
+      `Best of >= 3 batches (batches of 0.1 s or more each wait for an idle machine); each call reads another copy of w (working set >= ` +
         `${Math.round(workingSet / 2 ** 20)} MiB > LLC ${Math.round(llc / 2 ** 20)} MiB), so weights come from DRAM.`,
       `Load average at the start: ${loadAtStart.toFixed(2)} on ${os.cpus().length} CPUs. ${gate.note()}`,
     ],

@@ -15,8 +15,35 @@ namespace {
 
 constexpr int64_t kSmallM = 8;  // up to this many rows, one pass over w beats sgemm
 
+// Rows [r0, r1) of y = x · wᵀ for one row of x, as 4 sub-ranges walked in lockstep.
+template <class W>
+void matvec_range4(float* y, const float* x, const W* w, int64_t r0, int64_t r1, int64_t K) {
+  int64_t len = (r1 - r0) / 4;
+  for (int64_t i = 0; i < len; i++) {
+    const W* rows[4];
+    float out[4];
+    for (int s = 0; s < 4; s++) rows[s] = w + (r0 + s * len + i) * K;
+    if constexpr (sizeof(W) == 4) dot_rows4_f32(out, x, reinterpret_cast<const float* const*>(rows), K);
+    else dot_rows4_bf16(out, x, reinterpret_cast<const uint16_t* const*>(rows), K);
+    for (int s = 0; s < 4; s++) y[r0 + s * len + i] = out[s];
+  }
+  for (int64_t r = r0 + 4 * len; r < r1; r++) {
+    if constexpr (sizeof(W) == 4) dots_f32(y + r, x, K, 1, reinterpret_cast<const float*>(w) + r * K, K);
+    else dots_bf16(y + r, x, K, 1, reinterpret_cast<const uint16_t*>(w) + r * K, K);
+  }
+}
+
 template <class W>
 void matmul_small(float* y, const float* x, const W* w, int64_t M, int64_t N, int64_t K) {
+  if (M == 1 && N >= 64) {
+    // Decoding: one contiguous range per thread, each walking 4 far-apart rows at once, keeps 4
+    // memory streams in flight per core (one row at a time left the bandwidth ~30% short).
+    int64_t tasks = N * K < 65536 ? 1 : std::min<int64_t>(N / 16, num_threads());
+    parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; t++) matvec_range4(y, x, w, N * t / tasks, N * (t + 1) / tasks, K);
+    });
+    return;
+  }
   // y (M, N): each weight row n is read once and dotted with every row of x
   parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
     float acc[kSmallM];

@@ -12,4 +12,8 @@ float dot_bf16(const float* a, const uint16_t* b, int64_t n);
 void dots_f32(float* out, const float* x, int64_t ldx, int64_t R, const float* w, int64_t n);
 void dots_bf16(float* out, const float* x, int64_t ldx, int64_t R, const uint16_t* w, int64_t n);
 
+// out[s] = dot(x, w[s]) for 4 weight rows anywhere in memory
+void dot_rows4_f32(float* out, const float* x, const float* const* w, int64_t n);
+void dot_rows4_bf16(float* out, const float* x, const uint16_t* const* w, int64_t n);
+
 }  // namespace la::cpu
