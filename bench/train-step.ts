@@ -5,9 +5,11 @@
 // padded (B, longest) layout would have had, the FLOPs of a step, the effective GFLOP/s and its
 // share of the BLAS sgemm peak measured in the same process.
 //
-//   node dist/bench/train-step.js [--models 260K,15M,110M] [--steps N] [--warmup N] [--batch B]
-//        [--seq T] [--threads N] [--seed N] [--no-torch] [--torch-env auto|best|KEY=V,...]
+//   node dist/bench/train-step.js [--models 260K,15M,110M,110M:512] [--steps N] [--warmup N] [--repeats R]
+//        [--batch B] [--seq T] [--threads N] [--seed N] [--no-torch] [--torch-env best|auto|KEY=V,...]
 //        [--torch-head targets|all] [--regenerate] [--json FILE]
+//
+// A model spec MODEL[:T] sets its max_seq_len (default --seq, capped at the model's own).
 //
 // Our step is the trainer's (lib/train/trainer.ts): grads.zero(); graph.run(batch, 1 / targets,
 // grads) (AdapterGraph: packed rows, no padding, the LM head at the target positions only);
@@ -42,12 +44,14 @@ export const ADAPTER_LEN = 10; // K prompts per adapted layer (the paper's)
 
 export interface TrainStepOptions {
   threads: number;
-  /** which models: '260K', '15M', '110M' */
+  /** which models: '260K', '15M', '110M', each optionally ':T' (its max_seq_len) */
   models?: string[];
-  /** timed optimiser steps (each on its own batch) */
+  /** timed optimiser steps, each on its own batch (default: 8 at 260K, 6 at 15M, 3 at 110M) */
   steps?: number;
-  /** untimed steps before them */
+  /** untimed steps before them, on the longest of the timed batches (default 1) */
   warmup?: number;
+  /** rounds of (ours, PyTorch), alternated; the best round of each side is reported (default 1) */
+  repeats?: number;
   /** examples per batch */
   batch?: number;
   /** max_seq_len: examples are truncated to it */
@@ -72,8 +76,10 @@ interface ModelCase {
   label: string;
   file: string;
   tokenizer: string;
-  /** real weights or random ones */
-  random: boolean;
+  /** max_seq_len asked for (capped at the model's) */
+  seq?: number;
+  /** default timed steps */
+  steps: number;
 }
 
 const PYTHON = process.env.PYTHON ?? '/usr/bin/python3';
@@ -251,13 +257,17 @@ function runTorch(job: string, env: Record<string, string>, threads: number, hea
 
 function modelCases(which: string[], seed: number, regenerate: boolean, log: (s: string) => void): ModelCase[] {
   const cases: ModelCase[] = [];
-  for (const m of which) {
+  for (const spec of which) {
+    const [m, t] = spec.split(':');
+    const seq = t === undefined ? undefined : Number(t);
+    if (seq !== undefined && !(Number.isInteger(seq) && seq >= 2)) throw new Error(`train-step: bad max_seq_len in ${spec}`);
     if (m === '260K' || m === 'stories260K') {
       cases.push({
         label: 'stories260K',
         file: path.join(dataDir, 'stories260K', 'stories260K.bin'),
         tokenizer: path.join(dataDir, 'stories260K', 'tok512.bin'),
-        random: false,
+        seq,
+        steps: 8,
       });
     } else if (m === '15M' || m === '110M') {
       const shape = m === '15M' ? STORIES15M_SHAPE : STORIES110M;
@@ -268,9 +278,10 @@ function modelCases(which: string[], seed: number, regenerate: boolean, log: (s:
         label: `random ${m} shape`,
         file,
         tokenizer: path.join(dataDir, 'llama-tokenizer', 'tokenizer.model'),
-        random: true,
+        seq,
+        steps: m === '15M' ? 6 : 3,
       });
-    } else throw new Error(`train-step: unknown model ${m} (expected 260K, 15M or 110M)`);
+    } else throw new Error(`train-step: unknown model ${spec} (expected 260K, 15M or 110M, optionally :T)`);
   }
   return cases;
 }
@@ -279,8 +290,8 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
   const loadAtStart = os.loadavg()[0];
   const log = opts.log ?? (() => {});
   const threads = opts.threads;
-  const steps = opts.steps ?? 3;
   const warmup = opts.warmup ?? 1;
+  const repeats = opts.repeats ?? 1;
   const B = opts.batch ?? 8;
   const seq = opts.seq ?? 256;
   const seed = opts.seed ?? 1234;
@@ -289,14 +300,14 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
   const head = opts.torchHead ?? 'targets';
   native.setThreads(threads);
   const caps = native.capabilities();
-  const cases = modelCases(opts.models ?? ['260K', '15M', '110M'], seed, !!opts.regenerate, log);
+  const cases = modelCases(opts.models ?? ['260K', '15M', '110M', '110M:512'], seed, !!opts.regenerate, log);
 
   log(`train-step: measuring the BLAS peak (f32 2048^3, ${threads} threads) ...`);
-  const peak = await measurePeak(2048, 1);
+  let peak = await measurePeak(2048, 1);
   log(`train-step: peak ${peak.gflops.toFixed(1)} GFLOP/s`);
+  const perModel: { mc: ModelCase; cells: (peakGflops: number) => string[] }[] = [];
 
   fs.mkdirSync(outDir, { recursive: true });
-  const rows: string[][] = [];
   const envsUsed = new Map<string, string[]>();
   const lossNotes: string[] = [];
   for (const mc of cases) {
@@ -304,9 +315,13 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
     try {
       const c = model.config;
       const L = Math.max(1, c.nLayers - 2);
-      const T = Math.min(seq, c.maxSeqLen);
-      const batches = makeBatches(mc.tokenizer, T, B, warmup + steps, seed);
-      const timed = batches.slice(warmup);
+      const T = Math.min(mc.seq ?? seq, c.maxSeqLen);
+      const steps = opts.steps ?? mc.steps;
+      const timed = makeBatches(mc.tokenizer, T, B, steps, seed);
+      // warm-up on the longest timed batch: our allocation cache then holds blocks for every timed
+      // step, as in a long run (PyTorch gets the same warm-up steps)
+      const longest = timed.reduce((a, b) => (b.tokens.length > a.tokens.length ? b : a));
+      const batches = [...Array.from({ length: warmup }, () => longest), ...timed];
       const st = packStats(timed);
       const flops = timed.map((b) => stepFlops(c, L, ADAPTER_LEN, b));
       const flopsPerStep = flops.reduce((a, f) => a + f.total, 0) / steps;
@@ -318,16 +333,10 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
           `attention ${(100 * share('attention')).toFixed(0)}%, head ${(100 * share('head')).toFixed(0)}%)`,
       );
 
-      // ours
-      const ours = await ourSteps(model, L, batches, warmup, seed);
-      const oursTps = ours.tokens / ours.seconds;
-      const oursGflops = (flopsPerStep * steps) / ours.seconds / 1e9;
-      log(`train-step: ours ${mc.label}: ${oursTps.toFixed(1)} tok/s, ${((1e3 * ours.seconds) / steps).toFixed(0)} ms/step, ${oursGflops.toFixed(1)} GFLOP/s`);
-
-      // PyTorch
-      let torchCells = ['–', '–', '–'];
+      // the job file of the PyTorch side: the checkpoint, the adapter's shape and initial values, the batches
+      const job = path.join(outDir, `train-step-${mc.label.replace(/\W+/g, '_')}-T${T}.json`);
+      let env: Record<string, string> = bestTorchEnv(threads);
       if (withTorch) {
-        const job = path.join(outDir, `train-step-${mc.label.replace(/\W+/g, '_')}.json`);
         const adapter = Adapter.init(c, { layers: L, len: ADAPTER_LEN, gate: 'per-head' }, seed);
         const init = await adapter.values();
         adapter.dispose();
@@ -352,65 +361,94 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
             }),
           }),
         );
-        let env: Record<string, string>;
         if (torchEnvMode === 'auto') {
-          // one short run per candidate (1 warm-up + 1 timed step), keep the fastest
-          let best = { env: bestTorchEnv(threads), tps: 0 };
+          // one short run per candidate (the warm-up steps + 1 timed step), keep the fastest
+          let best = { env, tps: 0 };
           for (const e of torchCandidates(threads)) {
             const r = runTorch(job, e, threads, head, 1);
             log(`train-step: torch ${mc.label} [${describeEnv(e)}]: ${r.tokens_per_s.toFixed(1)} tok/s (core ${r.blas.core})`);
             if (r.tokens_per_s > best.tps) best = { env: e, tps: r.tokens_per_s };
           }
           env = best.env;
-        } else if (torchEnvMode === 'best') env = bestTorchEnv(threads);
-        else env = { OMP_NUM_THREADS: String(threads), ...parseEnvList(torchEnvMode) };
-        const r = runTorch(job, env, threads, head);
-        const tGflops = (r.tokens_per_s * flopsPerStep * steps) / st.tokens / 1e9;
+        } else if (torchEnvMode !== 'best') env = { OMP_NUM_THREADS: String(threads), ...parseEnvList(torchEnvMode) };
+      }
+
+      // rounds of ours then PyTorch; the best round of each
+      let ours: StepRun | undefined;
+      let torch: TorchResult | undefined;
+      for (let round = 1; round <= repeats; round++) {
+        const o = await ourSteps(model, L, batches, warmup, seed);
         log(
-          `train-step: torch ${mc.label} [${describeEnv(env)}]: ${r.tokens_per_s.toFixed(1)} tok/s, ${r.ms_per_step.toFixed(0)} ms/step ` +
+          `train-step: ours ${mc.label} (round ${round}): ${(o.tokens / o.seconds).toFixed(1)} tok/s, ` +
+            `${((1e3 * o.seconds) / steps).toFixed(0)} ms/step, ${((flopsPerStep * steps) / o.seconds / 1e9).toFixed(1)} GFLOP/s`,
+        );
+        if (!ours || o.seconds < ours.seconds) ours = o;
+        if (!withTorch) continue;
+        const r = runTorch(job, env, threads, head);
+        log(
+          `train-step: torch ${mc.label} (round ${round}) [${describeEnv(env)}]: ${r.tokens_per_s.toFixed(1)} tok/s, ${r.ms_per_step.toFixed(0)} ms/step ` +
             `(torch ${r.torch}, ${r.blas.library} core ${r.blas.core}, ${r.blas.threads} BLAS threads)`,
         );
-        const key = `${describeEnv(env)}; BLAS core ${r.blas.core}, head over ${r.head}`;
+        if (!torch || r.tokens_per_s > torch.tokens_per_s) torch = r;
+      }
+      ours = ours!;
+      const oursTps = ours.tokens / ours.seconds;
+      const oursGflops = (flopsPerStep * steps) / ours.seconds / 1e9;
+      let torchCells = ['–', '–', '–'];
+      if (torch) {
+        const tGflops = (torch.tokens_per_s * flopsPerStep * steps) / st.tokens / 1e9;
+        const key = `${describeEnv(env)}; BLAS core ${torch.blas.core}, head over ${torch.head}`;
         envsUsed.set(key, [...(envsUsed.get(key) ?? []), mc.label]);
-        torchCells = [r.tokens_per_s.toFixed(1), `${(oursTps / r.tokens_per_s).toFixed(2)}x`, tGflops.toFixed(1)];
-        const n = Math.min(ours.losses.length, r.losses.length);
+        torchCells = [torch.tokens_per_s.toFixed(1), `${(oursTps / torch.tokens_per_s).toFixed(2)}x`, tGflops.toFixed(1)];
+        const n = Math.min(ours.losses.length, torch.losses.length);
         let worst = 0;
-        for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(ours.losses[i] - r.losses[i]) / Math.abs(r.losses[i]));
+        for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(ours.losses[i] - torch.losses[i]) / Math.abs(torch.losses[i]));
         lossNotes.push(`${mc.label} ${(worst * 100).toPrecision(2)}%`);
       }
       const shape = `${c.dim}/${c.nLayers}/${c.nHeads}${c.nKvHeads !== c.nHeads ? `(${c.nKvHeads})` : ''}/${c.hiddenDim}/${c.vocabSize}`;
-      rows.push([
-        mc.label,
-        shape,
-        `${B}x${T}`,
-        `${L}x${ADAPTER_LEN}`,
-        (st.tokens / steps).toFixed(0),
-        `${(100 * st.paddingShare).toFixed(0)}%`,
-        oursTps.toFixed(1),
-        torchCells[0],
-        torchCells[1],
-        (flopsPerStep / 1e9).toFixed(2),
-        oursGflops.toFixed(1),
-        torchCells[2],
-        `${((100 * oursGflops) / peak.gflops).toFixed(0)}%`,
-      ]);
+      perModel.push({
+        mc,
+        cells: (peakGflops) => [
+          mc.label,
+          shape,
+          `${B}x${T}`,
+          `${L}x${ADAPTER_LEN}`,
+          String(steps),
+          (st.tokens / steps).toFixed(0),
+          `${(100 * st.paddingShare).toFixed(0)}%`,
+          oursTps.toFixed(1),
+          torchCells[0],
+          torchCells[1],
+          (flopsPerStep / 1e9).toFixed(2),
+          oursGflops.toFixed(1),
+          torchCells[2],
+          `${((100 * oursGflops) / peakGflops).toFixed(0)}%`,
+        ],
+      });
     } finally {
       model.dispose();
     }
   }
+  // the peak again at the end: the better of the two (another process may have held a core)
+  const peak2 = await measurePeak(2048, 1);
+  log(`train-step: peak at the end ${peak2.gflops.toFixed(1)} GFLOP/s`);
+  if (peak2.gflops > peak.gflops) peak = peak2;
+  const rows = perModel.map((p) => p.cells(peak.gflops));
 
   const notes = [
     `One optimiser step = forward + backward to the adapter (L = layers - 2 adapted layers, K = ${ADAPTER_LEN} prompts, per-head tanh gates) ` +
-      `+ AdamW; ${warmup} warm-up step(s), then ${steps} timed steps, each on its own batch of ${B} Alpaca examples ` +
+      `+ AdamW, as Trainer.run runs it; ${warmup} warm-up step(s) on the longest timed batch, then the timed steps, each on its own batch of ${B} Alpaca examples ` +
       `(../shared/data/alpaca/alpaca_small.json, seeded shuffle, truncated to T tokens; tok512 for stories260K, the LLaMA tokenizer otherwise); ` +
-      `${threads} threads on both sides.`,
+      `${threads} threads on both sides; ` +
+      (repeats > 1 ? `the best of ${repeats} alternated rounds of each side.` : 'one round of each side.'),
     `tok/s = real (unpadded) tokens of the timed steps / their wall time. Ours packs the batch (no padding); ` +
       `"padding" is the share of a padded (B, longest example) layout that would be padding — PyTorch computes on that layout.`,
     `GFLOP/step counts the useful work of the packed step: forward matmuls 2·N·(C² + 2C·Ckv + C² + 3C·F) per layer (all layers); ` +
       `the input-gradient matmuls of the adapted layers (the lowest skips wq/wk/wv); causal attention pairs within each sequence ` +
       `(forward 4·d per pair and head, backward 10·d) and the prompt branch; the LM head 4·M·C·V at the M target positions. ` +
       `Elementwise ops are not counted. Both GFLOP/s columns divide the same count by each side's time.`,
-    `BLAS peak = ${peak.gflops.toFixed(1)} GFLOP/s: best f32 sgemm 2048^3 through native.matmul, ${threads} threads (${caps.blas}).`,
+    `BLAS peak = ${peak.gflops.toFixed(1)} GFLOP/s: best f32 sgemm 2048^3 through native.matmul, ${threads} threads (${caps.blas}), ` +
+      `the better of a measurement before and one after the runs.`,
   ];
   if (withTorch) {
     notes.push(
@@ -433,6 +471,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
       'C/layers/heads/F/V',
       'B x T',
       'L x K',
+      'steps',
       'tokens/step',
       'padding',
       'ours tok/s',
@@ -443,7 +482,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
       'PyTorch GFLOP/s',
       'ours % of peak',
     ],
-    align: ['l', 'l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+    align: ['l', 'l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
     rows,
     notes,
   };
@@ -464,6 +503,7 @@ async function main(): Promise<void> {
     if (x === '--models') o.models = argv[++i].split(',');
     else if (x === '--steps') o.steps = Math.max(1, num());
     else if (x === '--warmup') o.warmup = num();
+    else if (x === '--repeats') o.repeats = Math.max(1, num());
     else if (x === '--batch') o.batch = Math.max(1, num());
     else if (x === '--seq') o.seq = Math.max(2, num());
     else if (x === '--threads') o.threads = Math.max(1, num());
@@ -478,7 +518,7 @@ async function main(): Promise<void> {
     else if (x === '--json') o.json = argv[++i];
     else if (x === '--help' || x === '-h') {
       console.log(
-        'usage: node dist/bench/train-step.js [--models 260K,15M,110M] [--steps N] [--warmup N] [--batch B] [--seq T] ' +
+        'usage: node dist/bench/train-step.js [--models 260K,15M,110M,110M:512] [--steps N] [--warmup N] [--repeats R] [--batch B] [--seq T] ' +
           '[--threads N] [--seed N] [--no-torch] [--torch-env best|auto|KEY=V,...] [--torch-head targets|all] [--regenerate] [--json FILE]\n' +
           '(see bench/README.md)',
       );

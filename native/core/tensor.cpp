@@ -1,5 +1,8 @@
 #include "tensor.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -60,19 +63,34 @@ static int64_t checked_numel(const std::vector<int64_t>& shape) {
 namespace {
 
 // A bounded cache of large CPU blocks. A training step allocates and frees the same big
-// activations (tens of MB: logits, FFN activations) over and over; fresh blocks of that size come
-// from mmap, and every first touch of each 4 KiB page is a page fault (the kernel zeroes it), which
-// cost several % of a step. Blocks of >= kMinCached bytes are kept on free instead, up to
-// kCacheCap bytes in all (oldest evicted first), and reused for any request of up to their size
-// that wastes at most a quarter of the block. Thread-safe (tensors are created on the JS thread
-// and often released on the executor's). LLAMA_ADAPTER_CPU_CACHE_MB sets the cap (0: off).
+// activations (MBs to tens of MB: the saved activations, FFN and logits buffers) over and over;
+// fresh blocks of that size come from mmap, and the first touch of each 4 KiB page is a page fault
+// (the kernel zeroes it): about 120k faults, several % of a 110M-shape step. Blocks of
+// >= kMinCached bytes are kept on free instead, up to a cap (oldest evicted first), and reused for
+// any request of at least half their size (best fit). New blocks are rounded up to 8 size classes
+// per octave. (Ops allocate their outputs when they are queued, so the JS thread allocates a whole
+// step's intermediates before the executor frees any: the cache serves the next step, whose
+// batch may hold more or fewer tokens.) The cap: LLAMA_ADAPTER_CPU_CACHE_MB (0: no cache), else 1/8 of the physical memory,
+// between 256 MiB and 4 GiB. Thread-safe (tensors are created on the JS thread and often released
+// on the executor's).
 constexpr size_t kMinCached = size_t(1) << 18;  // 256 KiB: smaller blocks are malloc's business
+
+size_t size_class(size_t bytes) {
+  size_t octave = size_t(1) << (63 - __builtin_clzll(bytes));  // the highest power of two <= bytes
+  size_t step = std::max<size_t>(octave / 8, 4096);
+  return (bytes + step - 1) / step * step;
+}
 
 class BlockCache {
  public:
   BlockCache() {
-    const char* env = std::getenv("LLAMA_ADAPTER_CPU_CACHE_MB");
-    cap_ = env ? size_t(std::strtoull(env, nullptr, 10)) << 20 : (size_t(512) << 20);
+    if (const char* env = std::getenv("LLAMA_ADAPTER_CPU_CACHE_MB")) {
+      cap_ = size_t(std::strtoull(env, nullptr, 10)) << 20;
+    } else {
+      long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+      size_t phys = pages > 0 && page > 0 ? size_t(pages) * size_t(page) : (size_t(2) << 30);
+      cap_ = std::min(std::max(phys / 8, size_t(256) << 20), size_t(4) << 30);
+    }
   }
 
   // A 64-byte aligned block of at least `bytes`; its capacity in *cap.
@@ -81,7 +99,7 @@ class BlockCache {
       std::lock_guard<std::mutex> lock(mu_);
       size_t best = free_.size();
       for (size_t i = 0; i < free_.size(); i++)  // best fit; the list is short (blocks >= 256 KiB)
-        if (free_[i].bytes >= bytes && free_[i].bytes - bytes <= free_[i].bytes / 4 &&
+        if (free_[i].bytes >= bytes && free_[i].bytes - bytes <= free_[i].bytes / 2 &&
             (best == free_.size() || free_[i].bytes < free_[best].bytes))
           best = i;
       if (best != free_.size()) {
@@ -92,7 +110,7 @@ class BlockCache {
         return b.p;
       }
     }
-    size_t padded = bytes >= kMinCached ? (bytes + 4095) / 4096 * 4096 : (bytes + 63) / 64 * 64;
+    size_t padded = bytes >= kMinCached ? size_class(bytes) : (bytes + 63) / 64 * 64;
     *cap = padded;
     return std::aligned_alloc(64, padded);
   }

@@ -68,17 +68,25 @@ void rope_at(float* x, const int32_t* pos, int64_t N, int64_t H, int64_t d, floa
 // y = x * w * r, r = 1/sqrt(mean(x^2) + eps):
 //   dx = r * (dy * w) - x * r^3 / C * sum(dy * w * x)
 // r is computed exactly as rmsnorm_forward does.
+double row_sum_squares(const float* x, int64_t C);  // norm.cpp: rmsnorm_forward's sum
+
 void rmsnorm_backward(float* dx, const float* dy, const float* x, const float* w, int64_t T, int64_t C, float eps) {
   parallel_for(T, std::max<int64_t>(1, 16384 / C), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; t++) {
       const float* xt = x + t * C;
       const float* gt = dy + t * C;
       float* o = dx + t * C;
-      double ss = 0, gx = 0;
-      for (int64_t c = 0; c < C; c++) {
-        ss += double(xt[c]) * xt[c];
-        gx += double(gt[c]) * w[c] * xt[c];
+      const double ss = row_sum_squares(xt, C);
+      double g0 = 0, g1 = 0, g2 = 0, g3 = 0;  // interleaved partial sums (not one latency-bound chain)
+      int64_t c = 0;
+      for (; c + 4 <= C; c += 4) {
+        g0 += double(gt[c]) * w[c] * xt[c];
+        g1 += double(gt[c + 1]) * w[c + 1] * xt[c + 1];
+        g2 += double(gt[c + 2]) * w[c + 2] * xt[c + 2];
+        g3 += double(gt[c + 3]) * w[c + 3] * xt[c + 3];
       }
+      for (; c < C; c++) g0 += double(gt[c]) * w[c] * xt[c];
+      const double gx = (g0 + g1) + (g2 + g3);
       float r = float(1.0 / std::sqrt(ss / double(C) + double(eps)));
       float coef = float(double(r) * r * r * gx / double(C));
       for (int64_t c = 0; c < C; c++) o[c] = r * (gt[c] * w[c]) - coef * xt[c];
