@@ -300,7 +300,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
   const head = opts.torchHead ?? 'targets';
   native.setThreads(threads);
   const caps = native.capabilities();
-  const cases = modelCases(opts.models ?? ['260K', '15M', '110M', '110M:512'], seed, !!opts.regenerate, log);
+  const cases = modelCases(opts.models ?? ['260K', '15M', '110M'], seed, !!opts.regenerate, log);
 
   log(`train-step: measuring the BLAS peak (f32 2048^3, ${threads} threads) ...`);
   let peak = await measurePeak(2048, 1);

@@ -168,6 +168,17 @@ describe('train / eval / export commands (stories260K)', function () {
     expect(fs.existsSync(path.join(dir, 'peft2', 'adapter_model.safetensors'))).to.equal(false);
   });
 
+  it('a non-finite loss stops training with a clear message, the last checkpoint intact', () => {
+    const out = path.join(dir, 'nan');
+    // a learning rate of 1e30 sends the adapter to infinity after the first update
+    const r = run('train', ...model, '--data', data, '--out', out, ...small, '--lr', '1e30', '--warmup-steps', '0', '--max-steps', '4', '--save-every', '1');
+    expect(r.status).to.equal(1);
+    expect(r.stderr).to.match(/training stopped: the (loss|gradient norm) is (NaN|Infinity|-Infinity) at step \d/);
+    expect(r.stderr).to.match(/The last good checkpoint, .*step-00000\d, is intact/);
+    expect(fs.existsSync(path.join(out, 'adapter.safetensors'))).to.equal(false);
+    expect(fs.readdirSync(out).filter((n) => n.startsWith('step-')).length).to.be.greaterThan(0);
+  });
+
   describe('bad input gives a clear error and writes nothing', () => {
     const expectError = (r: ReturnType<typeof run>, status: number, re: RegExp) => {
       expect(r.status, r.stderr).to.equal(status);

@@ -126,6 +126,31 @@ describe('adapter training against the PyTorch reference (stories260K)', functio
     });
   }
 
+  it('activation checkpointing gives the same gradients, keeping less memory', async () => {
+    const sc = readJson<Scenario>(golden('scenario-b.json'));
+    const adapter = Adapter.fromValues(
+      model.config,
+      { layers: sc.adapterLayers, len: sc.adapterLen, gate: sc.gate },
+      { prompts: Float32Array.from(sc.init.prompts.flat()), gates: Float32Array.from(sc.init.gates.flat()) },
+    );
+    const batch = pack(sc.steps[0].microBatches[0]);
+    const results = [];
+    for (const checkpointing of [false, true]) {
+      const grads = new AdapterGrads(adapter);
+      const graph = new AdapterGraph(model, adapter, { checkpointing });
+      const { lossSum } = await graph.run(batch, 0.01, grads);
+      const values = [];
+      for (const g of grads.all()) values.push(...((await g.read()) as Float32Array));
+      results.push({ lossSum, values, bytes: graph.activationBytes });
+      grads.dispose();
+    }
+    adapter.dispose();
+    expect(results[1].lossSum).to.equal(results[0].lossSum);
+    expect(results[1].values).to.deep.equal(results[0].values); // the same ops on the same inputs: bit for bit
+    expect(results[1].bytes).to.be.greaterThan(0);
+    expect(results[1].bytes * 4).to.be.lessThan(results[0].bytes);
+  });
+
   it('the adapted forward at init gives the reference logits (and at g = 0 the frozen ones)', async () => {
     for (const name of ['a', 'b']) {
       const sc = readJson<Scenario>(golden(`scenario-${name}.json`));

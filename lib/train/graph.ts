@@ -68,6 +68,8 @@ function disposeAll(ts: Iterable<Tensor | null | undefined>): void {
 /** Sum of the cross-entropy over the batch's targets, and the gradient ∂(scale · sum)/∂(adapter). */
 export class AdapterGraph {
   private readonly d: number;
+  /** Bytes of activations kept for the backward by the last run (the adapted layers' saved tensors). */
+  activationBytes = 0;
 
   constructor(
     readonly model: Llama,
@@ -111,6 +113,7 @@ export class AdapterGraph {
         const s = this.layerForward(l, x, positions, segments, adapted ? promptKV[l - first] : undefined);
         if (adapted && grads) {
           saved.push(keep ? s.saved : ({ xIn: x } as Saved));
+          this.activationBytes = (l === first ? 0 : this.activationBytes) + savedBytes(saved[saved.length - 1]);
           if (!keep) disposeAll(Object.values(s.saved).filter((t) => t !== x));
         } else {
           disposeAll(Object.values(s.saved));
@@ -291,6 +294,10 @@ export class AdapterGraph {
     disposeAll([dq, dk, dv, dqf, dkf, dvf, da, dak, dav, dMid]);
     return dIn;
   }
+}
+
+function savedBytes(s: Saved): number {
+  return Object.values(s).reduce((n, t) => n + (t as Tensor).bytes, 0);
 }
 
 /** `t` seen with `shape`; the original handle is released (the view keeps the storage). */

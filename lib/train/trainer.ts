@@ -229,6 +229,12 @@ export class Trainer extends EventEmitter {
         for (const b of micro) lossSum += (await graph.run(dist.shard(b, this.train), targets > 0 ? 1 / targets : 0, grads)).lossSum;
         lossSum = await dist.reduceStep(grads.all(), lossSum); // sum gradients and losses over the ranks
         const loss = targets > 0 ? lossSum / targets : 0;
+        if (step === startStep)
+          this.emit(
+            'log',
+            `activation memory: ${(graph.activationBytes / 2 ** 20).toFixed(1)} MiB kept for the backward of the last micro-batch` +
+              (c.checkpointing ? ' (checkpointing: layer inputs only)' : ' (--checkpointing keeps layer inputs only)'),
+          );
         const lr = learningRate(step, schedule);
         if (!Number.isFinite(loss)) throw new NonFiniteError(`the loss is ${loss} at step ${step + 1}`);
         const gradNorm = await opt.update(grads.all(), lr, c['clip-grad']);
