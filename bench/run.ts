@@ -1,13 +1,14 @@
 // `npm run bench` (node dist/bench/run.js): the GEMM and decode benchmarks, printed as markdown
 // tables on stdout (progress on stderr). Not a test: it asserts nothing, it measures.
 //
-//   node dist/bench/run.js [gemm] [decode] [--threads N] [--runs N] [--steps N] [--seed N]
+//   node dist/bench/run.js [gemm] [decode] [train-step] [--threads N] [--runs N] [--steps N] [--seed N]
 //                          [--quick] [--wait-idle S] [--regenerate] [--json FILE]
 import * as fs from 'fs';
 import * as os from 'os';
 import { native } from '../lib/native';
 import { BenchTable, runGemm } from './gemm';
 import { runDecode } from './decode';
+import { runTrainStep } from './train-step';
 
 export function formatTable(t: BenchTable): string {
   const widths = t.columns.map((c, i) => Math.max(c.length, ...t.rows.map((r) => r[i].length), 3));
@@ -47,7 +48,7 @@ function parseArgs(argv: string[]): Args {
   };
   for (let i = 0; i < argv.length; i++) {
     const x = argv[i];
-    if (x === 'gemm' || x === 'decode') a.which.add(x);
+    if (x === 'gemm' || x === 'decode' || x === 'train-step') a.which.add(x);
     else if (x === '--threads') a.threads = num(++i, x);
     else if (x === '--runs') a.runs = num(++i, x);
     else if (x === '--steps') a.steps = num(++i, x);
@@ -62,7 +63,7 @@ function parseArgs(argv: string[]): Args {
     else if (x === '--json') a.json = argv[++i];
     else if (x === '--help' || x === '-h') {
       console.log(
-        'usage: node dist/bench/run.js [gemm] [decode] [--threads N] [--runs N] [--steps N] [--seed N] ' +
+        'usage: node dist/bench/run.js [gemm] [decode] [train-step] [--threads N] [--runs N] [--steps N] [--seed N] ' +
           '[--quick] [--wait-idle S] [--regenerate] [--json FILE]\n(see bench/README.md)',
       );
       process.exit(0);
@@ -99,6 +100,21 @@ async function main(): Promise<void> {
       threads: args.threads,
       runs: args.runs ?? (args.quick ? 1 : 3),
       steps: args.steps ?? (args.quick ? 65 : 256),
+      seed: args.seed,
+      regenerate: args.regenerate,
+      waitIdle: args.waitIdle,
+      log,
+    });
+    console.log(formatTable(t));
+    tables.push(t);
+  }
+  if (args.which.has('train-step')) {
+    // ours vs PyTorch (bench/torch_train_step.py); --runs N: the best of N alternated rounds
+    const t = await runTrainStep({
+      threads: args.threads,
+      models: args.quick ? ['260K', '15M'] : undefined,
+      steps: args.quick ? 2 : undefined,
+      repeats: args.runs,
       seed: args.seed,
       regenerate: args.regenerate,
       waitIdle: args.waitIdle,

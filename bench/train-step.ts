@@ -5,8 +5,8 @@
 // padded (B, longest) layout would have had, the FLOPs of a step, the effective GFLOP/s and its
 // share of the BLAS sgemm peak measured in the same process.
 //
-//   node dist/bench/train-step.js [--models 260K,15M,110M,110M:512] [--steps N] [--warmup N] [--repeats R]
-//        [--batch B] [--seq T] [--threads N] [--seed N] [--no-torch] [--torch-env best|auto|KEY=V,...]
+//   node dist/bench/train-step.js [--models 260K,15M,110M[:T]] [--steps N] [--warmup N] [--repeats R]
+//        [--wait-idle S] [--batch B] [--seq T] [--threads N] [--seed N] [--no-torch] [--torch-env best|auto|KEY=V,...]
 //        [--torch-head targets|all] [--regenerate] [--json FILE]
 //
 // A model spec MODEL[:T] sets its max_seq_len (default --seq, capped at the model's own).
@@ -27,7 +27,7 @@ import { loadTokenizer } from '../lib/tokenizer';
 import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
 import { dataDir, Llama2cShape, outDir, repoRoot, STORIES110M, writeRandomLlama2c } from './decode';
-import { BenchTable, measurePeak } from './gemm';
+import { BenchTable, IdleGate, measurePeak } from './gemm';
 
 /** llama2.c's stories15M shape (the LLaMA tokenizer's vocabulary). */
 export const STORIES15M_SHAPE: Llama2cShape = {
@@ -52,6 +52,12 @@ export interface TrainStepOptions {
   warmup?: number;
   /** rounds of (ours, PyTorch), alternated; the best round of each side is reported (default 1) */
   repeats?: number;
+  /**
+   * Before each timed run, wait up to this many seconds for the CPUs to be >= 90% idle (gemm.ts's
+   * IdleGate; default 60, 0 starts at once): on a shared machine another process on a core halves a
+   * run's speed, and PyTorch's more than ours.
+   */
+  waitIdle?: number;
   /** examples per batch */
   batch?: number;
   /** max_seq_len: examples are truncated to it */
@@ -292,6 +298,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
   const threads = opts.threads;
   const warmup = opts.warmup ?? 1;
   const repeats = opts.repeats ?? 1;
+  const gate = new IdleGate(opts.waitIdle ?? 60);
   const B = opts.batch ?? 8;
   const seq = opts.seq ?? 256;
   const seed = opts.seed ?? 1234;
@@ -303,7 +310,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
   const cases = modelCases(opts.models ?? ['260K', '15M', '110M'], seed, !!opts.regenerate, log);
 
   log(`train-step: measuring the BLAS peak (f32 2048^3, ${threads} threads) ...`);
-  let peak = await measurePeak(2048, 1);
+  let peak = await measurePeak(2048, 1, () => gate.pause());
   log(`train-step: peak ${peak.gflops.toFixed(1)} GFLOP/s`);
   const perModel: { mc: ModelCase; cells: (peakGflops: number) => string[] }[] = [];
 
@@ -365,6 +372,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
           // one short run per candidate (the warm-up steps + 1 timed step), keep the fastest
           let best = { env, tps: 0 };
           for (const e of torchCandidates(threads)) {
+            await gate.pause();
             const r = runTorch(job, e, threads, head, 1);
             log(`train-step: torch ${mc.label} [${describeEnv(e)}]: ${r.tokens_per_s.toFixed(1)} tok/s (core ${r.blas.core})`);
             if (r.tokens_per_s > best.tps) best = { env: e, tps: r.tokens_per_s };
@@ -377,6 +385,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
       let ours: StepRun | undefined;
       let torch: TorchResult | undefined;
       for (let round = 1; round <= repeats; round++) {
+        await gate.wait();
         const o = await ourSteps(model, L, batches, warmup, seed);
         log(
           `train-step: ours ${mc.label} (round ${round}): ${(o.tokens / o.seconds).toFixed(1)} tok/s, ` +
@@ -384,6 +393,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
         );
         if (!ours || o.seconds < ours.seconds) ours = o;
         if (!withTorch) continue;
+        await gate.wait();
         const r = runTorch(job, env, threads, head);
         log(
           `train-step: torch ${mc.label} (round ${round}) [${describeEnv(env)}]: ${r.tokens_per_s.toFixed(1)} tok/s, ${r.ms_per_step.toFixed(0)} ms/step ` +
@@ -430,7 +440,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
     }
   }
   // the peak again at the end: the better of the two (another process may have held a core)
-  const peak2 = await measurePeak(2048, 1);
+  const peak2 = await measurePeak(2048, 1, () => gate.pause());
   log(`train-step: peak at the end ${peak2.gflops.toFixed(1)} GFLOP/s`);
   if (peak2.gflops > peak.gflops) peak = peak2;
   const rows = perModel.map((p) => p.cells(peak.gflops));
@@ -440,7 +450,8 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
       `+ AdamW, as Trainer.run runs it; ${warmup} warm-up step(s) on the longest timed batch, then the timed steps, each on its own batch of ${B} Alpaca examples ` +
       `(../shared/data/alpaca/alpaca_small.json, seeded shuffle, truncated to T tokens; tok512 for stories260K, the LLaMA tokenizer otherwise); ` +
       `${threads} threads on both sides; ` +
-      (repeats > 1 ? `the best of ${repeats} alternated rounds of each side.` : 'one round of each side.'),
+      (repeats > 1 ? `the best of ${repeats} alternated rounds of each side. ` : 'one round of each side. ') +
+      gate.note(),
     `tok/s = real (unpadded) tokens of the timed steps / their wall time. Ours packs the batch (no padding); ` +
       `"padding" is the share of a padded (B, longest example) layout that would be padding — PyTorch computes on that layout.`,
     `GFLOP/step counts the useful work of the packed step: forward matmuls 2·N·(C² + 2C·Ckv + C² + 3C·F) per layer (all layers); ` +
@@ -504,6 +515,7 @@ async function main(): Promise<void> {
     else if (x === '--steps') o.steps = Math.max(1, num());
     else if (x === '--warmup') o.warmup = num();
     else if (x === '--repeats') o.repeats = Math.max(1, num());
+    else if (x === '--wait-idle') o.waitIdle = num();
     else if (x === '--batch') o.batch = Math.max(1, num());
     else if (x === '--seq') o.seq = Math.max(2, num());
     else if (x === '--threads') o.threads = Math.max(1, num());
@@ -518,7 +530,7 @@ async function main(): Promise<void> {
     else if (x === '--json') o.json = argv[++i];
     else if (x === '--help' || x === '-h') {
       console.log(
-        'usage: node dist/bench/train-step.js [--models 260K,15M,110M,110M:512] [--steps N] [--warmup N] [--repeats R] [--batch B] [--seq T] ' +
+        'usage: node dist/bench/train-step.js [--models 260K,15M,110M[:T]] [--steps N] [--warmup N] [--repeats R] [--wait-idle S] [--batch B] [--seq T] ' +
           '[--threads N] [--seed N] [--no-torch] [--torch-env best|auto|KEY=V,...] [--torch-head targets|all] [--regenerate] [--json FILE]\n' +
           '(see bench/README.md)',
       );

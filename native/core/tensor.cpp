@@ -69,10 +69,11 @@ namespace {
 // >= kMinCached bytes are kept on free instead, up to a cap (oldest evicted first), and reused for
 // any request of at least half their size (best fit). New blocks are rounded up to 8 size classes
 // per octave. (Ops allocate their outputs when they are queued, so the JS thread allocates a whole
-// step's intermediates before the executor frees any: the cache serves the next step, whose
-// batch may hold more or fewer tokens.) The cap: LLAMA_ADAPTER_CPU_CACHE_MB (0: no cache), else 1/8 of the physical memory,
-// between 256 MiB and 4 GiB. Thread-safe (tensors are created on the JS thread and often released
-// on the executor's).
+// step's intermediates before the executor frees any: the cache serves the next step, whose batch
+// may hold more or fewer tokens.) The cap: LLAMA_ADAPTER_CPU_CACHE_MB (0: no cache), else 1/8 of
+// the physical memory, between 256 MiB and 4 GiB; when an allocation fails, the cached blocks are
+// released and it is tried once more. Thread-safe (tensors are created on the JS thread and often
+// released on the executor's).
 constexpr size_t kMinCached = size_t(1) << 18;  // 256 KiB: smaller blocks are malloc's business
 
 size_t size_class(size_t bytes) {
@@ -112,7 +113,21 @@ class BlockCache {
     }
     size_t padded = bytes >= kMinCached ? size_class(bytes) : (bytes + 63) / 64 * 64;
     *cap = padded;
-    return std::aligned_alloc(64, padded);
+    void* p = std::aligned_alloc(64, padded);
+    if (!p && release_all()) p = std::aligned_alloc(64, padded);
+    return p;
+  }
+
+  // Frees every cached block; returns whether there was any.
+  bool release_all() {
+    std::vector<Block> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blocks.swap(free_);
+      cached_ = 0;
+    }
+    for (const Block& b : blocks) std::free(b.p);
+    return !blocks.empty();
   }
 
   void give(void* p, size_t cap) {
