@@ -8,26 +8,11 @@
 #include "../core/executor.h"
 #include "../core/parallel.h"
 #include "../cpu/kernels.h"
+#include "checks.h"
 #include "train_ops.h"
 
 namespace la::ops {
 namespace {
-
-void expect_dtype(const char* op, const char* arg, const TensorPtr& t, DType want) {
-  LA_CHECK(t->dtype == want, op, ": ", arg, " must be ", dtype_name(want), ", got ", t->describe());
-}
-void expect_ndim(const char* op, const char* arg, const TensorPtr& t, int n) {
-  LA_CHECK(t->ndim() == n, op, ": ", arg, " must have ", n, " dimensions, got ", t->describe());
-}
-void expect_writable(const char* op, const char* arg, const TensorPtr& t) {
-  LA_CHECK(!t->storage->read_only, op, ": ", arg, " ", t->describe(),
-           " views a read-only weight file; in-place ops need a tensor of their own (convert() makes a copy)");
-}
-void expect_cpu(const char* op, std::initializer_list<const TensorPtr*> ts) {
-  for (const TensorPtr* t : ts)
-    LA_CHECK((*t)->device == Device::CPU, op, ": the ", device_name((*t)->device),
-             " backend is not available for this op in this build");
-}
 
 std::string describe_call(const char* op, const std::vector<TensorPtr>& ts) {
   if (ts.empty()) return op;
@@ -63,7 +48,7 @@ TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
   expect_ndim(op, "table", table, 2);
   expect_ndim(op, "tokens", tokens, 1);
   expect_dtype(op, "tokens", tokens, DType::I32);
-  LA_CHECK(table->dtype != DType::I32, op, ": table must be f32 or bf16, got ", table->describe());
+  expect_weight(op, "table", table);
   expect_cpu(op, {&table, &tokens});
   int64_t T = tokens->dim(0), V = table->dim(0), C = table->dim(1);
   TensorPtr out = empty({T, C}, DType::F32);
@@ -115,7 +100,7 @@ TensorPtr matmul(const TensorPtr& x, const TensorPtr& w) {
   expect_ndim(op, "x", x, 2);
   expect_ndim(op, "w", w, 2);
   expect_dtype(op, "x", x, DType::F32);
-  LA_CHECK(w->dtype != DType::I32, op, ": w must be f32 or bf16, got ", w->describe());
+  expect_weight(op, "w", w);
   LA_CHECK(x->dim(1) == w->dim(1), op, ": x ", x->describe(), " · wᵀ needs w (N, ", x->dim(1), "), got ",
            w->describe());
   expect_cpu(op, {&x, &w});

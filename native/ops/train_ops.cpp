@@ -6,34 +6,12 @@
 
 #include "../core/error.h"
 #include "../cpu/kernels.h"
+#include "checks.h"
 #include "ops.h"
 
 namespace la::ops {
 namespace {
 
-void expect_dtype(const char* op, const char* arg, const TensorPtr& t, DType want) {
-  LA_CHECK(t->dtype == want, op, ": ", arg, " must be ", dtype_name(want), ", got ", t->describe());
-}
-void expect_ndim(const char* op, const char* arg, const TensorPtr& t, int n) {
-  LA_CHECK(t->ndim() == n, op, ": ", arg, " must have ", n, " dimensions, got ", t->describe());
-}
-void expect_shape(const char* op, const char* arg, const TensorPtr& t, const std::vector<int64_t>& shape,
-                  const char* why) {
-  LA_CHECK(t->shape == shape, op, ": ", arg, " must be ", shape_str(shape), " (", why, "), got ", t->describe());
-}
-void expect_writable(const char* op, const char* arg, const TensorPtr& t) {
-  LA_CHECK(!t->storage->read_only, op, ": ", arg, " ", t->describe(),
-           " views a read-only weight file; in-place ops need a tensor of their own (convert() makes a copy)");
-}
-void expect_cpu(const char* op, std::initializer_list<const TensorPtr*> ts) {
-  for (const TensorPtr* t : ts)
-    if (*t)
-      LA_CHECK((*t)->device == Device::CPU, op, ": the ", device_name((*t)->device),
-               " backend is not available for this op in this build");
-}
-void expect_distinct(const char* op, const char* a, const TensorPtr& x, const char* b, const TensorPtr& y) {
-  LA_CHECK(x->storage != y->storage, op, ": ", a, " and ", b, " must not share storage (", a, " is written in place)");
-}
 std::vector<TensorPtr> present(std::initializer_list<TensorPtr> ts) {
   std::vector<TensorPtr> r;
   for (const TensorPtr& t : ts)
@@ -212,7 +190,7 @@ TensorPtr matmul_backward(const TensorPtr& dy, const TensorPtr& w) {
   expect_ndim(op, "dy", dy, 2);
   expect_ndim(op, "w", w, 2);
   expect_dtype(op, "dy", dy, DType::F32);
-  LA_CHECK(w->dtype != DType::I32, op, ": w must be f32 or bf16, got ", w->describe());
+  expect_weight(op, "w", w);
   LA_CHECK(dy->dim(1) == w->dim(0), op, ": dy ", dy->describe(), " · w needs w (", dy->dim(1), ", K), got ",
            w->describe());
   expect_cpu(op, {&dy, &w});

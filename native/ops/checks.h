@@ -1,0 +1,41 @@
+// Argument checks shared by the op definitions: each throws a la::Error naming the op, the
+// argument and its shape, before anything is queued.
+#pragma once
+#include <initializer_list>
+#include <vector>
+
+#include "../core/error.h"
+#include "../core/tensor.h"
+
+namespace la::ops {
+
+inline void expect_dtype(const char* op, const char* arg, const TensorPtr& t, DType want) {
+  LA_CHECK(t->dtype == want, op, ": ", arg, " must be ", dtype_name(want), ", got ", t->describe());
+}
+inline void expect_ndim(const char* op, const char* arg, const TensorPtr& t, int n) {
+  LA_CHECK(t->ndim() == n, op, ": ", arg, " must have ", n, " dimensions, got ", t->describe());
+}
+inline void expect_shape(const char* op, const char* arg, const TensorPtr& t, const std::vector<int64_t>& shape,
+                         const char* why) {
+  LA_CHECK(t->shape == shape, op, ": ", arg, " must be ", shape_str(shape), " (", why, "), got ", t->describe());
+}
+// A frozen weight: f32 or bf16.
+inline void expect_weight(const char* op, const char* arg, const TensorPtr& w) {
+  LA_CHECK(w->dtype != DType::I32, op, ": ", arg, " must be f32 or bf16, got ", w->describe());
+}
+inline void expect_writable(const char* op, const char* arg, const TensorPtr& t) {
+  LA_CHECK(!t->storage->read_only, op, ": ", arg, " ", t->describe(),
+           " views a read-only weight file; in-place ops need a tensor of their own (convert() makes a copy)");
+}
+// Optional (null) tensors are skipped.
+inline void expect_cpu(const char* op, std::initializer_list<const TensorPtr*> ts) {
+  for (const TensorPtr* t : ts)
+    if (*t)
+      LA_CHECK((*t)->device == Device::CPU, op, ": the ", device_name((*t)->device),
+               " backend is not available for this op in this build");
+}
+inline void expect_distinct(const char* op, const char* a, const TensorPtr& x, const char* b, const TensorPtr& y) {
+  LA_CHECK(x->storage != y->storage, op, ": ", a, " and ", b, " must not share storage (", a, " is written in place)");
+}
+
+}  // namespace la::ops
