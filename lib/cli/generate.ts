@@ -1,12 +1,9 @@
 // llama-adapter generate --model PATH [--tokenizer PATH] --prompt TEXT [--max-tokens N]
 //                        [--temperature T] [--top-p P] [--seed S] [--dtype f32|bf16] [--threads N]
-import { native } from '../native';
 import { generate } from '../generate/generate';
 import { promptOf } from '../data/alpaca';
-import { Adapter } from '../model/adapter';
-import { Llama } from '../model/llama';
-import { loadTokenizer } from '../tokenizer';
-import { numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
+import { numberFlag, parseFlags, stringFlag, UsageError } from './args';
+import { modelFlagSpec, openModel } from './model-flags';
 
 export const usage = `Usage: llama-adapter generate --model PATH [--tokenizer PATH] --prompt TEXT [options]
        llama-adapter generate --model PATH --adapter FILE --instruction TEXT [--input TEXT] [options]
@@ -30,9 +27,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const { values } = parseFlags(
     argv,
     {
-      model: { type: 'string' },
-      tokenizer: { type: 'string' },
-      adapter: { type: 'string' },
+      ...modelFlagSpec,
       prompt: { type: 'string' },
       instruction: { type: 'string' },
       input: { type: 'string' },
@@ -40,8 +35,6 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
       temperature: { type: 'string' },
       'top-p': { type: 'string' },
       seed: { type: 'string' },
-      dtype: { type: 'string' },
-      threads: { type: 'string' },
     },
     usage,
   );
@@ -49,7 +42,6 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
     out.write(usage + '\n');
     return;
   }
-  const modelPath = requireString(values, 'model', usage);
   const instruction = stringFlag(values, 'instruction');
   if (instruction !== undefined && stringFlag(values, 'prompt') !== undefined)
     throw new UsageError('give either --prompt or --instruction, not both');
@@ -57,29 +49,18 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const prompt =
     instruction !== undefined ? promptOf({ instruction, input: stringFlag(values, 'input'), output: '' }) : stringFlag(values, 'prompt');
   if (prompt === undefined) throw new UsageError(`--prompt (or --instruction) is required\n\n${usage}`);
-  const dtype = stringFlag(values, 'dtype') ?? 'f32';
-  if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
-  const threads = numberFlag(values, 'threads', { integer: true, min: 1 });
   const opts = {
     maxTokens: numberFlag(values, 'max-tokens', { integer: true, min: 0 }),
     temperature: numberFlag(values, 'temperature', { min: 0 }),
     topP: numberFlag(values, 'top-p', { min: 0, max: 1, minExclusive: true }),
     seed: numberFlag(values, 'seed', { integer: true, min: 0, max: 0xffffffff }),
   };
-  if (threads) native.setThreads(threads);
-
-  const model = await Llama.load(modelPath, { dtype });
+  const { model, tokenizer, adapter, close } = await openModel(values, usage);
   try {
-    const tokPath = stringFlag(values, 'tokenizer') ?? model.checkpoint.tokenizerPath;
-    if (!tokPath)
-      throw new UsageError(`no tokenizer found beside ${modelPath}; pass --tokenizer PATH (tokenizer.model or tokenizer.bin)`);
-    const tokenizer = loadTokenizer(tokPath);
-    const adapterPath = stringFlag(values, 'adapter');
-    if (adapterPath) model.setAdapter(Adapter.load(adapterPath, model.config));
+    model.setAdapter(adapter);
     for await (const piece of generate(model, tokenizer, prompt, opts)) out.write(piece);
     out.write('\n');
   } finally {
-    model.attachedAdapter?.dispose();
-    model.dispose();
+    close();
   }
 }

@@ -7,6 +7,7 @@ import { LlamaConfig, headSize } from './config';
 import { Checkpoint, LoadOptions } from './weights';
 import { loadCheckpoint } from './load';
 import { Adapter } from './adapter';
+import { loadTokenizer, Tokenizer } from '../tokenizer';
 
 /** An adapted layer's prompt keys/values (K, Hkv, d), computed once when the adapter is attached. */
 interface PromptKV {
@@ -54,6 +55,19 @@ export class Llama {
 
   static fromCheckpoint(checkpoint: Checkpoint): Llama {
     return new Llama(checkpoint);
+  }
+
+  /**
+   * The tokenizer at `path`, or the one found beside the checkpoint; an error names what is
+   * missing or mismatched (a tokenizer whose vocabulary is not the model's).
+   */
+  loadTokenizer(path?: string): Tokenizer {
+    const file = path ?? this.checkpoint.tokenizerPath;
+    if (!file) throw new Error(`no tokenizer found beside ${this.checkpoint.path}; pass --tokenizer PATH (tokenizer.model or tokenizer.bin)`);
+    const tokenizer = loadTokenizer(file);
+    if (tokenizer.vocabSize !== this.config.vocabSize)
+      throw new Error(`the tokenizer ${file} has ${tokenizer.vocabSize} tokens, the model ${this.config.vocabSize}`);
+    return tokenizer;
   }
 
   /** Runs every later forward with `adapter`'s gated prompts (SPEC §2); undefined detaches it. */

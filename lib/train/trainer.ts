@@ -8,7 +8,7 @@ import { Batch, Batcher, Example, loadAlpaca, splitValidation, tokenizeRecords }
 import { generate } from '../generate/generate';
 import { Adapter, AdapterConfig, checkAdapterConfig, defaultAdapterConfig } from '../model/adapter';
 import { Llama } from '../model/llama';
-import { loadTokenizer, Tokenizer } from '../tokenizer';
+import { Tokenizer } from '../tokenizer';
 import { listCheckpoints, loadCheckpoint, LoadedCheckpoint, RunState, saveCheckpoint } from './checkpoint';
 import { configToYaml, TrainConfig } from './config';
 import { currentWorld } from './distributed';
@@ -88,11 +88,7 @@ export class Trainer extends EventEmitter {
     if (cfg.threads) native.setThreads(cfg.threads);
     const model = await Llama.load(cfg.model, { dtype: cfg.dtype });
     try {
-      const tokPath = cfg.tokenizer ?? model.checkpoint.tokenizerPath;
-      if (!tokPath) throw new Error(`no tokenizer found beside ${cfg.model}; pass --tokenizer PATH`);
-      const tokenizer = loadTokenizer(tokPath);
-      if (tokenizer.vocabSize !== model.config.vocabSize)
-        throw new Error(`the tokenizer ${tokPath} has ${tokenizer.vocabSize} tokens, the model ${model.config.vocabSize}`);
+      const tokenizer = model.loadTokenizer(cfg.tokenizer);
       const adapterConfig: AdapterConfig = {
         ...defaultAdapterConfig(model.config),
         ...(cfg['adapter-layers'] !== undefined ? { layers: cfg['adapter-layers'] } : {}),

@@ -1,0 +1,49 @@
+// The flags every command that runs a model shares: --model --tokenizer --adapter --dtype --threads.
+import { native } from '../native';
+import { Adapter } from '../model/adapter';
+import { Llama } from '../model/llama';
+import { Tokenizer } from '../tokenizer';
+import { FlagSpec, Flags, numberFlag, requireString, stringFlag, UsageError } from './args';
+
+export const modelFlagSpec: FlagSpec = {
+  model: { type: 'string' },
+  tokenizer: { type: 'string' },
+  adapter: { type: 'string' },
+  dtype: { type: 'string' },
+  threads: { type: 'string' },
+};
+
+export interface OpenModel {
+  model: Llama;
+  tokenizer: Tokenizer;
+  adapter?: Adapter;
+  /** disposes the adapter and the model */
+  close(): void;
+}
+
+/** Validates the model flags, then loads the model, its tokenizer and the adapter (if any). */
+export async function openModel(values: Flags, usage: string): Promise<OpenModel> {
+  const modelPath = requireString(values, 'model', usage);
+  const dtype = stringFlag(values, 'dtype') ?? 'f32';
+  if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
+  const threads = numberFlag(values, 'threads', { integer: true, min: 1 });
+  if (threads) native.setThreads(threads);
+  const model = await Llama.load(modelPath, { dtype });
+  try {
+    const tokenizer = model.loadTokenizer(stringFlag(values, 'tokenizer'));
+    const adapterPath = stringFlag(values, 'adapter');
+    const adapter = adapterPath ? Adapter.load(adapterPath, model.config) : undefined;
+    return {
+      model,
+      tokenizer,
+      adapter,
+      close: () => {
+        adapter?.dispose();
+        model.dispose();
+      },
+    };
+  } catch (err) {
+    model.dispose();
+    throw err;
+  }
+}
