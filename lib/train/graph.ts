@@ -73,7 +73,8 @@ export class AdapterGraph {
 
   constructor(
     readonly model: Llama,
-    readonly adapter: Adapter,
+    /** undefined: the frozen model alone (loss only; no gradients to form) */
+    readonly adapter: Adapter | undefined,
     readonly opts: GraphOptions = {},
   ) {
     this.d = headSize(model.config);
@@ -106,7 +107,7 @@ export class AdapterGraph {
     try {
       // --- forward ---------------------------------------------------------------------------
       let x = native.embedding(w.embedding, tokens); // (N, C)
-      const first = this.adapter.firstLayer;
+      const first = this.adapter?.firstLayer ?? c.nLayers; // no adapter: no adapted layer
       for (let l = 0; l < c.nLayers; l++) {
         const adapted = l >= first;
         const keep = adapted && !!grads && !this.opts.checkpointing;
@@ -185,13 +186,15 @@ export class AdapterGraph {
   private promptKeysValues(): { pk: Tensor; pv: Tensor; gate: Tensor }[] {
     const c = this.model.config;
     const w = this.model.checkpoint.weights;
-    return this.adapter.prompts.map((p, l) => {
-      const lw = w.layers[this.adapter.firstLayer + l];
+    const adapter = this.adapter;
+    if (!adapter) return [];
+    return adapter.prompts.map((p, l) => {
+      const lw = w.layers[adapter.firstLayer + l];
       const K = p.shape[0];
       return {
         pk: reshapeOwned(native.matmul(p, lw.wk), [K, c.nKvHeads, this.d]), // no norm, no RoPE
         pv: reshapeOwned(native.matmul(p, lw.wv), [K, c.nKvHeads, this.d]),
-        gate: this.adapter.gates[l],
+        gate: adapter.gates[l],
       };
     });
   }
@@ -245,7 +248,7 @@ export class AdapterGraph {
   ): Tensor | undefined {
     const c = this.model.config;
     const lw = this.model.checkpoint.weights.layers[l];
-    const li = l - this.adapter.firstLayer;
+    const li = l - this.adapter!.firstLayer;
     const N = dxOut.shape[0];
     // feed-forward block: xOut = xMid + W2 (silu(W1 f) * W3 f), f = RMSNorm(xMid)
     const dh = native.matmulBackward(dxOut, lw.w2); // (N, F)

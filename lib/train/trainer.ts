@@ -49,26 +49,16 @@ export async function evaluateLoss(
   examples: Example[],
   batchSize: number,
 ): Promise<{ loss: number; tokens: number }> {
-  const graph = new AdapterGraph(model, adapter ?? emptyAdapter(model));
+  const graph = new AdapterGraph(model, adapter);
   let sum = 0;
   let tokens = 0;
-  try {
-    const batcher = new Batcher(examples, { batchSize, seed: 0, shuffle: false });
-    for (let b = 0; b < batcher.batchesPerEpoch; b++) {
-      const r = await graph.run(batcher.next(), 1);
-      sum += r.lossSum;
-      tokens += r.targets;
-    }
-  } finally {
-    if (!adapter) graph.adapter.dispose();
+  const batcher = new Batcher(examples, { batchSize, seed: 0, shuffle: false });
+  for (let b = 0; b < batcher.batchesPerEpoch; b++) {
+    const r = await graph.run(batcher.next(), 1);
+    sum += r.lossSum;
+    tokens += r.targets;
   }
   return { loss: tokens ? sum / tokens : NaN, tokens };
-}
-
-/** An adapter with no adapted layer's effect: one layer, zero gate (the frozen model exactly). */
-function emptyAdapter(model: Llama): Adapter {
-  const c = model.config;
-  return Adapter.fromValues(c, { layers: 1, len: 1, gate: 'scalar' }, { prompts: new Float32Array(c.dim), gates: new Float32Array(1) });
 }
 
 export class Trainer extends EventEmitter {
