@@ -38,7 +38,9 @@ export interface FileMapping {
 export interface Capabilities {
   version: string;
   blas: string;
-  cuda: { compiled: boolean; available: boolean; devices: number; reason: string };
+  /** compiled: this build has the CUDA backend; available: a usable GPU is there now (reason says
+   *  which, or why not); gemm: the engine of the frozen-weight matmuls ('none' when unavailable) */
+  cuda: { compiled: boolean; available: boolean; devices: number; reason: string; gemm: string };
   threads: number;
   simd: string[];
 }
@@ -82,8 +84,20 @@ export interface NativeBinding {
   synchronize(): Promise<void>;
 
   // --- creation ----------------------------------------------------------------------------
-  fromArray(data: Float32Array | Int32Array, shape: number[], dtype?: DType): Tensor;
-  zeros(shape: number[], dtype?: DType): Tensor;
+  /** A tensor of the values (f32 data may be stored as bf16) on `device` (default 'cpu'). */
+  fromArray(data: Float32Array | Int32Array, shape: number[], dtype?: DType, device?: Device): Tensor;
+  zeros(shape: number[], dtype?: DType, device?: Device): Tensor;
+  /** A copy of x on `device`, queued in order with the ops; the same device gives a new handle
+   *  sharing x's storage. Integer index tensors (tokens, positions, segments, targets, rows) may
+   *  stay on the CPU for CUDA ops: the op checks their values on the host and uploads them. */
+  toDevice(x: Tensor, device: Device): Tensor;
+  /** Element i uniform in [-scale, scale), a function of (seed, i) only: the same values on every
+   *  device and thread count (random-weight models for benchmarks and tests). */
+  randomUniform(shape: number[], dtype: DType, device: Device, seed: number, scale: number): Tensor;
+  /** Device memory of the CUDA backend in bytes: live tensors, their peak since cudaResetPeak(),
+   *  and what its pool holds (all 0 before the first CUDA tensor). */
+  cudaMemory(): { inUse: number; peak: number; reserved: number };
+  cudaResetPeak(): void;
   mapFile(path: string): FileMapping;
   /** A tensor of `shape` whose elements start at `byteOffset` of the mapping, stored as
    *  `dtype` (a view of the mapping when no conversion is needed and it is aligned). Bounds are

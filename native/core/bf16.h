@@ -3,16 +3,18 @@
 #include <cstdint>
 #include <cstring>
 
+#include "host_device.h"
+
 namespace la {
 
-inline float bf16_to_f32(uint16_t h) {
+LA_HOST_DEVICE inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
   float f;
   std::memcpy(&f, &u, 4);
   return f;
 }
 
-inline uint16_t f32_to_bf16(float f) {
+LA_HOST_DEVICE inline uint16_t f32_to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
@@ -20,7 +22,7 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t(u >> 16);
 }
 
-inline float f16_to_f32(uint16_t h) {
+LA_HOST_DEVICE inline float f16_to_f32(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
   if (exp == 0) {
     if (man == 0) {

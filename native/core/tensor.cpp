@@ -3,12 +3,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <sstream>
 #include <vector>
 
+#include "../cuda/runtime.h"
 #include "error.h"
 
 namespace la {
@@ -165,27 +167,45 @@ BlockCache& block_cache() {
 
 }  // namespace
 
+static std::atomic<bool>& cuda_used() {
+  static std::atomic<bool> used{false};
+  return used;
+}
+
+bool any_cuda_tensor() { return cuda_used().load(); }
+
 TensorPtr empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   int64_t n = checked_numel(shape);
-  LA_CHECK(device == Device::CPU, "empty(): CUDA tensors are allocated by the CUDA backend");
   size_t bytes = size_t(n) * dtype_size(dtype);
-  size_t cap = 0;
-  void* p = block_cache().take(bytes, &cap);
-  LA_CHECK(p, "out of memory allocating ", dtype_name(dtype), shape_str(shape), " (", bytes, " bytes)");
   auto t = std::make_shared<Tensor>();
   t->shape = shape;
   t->dtype = dtype;
   t->device = device;
   t->storage = std::make_shared<Storage>();
-  t->storage->data = p;
   t->storage->bytes = bytes;
+  t->storage->device = device;
+  if (device == Device::CUDA) {
+    // Stream-ordered: usable by every op queued from now on, freed after the last one that used it.
+    void* p = cuda::alloc(bytes);
+    cuda_used().store(true);
+    t->storage->data = p;
+    t->storage->owner = std::shared_ptr<void>(p, [](void* q) { cuda::release(q); });
+    return t;
+  }
+  size_t cap = 0;
+  void* p = block_cache().take(bytes, &cap);
+  LA_CHECK(p, "out of memory allocating ", dtype_name(dtype), shape_str(shape), " (", bytes, " bytes)");
+  t->storage->data = p;
   t->storage->owner = std::shared_ptr<void>(p, [cap](void* q) { block_cache().give(q, cap); });
   return t;
 }
 
 TensorPtr zeros(const std::vector<int64_t>& shape, DType dtype, Device device) {
   TensorPtr t = empty(shape, dtype, device);
-  std::memset(t->raw(), 0, t->nbytes());
+  if (device == Device::CUDA)
+    cuda::fill_zero(t->raw(), t->nbytes());  // in stream order, before any op that uses t
+  else
+    std::memset(t->raw(), 0, t->nbytes());
   return t;
 }
 

@@ -50,6 +50,9 @@ TensorPtr zeros(const std::vector<int64_t>& shape, DType dtype, Device device = 
 // A tensor viewing memory owned by `owner` (no copy).
 TensorPtr view(const std::vector<int64_t>& shape, DType dtype, void* data, std::shared_ptr<void> owner);
 
+// Whether any CUDA tensor was ever made in this process (then synchronisation waits for the GPU too).
+bool any_cuda_tensor();
+
 std::string shape_str(const std::vector<int64_t>& shape);
 
 }  // namespace la

@@ -91,4 +91,8 @@ float exp_sum(float* e, const float* x, int64_t n, float scale, float shift);
 // max of x[0 .. n) (n >= 1), vectorised like exp_sum
 float max_of(const float* x, int64_t n);
 
+// x (n) f32, or bf16 when bf16: element i = uniform_at(seed, i) * scale (core/random.h; the same
+// values on every backend and thread count)
+void fill_uniform(void* x, bool bf16, int64_t n, uint64_t seed, float scale);
+
 }  // namespace la::cpu

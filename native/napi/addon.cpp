@@ -17,6 +17,7 @@
 #include "../core/executor.h"
 #include "../core/parallel.h"
 #include "../cuda/device.h"
+#include "../cuda/runtime.h"
 #include "../io/mapping.h"
 #include "../ops/ops.h"
 
@@ -42,12 +43,19 @@ Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {
     auto out = std::make_shared<std::vector<uint8_t>>(size_t(t->numel()) * 4);
     uint64_t ticket = cpu_executor().enqueue("read(" + t->describe() + ")", [t, out] {
       if (t->storage->error) return;
+      std::vector<uint8_t> staged;  // a device tensor's bytes, copied back (waits for its producers)
+      const void* bytes = t->raw();
+      if (t->device == Device::CUDA) {
+        staged.resize(t->nbytes());
+        cuda::copy_to_host(staged.data(), t->raw(), t->nbytes());
+        bytes = staged.data();
+      }
       if (t->dtype == DType::BF16) {
         float* dst = reinterpret_cast<float*>(out->data());
-        const uint16_t* src = t->data<uint16_t>();
+        const uint16_t* src = static_cast<const uint16_t*>(bytes);
         for (int64_t i = 0; i < t->numel(); i++) dst[i] = bf16_to_f32(src[i]);
       } else {
-        std::memcpy(out->data(), t->raw(), out->size());
+        std::memcpy(out->data(), bytes, out->size());
       }
     });
     bool ints = t->dtype == DType::I32;
@@ -76,6 +84,7 @@ Napi::Value Capabilities(const Napi::CallbackInfo& info) {
   c.Set("available", d.available);
   c.Set("devices", d.devices);
   c.Set("reason", d.reason);
+  c.Set("gemm", d.available ? cuda::gemm_engine() : std::string("none"));
   o.Set("cuda", c);
   o.Set("threads", num_threads());
   Napi::Array simd = Napi::Array::New(env);
@@ -102,9 +111,11 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+  uint64_t ticket = cpu_executor().last_ticket();
+  if (any_cuda_tensor())  // and wait for the GPU too: its kernels' failures surface here
+    ticket = cpu_executor().enqueue("synchronize", [] { cuda::synchronize(); });
   auto* w = new WaitWorker(
-      info.Env(), cpu_executor().last_ticket(), [] { return cpu_executor().take_error(); },
-      [](Napi::Env env) { return env.Undefined(); });
+      info.Env(), ticket, [] { return cpu_executor().take_error(); }, [](Napi::Env env) { return env.Undefined(); });
   w->Queue();
   return w->promise();
 }
@@ -118,6 +129,7 @@ Napi::Value FromArray(const Napi::CallbackInfo& info) {
     if (kind != napi_float32_array && kind != napi_int32_array) a.type_error(0, "data", "a Float32Array or Int32Array");
     std::vector<int64_t> shape = a.shape(1);
     DType dtype = a.dtype(2, kind == napi_int32_array ? DType::I32 : DType::F32);
+    Device device = a.device(3, Device::CPU);
     if ((kind == napi_int32_array) != (dtype == DType::I32))
       throw Napi::TypeError::New(info.Env(), std::string("fromArray: ") +
                                                  (kind == napi_int32_array ? "an Int32Array" : "a Float32Array") +
@@ -126,7 +138,7 @@ Napi::Value FromArray(const Napi::CallbackInfo& info) {
     for (int64_t s : shape) n *= s;
     LA_CHECK(int64_t(ta.ElementLength()) == n, "fromArray: data has ", ta.ElementLength(),
              " elements but shape ", shape_str(shape), " needs ", n);
-    TensorPtr t = empty(shape, dtype);
+    TensorPtr t = empty(shape, dtype);  // staged on the host, then moved in op order
     const uint8_t* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
     if (dtype == DType::BF16) {
       const float* f = reinterpret_cast<const float*>(src);
@@ -134,14 +146,55 @@ Napi::Value FromArray(const Napi::CallbackInfo& info) {
     } else {
       std::memcpy(t->raw(), src, t->nbytes());
     }
-    return wrap(info.Env(), t);
+    return wrap(info.Env(), device == Device::CPU ? t : ops::to_device(t, device));
   });
 }
 
 Napi::Value Zeros(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Args a{info, "zeros"};
-    return wrap(info.Env(), zeros(a.shape(0), a.dtype(1, DType::F32)));
+    return wrap(info.Env(), zeros(a.shape(0), a.dtype(1, DType::F32), a.device(2, Device::CPU)));
+  });
+}
+
+Napi::Value ToDevice(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Args a{info, "toDevice"};
+    TensorPtr x = a.tensor(0, "x");
+    if (info.Length() < 2 || info[1].IsUndefined()) a.type_error(1, "device", "'cpu' or 'cuda'");
+    return wrap(info.Env(), ops::to_device(x, a.device(1, Device::CPU)));
+  });
+}
+
+Napi::Value RandomUniform(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Args a{info, "randomUniform"};
+    std::vector<int64_t> shape = a.shape(0);
+    DType dtype = a.dtype(1, DType::F32);
+    Device device = a.device(2, Device::CPU);
+    int64_t seed = a.integer(3, "seed");
+    double scale = a.number(4, "scale");
+    return wrap(info.Env(), ops::random_uniform(shape, dtype, device, uint64_t(seed), float(scale)));
+  });
+}
+
+// Device memory of the CUDA backend, in bytes: live tensors now, their peak since the last
+// cudaResetPeak(), and what the pool holds from the driver. All 0 before any CUDA tensor.
+Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Object o = Napi::Object::New(info.Env());
+    cuda::MemoryStats m = any_cuda_tensor() ? cuda::memory_stats() : cuda::MemoryStats{};
+    o.Set("inUse", double(m.in_use));
+    o.Set("peak", double(m.peak));
+    o.Set("reserved", double(m.reserved));
+    return o;
+  });
+}
+
+Napi::Value CudaResetPeak(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (any_cuda_tensor()) cuda::reset_peak();
+    return info.Env().Undefined();
   });
 }
 
@@ -196,6 +249,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("synchronize", Synchronize);
   fn("fromArray", FromArray);
   fn("zeros", Zeros);
+  fn("toDevice", ToDevice);
+  fn("randomUniform", RandomUniform);
+  fn("cudaMemory", CudaMemory);
+  fn("cudaResetPeak", CudaResetPeak);
   fn("mapFile", MapFile);
   fn("fromFile", FromFile);
   register_forward_ops(env, exports);

@@ -149,6 +149,13 @@ struct Args {
     if (s.empty() || s.size() > 8) type_error(i, "shape", "an array of 1 to 8 positive integers");
     return s;
   }
+  Device device(size_t i, Device fallback) const {
+    if (i >= info.Length() || info[i].IsUndefined()) return fallback;
+    std::string s = string(i, "device");
+    if (s == "cpu") return Device::CPU;
+    if (s == "cuda") return Device::CUDA;
+    type_error(i, "device", "'cpu' or 'cuda'");
+  }
   DType dtype(size_t i, DType fallback) const {
     if (i >= info.Length() || info[i].IsUndefined()) return fallback;
     std::string s = string(i, "dtype");

@@ -27,12 +27,23 @@ inline void expect_writable(const char* op, const char* arg, const TensorPtr& t)
   LA_CHECK(!t->storage->read_only, op, ": ", arg, " ", t->describe(),
            " views a read-only weight file; in-place ops need a tensor of their own (convert() makes a copy)");
 }
-// Optional (null) tensors are skipped.
-inline void expect_cpu(const char* op, std::initializer_list<const TensorPtr*> ts) {
-  for (const TensorPtr* t : ts)
-    if (*t)
-      LA_CHECK((*t)->device == Device::CPU, op, ": the ", device_name((*t)->device),
-               " backend is not available for this op in this build");
+// The device every (non-null) tensor is on; they must agree.
+inline Device expect_same_device(const char* op, std::initializer_list<const TensorPtr*> ts) {
+  const TensorPtr* first = nullptr;
+  for (const TensorPtr* t : ts) {
+    if (!*t) continue;
+    if (!first) first = t;
+    LA_CHECK((*t)->device == (*first)->device, op, ": all tensors must be on one device, but ", (*first)->describe(),
+             " is on ", device_name((*first)->device), " and ", (*t)->describe(), " on ", device_name((*t)->device),
+             " (move one with toDevice)");
+  }
+  return first ? (*first)->device : Device::CPU;
+}
+// An i32 index tensor (tokens, positions, segments, targets, rows) for an op on `dev`: on the CPU
+// (a CUDA op checks the values on the host and uploads them) or on `dev` itself.
+inline void expect_index_device(const char* op, const char* arg, const TensorPtr& t, Device dev) {
+  LA_CHECK(t->device == Device::CPU || t->device == dev, op, ": ", arg, " ", t->describe(), " is on ",
+           device_name(t->device), " but the op runs on ", device_name(dev), "; index tensors may stay on the CPU");
 }
 inline void expect_distinct(const char* op, const char* a, const TensorPtr& x, const char* b, const TensorPtr& y) {
   LA_CHECK(x->storage != y->storage, op, ": ", a, " and ", b, " must not share storage (", a, " is written in place)");

@@ -1,5 +1,6 @@
 #include "ops.h"
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 
@@ -8,7 +9,10 @@
 #include "../core/executor.h"
 #include "../core/parallel.h"
 #include "../cpu/kernels.h"
+#include "../cuda/kernels.h"
+#include "../cuda/runtime.h"
 #include "checks.h"
+#include "indices.h"
 #include "train_ops.h"
 
 namespace la::ops {
@@ -49,15 +53,20 @@ TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
   expect_ndim(op, "tokens", tokens, 1);
   expect_dtype(op, "tokens", tokens, DType::I32);
   expect_weight(op, "table", table);
-  expect_cpu(op, {&table, &tokens});
+  Device dev = table->device;
+  expect_index_device(op, "tokens", tokens, dev);
   int64_t T = tokens->dim(0), V = table->dim(0), C = table->dim(1);
-  TensorPtr out = empty({T, C}, DType::F32);
+  TensorPtr out = empty({T, C}, DType::F32, dev);
   queue_op(op, {table, tokens}, {out}, [=] {
-    const int32_t* ids = tokens->data<int32_t>();
+    Indices index(tokens, dev);
+    const int32_t* ids = index.host();
     for (int64_t t = 0; t < T; t++)
       LA_CHECK(ids[t] >= 0 && ids[t] < V, "token id ", ids[t], " at position ", t, " is outside the vocabulary [0, ",
                V, ")");
-    if (table->dtype == DType::F32)
+    if (dev == Device::CUDA)
+      LA_ON_CUDA(cuda::embedding_forward(out->data<float>(), table->raw(), table->dtype == DType::BF16,
+                                         index.on_device(), T, C));
+    else if (table->dtype == DType::F32)
       cpu::embedding_forward(out->data<float>(), table->data<float>(), ids, T, C);
     else
       cpu::embedding_forward_bf16(out->data<float>(), table->data<uint16_t>(), ids, T, C);
@@ -73,10 +82,13 @@ TensorPtr rmsnorm(const TensorPtr& x, const TensorPtr& w, float eps) {
   expect_dtype(op, "w", w, DType::F32);
   LA_CHECK(w->dim(0) == x->dim(1), op, ": w ", w->describe(), " does not match x ", x->describe());
   LA_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
-  expect_cpu(op, {&x, &w});
-  TensorPtr out = empty(x->shape, DType::F32);
+  Device dev = expect_same_device(op, {&x, &w});
+  TensorPtr out = empty(x->shape, DType::F32, dev);
   queue_op(op, {x, w}, {out}, [=] {
-    cpu::rmsnorm_forward(out->data<float>(), x->data<float>(), w->data<float>(), x->dim(0), x->dim(1), eps);
+    if (dev == Device::CUDA)
+      LA_ON_CUDA(cuda::rmsnorm_forward(out->data<float>(), x->data<float>(), w->data<float>(), x->dim(0), x->dim(1), eps));
+    else
+      cpu::rmsnorm_forward(out->data<float>(), x->data<float>(), w->data<float>(), x->dim(0), x->dim(1), eps);
   });
   return out;
 }
@@ -88,10 +100,12 @@ void rope(const TensorPtr& x, int64_t pos0, float theta, bool interleaved) {
   LA_CHECK(x->dim(2) % 2 == 0, op, ": head size must be even, got ", x->describe());
   LA_CHECK(pos0 >= 0, op, ": pos0 must be >= 0, got ", pos0);
   LA_CHECK(theta > 0, op, ": theta must be > 0, got ", theta);
-  expect_cpu(op, {&x});
   expect_writable(op, "x", x);
   queue_op(op, {x}, {x}, [=] {
-    cpu::rope_forward(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved);
+    if (x->device == Device::CUDA)
+      LA_ON_CUDA(cuda::rope_forward(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved));
+    else
+      cpu::rope_forward(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved);
   });
 }
 
@@ -103,11 +117,13 @@ TensorPtr matmul(const TensorPtr& x, const TensorPtr& w) {
   expect_weight(op, "w", w);
   LA_CHECK(x->dim(1) == w->dim(1), op, ": x ", x->describe(), " · wᵀ needs w (N, ", x->dim(1), "), got ",
            w->describe());
-  expect_cpu(op, {&x, &w});
+  Device dev = expect_same_device(op, {&x, &w});
   int64_t M = x->dim(0), N = w->dim(0), K = w->dim(1);
-  TensorPtr y = empty({M, N}, DType::F32);
+  TensorPtr y = empty({M, N}, DType::F32, dev);
   queue_op(op, {x, w}, {y}, [=] {
-    if (w->dtype == DType::F32)
+    if (dev == Device::CUDA)
+      LA_ON_CUDA(cuda::matmul_forward(y->data<float>(), x->data<float>(), w->raw(), w->dtype == DType::BF16, M, N, K));
+    else if (w->dtype == DType::F32)
       cpu::matmul_forward(y->data<float>(), x->data<float>(), w->data<float>(), M, N, K);
     else
       cpu::matmul_forward_bf16(y->data<float>(), x->data<float>(), w->data<uint16_t>(), M, N, K);
@@ -125,11 +141,14 @@ void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
            " does not match cache ", cache->describe());
   LA_CHECK(pos0 >= 0 && pos0 + src->dim(0) <= cache->dim(0), op, ": positions ", pos0, "..", pos0 + src->dim(0),
            " exceed the cache length ", cache->dim(0));
-  expect_cpu(op, {&cache, &src});
+  Device dev = expect_same_device(op, {&cache, &src});
   expect_writable(op, "cache", cache);
   queue_op(op, {cache, src}, {cache}, [=] {
     size_t row = size_t(src->dim(1) * src->dim(2));
-    std::memcpy(cache->data<float>() + pos0 * row, src->data<float>(), src->nbytes());
+    if (dev == Device::CUDA)
+      LA_ON_CUDA(cuda::copy_on_device(cache->data<float>() + pos0 * row, src->data<float>(), src->nbytes()));
+    else
+      std::memcpy(cache->data<float>() + pos0 * row, src->data<float>(), src->nbytes());
   });
 }
 
@@ -146,12 +165,17 @@ TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, 
   LA_CHECK(H % Hkv == 0, op, ": heads ", H, " must be a multiple of kv heads ", Hkv);
   LA_CHECK(pos0 >= 0 && pos0 + T <= S, op, ": positions ", pos0, "..", pos0 + T, " exceed the cache length ", S);
   int64_t K = check_prompt(op, pk, pv, gate, H, Hkv, d);  // 0: no adapter branch
-  expect_cpu(op, {&q, &k, &v});
-  if (K) expect_cpu(op, {&pk, &pv, &gate});
-  TensorPtr out = empty(q->shape, DType::F32);
+  Device dev = expect_same_device(op, {&q, &k, &v, &pk, &pv, &gate});
+  TensorPtr out = empty(q->shape, DType::F32, dev);
   std::vector<TensorPtr> inputs{q, k, v};
   if (K) inputs.insert(inputs.end(), {pk, pv, gate});
   queue_op(op, inputs, {out}, [=] {
+    if (dev == Device::CUDA) {
+      [[maybe_unused]] auto f = [](const TensorPtr& t) { return t ? t->data<float>() : nullptr; };
+      LA_ON_CUDA(cuda::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H,
+                                         Hkv, d, S, pos0, f(pk), f(pv), f(gate), K ? gate->dim(0) : 0, K));
+      return;
+    }
     cpu::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H, Hkv, d,
                            pos0);
     if (K)
@@ -166,9 +190,14 @@ TensorPtr swiglu(const TensorPtr& a, const TensorPtr& b) {
   expect_dtype(op, "a", a, DType::F32);
   expect_dtype(op, "b", b, DType::F32);
   LA_CHECK(a->shape == b->shape, op, ": a ", a->describe(), " and b ", b->describe(), " differ");
-  expect_cpu(op, {&a, &b});
-  TensorPtr out = empty(a->shape, DType::F32);
-  queue_op(op, {a, b}, {out}, [=] { cpu::swiglu_forward(out->data<float>(), a->data<float>(), b->data<float>(), a->numel()); });
+  Device dev = expect_same_device(op, {&a, &b});
+  TensorPtr out = empty(a->shape, DType::F32, dev);
+  queue_op(op, {a, b}, {out}, [=] {
+    if (dev == Device::CUDA)
+      LA_ON_CUDA(cuda::swiglu_forward(out->data<float>(), a->data<float>(), b->data<float>(), a->numel()));
+    else
+      cpu::swiglu_forward(out->data<float>(), a->data<float>(), b->data<float>(), a->numel());
+  });
   return out;
 }
 
@@ -177,9 +206,10 @@ void add_inplace(const TensorPtr& x, const TensorPtr& y) {
   expect_dtype(op, "x", x, DType::F32);
   expect_dtype(op, "y", y, DType::F32);
   LA_CHECK(x->shape == y->shape, op, ": x ", x->describe(), " and y ", y->describe(), " differ");
-  expect_cpu(op, {&x, &y});
+  Device dev = expect_same_device(op, {&x, &y});
   expect_writable(op, "x", x);
   queue_op(op, {x, y}, {x}, [=] {
+    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::add_inplace(x->data<float>(), y->data<float>(), x->numel()));
     float* xs = x->data<float>();
     const float* ys = y->data<float>();
     parallel_for(x->numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
@@ -192,12 +222,13 @@ TensorPtr slice_rows(const TensorPtr& x, int64_t start, int64_t count) {
   const char* op = "sliceRows";
   LA_CHECK(start >= 0 && count > 0 && start + count <= x->dim(0), op, ": rows ", start, "..", start + count,
            " are outside ", x->describe());
-  expect_cpu(op, {&x});
   std::vector<int64_t> shape = x->shape;
   shape[0] = count;
-  TensorPtr out = empty(shape, x->dtype);
+  TensorPtr out = empty(shape, x->dtype, x->device);
   queue_op(op, {x}, {out}, [=] {
     size_t row = x->nbytes() / size_t(x->dim(0));
+    if (x->device == Device::CUDA)
+      return LA_ON_CUDA(cuda::copy_on_device(out->raw(), static_cast<char*>(x->raw()) + start * row, out->nbytes()));
     std::memcpy(out->raw(), static_cast<char*>(x->raw()) + start * row, out->nbytes());
   });
   return out;
@@ -207,10 +238,14 @@ TensorPtr convert(const TensorPtr& x, DType to) {
   const char* op = "convert";
   LA_CHECK(x->dtype != DType::I32 && to != DType::I32, op, ": only f32 <-> bf16, got ", x->describe(), " to ",
            dtype_name(to));
-  expect_cpu(op, {&x});
-  TensorPtr out = empty(x->shape, to);
+  TensorPtr out = empty(x->shape, to, x->device);
   queue_op(op, {x}, {out}, [=] {
     int64_t n = x->numel();
+    if (x->device == Device::CUDA) {
+      if (x->dtype == to) return LA_ON_CUDA(cuda::copy_on_device(out->raw(), x->raw(), x->nbytes()));
+      if (to == DType::BF16) return LA_ON_CUDA(cuda::f32_to_bf16(out->data<uint16_t>(), x->data<float>(), n));
+      return LA_ON_CUDA(cuda::bf16_to_f32(out->data<float>(), x->data<uint16_t>(), n));
+    }
     if (x->dtype == to) return std::memcpy(out->raw(), x->raw(), x->nbytes()), void();
     if (to == DType::BF16) {
       const float* s = x->data<float>();
@@ -225,6 +260,34 @@ TensorPtr convert(const TensorPtr& x, DType to) {
         for (int64_t i = i0; i < i1; i++) d[i] = bf16_to_f32(s[i]);
       });
     }
+  });
+  return out;
+}
+
+TensorPtr to_device(const TensorPtr& x, Device device) {
+  const char* op = "toDevice";
+  if (x->device == device) return reshape(x, x->shape);  // a new handle on the same storage
+  TensorPtr out = empty(x->shape, x->dtype, device);
+  queue_op(op, {x}, {out}, [=] {
+    if (device == Device::CUDA)
+      LA_ON_CUDA(cuda::copy_to_device(out->raw(), x->raw(), x->nbytes()));
+    else
+      LA_ON_CUDA(cuda::copy_to_host(out->raw(), x->raw(), x->nbytes()));
+  });
+  return out;
+}
+
+TensorPtr random_uniform(const std::vector<int64_t>& shape, DType dtype, Device device, uint64_t seed, float scale) {
+  const char* op = "randomUniform";
+  LA_CHECK(dtype != DType::I32, op, ": dtype must be f32 or bf16");
+  LA_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  TensorPtr out = empty(shape, dtype, device);
+  queue_op(op, {}, {out}, [=] {
+    bool bf16 = dtype == DType::BF16;
+    if (device == Device::CUDA)
+      LA_ON_CUDA(cuda::fill_uniform(out->raw(), bf16, out->numel(), seed, scale));
+    else
+      cpu::fill_uniform(out->raw(), bf16, out->numel(), seed, scale);
   });
   return out;
 }

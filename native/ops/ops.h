@@ -28,8 +28,12 @@ TensorPtr attention(const TensorPtr& q /*(T,H,d)*/, const TensorPtr& k /*(S,Hkv,
 TensorPtr swiglu(const TensorPtr& a /*(T,F)*/, const TensorPtr& b /*(T,F)*/);                     // -> (T,F)
 void add_inplace(const TensorPtr& x, const TensorPtr& y);                                          // x += y
 TensorPtr slice_rows(const TensorPtr& x /*(T,...)*/, int64_t start, int64_t count);               // -> (count,...)
-TensorPtr convert(const TensorPtr& x, DType to);
+TensorPtr convert(const TensorPtr& x, DType to);                                                   // f32 <-> bf16
+// A copy on `device` (queued in order); the same device gives a new handle on the same storage.
+TensorPtr to_device(const TensorPtr& x, Device device);
+// Element i = uniform [-scale, scale) from (seed, i) alone (core/random.h): the same on every device.
+TensorPtr random_uniform(const std::vector<int64_t>& shape, DType dtype, Device device, uint64_t seed, float scale);
 // The same storage seen with another shape of the same element count (no copy, no queueing).
-TensorPtr reshape(const TensorPtr& x, const std::vector<int64_t>& shape);                                                   // f32 <-> bf16
+TensorPtr reshape(const TensorPtr& x, const std::vector<int64_t>& shape);
 
 }  // namespace la::ops

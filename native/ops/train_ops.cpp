@@ -6,7 +6,9 @@
 
 #include "../core/error.h"
 #include "../cpu/kernels.h"
+#include "../cuda/kernels.h"
 #include "checks.h"
+#include "indices.h"
 #include "ops.h"
 
 namespace la::ops {
@@ -51,7 +53,8 @@ int64_t check_gated(const char* op, const TensorPtr& q, const TensorPtr& k, cons
   expect_dtype(op, "segments", segments, DType::I32);
   LA_CHECK(segments->dim(0) >= 2, op, ": segments must hold S+1 >= 2 offsets, got ", segments->describe());
   int64_t K = check_prompt(op, pk, pv, gate, H, Hkv, d);
-  expect_cpu(op, {&q, &k, &v, &segments, &pk, &pv, &gate});
+  Device dev = expect_same_device(op, {&q, &k, &v, &pk, &pv, &gate});
+  expect_index_device(op, "segments", segments, dev);
   return K;
 }
 
@@ -86,11 +89,16 @@ void rope_at(const TensorPtr& x, const TensorPtr& positions, float theta, bool i
   LA_CHECK(positions->dim(0) == x->dim(0), op, ": positions ", positions->describe(),
            " must have one entry per row of x ", x->describe());
   LA_CHECK(theta > 0 && std::isfinite(theta), op, ": theta must be > 0, got ", theta);
-  expect_cpu(op, {&x, &positions});
+  Device dev = x->device;
+  expect_index_device(op, "positions", positions, dev);
   expect_writable(op, "x", x);
   queue_op(op, {x, positions}, {x}, [=] {
-    const int32_t* pos = positions->data<int32_t>();
+    Indices index(positions, dev);
+    const int32_t* pos = index.host();
     for (int64_t t = 0; t < x->dim(0); t++) LA_CHECK(pos[t] >= 0, "positions[", t, "] = ", pos[t], " is negative");
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::rope_at(x->data<float>(), index.on_device(), x->dim(0), x->dim(1), x->dim(2), theta,
+                                      interleaved, inverse));
     cpu::rope_at(x->data<float>(), pos, x->dim(0), x->dim(1), x->dim(2), theta, interleaved, inverse);
   });
 }
@@ -101,11 +109,18 @@ GatedAttentionResult gated_attention(const TensorPtr& q, const TensorPtr& k, con
   const char* op = "gatedAttention";
   int64_t K = check_gated(op, q, k, v, segments, pk, pv, gate);
   int64_t N = q->dim(0), H = q->dim(1), d = q->dim(2), Hkv = k->dim(1), S = segments->dim(0) - 1;
-  GatedAttentionResult r{empty(q->shape, DType::F32), empty({N, H, 2}, DType::F32)};
+  Device dev = q->device;
+  GatedAttentionResult r{empty(q->shape, DType::F32, dev), empty({N, H, 2}, DType::F32, dev)};
   TensorPtr out = r.out, stats = r.stats;
   queue_op(op, present({q, k, v, segments, pk, pv, gate}), {out, stats}, [=] {
-    const int32_t* seg = segments->data<int32_t>();
+    Indices index(segments, dev);
+    const int32_t* seg = index.host();
     check_segments(seg, S, N);
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::gated_attention_forward(
+          out->data<float>(), stats->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(),
+          index.on_device(), seg, S, pk ? pk->data<float>() : nullptr, pv ? pv->data<float>() : nullptr,
+          gate ? gate->data<float>() : nullptr, gate ? gate->dim(0) : 0, N, H, Hkv, d, K));
     cpu::gated_attention_forward(out->data<float>(), stats->data<float>(), q->data<float>(), k->data<float>(),
                                  v->data<float>(), seg, S, pk ? pk->data<float>() : nullptr,
                                  pv ? pv->data<float>() : nullptr, gate ? gate->data<float>() : nullptr,
@@ -127,22 +142,28 @@ GatedAttentionGrads gated_attention_backward(const TensorPtr& dout, const Tensor
   expect_shape(op, "dout", dout, q->shape, "the shape of q");
   expect_shape(op, "out", out, q->shape, "the shape of q");
   expect_shape(op, "stats", stats, {N, H, 2}, "tokens, heads, 2");
-  expect_cpu(op, {&dout, &out, &stats});
+  Device dev = expect_same_device(op, {&q, &dout, &out, &stats});
   GatedAttentionGrads g;
-  g.dq = empty(q->shape, DType::F32);
-  g.dk = empty(k->shape, DType::F32);
-  g.dv = empty(v->shape, DType::F32);
+  g.dq = empty(q->shape, DType::F32, dev);
+  g.dk = empty(k->shape, DType::F32, dev);
+  g.dv = empty(v->shape, DType::F32, dev);
   if (K) {
-    g.dpk = empty(pk->shape, DType::F32);
-    g.dpv = empty(pv->shape, DType::F32);
-    g.dgate = empty(gate->shape, DType::F32);
+    g.dpk = empty(pk->shape, DType::F32, dev);
+    g.dpv = empty(pv->shape, DType::F32, dev);
+    g.dgate = empty(gate->shape, DType::F32, dev);
   }
   GatedAttentionGrads o = g;
   queue_op(op, present({dout, q, k, v, segments, pk, pv, gate, out, stats}),
            present({o.dq, o.dk, o.dv, o.dpk, o.dpv, o.dgate}), [=] {
-             const int32_t* seg = segments->data<int32_t>();
+             Indices index(segments, dev);
+             const int32_t* seg = index.host();
              check_segments(seg, S, N);
              auto f = [](const TensorPtr& t) { return t ? t->data<float>() : nullptr; };
+             if (dev == Device::CUDA)
+               return LA_ON_CUDA(cuda::gated_attention_backward(
+                   f(o.dq), f(o.dk), f(o.dv), f(o.dpk), f(o.dpv), f(o.dgate), f(dout), f(q), f(k), f(v),
+                   index.on_device(), seg, S, f(pk), f(pv), f(gate), gate ? gate->dim(0) : 0, f(out), f(stats), N, H,
+                   Hkv, d, K));
              cpu::gated_attention_backward(f(o.dq), f(o.dk), f(o.dv), f(o.dpk), f(o.dpv), f(o.dgate), f(dout), f(q),
                                            f(k), f(v), seg, S, f(pk), f(pv), f(gate), gate ? gate->dim(0) : 0,
                                            f(out), f(stats), N, H, Hkv, d, K);
@@ -160,9 +181,12 @@ TensorPtr rmsnorm_backward(const TensorPtr& dy, const TensorPtr& x, const Tensor
   LA_CHECK(dy->shape == x->shape, op, ": dy ", dy->describe(), " and x ", x->describe(), " differ");
   LA_CHECK(w->dim(0) == x->dim(1), op, ": w ", w->describe(), " does not match x ", x->describe());
   LA_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be >= 0, got ", eps);
-  expect_cpu(op, {&dy, &x, &w});
-  TensorPtr dx = empty(x->shape, DType::F32);
+  Device dev = expect_same_device(op, {&dy, &x, &w});
+  TensorPtr dx = empty(x->shape, DType::F32, dev);
   queue_op(op, {dy, x, w}, {dx}, [=] {
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::rmsnorm_backward(dx->data<float>(), dy->data<float>(), x->data<float>(), w->data<float>(),
+                                               x->dim(0), x->dim(1), eps));
     cpu::rmsnorm_backward(dx->data<float>(), dy->data<float>(), x->data<float>(), w->data<float>(), x->dim(0),
                           x->dim(1), eps);
   });
@@ -176,9 +200,12 @@ std::pair<TensorPtr, TensorPtr> swiglu_backward(const TensorPtr& dout, const Ten
   expect_dtype(op, "b", b, DType::F32);
   LA_CHECK(a->shape == b->shape && dout->shape == a->shape, op, ": dout ", dout->describe(), ", a ", a->describe(),
            " and b ", b->describe(), " must have the same shape");
-  expect_cpu(op, {&dout, &a, &b});
-  TensorPtr da = empty(a->shape, DType::F32), db = empty(a->shape, DType::F32);
+  Device dev = expect_same_device(op, {&dout, &a, &b});
+  TensorPtr da = empty(a->shape, DType::F32, dev), db = empty(a->shape, DType::F32, dev);
   queue_op(op, {dout, a, b}, {da, db}, [=] {
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::swiglu_backward(da->data<float>(), db->data<float>(), dout->data<float>(),
+                                              a->data<float>(), b->data<float>(), a->numel()));
     cpu::swiglu_backward(da->data<float>(), db->data<float>(), dout->data<float>(), a->data<float>(),
                          b->data<float>(), a->numel());
   });
@@ -193,11 +220,13 @@ TensorPtr matmul_backward(const TensorPtr& dy, const TensorPtr& w) {
   expect_weight(op, "w", w);
   LA_CHECK(dy->dim(1) == w->dim(0), op, ": dy ", dy->describe(), " · w needs w (", dy->dim(1), ", K), got ",
            w->describe());
-  expect_cpu(op, {&dy, &w});
+  Device dev = expect_same_device(op, {&dy, &w});
   int64_t M = dy->dim(0), N = w->dim(0), K = w->dim(1);
-  TensorPtr dx = empty({M, K}, DType::F32);
+  TensorPtr dx = empty({M, K}, DType::F32, dev);
   queue_op(op, {dy, w}, {dx}, [=] {
-    if (w->dtype == DType::F32)
+    if (dev == Device::CUDA)
+      LA_ON_CUDA(cuda::matmul_backward(dx->data<float>(), dy->data<float>(), w->raw(), w->dtype == DType::BF16, M, N, K));
+    else if (w->dtype == DType::F32)
       cpu::matmul_backward(dx->data<float>(), dy->data<float>(), w->data<float>(), M, N, K);
     else
       cpu::matmul_backward_bf16(dx->data<float>(), dy->data<float>(), w->data<uint16_t>(), M, N, K);
@@ -209,13 +238,18 @@ TensorPtr gather_rows(const TensorPtr& x, const TensorPtr& idx) {
   const char* op = "gatherRows";
   expect_ndim(op, "idx", idx, 1);
   expect_dtype(op, "idx", idx, DType::I32);
-  expect_cpu(op, {&x, &idx});
+  Device dev = x->device;
+  expect_index_device(op, "idx", idx, dev);
   std::vector<int64_t> shape = x->shape;
   shape[0] = idx->dim(0);
-  TensorPtr out = empty(shape, x->dtype);
+  TensorPtr out = empty(shape, x->dtype, dev);
   queue_op(op, {x, idx}, {out}, [=] {
-    const int32_t* ix = idx->data<int32_t>();
+    Indices index(idx, dev);
+    const int32_t* ix = index.host();
     check_indices("idx", ix, idx->dim(0), x->dim(0));
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::gather_rows(out->raw(), x->raw(), index.on_device(), idx->dim(0),
+                                          int64_t(x->nbytes() / size_t(x->dim(0)))));
     cpu::gather_rows(out->raw(), x->raw(), ix, idx->dim(0), int64_t(x->nbytes() / size_t(x->dim(0))));
   });
   return out;
@@ -231,12 +265,17 @@ void scatter_add_rows(const TensorPtr& dst, const TensorPtr& idx, const TensorPt
   want[0] = idx->dim(0);
   LA_CHECK(src->shape == want, op, ": src must be ", shape_str(want), " (one row of dst ", dst->describe(),
            " per index of idx ", idx->describe(), "), got ", src->describe());
-  expect_cpu(op, {&dst, &idx, &src});
+  Device dev = expect_same_device(op, {&dst, &src});
+  expect_index_device(op, "idx", idx, dev);
   expect_writable(op, "dst", dst);
   expect_distinct(op, "dst", dst, "src", src);
   queue_op(op, {dst, idx, src}, {dst}, [=] {
-    const int32_t* ix = idx->data<int32_t>();
+    Indices index(idx, dev);
+    const int32_t* ix = index.host();
     check_indices("idx", ix, idx->dim(0), dst->dim(0));
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::scatter_add_rows(dst->data<float>(), index.on_device(), src->data<float>(), idx->dim(0),
+                                               dst->numel() / dst->dim(0)));
     cpu::scatter_add_rows(dst->data<float>(), ix, src->data<float>(), idx->dim(0), dst->numel() / dst->dim(0));
   });
 }
@@ -250,13 +289,18 @@ std::pair<TensorPtr, TensorPtr> cross_entropy(const TensorPtr& logits, const Ten
   LA_CHECK(targets->dim(0) == logits->dim(0), op, ": targets ", targets->describe(),
            " must have one entry per row of logits ", logits->describe());
   LA_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  expect_cpu(op, {&logits, &targets});
+  Device dev = logits->device;
+  expect_index_device(op, "targets", targets, dev);
   int64_t M = logits->dim(0), V = logits->dim(1);
-  TensorPtr loss = empty({1}, DType::F32), dlogits = empty(logits->shape, DType::F32);
+  TensorPtr loss = empty({1}, DType::F32, dev), dlogits = empty(logits->shape, DType::F32, dev);
   queue_op(op, {logits, targets}, {loss, dlogits}, [=] {
-    const int32_t* tg = targets->data<int32_t>();
+    Indices index(targets, dev);
+    const int32_t* tg = index.host();
     for (int64_t m = 0; m < M; m++)
       LA_CHECK(tg[m] >= 0 && tg[m] < V, "targets[", m, "] = ", tg[m], " is outside the vocabulary [0, ", V, ")");
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::cross_entropy(loss->data<float>(), dlogits->data<float>(), logits->data<float>(),
+                                            index.on_device(), M, V, scale));
     loss->data<float>()[0] = float(cpu::cross_entropy(dlogits->data<float>(), logits->data<float>(), tg, M, V, scale));
   });
   return {loss, dlogits};
@@ -278,7 +322,7 @@ void adamw(const TensorPtr& param, const TensorPtr& grad, const TensorPtr& m, co
   LA_CHECK(beta2 >= 0 && beta2 < 1, op, ": beta2 must be in [0, 1), got ", beta2);
   LA_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be >= 0, got ", eps);
   LA_CHECK(std::isfinite(weight_decay) && weight_decay >= 0, op, ": weightDecay must be >= 0, got ", weight_decay);
-  expect_cpu(op, {&param, &grad, &m, &v});
+  Device dev = expect_same_device(op, {&param, &grad, &m, &v});
   expect_writable(op, "param", param);
   expect_writable(op, "m", m);
   expect_writable(op, "v", v);
@@ -289,6 +333,9 @@ void adamw(const TensorPtr& param, const TensorPtr& grad, const TensorPtr& m, co
   expect_distinct(op, "m", m, "grad", grad);
   expect_distinct(op, "v", v, "grad", grad);
   queue_op(op, {param, grad, m, v}, {param, m, v}, [=] {
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::adamw(param->data<float>(), grad->data<float>(), m->data<float>(), v->data<float>(),
+                                    param->numel(), step, lr, beta1, beta2, eps, weight_decay));
     cpu::adamw(param->data<float>(), grad->data<float>(), m->data<float>(), v->data<float>(), param->numel(), step, lr,
                beta1, beta2, eps, weight_decay);
   });
@@ -297,9 +344,11 @@ void adamw(const TensorPtr& param, const TensorPtr& grad, const TensorPtr& m, co
 TensorPtr sum_squares(const TensorPtr& x) {
   const char* op = "sumSquares";
   expect_dtype(op, "x", x, DType::F32);
-  expect_cpu(op, {&x});
-  TensorPtr out = empty({1}, DType::F32);
-  queue_op(op, {x}, {out}, [=] { out->data<float>()[0] = float(cpu::sum_squares(x->data<float>(), x->numel())); });
+  TensorPtr out = empty({1}, DType::F32, x->device);
+  queue_op(op, {x}, {out}, [=] {
+    if (x->device == Device::CUDA) return LA_ON_CUDA(cuda::sum_squares(out->data<float>(), x->data<float>(), x->numel()));
+    out->data<float>()[0] = float(cpu::sum_squares(x->data<float>(), x->numel()));
+  });
   return out;
 }
 
@@ -307,9 +356,11 @@ void scale_inplace(const TensorPtr& x, float s) {
   const char* op = "scaleInPlace";
   expect_dtype(op, "x", x, DType::F32);
   LA_CHECK(std::isfinite(s), op, ": s must be finite, got ", s);
-  expect_cpu(op, {&x});
   expect_writable(op, "x", x);
-  queue_op(op, {x}, {x}, [=] { cpu::scale_inplace(x->data<float>(), x->numel(), s); });
+  queue_op(op, {x}, {x}, [=] {
+    if (x->device == Device::CUDA) return LA_ON_CUDA(cuda::scale_inplace(x->data<float>(), x->numel(), s));
+    cpu::scale_inplace(x->data<float>(), x->numel(), s);
+  });
 }
 
 }  // namespace la::ops
