@@ -25,6 +25,21 @@ void kv_write(const TensorPtr& cache /*(S,Hkv,d)*/, const TensorPtr& src /*(T,Hk
 TensorPtr attention(const TensorPtr& q /*(T,H,d)*/, const TensorPtr& k /*(S,Hkv,d)*/,
                     const TensorPtr& v /*(S,Hkv,d)*/, int64_t pos0, const TensorPtr& pk = nullptr,
                     const TensorPtr& pv = nullptr, const TensorPtr& gate = nullptr);                // -> (T,H,d)
+// One decoder layer of cached inference, x (T, C) updated in place and the layer's keys/values
+// written to the caches (S, Hkv, d) at pos0..: the whole attention and feed-forward block as one
+// op (decoder.cpp), equal to the op-by-op forward. pk, pv, gate: the adapter branch, as attention().
+struct DecoderWeights {
+  TensorPtr attn_norm /*(C)*/, wq /*(H*d, C)*/, wk /*(Hkv*d, C)*/, wv /*(Hkv*d, C)*/, wo /*(C, H*d)*/;
+  TensorPtr ffn_norm /*(C)*/, w1 /*(F, C)*/, w2 /*(C, F)*/, w3 /*(F, C)*/;
+};
+struct DecoderShape {
+  int64_t heads = 0, kv_heads = 0;
+  float eps = 1e-5f, theta = 10000.f;
+  bool interleaved = true;
+};
+void decoder_layer(const TensorPtr& x, const DecoderWeights& w, const TensorPtr& k_cache, const TensorPtr& v_cache,
+                   int64_t pos0, const DecoderShape& shape, const TensorPtr& pk = nullptr,
+                   const TensorPtr& pv = nullptr, const TensorPtr& gate = nullptr);
 TensorPtr swiglu(const TensorPtr& a /*(T,F)*/, const TensorPtr& b /*(T,F)*/);                     // -> (T,F)
 void add_inplace(const TensorPtr& x, const TensorPtr& y);                                          // x += y
 TensorPtr slice_rows(const TensorPtr& x /*(T,...)*/, int64_t start, int64_t count);               // -> (count,...)

@@ -1,0 +1,146 @@
+// One decoder layer of cached inference (SPEC §1) as a single op: the same kernels, in the same
+// order and on the same buffers' values, as the op-by-op forward (rmsnorm, matmul, rope, kvWrite,
+// attention, matmul, addInPlace, rmsnorm, matmul ×2, swiglu, matmul, addInPlace), queued once
+// instead of ~15 times. At decode, a small model's per-op cost (the JS call, the handle, the
+// executor's hand-off) is larger than the op's work, so this is what makes it fast; the results
+// equal the op-by-op forward bit for bit (tested).
+#include <cstring>
+
+#include "../core/error.h"
+#include "../core/parallel.h"
+#include "../cpu/kernels.h"
+#include "../cuda/kernels.h"
+#include "../cuda/runtime.h"
+#include "checks.h"
+#include "indices.h"
+#include "ops.h"
+#include "train_ops.h"
+
+namespace la::ops {
+namespace {
+
+// The kernels of one device behind one interface, so the layer is written once.
+struct Kernels {
+  Device dev;
+
+  void rmsnorm(float* out, const float* x, const TensorPtr& w, int64_t T, int64_t C, float eps) const {
+    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::rmsnorm_forward(out, x, w->data<float>(), T, C, eps));
+    cpu::rmsnorm_forward(out, x, w->data<float>(), T, C, eps);
+  }
+  void matmul(float* y, const float* x, const TensorPtr& w, int64_t M) const {
+    int64_t N = w->dim(0), K = w->dim(1);
+    bool bf16 = w->dtype == DType::BF16;
+    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::matmul_forward(y, x, w->raw(), bf16, M, N, K));
+    if (bf16) return cpu::matmul_forward_bf16(y, x, w->data<uint16_t>(), M, N, K);
+    cpu::matmul_forward(y, x, w->data<float>(), M, N, K);
+  }
+  void rope(float* x, int64_t T, int64_t H, int64_t d, int64_t pos0, float theta, bool interleaved) const {
+    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::rope_forward(x, T, H, d, pos0, theta, interleaved));
+    cpu::rope_forward(x, T, H, d, pos0, theta, interleaved);
+  }
+  void copy(float* dst, const float* src, int64_t n) const {
+    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::copy_on_device(dst, src, size_t(n) * 4));
+    std::memcpy(dst, src, size_t(n) * 4);
+  }
+  void add(float* x, const float* y, int64_t n) const {
+    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::add_inplace(x, y, n));
+    parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; i++) x[i] += y[i];
+    });
+  }
+  void swiglu(float* out, const float* a, const float* b, int64_t n) const {
+    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::swiglu_forward(out, a, b, n));
+    cpu::swiglu_forward(out, a, b, n);
+  }
+};
+
+float* f32(const TensorPtr& t) { return t ? t->data<float>() : nullptr; }
+
+}  // namespace
+
+void decoder_layer(const TensorPtr& x, const DecoderWeights& w, const TensorPtr& k_cache, const TensorPtr& v_cache,
+                   int64_t pos0, const DecoderShape& s, const TensorPtr& pk, const TensorPtr& pv,
+                   const TensorPtr& gate) {
+  const char* op = "decoderLayer";
+  expect_ndim(op, "x", x, 2);
+  expect_dtype(op, "x", x, DType::F32);
+  const int64_t T = x->dim(0), C = x->dim(1), H = s.heads, Hkv = s.kv_heads;
+  LA_CHECK(H >= 1 && Hkv >= 1 && H % Hkv == 0 && C % H == 0, op, ": ", H, " heads and ", Hkv,
+           " kv heads do not fit x ", x->describe(), " (C must be a multiple of the heads, heads of the kv heads)");
+  const int64_t d = C / H, F = w.w1 ? w.w1->dim(0) : 0;
+  LA_CHECK(d % 2 == 0, op, ": the head size ", d, " must be even");
+  LA_CHECK(s.eps >= 0 && s.theta > 0, op, ": eps must be >= 0 and theta > 0, got ", s.eps, " and ", s.theta);
+  struct Expect {
+    const char* name;
+    const TensorPtr& t;
+    std::vector<int64_t> shape;
+  };
+  for (const Expect& e : {Expect{"attnNorm", w.attn_norm, {C}}, Expect{"wq", w.wq, {H * d, C}},
+                          Expect{"wk", w.wk, {Hkv * d, C}}, Expect{"wv", w.wv, {Hkv * d, C}},
+                          Expect{"wo", w.wo, {C, H * d}}, Expect{"ffnNorm", w.ffn_norm, {C}},
+                          Expect{"w1", w.w1, {F, C}}, Expect{"w2", w.w2, {C, F}}, Expect{"w3", w.w3, {F, C}}}) {
+    LA_CHECK(e.t, op, ": the layer weight ", e.name, " is missing");
+    expect_shape(op, e.name, e.t, e.shape, "the layer's shape");
+    if (e.shape.size() == 1)
+      expect_dtype(op, e.name, e.t, DType::F32);
+    else
+      expect_weight(op, e.name, e.t);
+  }
+  for (const TensorPtr* c : {&k_cache, &v_cache}) {
+    expect_ndim(op, "the caches", *c, 3);
+    expect_dtype(op, "the caches", *c, DType::F32);
+    LA_CHECK((*c)->dim(1) == Hkv && (*c)->dim(2) == d, op, ": cache ", (*c)->describe(), " must be (S, ", Hkv, ", ",
+             d, ")");
+    expect_writable(op, "the caches", *c);
+  }
+  LA_CHECK(k_cache->shape == v_cache->shape, op, ": the caches ", k_cache->describe(), " and ", v_cache->describe(),
+           " differ");
+  const int64_t S = k_cache->dim(0);
+  LA_CHECK(pos0 >= 0 && pos0 + T <= S, op, ": positions ", pos0, "..", pos0 + T, " exceed the cache length ", S);
+  const int64_t K = check_prompt(op, pk, pv, gate, H, Hkv, d);
+  expect_writable(op, "x", x);
+  const Device dev = expect_same_device(op, {&x, &w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo, &w.ffn_norm, &w.w1,
+                                             &w.w2, &w.w3, &k_cache, &v_cache, &pk, &pv, &gate});
+
+  std::vector<TensorPtr> inputs{x, w.attn_norm, w.wq, w.wk, w.wv, w.wo, w.ffn_norm, w.w1, w.w2, w.w3, k_cache, v_cache};
+  if (K) inputs.insert(inputs.end(), {pk, pv, gate});
+  // Scratch, allocated now (stream-ordered on CUDA) and held by the body until it ran.
+  TensorPtr a = empty({T, C}, DType::F32, dev), q = empty({T, H * d}, DType::F32, dev),
+            kv = empty({2, T, Hkv * d}, DType::F32, dev), o = empty({T, H * d}, DType::F32, dev),
+            proj = empty({T, C}, DType::F32, dev), up = empty({3, T, F}, DType::F32, dev);
+  const float eps = s.eps, theta = s.theta;
+  const bool interleaved = s.interleaved;
+  queue_op(op, inputs, {x, k_cache, v_cache}, [=] {
+    Kernels k{dev};
+    float *xs = f32(x), *as = f32(a), *qs = f32(q), *ks = f32(kv), *vs = ks + T * Hkv * d, *os = f32(o),
+          *ps = f32(proj), *g = f32(up), *u = g + T * F, *h = u + T * F;
+    const int64_t row = Hkv * d;
+    // attention block: x += Wo · Attn(RoPE(Wq a), RoPE(Wk a), Wv a), a = rmsnorm(x)
+    k.rmsnorm(as, xs, w.attn_norm, T, C, eps);
+    k.matmul(qs, as, w.wq, T);
+    k.matmul(ks, as, w.wk, T);
+    k.matmul(vs, as, w.wv, T);
+    k.rope(qs, T, H, d, pos0, theta, interleaved);
+    k.rope(ks, T, Hkv, d, pos0, theta, interleaved);
+    k.copy(f32(k_cache) + pos0 * row, ks, T * row);
+    k.copy(f32(v_cache) + pos0 * row, vs, T * row);
+    if (dev == Device::CUDA) {
+      LA_ON_CUDA(cuda::attention_forward(os, qs, f32(k_cache), f32(v_cache), T, H, Hkv, d, S, pos0, f32(pk), f32(pv),
+                                         f32(gate), K ? gate->dim(0) : 0, K));
+    } else {
+      cpu::attention_forward(os, qs, f32(k_cache), f32(v_cache), T, H, Hkv, d, pos0);
+      if (K) cpu::attention_prompt_add(os, qs, f32(pk), f32(pv), f32(gate), gate->dim(0), T, H, Hkv, d, K);
+    }
+    k.matmul(ps, os, w.wo, T);
+    k.add(xs, ps, T * C);
+    // feed-forward block: x += W2 (silu(W1 f) * W3 f), f = rmsnorm(x)
+    k.rmsnorm(as, xs, w.ffn_norm, T, C, eps);
+    k.matmul(g, as, w.w1, T);
+    k.matmul(u, as, w.w3, T);
+    k.swiglu(h, g, u, T * F);
+    k.matmul(ps, h, w.w2, T);
+    k.add(xs, ps, T * C);
+  });
+}
+
+}  // namespace la::ops
