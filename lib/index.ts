@@ -1,6 +1,7 @@
 // llama-adapter: the public API.
 export { native } from './native';
 export type { Tensor, DType, Device, Capabilities, FileMapping } from './native';
+export { defaultDevice, resolveDevice } from './device';
 export { Llama, KVCache } from './model/llama';
 export { loadCheckpoint } from './model/load';
 export type { LlamaConfig, RopeLayout } from './model/config';

@@ -1,4 +1,5 @@
-// The only file that loads the native addon. The whole native surface is typed here once.
+// The only file that loads the native addon (lib/emulator.ts loads its CUDA-emulator test variant).
+// The whole native surface is typed here once.
 //
 // Tensors live in native memory behind handles. Ops are enqueued in order on their device's
 // executor and return their output handle at once; `read()` is the awaited synchronisation point,
@@ -7,7 +8,7 @@
 // reading any result downstream of a failure rejects with the original error.
 import * as os from 'os';
 import * as path from 'path';
-import * as fs from 'fs';
+import { setOpenblasCoreType } from './blas-env';
 
 export type DType = 'f32' | 'bf16' | 'i32';
 /** Element types a weight file may hold (converted to a DType on load). */
@@ -74,6 +75,20 @@ export interface CommOptions {
   ncclLibrary?: string;
   /** nccl: take rank and size from MPI (started by mpirun) and broadcast the NCCL id over it */
   mpi?: boolean;
+}
+
+/** One decoder layer's frozen weights: norms (C) f32; wq (H*d, C), wk, wv (Hkv*d, C), wo (C, H*d),
+ *  w1, w3 (F, C), w2 (C, F) f32 or bf16. */
+export interface DecoderWeights {
+  attnNorm: Tensor;
+  wq: Tensor;
+  wk: Tensor;
+  wv: Tensor;
+  wo: Tensor;
+  ffnNorm: Tensor;
+  w1: Tensor;
+  w2: Tensor;
+  w3: Tensor;
 }
 
 export interface NativeBinding {
@@ -191,6 +206,15 @@ export interface NativeBinding {
    *  gate (H) or (1) (all three, or none/null) add tanh(gate) * softmax(q pkᵀ / sqrt(d)) pv, a
    *  separate softmax over the K prompt keys, unmasked. */
   attention(q: Tensor, kCache: Tensor, vCache: Tensor, pos0: number, pk?: Tensor | null, pv?: Tensor | null, gate?: Tensor | null): Tensor;
+  /** One decoder layer of cached inference as a single op: x (T, C) += attention block, then
+   *  += feed-forward block (SPEC §1), writing the layer's keys/values to the caches (S, Hkv, d)
+   *  at pos0 .. pos0+T-1; with pk, pv, gate the adapter branch as in attention(). The same
+   *  kernels in the same order as the op-by-op forward (equal bit for bit), queued once. */
+  decoderLayer(
+    x: Tensor, weights: DecoderWeights, kCache: Tensor, vCache: Tensor, pos0: number,
+    shape: { heads: number; kvHeads: number; eps: number; theta: number; layout: RopeLayout },
+    pk?: Tensor | null, pv?: Tensor | null, gate?: Tensor | null,
+  ): void;
   /** a, b (T, F) -> silu(a) * b */
   swiglu(a: Tensor, b: Tensor): Tensor;
   /** x += y, in place (same shape) */
@@ -199,24 +223,8 @@ export interface NativeBinding {
   sliceRows(x: Tensor, start: number, count: number): Tensor;
 }
 
-function cpuNeedsCoreType(): string | undefined {
-  // Debian's OpenBLAS 0.3.21 does not recognise recent CPUs and falls back to its slowest
-  // kernels; it reads OPENBLAS_CORETYPE once, when the library loads, so set it before that.
-  if (process.env.OPENBLAS_CORETYPE || os.arch() !== 'x64') return undefined;
-  try {
-    const flags = fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '';
-    const has = (f: string) => new RegExp(`\\b${f}\\b`).test(flags);
-    if (has('avx512f') && has('avx512bw') && has('avx512vl')) return 'SkylakeX';
-    if (has('avx2') && has('fma')) return 'Haswell';
-  } catch {
-    /* not Linux: OpenBLAS picks for itself */
-  }
-  return undefined;
-}
-
 function loadBinding(): NativeBinding {
-  const coreType = cpuNeedsCoreType();
-  if (coreType) process.env.OPENBLAS_CORETYPE = coreType;
+  setOpenblasCoreType();
   const root = path.resolve(__dirname, '..', '..');
   try {
     // node-gyp-build: build/Release first, then prebuilds/<platform>-<arch>/

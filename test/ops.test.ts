@@ -70,7 +70,7 @@ describe('ops (CPU) against the float64 reference', function () {
       const c = native.capabilities();
       expect(c.version).to.be.a('string').and.not.equal('');
       expect(c.threads).to.be.a('number').and.at.least(1);
-      expect(c.cuda).to.have.keys(['compiled', 'available', 'devices', 'reason']);
+      expect(c.cuda).to.have.keys(['compiled', 'available', 'devices', 'reason', 'gemm']);
       expect(c.simd).to.be.an('array');
     });
   });

@@ -61,6 +61,8 @@ describe('train / eval / export commands (stories260K)', function () {
     const cfg = fs.readFileSync(path.join(out, 'config.yaml'), 'utf8');
     expect(cfg).to.match(/^adapter-len: 4$/m);
     expect(cfg).to.match(/^grad-accum: 2$/m);
+    expect(cfg).to.match(/^device: (cpu|cuda)$/m); // the resolved device
+    expect(r.stderr).to.match(/^device (cpu|cuda) \(/m);
     const h = readSafetensorsHeader(path.join(out, 'adapter.safetensors'));
     expect(h.tensors.get('adapter_query.weight')!.shape).to.deep.equal([8, 64]);
     expect(h.tensors.get('layers.3.attention.gate')!.shape).to.deep.equal([1, 8, 1, 1]);

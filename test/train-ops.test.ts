@@ -14,6 +14,7 @@ import { native, Tensor, RopeLayout } from '../lib/native';
 import * as ref from './util/reference';
 import { bits, f32, i32, maxAbs, readF, rejects, throwsErr } from './util/tensors';
 import * as tref from './util/train-reference';
+import { CASES, Case, Data, dimsOf, inputsOf, makeData } from './util/attention-cases';
 
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
@@ -43,68 +44,6 @@ function closeGrads(g: (Float32Array | null)[], want: tref.AttnGrads): void {
 
 // ---- gated attention test cases ---------------------------------------------------------------
 
-type GateMode = 'head' | 'scalar' | 'none';
-interface Case {
-  name: string;
-  H: number;
-  Hkv: number;
-  d: number;
-  lens: number[];
-  K: number;
-  gate: GateMode;
-}
-const CASES: Case[] = [
-  { name: 'GQA H = 2 Hkv, K = 10, per-head gate, segments 5, 1, 7, 3', H: 4, Hkv: 2, d: 8, lens: [5, 1, 7, 3], K: 10, gate: 'head' },
-  { name: 'H = Hkv, K = 1, scalar gate, one segment of 13', H: 2, Hkv: 2, d: 16, lens: [13], K: 1, gate: 'scalar' },
-  { name: 'odd head size d = 6, H = 6, Hkv = 3, K = 3, segments 1, 9, 2', H: 6, Hkv: 3, d: 6, lens: [1, 9, 2], K: 3, gate: 'head' },
-  { name: 'no prompt, H = 3 Hkv, segments 33, 4, 40 (several query blocks)', H: 3, Hkv: 1, d: 12, lens: [33, 4, 40], K: 0, gate: 'none' },
-  { name: 'd = 64, K = 10, per-head gate, segments 70, 1, 35', H: 2, Hkv: 2, d: 64, lens: [70, 1, 35], K: 10, gate: 'head' },
-  { name: 'an empty segment, H = 2 Hkv, K = 2, scalar gate, segments 3, 0, 2', H: 2, Hkv: 1, d: 10, lens: [3, 0, 2], K: 2, gate: 'scalar' },
-  {
-    name: '60 short segments (lengths 1 .. 7, one empty) and one of 130: several work groups',
-    H: 4, Hkv: 2, d: 8, lens: [...Array.from({ length: 60 }, (_, i) => (i * 5) % 8), 130], K: 5, gate: 'head',
-  },
-];
-
-interface Data {
-  c: Case;
-  N: number;
-  seg: number[];
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  pk: Float32Array | null;
-  pv: Float32Array | null;
-  gate: Float32Array | null;
-}
-function offsets(lens: number[]): number[] {
-  const seg = [0];
-  for (const l of lens) seg.push(seg[seg.length - 1] + l);
-  return seg;
-}
-function makeData(c: Case, seed: number): Data {
-  const rng = new ref.Rng(seed);
-  const seg = offsets(c.lens);
-  const N = seg[seg.length - 1];
-  const prompt = c.gate !== 'none';
-  return {
-    c,
-    N,
-    seg,
-    q: rng.normals(N * c.H * c.d),
-    k: rng.normals(N * c.Hkv * c.d),
-    v: rng.normals(N * c.Hkv * c.d),
-    pk: prompt ? rng.normals(c.K * c.Hkv * c.d) : null,
-    pv: prompt ? rng.normals(c.K * c.Hkv * c.d) : null,
-    gate: c.gate === 'head' ? rng.uniforms(c.H, -1, 1) : c.gate === 'scalar' ? rng.uniforms(1, -1, 1) : null,
-  };
-}
-function dimsOf(x: Data): tref.AttnDims {
-  return { N: x.N, H: x.c.H, Hkv: x.c.Hkv, d: x.c.d, K: x.c.K };
-}
-function inputsOf(x: Data): tref.AttnInputs {
-  return { q: x.q, k: x.k, v: x.v, segments: x.seg, pk: x.pk, pv: x.pv, gate: x.gate };
-}
 interface Tensors {
   q: Tensor;
   k: Tensor;

@@ -1,9 +1,9 @@
-// llama-adapter eval --model M [--tokenizer T] [--adapter A] --data D [--batch-size B]
+// llama-adapter eval --model M [--tokenizer T] [--adapter A] --data D [--batch-size B] [--device cuda|cpu]
 //   -> {"loss": mean cross-entropy over all target tokens of the file, "tokens": their count}
 import { loadAlpaca, tokenizeRecords } from '../data/alpaca';
 import { evaluateLoss } from '../train/trainer';
 import { numberFlag, parseFlags, requireString } from './args';
-import { modelFlagSpec, openModel } from './model-flags';
+import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
 
 export const usage = `Usage: llama-adapter eval --model PATH --data FILE [--adapter FILE] [flags]
 
@@ -16,8 +16,7 @@ Without --adapter: the frozen model.
   --data FILE          Alpaca JSON list or JSONL
   --batch-size N       examples per forward pass (default 8)
   --max-seq-len N      truncate examples to this many tokens (default 512)
-  --dtype f32|bf16     storage of the frozen weights (default f32)
-  --threads N          CPU threads (default: all cores)`;
+${modelFlagUsage}`;
 
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
   const { values } = parseFlags(

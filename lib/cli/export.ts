@@ -45,7 +45,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const format = requireString(values, 'format', usage);
   if (format !== 'peft') throw new UsageError(`--format must be peft, got '${format}'`);
   if (!fs.existsSync(file)) throw new Error(`adapter file ${file} does not exist`);
-  const adapter = Adapter.load(file, modelOf(file));
+  const adapter = Adapter.load(file, modelOf(file), 'cpu'); // only read back and rewritten: no device needed
   try {
     await adapter.exportPeft(dir);
     out.write(`${dir}\n`);

@@ -1,9 +1,10 @@
 // llama-adapter generate --model PATH [--tokenizer PATH] --prompt TEXT [--max-tokens N]
-//                        [--temperature T] [--top-p P] [--seed S] [--dtype f32|bf16] [--threads N]
+//                        [--temperature T] [--top-p P] [--seed S] [--dtype f32|bf16] [--device cuda|cpu]
+//                        [--threads N]
 import { generate } from '../generate/generate';
 import { promptOf } from '../data/alpaca';
 import { numberFlag, parseFlags, stringFlag, UsageError } from './args';
-import { modelFlagSpec, openModel } from './model-flags';
+import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
 
 export const usage = `Usage: llama-adapter generate --model PATH [--tokenizer PATH] --prompt TEXT [options]
        llama-adapter generate --model PATH --adapter FILE --instruction TEXT [--input TEXT] [options]
@@ -20,8 +21,7 @@ Streams the continuation of the prompt (not the prompt) to stdout.
   --temperature T      0 = greedy (default 0.1)
   --top-p P            nucleus mass in (0, 1] (default 0.75)
   --seed S             sampling seed; the same seed gives the same text (default: random)
-  --dtype f32|bf16     storage of the frozen weights (default f32)
-  --threads N          CPU threads (default: all cores)`;
+${modelFlagUsage}`;
 
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
   const { values } = parseFlags(

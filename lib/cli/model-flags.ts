@@ -1,5 +1,7 @@
-// The flags every command that runs a model shares: --model --tokenizer --adapter --dtype --threads.
+// The flags every command that runs a model shares: --model --tokenizer --adapter --dtype --device
+// --threads.
 import { native } from '../native';
+import { DEVICES, resolveDevice } from '../device';
 import { Adapter } from '../model/adapter';
 import { Llama } from '../model/llama';
 import { Tokenizer } from '../tokenizer';
@@ -10,8 +12,14 @@ export const modelFlagSpec: FlagSpec = {
   tokenizer: { type: 'string' },
   adapter: { type: 'string' },
   dtype: { type: 'string' },
+  device: { type: 'string' },
   threads: { type: 'string' },
 };
+
+/** The usage lines of --dtype, --device and --threads (the same in every command). */
+export const modelFlagUsage = `  --dtype f32|bf16     storage of the frozen weights (default f32)
+  --device cuda|cpu    where to compute (default: cuda when a GPU is available, else cpu)
+  --threads N          CPU threads (default: all cores)`;
 
 export interface OpenModel {
   model: Llama;
@@ -26,13 +34,17 @@ export async function openModel(values: Flags, usage: string): Promise<OpenModel
   const modelPath = requireString(values, 'model', usage);
   const dtype = stringFlag(values, 'dtype') ?? 'f32';
   if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
+  const requested = stringFlag(values, 'device');
+  if (requested !== undefined && !(DEVICES as string[]).includes(requested))
+    throw new UsageError(`--device must be cuda or cpu, got '${requested}'`);
+  const device = resolveDevice(requested, '--device');
   const threads = numberFlag(values, 'threads', { integer: true, min: 1 });
   if (threads) native.setThreads(threads);
-  const model = await Llama.load(modelPath, { dtype });
+  const model = await Llama.load(modelPath, { dtype, device });
   try {
     const tokenizer = model.loadTokenizer(stringFlag(values, 'tokenizer'));
     const adapterPath = stringFlag(values, 'adapter');
-    const adapter = adapterPath ? Adapter.load(adapterPath, model.config) : undefined;
+    const adapter = adapterPath ? Adapter.load(adapterPath, model.config, model.device) : undefined;
     return {
       model,
       tokenizer,

@@ -5,6 +5,7 @@ import { resolveTrainConfig, trainFlagSpec, trainUsage } from '../train/config';
 import { Trainer } from '../train/trainer';
 import { detectLaunch, initWorld, launchDevices, World } from '../train/distributed';
 import { native } from '../native';
+import { resolveDevice } from '../device';
 
 export const usage = trainUsage();
 
@@ -16,6 +17,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'\n\n${usage}`);
   const cfg = resolveTrainConfig(values);
+  cfg.device = resolveDevice(cfg.device, '--device'); // fail before starting any process
 
   // data parallelism: --devices N starts N processes of this command under mpirun
   const launch = detectLaunch();

@@ -4,7 +4,8 @@
 // Shapes: L adapted layers (the top L of N), K prompts, C = dim, H heads.
 import * as fs from 'fs';
 import * as path from 'path';
-import { native, Tensor } from '../native';
+import { native, Tensor, Device } from '../native';
+import { resolveDevice } from '../device';
 import { Random } from '../generate/random';
 import { LlamaConfig } from './config';
 import { readSafetensorsHeader, writeSafetensors } from './safetensors';
@@ -47,13 +48,16 @@ export class Adapter {
     readonly config: AdapterConfig,
     readonly prompts: Tensor[], // per adapted layer (K, C)
     readonly gates: Tensor[], // per adapted layer (H) or (1): the raw g; tanh(g) is applied where used
+    readonly device: Device, // where the prompts and gates live
   ) {
     this.firstLayer = model.nLayers - config.layers;
     this.gateSize = config.gate === 'per-head' ? model.nHeads : 1;
   }
 
-  /** SPEC §2 initialisation: P ~ N(0, 1) from `seed`, g = 0 (the output equals the frozen model's). */
-  static init(model: LlamaConfig, config: AdapterConfig, seed = 0): Adapter {
+  /** SPEC §2 initialisation: P ~ N(0, 1) from `seed`, g = 0 (the output equals the frozen model's).
+   *  The values are drawn on the host, so they are the same on every device. `device`: as in
+   *  fromValues. */
+  static init(model: LlamaConfig, config: AdapterConfig, seed = 0, device?: Device): Adapter {
     checkAdapterConfig(model, config);
     const rng = new Random(seed >>> 0);
     const prompts = new Float32Array(config.layers * config.len * model.dim);
@@ -66,11 +70,13 @@ export class Adapter {
       if (i + 1 < prompts.length) prompts[i + 1] = r * Math.sin(t);
     }
     const gates = new Float32Array(config.layers * (config.gate === 'per-head' ? model.nHeads : 1));
-    return Adapter.fromValues(model, config, { prompts, gates });
+    return Adapter.fromValues(model, config, { prompts, gates }, device);
   }
 
-  static fromValues(model: LlamaConfig, config: AdapterConfig, values: AdapterValues): Adapter {
+  /** `device`: where the tensors live (default: 'cuda' when available, else 'cpu'); use the model's. */
+  static fromValues(model: LlamaConfig, config: AdapterConfig, values: AdapterValues, device?: Device): Adapter {
     checkAdapterConfig(model, config);
+    const dev = resolveDevice(device, 'adapter device');
     const { layers: L, len: K } = config;
     const G = config.gate === 'per-head' ? model.nHeads : 1;
     if (values.prompts.length !== L * K * model.dim)
@@ -79,10 +85,10 @@ export class Adapter {
     const prompts = [];
     const gates = [];
     for (let l = 0; l < L; l++) {
-      prompts.push(native.fromArray(values.prompts.slice(l * K * model.dim, (l + 1) * K * model.dim), [K, model.dim]));
-      gates.push(native.fromArray(values.gates.slice(l * G, (l + 1) * G), [G]));
+      prompts.push(native.fromArray(values.prompts.slice(l * K * model.dim, (l + 1) * K * model.dim), [K, model.dim], 'f32', dev));
+      gates.push(native.fromArray(values.gates.slice(l * G, (l + 1) * G), [G], 'f32', dev));
     }
-    return new Adapter(model, config, prompts, gates);
+    return new Adapter(model, config, prompts, gates, dev);
   }
 
   /** The adapter's prompt and gate of model layer `n`, or undefined below the adapted layers. */
@@ -137,8 +143,9 @@ export class Adapter {
     });
   }
 
-  /** Reads an adapter file and checks that it fits `model`; errors name the file and the problem. */
-  static load(file: string, model: LlamaConfig): Adapter {
+  /** Reads an adapter file and checks that it fits `model`; errors name the file and the problem.
+   *  `device`: as in fromValues. */
+  static load(file: string, model: LlamaConfig, device?: Device): Adapter {
     if (!fs.existsSync(file)) throw new Error(`adapter file ${file} does not exist`);
     const header = readSafetensorsHeader(file);
     const query = header.tensors.get('adapter_query.weight');
@@ -192,7 +199,7 @@ export class Adapter {
       gateValues.forEach((g, l) => gates.set(g, l * G));
       for (const [name, arr] of [['adapter_query.weight', prompts], ['gates', gates]] as const)
         if (arr.some((v) => !Number.isFinite(v))) throw new Error(`${file}: ${name} has a non-finite value (NaN or Inf)`);
-      return Adapter.fromValues(model, { layers: L, len: K, gate }, { prompts, gates });
+      return Adapter.fromValues(model, { layers: L, len: K, gate }, { prompts, gates }, device);
     } finally {
       fs.closeSync(fd);
     }

@@ -2,18 +2,20 @@
 // device's executor and returns at once; only reading the logits waits.
 //
 // Shapes: T new tokens, C = dim, H heads, Hkv kv heads, d = C / H, F hidden, V vocab, S cache length.
-import { native, Tensor } from '../native';
+import { native, Tensor, Device } from '../native';
 import { LlamaConfig, headSize } from './config';
 import { Checkpoint, LoadOptions } from './weights';
 import { loadCheckpoint } from './load';
 import { Adapter } from './adapter';
 import { loadTokenizer, Tokenizer } from '../tokenizer';
 
-/** An adapted layer's prompt keys/values (K, Hkv, d), computed once when the adapter is attached. */
+/** An adapted layer's prompt keys/values (K, Hkv, d), computed once when the adapter is attached;
+ *  `ownGate` when the gate is a copy on the model's device (the adapter lives elsewhere). */
 interface PromptKV {
   pk: Tensor;
   pv: Tensor;
   gate: Tensor;
+  ownGate: boolean;
 }
 
 /** Keys and values of every layer for positions 0 .. length-1. */
@@ -29,10 +31,10 @@ export class KVCache {
   readonly v: Tensor[]; // per layer (S, Hkv, d)
   length = 0;
 
-  constructor(readonly config: LlamaConfig, readonly capacity: number) {
+  constructor(readonly config: LlamaConfig, readonly capacity: number, readonly device: Device = 'cpu') {
     const shape = [capacity, config.nKvHeads, headSize(config)];
-    this.k = Array.from({ length: config.nLayers }, () => native.zeros(shape));
-    this.v = Array.from({ length: config.nLayers }, () => native.zeros(shape));
+    this.k = Array.from({ length: config.nLayers }, () => native.zeros(shape, 'f32', device));
+    this.v = Array.from({ length: config.nLayers }, () => native.zeros(shape, 'f32', device));
   }
 
   dispose(): void {
@@ -49,6 +51,12 @@ export class Llama {
     this.config = checkpoint.config;
   }
 
+  /** Where the weights live and every forward runs. */
+  get device(): Device {
+    return this.checkpoint.device;
+  }
+
+  /** opts.device: 'cuda' or 'cpu' (default: 'cuda' when available); opts.dtype: 'f32' or 'bf16'. */
   static async load(path: string, opts: LoadOptions = {}): Promise<Llama> {
     return new Llama(await loadCheckpoint(path, opts));
   }
@@ -70,9 +78,12 @@ export class Llama {
     return tokenizer;
   }
 
-  /** Runs every later forward with `adapter`'s gated prompts (SPEC §2); undefined detaches it. */
+  /**
+   * Runs every later forward with `adapter`'s gated prompts (SPEC §2); undefined detaches it. An
+   * adapter on another device is read through copies on the model's device (made here).
+   */
   setAdapter(adapter: Adapter | undefined): void {
-    for (const p of this.promptKV) if (p) [p.pk, p.pv].forEach((t) => t.dispose());
+    for (const p of this.promptKV) if (p) [p.pk, p.pv, ...(p.ownGate ? [p.gate] : [])].forEach((t) => t.dispose());
     this.promptKV = [];
     this.adapter = adapter;
     if (!adapter) return;
@@ -84,12 +95,17 @@ export class Llama {
       const a = adapter.layer(n);
       if (!a) return undefined;
       const K = a.prompt.shape[0];
+      const here = adapter.device === this.device;
+      const prompt = here ? a.prompt : native.toDevice(a.prompt, this.device);
       // the prompts' keys and values do not depend on the tokens: once per attach
-      return {
-        pk: as3d(native.matmul(a.prompt, lw.wk), K, c.nKvHeads, d),
-        pv: as3d(native.matmul(a.prompt, lw.wv), K, c.nKvHeads, d),
-        gate: a.gate,
+      const kv = {
+        pk: as3d(native.matmul(prompt, lw.wk), K, c.nKvHeads, d),
+        pv: as3d(native.matmul(prompt, lw.wv), K, c.nKvHeads, d),
+        gate: here ? a.gate : native.toDevice(a.gate, this.device),
+        ownGate: !here,
       };
+      if (!here) prompt.dispose();
+      return kv;
     });
   }
 
@@ -100,7 +116,7 @@ export class Llama {
   newCache(capacity = this.config.maxSeqLen): KVCache {
     if (!Number.isInteger(capacity) || capacity < 1)
       throw new RangeError(`Expected a positive integer for the cache capacity but received ${capacity}`);
-    return new KVCache(this.config, capacity);
+    return new KVCache(this.config, capacity, this.device);
   }
 
   /**
@@ -120,38 +136,16 @@ export class Llama {
         throw new RangeError(`forward: token ${id} at index ${i} is outside the vocabulary [0, ${c.vocabSize})`);
     }
     const w = this.checkpoint.weights;
-    const d = headSize(c);
-    const ids = native.fromArray(Int32Array.from(tokens), [T]);
+    const ids = native.fromArray(Int32Array.from(tokens), [T]); // index tensors stay on the host
     const x = native.embedding(w.embedding, ids); // (T, C)
     ids.dispose();
 
+    // Each layer is one native op (the attention and feed-forward blocks fused: the same kernels
+    // as op by op, queued once; at decode a small model's per-op cost outweighs its work).
+    const shape = { heads: c.nHeads, kvHeads: c.nKvHeads, eps: c.normEps, theta: c.ropeTheta, layout: c.ropeLayout };
     for (let l = 0; l < c.nLayers; l++) {
-      const lw = w.layers[l];
-      // attention block: x += Wo · Attn(RoPE(Wq a), RoPE(Wk a), Wv a)
-      const a = native.rmsnorm(x, lw.attnNorm, c.normEps); // (T, C)
-      const q = as3d(native.matmul(a, lw.wq), T, c.nHeads, d); // (T, H, d)
-      const k = as3d(native.matmul(a, lw.wk), T, c.nKvHeads, d); // (T, Hkv, d)
-      const v = as3d(native.matmul(a, lw.wv), T, c.nKvHeads, d); // (T, Hkv, d)
-      native.rope(q, pos0, c.ropeTheta, c.ropeLayout);
-      native.rope(k, pos0, c.ropeTheta, c.ropeLayout);
-      native.kvWrite(cache.k[l], k, pos0);
-      native.kvWrite(cache.v[l], v, pos0);
       const p = this.promptKV[l];
-      const o = p
-        ? native.attention(q, cache.k[l], cache.v[l], pos0, p.pk, p.pv, p.gate)
-        : native.attention(q, cache.k[l], cache.v[l], pos0); // (T, H, d)
-      const o2 = native.reshape(o, [T, c.nHeads * d]); // (T, H*d)
-      const attnOut = native.matmul(o2, lw.wo); // (T, C)
-      native.addInPlace(x, attnOut);
-      // feed-forward block: x += W2 (silu(W1 f) * W3 f)
-      const f = native.rmsnorm(x, lw.ffnNorm, c.normEps); // (T, C)
-      const gate = native.matmul(f, lw.w1); // (T, F)
-      const up = native.matmul(f, lw.w3); // (T, F)
-      const h = native.swiglu(gate, up); // (T, F)
-      const ffnOut = native.matmul(h, lw.w2); // (T, C)
-      native.addInPlace(x, ffnOut);
-      // Queued ops hold what they use; drop the handles now rather than waiting for the GC.
-      for (const t of [a, q, k, v, o, o2, attnOut, f, gate, up, h, ffnOut]) t.dispose();
+      native.decoderLayer(x, w.layers[l], cache.k[l], cache.v[l], pos0, shape, p?.pk, p?.pv, p?.gate);
     }
     cache.length = pos0 + T;
 

@@ -2,8 +2,9 @@
 // file is llama2.c (v1 by its magic, else v0). Weights are mapped, never read into the JS heap.
 import * as fs from 'fs';
 import * as nodePath from 'path';
-import { native } from '../native';
-import { Checkpoint, LoadArena, LoadOptions, LoadedWeights, allTensors } from './weights';
+import { native, Tensor } from '../native';
+import { resolveDevice } from '../device';
+import { Checkpoint, LoadArena, LoadOptions, LoadedWeights, allTensors, moveWeights } from './weights';
 import { loadLlama2c } from './llama2c';
 import { HF_CONFIG, loadHf } from './hf';
 import { findTokenizer } from './config';
@@ -13,6 +14,7 @@ export { findTokenizer };
 export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Promise<Checkpoint> {
   if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
     throw new Error(`loadCheckpoint: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
+  const device = resolveDevice(opts.device, 'loadCheckpoint: device');
   let st: fs.Stats;
   try {
     st = fs.statSync(path);
@@ -46,10 +48,26 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     arena.release();
     throw new Error(`failed to load ${path}: ${(e as Error).message}`);
   }
-  // Every tensor holds its own reference to its mapping; the handles are not needed any more.
-  arena.closeMappings();
+  const { config, format } = loaded;
+  let weights = loaded.weights;
+  if (device !== 'cpu') {
+    // Mapped (or converted) on the host, then copied: each host tensor is released once its copy
+    // is queued, so the mappings live only until the copies ran.
+    const made: Tensor[] = [];
+    try {
+      weights = moveWeights(weights, device, made);
+      arena.closeMappings();
+      await native.synchronize();
+    } catch (e) {
+      for (const t of made) t.dispose();
+      arena.release();
+      throw new Error(`failed to load ${path} onto ${device}: ${(e as Error).message}`);
+    }
+  } else {
+    // Every tensor holds its own reference to its mapping; the handles are not needed any more.
+    arena.closeMappings();
+  }
 
-  const { config, weights, format } = loaded;
   const tokenizerPath = findTokenizer(isDir ? path : nodePath.dirname(path), config.vocabSize);
   let disposed = false;
   return {
@@ -58,11 +76,12 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     format,
     path,
     tokenizerPath,
+    device,
     dispose(): void {
       if (disposed) return;
       disposed = true;
       for (const t of allTensors(weights)) t.dispose();
-      arena.release(); // the same tensors again (idempotent) and the mappings
+      arena.release(); // the host tensors (already released when moved; idempotent) and the mappings
     },
   };
 }

@@ -2,7 +2,7 @@
 // a failed load leaves no tensor or mapping behind.
 //
 // Shapes: C = dim, F = hidden, V = vocab, H heads, Hkv kv heads, d = C / H.
-import { native, Tensor, FileMapping, FileDType } from '../native';
+import { native, Tensor, FileMapping, FileDType, Device } from '../native';
 import { LlamaConfig } from './config';
 
 export interface LayerWeights {
@@ -33,6 +33,8 @@ export interface Checkpoint {
   format: CheckpointFormat;
   path: string;
   tokenizerPath?: string;
+  /** where every weight tensor lives */
+  device: Device;
   /** Disposes every tensor and closes the mappings; idempotent. */
   dispose(): void;
 }
@@ -40,6 +42,9 @@ export interface Checkpoint {
 export interface LoadOptions {
   /** Storage of the big matrices and the embedding; norms are always f32. Default f32. */
   dtype?: 'f32' | 'bf16';
+  /** Where the weights live and the model computes: 'cuda' or 'cpu' (default: 'cuda' when
+   *  capabilities().cuda.available, else 'cpu'). The files are mapped on the host either way. */
+  device?: Device;
 }
 
 /** Every tensor of `w` once (the classifier is the embedding when tied). */
@@ -47,6 +52,32 @@ export function allTensors(w: LlamaWeights): Tensor[] {
   const set = new Set<Tensor>([w.embedding, w.finalNorm, w.classifier]);
   for (const l of w.layers) for (const t of Object.values(l) as Tensor[]) set.add(t);
   return [...set];
+}
+
+/**
+ * `w` with every tensor copied to `device` (a tied classifier stays the embedding's tensor). Each
+ * source handle is released as soon as its copy is queued: the copy keeps the host storage (and so
+ * the file mapping it may view) alive only until it ran. The new tensors are also pushed to `made`,
+ * so that a caller can free them if a later step fails.
+ */
+export function moveWeights(w: LlamaWeights, device: Device, made: Tensor[]): LlamaWeights {
+  const moved = new Map<Tensor, Tensor>();
+  const move = (t: Tensor): Tensor => {
+    let d = moved.get(t);
+    if (!d) {
+      d = native.toDevice(t, device);
+      made.push(d);
+      moved.set(t, d);
+      t.dispose();
+    }
+    return d;
+  };
+  const layers = w.layers.map((l) => {
+    const out = {} as LayerWeights;
+    for (const k of Object.keys(l) as (keyof LayerWeights)[]) out[k] = move(l[k]);
+    return out;
+  });
+  return { embedding: move(w.embedding), layers, finalNorm: move(w.finalNorm), classifier: move(w.classifier) };
 }
 
 /**

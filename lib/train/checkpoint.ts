@@ -3,6 +3,7 @@
 // half-written checkpoint, and read back so that a resumed run continues bit for bit.
 import * as fs from 'fs';
 import * as path from 'path';
+import type { Device } from '../native';
 import { Adapter } from '../model/adapter';
 import { LlamaConfig } from '../model/config';
 import { readSafetensorsHeader, writeSafetensors } from '../model/safetensors';
@@ -68,7 +69,8 @@ export interface LoadedCheckpoint {
   optimizerStep: number;
 }
 
-export function loadCheckpoint(dir: string, model: LlamaConfig): LoadedCheckpoint {
+/** `device`: where the adapter goes (the model's); the files are device-independent. */
+export function loadCheckpoint(dir: string, model: LlamaConfig, device?: Device): LoadedCheckpoint {
   const stateFile = path.join(dir, 'state.json');
   if (!fs.existsSync(stateFile)) throw new Error(`${dir} is not a checkpoint folder: it has no state.json`);
   let state: RunState;
@@ -79,7 +81,7 @@ export function loadCheckpoint(dir: string, model: LlamaConfig): LoadedCheckpoin
   }
   if (!Number.isInteger(state.step) || state.step < 0 || typeof state.data !== 'object')
     throw new Error(`${stateFile} is not a llama-adapter run state`);
-  const adapter = Adapter.load(path.join(dir, 'adapter.safetensors'), model);
+  const adapter = Adapter.load(path.join(dir, 'adapter.safetensors'), model, device);
   try {
     const optFile = path.join(dir, 'optimizer.safetensors');
     const header = readSafetensorsHeader(optFile);

@@ -36,6 +36,9 @@ export interface TrainConfig {
   resume?: string; // 'auto' or a checkpoint folder
   threads?: number;
   dtype: 'f32' | 'bf16';
+  /** where the model and the adapter compute; default 'cuda' when available, else 'cpu' (resolved
+   *  by Trainer.create and saved so in OUT/config.yaml) */
+  device?: 'cuda' | 'cpu';
   checkpointing: boolean;
   // data parallelism (lib/train/distributed.ts)
   devices?: number; // processes to start on this machine (under mpirun); default 1
@@ -86,6 +89,7 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   resume: { kind: 'string', help: "continue a run: 'auto' (the latest checkpoint in --out) or a checkpoint folder" },
   threads: { kind: 'int', min: 1, help: 'CPU threads (default: all cores)' },
   dtype: { kind: 'enum', values: ['f32', 'bf16'], help: 'storage of the frozen weights (default f32)' },
+  device: { kind: 'enum', values: ['cuda', 'cpu'], help: 'where to compute (default: cuda when a GPU is available, else cpu)' },
   checkpointing: { kind: 'bool', help: 'recompute each adapted layer in the backward (less memory)' },
   devices: { kind: 'int', min: 1, help: 'data-parallel processes on this machine, started with mpirun (default 1)' },
   comm: { kind: 'enum', values: ['auto', 'mpi', 'nccl', 'none'], help: 'gradient all-reduce: auto = MPI when started by mpirun (default auto)' },

@@ -14,7 +14,7 @@ import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { native, CommKind, Tensor } from '../native';
+import { native, CommKind, Device, Tensor } from '../native';
 import { Adapter, AdapterConfig } from '../model/adapter';
 import { LlamaConfig } from '../model/config';
 import { Batch, Example, packBatch } from '../data/alpaca';
@@ -92,7 +92,7 @@ export class World {
    * `load` runs on rank 0 only (it finds and reads the checkpoint to resume from); its result, or
    * its error, reaches every rank. Other ranks get their own copy of the adapter.
    */
-  async shareResume(load: () => LoadedCheckpoint | undefined, model: LlamaConfig): Promise<LoadedCheckpoint | undefined> {
+  async shareResume(load: () => LoadedCheckpoint | undefined, model: LlamaConfig, device?: Device): Promise<LoadedCheckpoint | undefined> {
     if (this.size === 1) return load();
     let local: LoadedCheckpoint | undefined;
     let failure: unknown;
@@ -111,7 +111,7 @@ export class World {
       if (failure) throw failure;
       return local;
     }
-    return decodeCheckpoint(bytes, model);
+    return decodeCheckpoint(bytes, model, device);
   }
 
   /** A checkpoint written by a world of another size cannot be resumed here: say so. */
@@ -283,7 +283,7 @@ async function encodeCheckpoint(c: LoadedCheckpoint): Promise<Uint8Array> {
   );
 }
 
-function decodeCheckpoint(bytes: Uint8Array, model: LlamaConfig): LoadedCheckpoint | undefined {
+function decodeCheckpoint(bytes: Uint8Array, model: LlamaConfig, device?: Device): LoadedCheckpoint | undefined {
   const len = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, true);
   const header = JSON.parse(Buffer.from(bytes.subarray(4, 4 + len)).toString('utf8')) as WireHeader;
   if (header.none) return undefined;
@@ -295,7 +295,7 @@ function decodeCheckpoint(bytes: Uint8Array, model: LlamaConfig): LoadedCheckpoi
     return a;
   });
   const [prompts, gates, ...moments] = arrays;
-  const adapter = Adapter.fromValues(model, header.config!, { prompts, gates });
+  const adapter = Adapter.fromValues(model, header.config!, { prompts, gates }, device);
   const pairs: { m: Float32Array; v: Float32Array }[] = [];
   for (let i = 0; i < moments.length; i += 2) pairs.push({ m: moments[i], v: moments[i + 1] });
   return { dir: header.dir!, adapter, state: header.state!, moments: pairs, optimizerStep: header.optimizerStep! };

@@ -1,6 +1,8 @@
 // One micro-batch through the frozen model with the adapter: forward, loss on the target tokens,
 // and backward to the adapter's prompts and gates (SPEC §2–§3). Every op is native and queued;
-// nothing here waits except for the loss read at the end.
+// nothing here waits except for the loss read at the end. Float tensors live on the model's device;
+// index tensors (tokens, positions, segments, rows, targets) are made on the host, where the ops
+// check their values (and a CUDA op uploads them itself).
 //
 // Shapes: N tokens of the packed micro-batch (S sequences, positions restarting per sequence),
 // C = dim, H heads, Hkv kv heads, d head size, F hidden, K prompts, M target tokens, V vocab.
@@ -23,9 +25,10 @@ export class AdapterGrads {
   readonly prompts: Tensor[]; // per adapted layer (K, C)
   readonly gates: Tensor[]; // per adapted layer (H) or (1)
 
+  /** Zeros on the adapter's device. */
   constructor(adapter: Adapter) {
-    this.prompts = adapter.prompts.map((p) => native.zeros([...p.shape]));
-    this.gates = adapter.gates.map((g) => native.zeros([...g.shape]));
+    this.prompts = adapter.prompts.map((p) => native.zeros([...p.shape], 'f32', adapter.device));
+    this.gates = adapter.gates.map((g) => native.zeros([...g.shape], 'f32', adapter.device));
   }
 
   all(): Tensor[] {
@@ -78,6 +81,8 @@ export class AdapterGraph {
     readonly opts: GraphOptions = {},
   ) {
     this.d = headSize(model.config);
+    if (adapter && adapter.device !== model.device)
+      throw new Error(`AdapterGraph: the adapter is on ${adapter.device} but the model on ${model.device}; create the adapter on the model's device`);
   }
 
   /**
@@ -87,6 +92,7 @@ export class AdapterGraph {
   async run(batch: PackedBatch, scale: number, grads?: AdapterGrads): Promise<{ lossSum: number; targets: number }> {
     const c = this.model.config;
     const w = this.model.checkpoint.weights;
+    const device = this.model.device;
     const N = batch.tokens.length;
     const targetIdx: number[] = [];
     const targetIds: number[] = [];
@@ -123,11 +129,10 @@ export class AdapterGraph {
       }
       // --- loss at the target positions only ---------------------------------------------------
       const idx = native.fromArray(Int32Array.from(targetIdx), [M]);
-      const tgt = native.fromArray(Int32Array.from(targetIds), [M]);
-      live.push(idx, tgt, x);
+      live.push(idx, x);
       const hSel = native.gatherRows(x, idx); // (M, C)
       const hNorm = native.rmsnorm(hSel, w.finalNorm, c.normEps); // (M, C)
-      const dNorm = grads ? native.zeros([M, c.dim]) : undefined; // (M, C)
+      const dNorm = grads ? native.zeros([M, c.dim], 'f32', device) : undefined; // (M, C)
       live.push(hSel, hNorm);
       if (dNorm) live.push(dNorm);
       const losses: Tensor[] = [];
@@ -135,7 +140,8 @@ export class AdapterGraph {
       for (let r0 = 0; r0 < M; r0 += chunk) {
         const rows = Math.min(chunk, M - r0);
         const hc = native.sliceRows(hNorm, r0, rows);
-        const tc = native.sliceRows(tgt, r0, rows);
+        // made from JS rather than sliced by a host op that the device op would have to wait for
+        const tc = native.fromArray(Int32Array.from(targetIds.slice(r0, r0 + rows)), [rows]);
         const logits = native.matmul(hc, w.classifier); // (rows, V)
         const [loss, dLogits] = native.crossEntropy(logits, tc, scale);
         losses.push(loss);
@@ -151,7 +157,7 @@ export class AdapterGraph {
       // --- backward ----------------------------------------------------------------------------
       if (grads && dNorm) {
         const dSel = native.rmsnormBackward(dNorm, hSel, w.finalNorm, c.normEps); // (M, C)
-        let dx = native.zeros([N, c.dim]); // (N, C)
+        let dx = native.zeros([N, c.dim], 'f32', device); // (N, C)
         native.scatterAddRows(dx, idx, dSel);
         dSel.dispose();
         for (let l = c.nLayers - 1; l >= first; l--) {

@@ -25,8 +25,11 @@ export class AdamW {
     readonly opts: AdamWOptions = paperAdamW,
     saved?: { moments: { m: Float32Array; v: Float32Array }[]; step: number },
   ) {
+    // the moments live beside their parameter
     const init = (i: number, which: 'm' | 'v') =>
-      saved ? native.fromArray(saved.moments[i][which], [...params[i].shape]) : native.zeros([...params[i].shape]);
+      saved
+        ? native.fromArray(saved.moments[i][which], [...params[i].shape], 'f32', params[i].device)
+        : native.zeros([...params[i].shape], 'f32', params[i].device);
     this.m = params.map((_, i) => init(i, 'm'));
     this.v = params.map((_, i) => init(i, 'v'));
     this.step = saved?.step ?? 0;

@@ -4,6 +4,7 @@ import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import * as path from 'path';
 import { native } from '../native';
+import { describeDevice, resolveDevice } from '../device';
 import { Batch, Batcher, Example, loadAlpaca, splitValidation, tokenizeRecords } from '../data/alpaca';
 import { generate } from '../generate/generate';
 import { Adapter, AdapterConfig, checkAdapterConfig, defaultAdapterConfig } from '../model/adapter';
@@ -75,8 +76,10 @@ export class Trainer extends EventEmitter {
 
   /** Loads the model, the tokenizer and the data named by `cfg`. */
   static async create(cfg: TrainConfig, log: (msg: string) => void = () => {}): Promise<Trainer> {
+    // the resolved device is part of the run's config (saved in OUT/config.yaml)
+    cfg = { ...cfg, device: resolveDevice(cfg.device, '--device') };
     if (cfg.threads) native.setThreads(cfg.threads);
-    const model = await Llama.load(cfg.model, { dtype: cfg.dtype });
+    const model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device });
     try {
       const tokenizer = model.loadTokenizer(cfg.tokenizer);
       const adapterConfig: AdapterConfig = {
@@ -97,7 +100,8 @@ export class Trainer extends EventEmitter {
       else if (cfg['val-split'] > 0) ({ train, val } = splitValidation(train, { valSplit: cfg['val-split'], seed: cfg.seed }));
       if (train.length === 0) throw new Error(`${cfg.data}: no training example is left (all were held out or skipped)`);
       log(
-        `model ${cfg.model}: ${model.config.nLayers} layers, dim ${model.config.dim}; adapter: top ${adapterConfig.layers} layers, ` +
+        `device ${describeDevice(model.device)}; ` +
+          `model ${cfg.model}: ${model.config.nLayers} layers, dim ${model.config.dim}; adapter: top ${adapterConfig.layers} layers, ` +
           `${adapterConfig.len} prompts, ${adapterConfig.gate} gate; ${train.length} training and ${val.length} validation examples`,
       );
       return new Trainer(cfg, model, tokenizer, train, val, adapterConfig);
@@ -137,7 +141,7 @@ export class Trainer extends EventEmitter {
         return undefined;
       }
     }
-    return loadCheckpoint(dir, this.model.config);
+    return loadCheckpoint(dir, this.model.config, this.model.device);
   }
 
   async run(): Promise<TrainResult> {
@@ -157,7 +161,7 @@ export class Trainer extends EventEmitter {
     const root = dist.isRoot; // only rank 0 writes files
 
     if (root) fs.mkdirSync(c.out, { recursive: true });
-    const resumed = await dist.shareResume(() => this.findResume(), this.model.config);
+    const resumed = await dist.shareResume(() => this.findResume(), this.model.config, this.model.device);
     if (resumed) dist.checkResume(resumed);
     let adapter: Adapter;
     let startStep = 0;
@@ -176,7 +180,7 @@ export class Trainer extends EventEmitter {
       startStep = resumed.state.step;
       this.emit('log', `resuming from ${resumed.dir} at step ${startStep}/${totalSteps}`);
     } else if (c['init-adapter']) {
-      adapter = Adapter.load(c['init-adapter'], this.model.config);
+      adapter = Adapter.load(c['init-adapter'], this.model.config, this.model.device);
       const a = adapter.config;
       const want = this.adapterConfig;
       if (a.layers !== want.layers || a.len !== want.len || a.gate !== want.gate) {
@@ -186,7 +190,7 @@ export class Trainer extends EventEmitter {
         );
       }
     } else {
-      adapter = Adapter.init(this.model.config, this.adapterConfig, c.seed);
+      adapter = Adapter.init(this.model.config, this.adapterConfig, c.seed, this.model.device);
     }
 
     const opt = new AdamW(adapter.parameters(), { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: c['weight-decay'] }, resumed ? { moments: resumed.moments, step: resumed.optimizerStep } : undefined);
