@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "compat.h"
+#include "reduce.cuh"
 #include "kernels.h"
 
 namespace la::cuda {
@@ -19,32 +20,6 @@ constexpr int kMaxThreads = 1024;
 constexpr int kGroup = 4;  // units (float4 or float) a thread loads at once
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-__device__ inline double warp_sum(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;  // the same in every lane
-}
-__device__ inline float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Block-wide reductions (blockDim.x a multiple of 32) through the kernel's shared scratch; every
-// thread gets the result. Fixed trees: deterministic.
-__device__ inline float block_max(float v, float* sh /*[32]*/) {
-  v = warp_max(v);
-  const unsigned lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  if (lane == 0) sh[threadIdx.x >> 5] = v;
-  __syncthreads();
-  return warp_max(lane < warps ? sh[lane] : -INFINITY);
-}
-__device__ inline double block_sum(double v, double* sh /*[32]*/) {
-  v = warp_sum(v);
-  const unsigned lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  if (lane == 0) sh[threadIdx.x >> 5] = v;
-  __syncthreads();
-  return warp_sum(lane < warps ? sh[lane] : 0.0);
-}
 
 // Running (max, sum of exp(x - max)) of one thread: adds n values at once.
 template <int N>

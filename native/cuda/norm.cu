@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "compat.h"
+#include "reduce.cuh"
 #include "kernels.h"
 
 namespace la::cuda {
@@ -21,27 +22,6 @@ inline unsigned row_threads(int64_t units) {
   return unsigned(std::min<int64_t>(kMaxThreads, std::max<int64_t>(32, (units + 31) / 32 * 32)));
 }
 
-__device__ inline double warp_sum(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;  // the same in every lane (each butterfly step adds the same two values)
-}
-
-// Sums a and b over the block (blockDim.x a multiple of 32); every thread gets both totals.
-// sh: the kernel's __shared__ double[2][32], not reused after.
-__device__ inline void block_sum2(double& a, double& b, double (*sh)[32]) {
-  a = warp_sum(a);
-  b = warp_sum(b);
-  const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  if (lane == 0) {
-    sh[0][warp] = a;
-    sh[1][warp] = b;
-  }
-  __syncthreads();
-  a = warp_sum(lane < warps ? sh[0][lane] : 0.0);  // every warp reduces the partials: no second broadcast
-  b = warp_sum(lane < warps ? sh[1][lane] : 0.0);
-}
-
-__device__ inline double sq(float v) { return double(v) * double(v); }
 
 // 1 / sqrt(mean(x^2) + eps) rounded to f32, exactly as the CPU body forms it.
 __device__ inline float inv_rms(double ss, int64_t C, float eps) {
@@ -61,10 +41,10 @@ __global__ void rmsnorm_forward_kernel(float* __restrict__ out, const float* __r
     const float4* x4 = reinterpret_cast<const float4*>(xt);
     for (int64_t u = threadIdx.x; u < C / 4; u += blockDim.x) {
       float4 v = x4[u];
-      ss += sq(v.x) + sq(v.y) + (sq(v.z) + sq(v.w));
+      ss += squared(v.x) + squared(v.y) + (squared(v.z) + squared(v.w));
     }
   } else {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += sq(xt[c]);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += squared(xt[c]);
   }
   block_sum2(ss, unused, sh);
   const float inv = inv_rms(ss, C, eps);
@@ -99,12 +79,12 @@ __global__ void rmsnorm_backward_kernel(float* __restrict__ dx, const float* __r
                  *w4 = reinterpret_cast<const float4*>(w);
     for (int64_t u = threadIdx.x; u < C / 4; u += blockDim.x) {
       float4 v = x4[u], g = g4[u], k = w4[u];
-      ss += sq(v.x) + sq(v.y) + (sq(v.z) + sq(v.w));
+      ss += squared(v.x) + squared(v.y) + (squared(v.z) + squared(v.w));
       gx += gwx(g.x, k.x, v.x) + gwx(g.y, k.y, v.y) + (gwx(g.z, k.z, v.z) + gwx(g.w, k.w, v.w));
     }
   } else {
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      ss += sq(xt[c]);
+      ss += squared(xt[c]);
       gx += gwx(gt[c], w[c], xt[c]);
     }
   }

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "compat.h"
+#include "reduce.cuh"
 #include "kernels.h"
 
 namespace la::cuda {
@@ -59,20 +60,6 @@ __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
   for (int64_t i = done + i0; i < n; i += stride) adam1<kSmall>(p[i], g[i], m[i], v[i], c);
 }
 
-__device__ inline double warp_sum(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-// blockDim.x a multiple of 32; every thread gets the total; fixed tree.
-__device__ inline double block_sum(double v, double* sh /*[32]*/) {
-  v = warp_sum(v);
-  const unsigned lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  if (lane == 0) sh[threadIdx.x >> 5] = v;
-  __syncthreads();
-  return warp_sum(lane < warps ? sh[lane] : 0.0);
-}
-
-__device__ inline double sq(float v) { return double(v) * double(v); }
 
 // Block b sums x[b * kChunk, min(n, (b + 1) * kChunk)) into part[b]; with a single block it writes
 // the f32 result itself. VEC: x 16-byte aligned (so is every chunk).
@@ -88,11 +75,11 @@ __global__ void sum_squares_kernel(double* __restrict__ part, float* __restrict_
     const int64_t u1 = e / 4;
     for (int64_t u = b0 / 4 + threadIdx.x; u < u1; u += blockDim.x) {
       float4 q = x4[u];
-      s += (sq(q.x) + sq(q.y)) + (sq(q.z) + sq(q.w));
+      s += (squared(q.x) + squared(q.y)) + (squared(q.z) + squared(q.w));
     }
     done = u1 * 4;
   }
-  for (int64_t i = done + threadIdx.x; i < e; i += blockDim.x) s += sq(x[i]);
+  for (int64_t i = done + threadIdx.x; i < e; i += blockDim.x) s += squared(x[i]);
   s = block_sum(s, sh);
   if (threadIdx.x == 0) {
     if (gridDim.x == 1)

@@ -1,0 +1,612 @@
+// The GPU check: `npm run gpu:check` prepares everything one call of the device tool needs and prints
+// that call; `npm run gpu:check -- --dry-run` also builds and runs here what can run without a GPU.
+//
+// The device tool (`run`, with `status` and `give_back`) is a tool of the development workplace,
+// callable only by the session that holds it — not from a script, and not from CI. So this script
+// never calls it: it prepares, and the lead makes the one call it prints:
+//
+//   run(command: "bash .gpu-check/run.sh", carry: [".gpu-check"], timeout_s: 600)
+//
+// What travels: the working tree (tracked and untracked-not-ignored files: the sources, the scripts,
+// bench/torch_peft_step.py, test/golden) and the ignored folder .gpu-check/ named in `carry`, made
+// here:
+//   node.xz          this machine's node binary, xz-compressed (the device machine has no node)
+//   node_modules/    only what runs there: node-gyp-build, yaml, mocha, chai and their dependencies,
+//                    node-addon-api and node-api-headers (the N-API headers the addon builds against)
+//   dist/            the compiled JavaScript (npm run build:ts), without source maps and .d.ts
+//   data/            stories260K (model, tok512, its card) from ../shared/data, which does not travel
+//                    otherwise, and batches-7b.json: Alpaca micro-batches of 4, 8 and 16 examples
+//                    tokenised here with the LLaMA tokenizer (up to 512 tokens), the same for ours and
+//                    PyTorch's side
+//   run.sh           a copy of scripts/gpu-check-run.sh: the phases, their time budgets, the report
+//   manifest.json    what was prepared, when, from which commit, the sizes
+// There, run.sh unpacks node, builds the addon with nvcc (CMake, sm_90) in a temp dir, finds
+// cuBLASLt and NCCL in python3's nvidia wheels (LLAMA_ADAPTER_CUBLASLT, LLAMA_ADAPTER_NCCL), runs the
+// GPU op tests, the cpu-vs-cuda parity check, NCCL with one rank, the 7B benchmark (bench/gpu-7b.ts)
+// and PyTorch + PEFT on the same batches (bench/torch_peft_step.py), and prints one table, also
+// written to $OUT/gpu-check.md and $OUT/gpu-check.json.
+//
+//   node dist/scripts/gpu-check.js [--dry-run] [--keep] [--steps N]
+//   node dist/scripts/gpu-check.js report --results DIR --out DIR [--prepared DIR] [--no-gpu]
+//                                                               (run.sh's last phase)
+//
+// --dry-run: after preparing, runs `bash .gpu-check/run.sh --no-gpu` here with a temp OUT and work
+// dir: node unpacked from node.xz, the addon compiled with nvcc and CMake exactly as on the device
+// (into the temp dir; build/Release is never touched), its capabilities read, the report written
+// with every GPU figure "not run (no GPU)"; and bench/torch_peft_step.py byte-compiled. Then it
+// prints the sizes and the call. --keep keeps the temp dir.
+//
+// This file imports nothing that loads the native addon: the report must work when the build failed.
+import { execFileSync, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { Batch, Batcher, loadAlpaca, promptOf, tokenizeRecords } from '../lib/data/alpaca';
+import { loadTokenizer } from '../lib/tokenizer';
+import { ADAPTER_STEP_FLOPS_FORMULA, H200, decodeWeightBytes, LLAMA_7B } from '../bench/flops';
+
+const repoRoot = path.resolve(__dirname, '..', '..');
+const PREP = '.gpu-check';
+const MIB = 1 << 20;
+/** the device tool's limit on what travels (working tree + carried paths) */
+const TRAVEL_LIMIT = 64 * MIB;
+const TRAVEL_WARN = 55 * MIB;
+export const RUN_CALL = { command: `bash ${PREP}/run.sh`, carry: [PREP], timeout_s: 600 };
+/** micro-batch sizes of the benchmark and the timed steps of each */
+const MICRO = [4, 8, 16];
+
+const log = (s: string) => process.stderr.write(s + '\n');
+const now = () => Number(process.hrtime.bigint()) / 1e9;
+
+// ---- sizes --------------------------------------------------------------------------------------
+
+function duBytes(p: string): number {
+  const st = fs.lstatSync(p);
+  if (!st.isDirectory()) return st.isFile() ? st.size : 0;
+  return fs.readdirSync(p).reduce((n, e) => n + duBytes(path.join(p, e)), 0);
+}
+
+/** Bytes of the working tree that travels: tracked and untracked-not-ignored files. */
+function treeBytes(): { bytes: number; files: number } {
+  const out = execFileSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: repoRoot, maxBuffer: 64 * MIB });
+  let bytes = 0;
+  let files = 0;
+  for (const f of out.toString('utf8').split('\0').filter(Boolean)) {
+    try {
+      const st = fs.lstatSync(path.join(repoRoot, f));
+      if (st.isFile()) {
+        bytes += st.size;
+        files++;
+      }
+    } catch {
+      /* deleted in the work tree */
+    }
+  }
+  return { bytes, files };
+}
+
+const mib = (b: number) => `${(b / MIB).toFixed(1)} MiB`;
+
+// ---- preparation ----------------------------------------------------------------------------------
+
+/** node.xz, reused while the binary it was made from is unchanged. */
+function packNode(dir: string): { seconds: number; reused: boolean; source: string } {
+  const src = fs.realpathSync(process.execPath);
+  const st = fs.statSync(src);
+  const stamp = JSON.stringify({ path: src, size: st.size, mtimeMs: st.mtimeMs, version: process.version });
+  const xzFile = path.join(dir, 'node.xz');
+  const stampFile = path.join(dir, 'node.source.json');
+  if (fs.existsSync(xzFile) && fs.existsSync(stampFile) && fs.readFileSync(stampFile, 'utf8') === stamp)
+    return { seconds: 0, reused: true, source: src };
+  const t0 = now();
+  log(`gpu-check: compressing ${src} (${mib(st.size)}, node ${process.version}) with xz -T2 -6 ...`);
+  const tmp = xzFile + '.tmp';
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    const r = spawnSync('xz', ['-T2', '-6', '-c', src], { stdio: ['ignore', fd, 'inherit'] });
+    if (r.error) throw new Error(`xz could not run: ${r.error.message} (apt-get install xz-utils)`);
+    if (r.status !== 0) throw new Error(`xz failed (status ${r.status})`);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, xzFile);
+  fs.writeFileSync(stampFile, stamp);
+  return { seconds: now() - t0, reused: false, source: src };
+}
+
+/** The packages a name needs at run time, resolved as Node would from the root node_modules. */
+export function packageClosure(nodeModules: string, roots: string[]): string[] {
+  const seen = new Set<string>();
+  const visit = (name: string, from: string) => {
+    // nested node_modules first, then the top level (npm's layout)
+    const candidates = [path.join(from, 'node_modules', name), path.join(nodeModules, name)];
+    const dir = candidates.find((c) => fs.existsSync(path.join(c, 'package.json')));
+    if (!dir) throw new Error(`gpu-check: package ${name} (needed by ${path.relative(nodeModules, from) || 'the check'}) is not installed: npm ci`);
+    const rel = path.relative(nodeModules, dir);
+    if (seen.has(rel)) return;
+    seen.add(rel);
+    const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'));
+    for (const dep of Object.keys(pkg.dependencies ?? {})) visit(dep, dir);
+    for (const dep of Object.keys(pkg.optionalDependencies ?? {})) {
+      try {
+        visit(dep, dir);
+      } catch {
+        /* optional and absent */
+      }
+    }
+  };
+  for (const r of roots) visit(r, nodeModules);
+  // a package nested inside another one travels with its parent's folder
+  return [...seen].filter((p) => !/\/node_modules\//.test(p.replace(/^@[^/]+\//, ''))).sort();
+}
+
+/** The packages the device run needs: loading the addon, the train config, the op tests, the build. */
+export const RUNTIME_PACKAGES = ['node-gyp-build', 'yaml', 'mocha', 'chai', 'node-addon-api', 'node-api-headers'];
+
+function copyTree(src: string, dst: string, skip: (rel: string) => boolean, rel = ''): number {
+  const st = fs.lstatSync(src);
+  if (st.isSymbolicLink()) {
+    fs.symlinkSync(fs.readlinkSync(src), dst);
+    return 0;
+  }
+  if (!st.isDirectory()) {
+    fs.copyFileSync(src, dst);
+    return st.size;
+  }
+  fs.mkdirSync(dst, { recursive: true });
+  let n = 0;
+  for (const e of fs.readdirSync(src)) {
+    const r = rel ? `${rel}/${e}` : e;
+    if (!skip(r)) n += copyTree(path.join(src, e), path.join(dst, e), skip, r);
+  }
+  return n;
+}
+
+/** dist/ must be newer than every TypeScript source it is compiled from. */
+function staleDist(): string[] {
+  const stale: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(path.join(repoRoot, dir), { withFileTypes: true })) {
+      const rel = path.join(dir, e.name);
+      if (e.isDirectory()) walk(rel);
+      else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) {
+        const js = path.join(repoRoot, 'dist', rel.replace(/\.ts$/, '.js'));
+        if (!fs.existsSync(js) || fs.statSync(js).mtimeMs + 1 < fs.statSync(path.join(repoRoot, rel)).mtimeMs) stale.push(rel);
+      }
+    }
+  };
+  for (const d of ['lib', 'bench', 'scripts', 'test']) walk(d);
+  return stale;
+}
+
+function dataDir(): string {
+  return process.env.LLAMA_ADAPTER_DATA ?? path.resolve(repoRoot, '..', 'shared', 'data');
+}
+
+interface JsonBatch {
+  ids: number[][];
+  labels: number[][];
+}
+
+function toJson(b: Batch): JsonBatch {
+  const S = b.segments.length - 1;
+  const r: JsonBatch = { ids: [], labels: [] };
+  for (let s = 0; s < S; s++) {
+    r.ids.push(Array.from(b.tokens.subarray(b.segments[s], b.segments[s + 1])));
+    r.labels.push(Array.from(b.labels.subarray(b.segments[s], b.segments[s + 1])));
+  }
+  return r;
+}
+
+/** The benchmark's micro-batches: the Alpaca sample, the LLaMA tokenizer, up to 512 tokens. */
+function writeBatches(file: string, steps: number, seed = 1234): { tokensPerExample: number; longest: number; source: string } {
+  const data = dataDir();
+  const tokPath = path.join(data, 'llama-tokenizer', 'tokenizer.model');
+  const alpaca = path.join(data, 'alpaca', 'alpaca_small.json');
+  const tok = loadTokenizer(tokPath);
+  const records = loadAlpaca(alpaca);
+  const maxSeqLen = 512;
+  const { examples } = tokenizeRecords(tok, records, { maxSeqLen, warn: () => {} });
+  const micro = MICRO.map((B) => {
+    const batcher = new Batcher(examples, { batchSize: B, seed, shuffle: true });
+    const timed = Array.from({ length: steps }, () => batcher.next());
+    // warm-up on the longest timed batch: allocation pools then hold what every timed step needs
+    const warm = timed.reduce((a, b) => (b.tokens.length > a.tokens.length ? b : a));
+    return { B, warmup: toJson(warm), steps: timed.map(toJson) };
+  });
+  const source =
+    `${path.basename(alpaca)} (${records.length} records), LLaMA tokenizer, truncated to ${maxSeqLen} tokens, ` +
+    `Batcher seed ${seed}: ${steps} timed micro-batches per size`;
+  const decodePrompt = tok.encode(promptOf(records[0]), { bos: true });
+  fs.writeFileSync(file, JSON.stringify({ source, maxSeqLen, micro, decodePrompt }));
+  const lens = examples.map((e) => e.ids.length);
+  return { tokensPerExample: lens.reduce((a, b) => a + b, 0) / lens.length, longest: Math.max(...lens), source };
+}
+
+interface Prepared {
+  dir: string;
+  sizes: Record<string, number>;
+  total: number;
+  tree: { bytes: number; files: number };
+  seconds: Record<string, number>;
+}
+
+function prepare(opts: { steps: number }): Prepared {
+  const dir = path.join(repoRoot, PREP);
+  fs.mkdirSync(dir, { recursive: true });
+  const seconds: Record<string, number> = {};
+  const stale = staleDist();
+  if (stale.length) throw new Error(`dist/ is older than ${stale.slice(0, 5).join(', ')}${stale.length > 5 ? ', ...' : ''}: run npm run build:ts first`);
+
+  const node = packNode(dir);
+  seconds['node.xz'] = node.seconds;
+  log(`gpu-check: node.xz ${node.reused ? 'reused (same binary)' : `made in ${node.seconds.toFixed(1)} s`}`);
+
+  let t0 = now();
+  const nm = path.join(dir, 'node_modules');
+  fs.rmSync(nm, { recursive: true, force: true });
+  fs.mkdirSync(nm, { recursive: true });
+  const pkgs = packageClosure(path.join(repoRoot, 'node_modules'), RUNTIME_PACKAGES);
+  // documentation (licences kept), type declarations and source maps are not needed to run; the
+  // check calls node_modules/mocha/bin/mocha.js directly (no node_modules/.bin)
+  const skip = (rel: string) => !/(^|\/)LICEN[CS]E/i.test(rel) && /\.(md|markdown|map|d\.ts|d\.mts|d\.cts)$/i.test(rel);
+  for (const p of pkgs) copyTree(path.join(repoRoot, 'node_modules', p), path.join(nm, p), skip);
+  seconds.node_modules = now() - t0;
+
+  t0 = now();
+  const dist = path.join(dir, 'dist');
+  fs.rmSync(dist, { recursive: true, force: true });
+  copyTree(path.join(repoRoot, 'dist'), dist, (r) => /\.(map|d\.ts)$/.test(r));
+  seconds.dist = now() - t0;
+
+  t0 = now();
+  const data = path.join(dir, 'data');
+  fs.rmSync(data, { recursive: true, force: true });
+  fs.mkdirSync(path.join(data, 'stories260K'), { recursive: true });
+  for (const f of ['stories260K.bin', 'tok512.bin', 'stories260K.md'])
+    fs.copyFileSync(path.join(dataDir(), 'stories260K', f), path.join(data, 'stories260K', f));
+  const batches = writeBatches(path.join(data, 'batches-7b.json'), opts.steps);
+  seconds.data = now() - t0;
+  log(`gpu-check: ${batches.source}; ${batches.tokensPerExample.toFixed(0)} tokens per example on average, the longest ${batches.longest}`);
+
+  fs.copyFileSync(path.join(repoRoot, 'scripts', 'gpu-check-run.sh'), path.join(dir, 'run.sh'));
+  fs.chmodSync(path.join(dir, 'run.sh'), 0o755);
+
+  const sizes: Record<string, number> = {
+    'node.xz': duBytes(path.join(dir, 'node.xz')),
+    node_modules: duBytes(nm),
+    dist: duBytes(dist),
+    data: duBytes(data),
+    'run.sh': duBytes(path.join(dir, 'run.sh')),
+  };
+  let git = 'unknown';
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoRoot }).toString().trim();
+    const dirty = execFileSync('git', ['status', '--porcelain'], { cwd: repoRoot }).toString().split('\n').filter(Boolean).length;
+    git = `${head}${dirty ? ` + ${dirty} changed/untracked files` : ''}`;
+  } catch {
+    /* not a git checkout */
+  }
+  fs.writeFileSync(
+    path.join(dir, 'manifest.json'),
+    JSON.stringify({ prepared: new Date().toISOString(), git, node: process.version, packages: pkgs, sizes, batches, call: RUN_CALL }, null, 1) + '\n',
+  );
+  // out/ holds a local --no-gpu run's results when run.sh is run by hand without OUT: not carried
+  fs.rmSync(path.join(dir, 'out'), { recursive: true, force: true });
+  const total = duBytes(dir);
+  return { dir, sizes, total, tree: treeBytes(), seconds };
+}
+
+// ---- the report ---------------------------------------------------------------------------------
+
+type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+function readJson(file: string): Json | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+function readText(file: string): string | undefined {
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+export interface ReportTable {
+  columns: string[];
+  rows: string[][];
+  notes: string[];
+}
+
+export function formatMarkdown(t: ReportTable, title: string): string {
+  const widths = t.columns.map((c, i) => Math.max(c.length, ...t.rows.map((r) => (r[i] ?? '').length), 3));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
+  const rule = `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|')}|`;
+  return [`### ${title}`, '', line(t.columns), rule, ...t.rows.map(line), '', ...t.notes.map((n) => `- ${n}`), ''].join('\n');
+}
+
+/** run.sh's phases in the order they run */
+const PHASES = ['env', 'node', 'build', 'info', 'tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'torch'];
+const phaseRank = (p: string) => (PHASES.indexOf(p) + PHASES.length + 1) % (PHASES.length + 1);
+
+const GIB = 2 ** 30;
+const f0 = (x: number) => x.toFixed(0);
+const f1 = (x: number) => x.toFixed(1);
+const exp = (x: number) => (Number.isFinite(x) ? x.toExponential(1) : String(x));
+
+/** The table and the JSON from run.sh's results folder (`noGpu`: the --no-gpu run of --dry-run). */
+export function buildReport(resDir: string, outDir: string, noGpu: boolean, preparedDir?: string): { table: ReportTable; json: Json; title: string } {
+  const manifest = preparedDir ? readJson(path.join(preparedDir, 'manifest.json')) : undefined;
+  const batchesSource: string | undefined = manifest?.batches?.source;
+  const phases: Record<string, { status: string; seconds?: number }> = {};
+  for (const f of fs.existsSync(resDir) ? fs.readdirSync(resDir) : [])
+    if (f.endsWith('.status')) {
+      const name = f.slice(0, -'.status'.length);
+      const secs = readText(path.join(resDir, `${name}.seconds`));
+      phases[name] = { status: readText(path.join(resDir, f)) ?? '?', ...(secs ? { seconds: Number(secs) } : {}) };
+    }
+  const r = (name: string) => readJson(path.join(resDir, `${name}.json`));
+  const env = r('env') ?? {};
+  const info = r('info');
+  const parity = r('parity');
+  const nccl = r('nccl');
+  const ncclGpu = r('nccl-gpu');
+  const gemmLt = r('gemm-lt');
+  const gemmOwn = r('gemm-own');
+  const ours = r('ours7b');
+  const torch = r('torch');
+
+  /** what a cell says when its phase gave no figure */
+  const why = (phase: string, errors?: string[], skipped?: string[], match?: string): string => {
+    const e = errors?.find((x) => !match || x.includes(match));
+    if (e) return `failed: ${e.slice(0, 90)}`;
+    const s = skipped?.find((x) => !match || x.includes(match));
+    if (s) return `skipped: ${s.replace(/^[^:]*: /, '')}`;
+    const st = phases[phase]?.status;
+    if (noGpu && (!st || st.startsWith('not run'))) return 'not run (no GPU)';
+    if (!st) return 'not run';
+    return st === 'ok' ? 'not measured' : st;
+  };
+
+  const rows: string[][] = [];
+  const trainRow = (json: Json | undefined, B: number) => (json?.train as Json[] | undefined)?.find((t) => t.B === B);
+  for (const B of MICRO) {
+    const o = trainRow(ours, B);
+    const t = trainRow(torch, B);
+    const cell = (x: Json | undefined, json: Json | undefined, phase: string, f: (x: Json) => string) =>
+      x ? f(x) : why(phase, json?.errors, json?.skipped, `B=${B}`);
+    const ratio = (f: (x: Json) => number, better: 'higher' | 'lower') =>
+      o && t ? `${(better === 'higher' ? f(o) / f(t) : f(t) / f(o)).toFixed(2)}x` : '–';
+    const tokens = o ?? t;
+    rows.push([
+      `B=${B}: trained tok/s (ms/step)${tokens ? `, ${f0(tokens.tokens / tokens.steps)} tokens/step` : ''}`,
+      cell(o, ours, 'ours7b', (x) => `${f0(x.tokPerS)} (${f1(x.msPerStep)} ms)`),
+      cell(t, torch, 'torch', (x) => `${f0(x.tokPerS)} (${f1(x.msPerStep)} ms)`),
+      ratio((x) => x.tokPerS, 'higher'),
+    ]);
+    rows.push([
+      `B=${B}: MFU (model TFLOP/s)`,
+      cell(o, ours, 'ours7b', (x) => `${f1(100 * x.mfu)}% (${f0(x.tflops)})`),
+      cell(t, torch, 'torch', (x) => `${f1(100 * x.mfu)}% (${f0(x.tflops)})`),
+      ratio((x) => x.mfu, 'higher'),
+    ]);
+    rows.push([
+      `B=${B}: peak GPU memory`,
+      cell(o, ours, 'ours7b', (x) => `${f1(x.peakBytes / GIB)} GiB`),
+      cell(t, torch, 'torch', (x) => `${f1(x.peakBytes / GIB)} GiB`),
+      o && t ? `${(o.peakBytes / t.peakBytes).toFixed(2)}x` : '–',
+    ]);
+  }
+  const dec = (x: Json | undefined, json: Json | undefined, phase: string) =>
+    x ? `${f1(x.tokPerS)} tok/s, ${f0(x.pctOfBound)}% of bound` : why(phase, json?.errors, json?.skipped, 'decode');
+  rows.push([
+    `decode, batch 1 (bound ${f0(H200.bandwidth / decodeWeightBytes(LLAMA_7B, 2))} tok/s at 4.8 TB/s)`,
+    dec(ours?.decode, ours, 'ours7b'),
+    dec(torch?.decode, torch, 'torch'),
+    ours?.decode && torch?.decode ? `${(ours.decode.tokPerS / torch.decode.tokPerS).toFixed(2)}x` : '–',
+  ]);
+
+  // GEMM: per shape, M = 4096 forward / backward TFLOP/s and M = 1 weight-read TB/s
+  const g = (json: Json | undefined, name: string, M: number, op: string) =>
+    (json?.gemm as Json[] | undefined)?.find((x) => x.name === name && x.M === M && x.op === op);
+  const gemmCell = (json: Json | undefined, name: string) => {
+    const fw = g(json, name, 4096, 'forward');
+    const bw = g(json, name, 4096, 'backward');
+    const m1 = g(json, name, 1, 'forward');
+    if (!fw && !bw && !m1) return undefined;
+    return `${fw ? f0(fw.tflops) : '–'}/${bw ? f0(bw.tflops) : '–'} TF, M=1 ${m1 ? (m1.weightGBs / 1e3).toFixed(2) : '–'} TB/s`;
+  };
+  const engine = (json: Json | undefined, fallback: string) => (json?.gpu?.gemm ? String(json.gpu.gemm).split(' ')[0] : fallback);
+  for (const [name, N, K] of [['wq/wk/wv/wo', 4096, 4096], ['w1/w3', 11008, 4096], ['w2', 4096, 11008], ['LM head', 32000, 4096]] as const) {
+    const lt = gemmCell(gemmLt, name);
+    const own = gemmCell(gemmOwn, name);
+    const ourCell =
+      lt || own
+        ? [lt && `${engine(gemmLt, 'default')} ${lt}`, own && `${engine(gemmOwn, 'own')} ${own}`].filter(Boolean).join('; ')
+        : why('gemm-lt', gemmLt?.errors, gemmLt?.skipped);
+    rows.push([`GEMM ${name} (${N}x${K}) bf16, M=4096 fwd/bwd`, ourCell, gemmCell(torch, name) ?? why('torch', torch?.errors, torch?.skipped, 'gemm'), '–']);
+  }
+  rows.push([
+    'NCCL all-reduce, 1,229,760 fp32 (7B adapter), 1 rank',
+    ncclGpu || nccl
+      ? [ncclGpu && `${ncclGpu.allreduceMs.toFixed(3)} ms GPU tensors`, nccl?.allreduceMs !== undefined && `${nccl.allreduceMs.toFixed(3)} ms host-staged`]
+          .filter(Boolean)
+          .join('; ')
+      : why('nccl-gpu'),
+    '–',
+    '–',
+  ]);
+  rows.push([
+    'one stories260K training step through NCCL',
+    nccl?.trainStepLoss !== undefined ? `loss ${Number(nccl.trainStepLoss).toFixed(4)} (${phases.nccl?.status ?? '?'})` : why('nccl'),
+    '–',
+    '–',
+  ]);
+  const testsLog = readText(path.join(outDir, 'tests.log'));
+  const count = (w: string) => testsLog?.match(new RegExp(`^\\s+(\\d+) ${w}`, 'm'))?.[1] ?? '0';
+  rows.push([
+    'GPU op tests (mocha, backend-parametrised)',
+    testsLog && phases.tests && !phases.tests.status.startsWith('not run')
+      ? `${count('passing')} passing, ${count('failing')} failing, ${count('pending')} pending (${phases.tests.status})` +
+        (/\(skipped: /.test(testsLog) ? ', some suites SKIPPED (see Errors)' : '')
+      : why('tests'),
+    '–',
+    '–',
+  ]);
+  const par = (d: string) => {
+    const p = parity?.[d];
+    if (!p) return undefined;
+    return `${d} ${p.pass ? 'PASS' : 'FAIL'} (loss ${exp(p.losses.maxRel)}, grads ${exp(Math.max(p.promptGradRel, p.gateGradRel))}, logits ${exp(p.logitsRel)})`;
+  };
+  rows.push([
+    'parity cpu vs cuda, stories260K, 3 steps (max rel. diff.)',
+    parity ? [par('f32'), par('bf16')].filter(Boolean).join('; ') : why('parity'),
+    '–',
+    '–',
+  ]);
+
+  // the last error line a failed phase printed (its output is in RES/<phase>.out; PEFT's in torch.log)
+  const errors: string[] = [];
+  for (const [name, ph] of Object.entries(phases).sort(([a], [b]) => phaseRank(a) - phaseRank(b))) {
+    if (!/^(failed|timed out)/.test(ph.status)) continue;
+    const text = readText(name === 'torch' ? path.join(outDir, 'torch.log') : path.join(resDir, `${name}.out`)) ?? '';
+    const line = text
+      .split('\n')
+      .filter((l) => /FAILED|Error\b|error:|failed/.test(l) && !/^\s+at /.test(l))
+      .pop();
+    errors.push(`${name} ${ph.status}${line ? `: ${line.trim().replace(/^[\w-]+: FAILED: (Error: )?/, '').slice(0, 200)}` : ''}`);
+  }
+  if (testsLog && /\(skipped: /.test(testsLog))
+    errors.push(`tests: suites skipped: ${[...new Set(testsLog.match(/\(skipped: [^)]*\)/g) ?? [])].join(', ').slice(0, 300)}`);
+
+  const versions = torch?.versions
+    ? `torch ${torch.versions.torch} (CUDA ${torch.versions.cuda}), transformers ${torch.versions.transformers}, peft ${torch.versions.peft}`
+    : 'not run';
+  const gpuName = env.gpu || (noGpu ? 'no GPU' : 'unknown GPU');
+  const notes = [
+    `${noGpu ? 'DRY RUN without a GPU: nothing was measured on a GPU; ' : ''}GPU: ${gpuName}; ${env.nvcc || 'nvcc ?'}; ` +
+      `node ${info?.node ?? '?'}, addon ${info?.capabilities?.version ?? '?'}, cuda ${info?.capabilities?.cuda ? `available ${info.capabilities.cuda.available} (${info.capabilities.cuda.reason})` : '?'}; ` +
+      `cuBLASLt ${env.cublasLt || 'not found'}; NCCL ${env.nccl || 'not found'}; PyTorch side: ${versions}` +
+      (torch?.model?.attn_implementation ? `, attention ${torch.model.attn_implementation}` : '') + '.',
+    'Model: LLaMA-7B shape (dim 4096, 32 layers, 32 heads, FFN 11008, vocab 32000), random bf16 weights (uniform, std 0.02) made on the GPU; ' +
+      'adapter L = 30 layers x K = 10 prompts. Ours: per-head tanh gates, f32 adapter and activations, packed batches (no padding), ' +
+      'the LM head at the target rows only. PyTorch: LlamaForCausalLM + PEFT AdaptionPrompt (adapter_len 10, adapter_layers 30; ' +
+      'a scalar gate per layer, bf16 adapter), padded (B, longest) batches, logits at every position; PEFT also recomputes the queries ' +
+      'and runs the adapter output through o_proj. Both: AdamW on the adapter only, the gradient norm read back each step.',
+    `Batches: the same pre-tokenised micro-batches on both sides (.gpu-check/data/batches-7b.json: ${batchesSource ?? 'Alpaca, LLaMA tokenizer, up to 512 tokens'}); ` +
+      'one warm-up step on the longest, then the timed steps, each on its own batch; tok/s counts real (unpadded) tokens.',
+    `MFU = model FLOPs per step / step time / ${(H200.bf16Flops / 1e12).toFixed(1)} TFLOP/s (H200 SXM dense bf16, datasheet), the same count for both sides: ${ADAPTER_STEP_FLOPS_FORMULA}.`,
+    `Peak memory: native.cudaMemory().peak (ours) and torch.cuda.max_memory_allocated() (PyTorch) over the warm-up and timed steps, the weights included.`,
+    `Decode: greedy, batch 1, with the adapter, timed from the first generated token; bound = 4.8 TB/s / ${(decodeWeightBytes(LLAMA_7B, 2) / 1e9).toFixed(2)} GB of weights per token (KV cache not counted).`,
+    'GEMM: TF = TFLOP/s (2·M·N·K / time) at M = 4096 rows, forward y = x·wᵀ / backward dx = dy·w; M=1 = weight bytes read per second. ' +
+      'Ours: x f32, w bf16 (engine per capabilities().cuda.gemm: the default engine, then LLAMA_ADAPTER_GEMM=own); PyTorch: torch.matmul with bf16 x.',
+    'Phases: ' +
+      Object.entries(phases)
+        .sort(([a], [b]) => phaseRank(a) - phaseRank(b))
+        .map(([k, v]) => `${k} ${v.status}${v.seconds !== undefined ? ` (${v.seconds} s)` : ''}`)
+        .join('; ') +
+      '.',
+  ];
+  if (errors.length) notes.push(`Errors: ${errors.join(' | ')}.`);
+  const title = `GPU check: LLaMA-Adapter at the LLaMA-7B shape, ours vs PyTorch + PEFT — ${gpuName}`;
+  const table = { columns: ['', 'ours (llama-adapter, CUDA)', 'PyTorch + PEFT AdaptionPrompt', 'ours / PyTorch'], rows, notes };
+  const json = { date: new Date().toISOString(), dryRun: noGpu, prepared: manifest, phases, env, info, parity, nccl, ncclGpu, gemm: { lt: gemmLt, own: gemmOwn }, ours, torch, table };
+  return { table, json, title };
+}
+
+function report(argv: string[]): void {
+  const get = (k: string) => {
+    const i = argv.indexOf(k);
+    if (i < 0 || !argv[i + 1]) throw new Error(`report: ${k} DIR is required`);
+    return argv[i + 1];
+  };
+  const res = get('--results');
+  const out = get('--out');
+  const pi = argv.indexOf('--prepared');
+  const { table, json, title } = buildReport(res, out, argv.includes('--no-gpu'), pi >= 0 ? argv[pi + 1] : undefined);
+  const md = formatMarkdown(table, title);
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, 'gpu-check.md'), md);
+  fs.writeFileSync(path.join(out, 'gpu-check.json'), JSON.stringify(json, null, 1) + '\n');
+  console.log(md);
+}
+
+// ---- main ---------------------------------------------------------------------------------------
+
+function printCall(p: Prepared): void {
+  const travel = p.total + p.tree.bytes;
+  console.log('\nWhat travels:');
+  const line = (label: string, bytes: number, note = '') => console.log(`  ${label.padEnd(24)} ${mib(bytes).padStart(9)}${note}`);
+  for (const [k, v] of Object.entries(p.sizes)) line(`${PREP}/${k}`, v);
+  line(`${PREP}/ in all`, p.total, '  (carried)');
+  line('working tree', p.tree.bytes, `  (${p.tree.files} tracked or untracked-not-ignored files)`);
+  line('total', travel, `  of the ${mib(TRAVEL_LIMIT)} the device tool takes`);
+  if (travel > TRAVEL_LIMIT) throw new Error(`what travels (${mib(travel)}) is over the device tool's limit of ${mib(TRAVEL_LIMIT)}`);
+  if (travel > TRAVEL_WARN) console.log(`  warning: over ${mib(TRAVEL_WARN)}; leave some room under the limit`);
+  console.log('\nThe device call (the lead makes it; scripts cannot reach the device tool):');
+  console.log(`  run(command: ${JSON.stringify(RUN_CALL.command)}, carry: ${JSON.stringify(RUN_CALL.carry)}, timeout_s: ${RUN_CALL.timeout_s})`);
+  console.log('  then read $OUT/gpu-check.md (the table), gpu-check.json, gpu-check.log, build.log, tests.log, torch.log;');
+  console.log('  give_back() unless running it again at once.');
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  if (argv[0] === 'report') return report(argv.slice(1));
+  const dry = argv.includes('--dry-run');
+  const keep = argv.includes('--keep');
+  const si = argv.indexOf('--steps');
+  const steps = si >= 0 ? Number(argv[si + 1]) : 4;
+  if (!(Number.isInteger(steps) && steps >= 1 && steps <= 20)) throw new Error(`--steps expects an integer 1..20, got ${argv[si + 1]}`);
+  for (const a of argv) if (a.startsWith('--') && !['--dry-run', '--keep', '--steps'].includes(a)) throw new Error(`unknown option ${a} (--dry-run, --keep, --steps N)`);
+
+  const t0 = now();
+  const p = prepare({ steps });
+  const tPrep = now() - t0;
+  log(`gpu-check: prepared ${PREP}/ in ${tPrep.toFixed(1)} s (${Object.entries(p.seconds).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(', ')})`);
+
+  if (dry) {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gpu-check-dry-'));
+    try {
+      const t1 = now();
+      log(`gpu-check: dry run: bash ${PREP}/run.sh --no-gpu (OUT=${tmp}/out, work ${tmp}/work) ...`);
+      // no device time to fit here: a budget long enough for this machine's build
+      const r = spawnSync('bash', [path.join(p.dir, 'run.sh'), '--no-gpu', '--budget', '3600'], {
+        cwd: repoRoot,
+        stdio: 'inherit',
+        env: { ...process.env, OUT: path.join(tmp, 'out'), GPU_CHECK_WORK: path.join(tmp, 'work') },
+      });
+      const tRun = now() - t1;
+      const statusOf = (n: string) => readText(path.join(tmp, 'work', 'results', `${n}.status`)) ?? 'missing';
+      const py = spawnSync('python3', ['-c', 'import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)',
+        path.join(repoRoot, 'bench', 'torch_peft_step.py'), path.join(tmp, 'torch_peft_step.pyc')], { encoding: 'utf8' });
+      const buildSecs = readText(path.join(tmp, 'work', 'results', 'build.seconds'));
+      console.log('\nDry run:');
+      console.log(`  prepare            ${tPrep.toFixed(1)} s`);
+      console.log(`  run.sh --no-gpu    ${tRun.toFixed(1)} s (exit ${r.status}); phases: env ${statusOf('env')}, node ${statusOf('node')}, ` +
+        `build ${statusOf('build')}${buildSecs ? ` (${buildSecs} s)` : ''}, info ${statusOf('info')}`);
+      console.log(`  torch_peft_step.py ${py.status === 0 ? 'byte-compiles' : `does not compile: ${py.stderr.trim()}`}`);
+      printCall(p);
+      if (r.status !== 0 || statusOf('build') !== 'ok' || statusOf('info') !== 'ok' || py.status !== 0) {
+        console.error(`gpu-check: the dry run failed (see above${keep ? `; ${tmp} kept` : ''})`);
+        process.exitCode = 1;
+      }
+    } finally {
+      if (keep) log(`gpu-check: kept ${tmp}`);
+      else fs.rmSync(tmp, { recursive: true, force: true });
+    }
+    return;
+  }
+  printCall(p);
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    console.error(`gpu-check: ${e instanceof Error ? e.message : String(e)}`);
+    process.exit(1);
+  });
+}
