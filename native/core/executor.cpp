@@ -1,6 +1,7 @@
 #include "executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <exception>
 
 namespace la {
@@ -37,6 +38,19 @@ void Executor::wait(uint64_t ticket) {
   done_.wait(lock, [&] { return completed_ >= ticket; });
 }
 
+bool Executor::wait_briefly(uint64_t ticket, int max_us) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(max_us);
+  for (int i = 0;; i++) {
+    if (done_ticket_.load(std::memory_order_acquire) >= ticket) return true;
+    // Only worth it when the ticket is next or nearly: a long queue takes longer than the spin.
+    if (ticket > done_ticket_.load() + 2) return false;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
 std::string Executor::take_error() {
   std::lock_guard<std::mutex> lock(mu_);
   std::string e;
@@ -68,6 +82,7 @@ void Executor::run() {
       std::lock_guard<std::mutex> lock(mu_);
       if (!failure.empty() && error_.empty()) error_ = failure;
       completed_ = std::max(completed_, task.ticket);
+      done_ticket_.store(completed_, std::memory_order_release);
       running_ = false;
     }
     done_.notify_all();
@@ -78,6 +93,7 @@ void Executor::shutdown() {
   std::unique_lock<std::mutex> lock(mu_);
   stop_ = true;
   if (!queue_.empty()) completed_ = std::max(completed_, queue_.back().ticket);
+  done_ticket_.store(completed_);
   queue_.clear();
   has_work_.notify_all();
   done_.notify_all();

@@ -4,6 +4,7 @@
 // (see Storage::error) and the ops that read them; the executor also keeps the first failure
 // since the last take_error(), which synchronize() reports.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -25,6 +26,9 @@ class Executor {
   uint64_t enqueue(std::string what, std::function<void()> work);
   // Blocks until the op with this ticket (and all before it) ran.
   void wait(uint64_t ticket);
+  // Spins up to max_us for the ticket when it is at most 2 tasks away; returns whether it ran.
+  // (A read right after a short op, as in decoding, then skips the hand-off to a libuv thread.)
+  bool wait_briefly(uint64_t ticket, int max_us);
   uint64_t last_ticket();
   // The first failure since the previous call ("" if none), cleared.
   std::string take_error();
@@ -44,6 +48,7 @@ class Executor {
   std::condition_variable has_work_, done_;
   std::deque<Task> queue_;
   uint64_t next_ticket_ = 1, completed_ = 0;
+  std::atomic<uint64_t> done_ticket_{0};  // completed_, readable without the lock
   std::string error_;
   bool stop_ = false;
   bool running_ = false;

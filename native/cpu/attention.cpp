@@ -13,23 +13,25 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
                        int64_t Hkv, int64_t d, int64_t pos0) {
   const int64_t group = H / Hkv;
   const float scale = 1.f / std::sqrt(float(d));
-  parallel_for(T * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> score(size_t(pos0 + T));
+  // A (token, head) item costs ~4·keys·d flops: at decode a small model's heads are a few hundred
+  // ns each, less than waking a pool thread, so threads share only chunks worth ~16k flops.
+  const int64_t grain = std::max<int64_t>(1, 4096 / ((pos0 + T) * d));
+  parallel_for(T * H, grain, [&](int64_t i0, int64_t i1) {
+    thread_local std::vector<float> score;  // kept: no allocation per call
+    score.resize(size_t(pos0 + T));
+    float* e = score.data();
     for (int64_t i = i0; i < i1; i++) {
       int64_t t = i / H, h = i % H, kvh = h / group, keys = pos0 + t + 1;
       const float* qi = q + i * d;
-      float mx = -INFINITY;
-      for (int64_t s = 0; s < keys; s++) {
-        score[s] = dot_f32(qi, k + (s * Hkv + kvh) * d, d) * scale;
-        mx = std::max(mx, score[s]);
-      }
-      float sum = 0;
-      for (int64_t s = 0; s < keys; s++) sum += (score[s] = std::exp(score[s] - mx));
+      for (int64_t s = 0; s < keys; s++) e[s] = dot_f32(qi, k + (s * Hkv + kvh) * d, d);  // unscaled
+      // softmax(scale · e): exp(scale e - scale max), vectorised, summed in a fixed order
+      float mx = max_of(e, keys);
+      float inv = 1.f / exp_sum(e, e, keys, scale, mx * scale);
       float* o = out + i * d;
       std::fill(o, o + d, 0.f);
       for (int64_t s = 0; s < keys; s++) {
         const float* vs = v + (s * Hkv + kvh) * d;
-        float p = score[s] / sum;
+        const float p = e[s] * inv;
         for (int64_t j = 0; j < d; j++) o[j] += p * vs[j];
       }
     }
