@@ -23,6 +23,7 @@ uint64_t Executor::enqueue(std::string what, std::function<void()> work) {
     std::lock_guard<std::mutex> lock(mu_);
     ticket = next_ticket_++;
     queue_.push_back({ticket, std::move(what), std::move(work)});
+    queued_.store(queue_.size(), std::memory_order_release);
   }
   has_work_.notify_one();
   return ticket;
@@ -61,12 +62,20 @@ std::string Executor::take_error() {
 void Executor::run() {
   for (;;) {
     Task task;
+    // Ops arrive in bursts a few µs apart while JS queues a forward pass: spin briefly for the
+    // next before sleeping, which spares each enqueue a wake-up (a system call on both sides).
+    for (int i = 0; i < 512 && queued_.load(std::memory_order_acquire) == 0; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
     {
       std::unique_lock<std::mutex> lock(mu_);
       has_work_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
       task = std::move(queue_.front());
       queue_.pop_front();
+      queued_.store(queue_.size(), std::memory_order_release);
       running_ = true;
     }
     std::string failure;
@@ -95,6 +104,7 @@ void Executor::shutdown() {
   if (!queue_.empty()) completed_ = std::max(completed_, queue_.back().ticket);
   done_ticket_.store(completed_);
   queue_.clear();
+  queued_.store(0);
   has_work_.notify_all();
   done_.notify_all();
   done_.wait(lock, [&] { return !running_; });

@@ -49,6 +49,7 @@ class Executor {
   std::deque<Task> queue_;
   uint64_t next_ticket_ = 1, completed_ = 0;
   std::atomic<uint64_t> done_ticket_{0};  // completed_, readable without the lock
+  std::atomic<size_t> queued_{0};          // queue_.size(), for the executor's spin
   std::string error_;
   bool stop_ = false;
   bool running_ = false;

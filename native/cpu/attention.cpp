@@ -14,8 +14,8 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   const int64_t group = H / Hkv;
   const float scale = 1.f / std::sqrt(float(d));
   // A (token, head) item costs ~4·keys·d flops: at decode a small model's heads are a few hundred
-  // ns each, less than waking a pool thread, so threads share only chunks worth ~16k flops.
-  const int64_t grain = std::max<int64_t>(1, 4096 / ((pos0 + T) * d));
+  // ns each, less than waking a pool thread, so threads share only chunks worth ~64k flops.
+  const int64_t grain = std::max<int64_t>(1, 16384 / ((pos0 + T) * d));
   parallel_for(T * H, grain, [&](int64_t i0, int64_t i1) {
     thread_local std::vector<float> score;  // kept: no allocation per call
     score.resize(size_t(pos0 + T));
