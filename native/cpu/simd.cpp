@@ -97,6 +97,13 @@ __attribute__((target("avx2,fma"))) void dot_rows4_avx2(float* out, const float*
     out[s] = r;
   }
 }
+
+__attribute__((target("avx2,fma"))) void axpy_avx2(float* y, float a, const float* x, int64_t n) {
+  __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; i++) y[i] += a * x[i];
+}
 #endif
 
 template <class W>
@@ -116,6 +123,13 @@ void dot_rows4(float* out, const float* x, const W* const* w, int64_t n) {
 }
 
 }  // namespace
+
+void axpy_f32(float* y, float a, const float* x, int64_t n) {
+#ifdef LA_X86
+  if (has_avx2) return axpy_avx2(y, a, x, n);
+#endif
+  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
 
 void dot_rows4_f32(float* out, const float* x, const float* const* w, int64_t n) { dot_rows4(out, x, w, n); }
 void dot_rows4_bf16(float* out, const float* x, const uint16_t* const* w, int64_t n) { dot_rows4(out, x, w, n); }

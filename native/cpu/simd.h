@@ -16,4 +16,7 @@ void dots_bf16(float* out, const float* x, int64_t ldx, int64_t R, const uint16_
 void dot_rows4_f32(float* out, const float* x, const float* const* w, int64_t n);
 void dot_rows4_bf16(float* out, const float* x, const uint16_t* const* w, int64_t n);
 
+// y += a * x (n)
+void axpy_f32(float* y, float a, const float* x, int64_t n);
+
 }  // namespace la::cpu
