@@ -91,6 +91,11 @@ __attribute__((target("avx2,fma"))) void dot_rows4_avx2(float* out, const float*
       a[s][1] = _mm256_fmadd_ps(x1, load8(w[s] + i + 8), a[s][1]);
     }
   }
+  if (i + 8 <= n) {  // short rows (attention keys of a small head size) stay vectorised
+    __m256 x0 = _mm256_loadu_ps(x + i);
+    for (int s = 0; s < 4; s++) a[s][0] = _mm256_fmadd_ps(x0, load8(w[s] + i), a[s][0]);
+    i += 8;
+  }
   for (int s = 0; s < 4; s++) {
     float r = hsum(_mm256_add_ps(a[s][0], a[s][1]));
     for (int64_t j = i; j < n; j++) r += x[j] * load(w[s], j);

@@ -104,16 +104,15 @@ void decoder_layer(const TensorPtr& x, const DecoderWeights& w, const TensorPtr&
 
   std::vector<TensorPtr> inputs{x, w.attn_norm, w.wq, w.wk, w.wv, w.wo, w.ffn_norm, w.w1, w.w2, w.w3, k_cache, v_cache};
   if (K) inputs.insert(inputs.end(), {pk, pv, gate});
-  // Scratch, allocated now (stream-ordered on CUDA) and held by the body until it ran.
-  TensorPtr a = empty({T, C}, DType::F32, dev), q = empty({T, H * d}, DType::F32, dev),
-            kv = empty({2, T, Hkv * d}, DType::F32, dev), o = empty({T, H * d}, DType::F32, dev),
-            proj = empty({T, C}, DType::F32, dev), up = empty({3, T, F}, DType::F32, dev);
+  // One scratch block, allocated now (stream-ordered on CUDA) and held by the body until it ran:
+  // a, proj (T, C); q, o (T, H*d); k, v (T, Hkv*d); gate, up, h (T, F).
+  TensorPtr scratch = empty({T * (2 * C + 2 * H * d + 2 * Hkv * d + 3 * F)}, DType::F32, dev);
   const float eps = s.eps, theta = s.theta;
   const bool interleaved = s.interleaved;
   queue_op(op, inputs, {x, k_cache, v_cache}, [=] {
     Kernels k{dev};
-    float *xs = f32(x), *as = f32(a), *qs = f32(q), *ks = f32(kv), *vs = ks + T * Hkv * d, *os = f32(o),
-          *ps = f32(proj), *g = f32(up), *u = g + T * F, *h = u + T * F;
+    float *xs = f32(x), *as = f32(scratch), *ps = as + T * C, *qs = ps + T * C, *os = qs + T * H * d,
+          *ks = os + T * H * d, *vs = ks + T * Hkv * d, *g = vs + T * Hkv * d, *u = g + T * F, *h = u + T * F;
     const int64_t row = Hkv * d;
     // attention block: x += Wo · Attn(RoPE(Wq a), RoPE(Wk a), Wv a), a = rmsnorm(x)
     k.rmsnorm(as, xs, w.attn_norm, T, C, eps);
