@@ -149,7 +149,7 @@ export class Llama {
     }
     cache.length = pos0 + T;
 
-    const last = opts.allLogits ? x : native.sliceRows(x, T - 1, 1); // (T or 1, C)
+    const last = opts.allLogits || T === 1 ? x : native.sliceRows(x, T - 1, 1); // (T or 1, C)
     const xn = native.rmsnorm(last, w.finalNorm, c.normEps);
     const logits = native.matmul(xn, w.classifier); // (T or 1, V)
     for (const t of new Set([x, last, xn])) t.dispose();
