@@ -270,6 +270,22 @@ describe('native boundary: wrong arguments and failures are clear errors, never 
         throwsErr(() => n.attention(native.zeros([1, 1, 2]), native.zeros([4, 1, 2]), native.zeros([4, 1, 2]), v), TypeError, /^attention: argument 4 \(pos0\) must be a/);
       });
 
+    it('device, randomUniform and toDevice arguments: clear errors, nothing made', () => {
+      throwsErr(() => n.zeros([2], 'f32', 'gpu'), TypeError, /^zeros: argument 3 \(device\) must be 'cpu' or 'cuda'/);
+      throwsErr(() => n.toDevice(native.zeros([2])), TypeError, /^toDevice: argument 2 \(device\) must be 'cpu' or 'cuda'/);
+      throwsErr(() => n.toDevice(null, 'cpu'), TypeError, /^toDevice: argument 1 \(x\) must be a Tensor/);
+      throwsErr(() => native.randomUniform([2], 'i32', 'cpu', 1, 1), Error, /^randomUniform: dtype must be f32 or bf16/);
+      throwsErr(() => native.randomUniform([2], 'f32', 'cpu', -1, 1), TypeError, /^randomUniform: argument 4 \(seed\) must be a non-negative integer/);
+      throwsErr(() => native.randomUniform([2], 'f32', 'cpu', 1, NaN), TypeError, /^randomUniform: argument 5 \(scale\) must be a finite number/);
+      throwsErr(() => native.randomUniform([1e12], 'f32', 'cpu', 1, 1), Error, /out of memory allocating f32\[1000000000000\]/);
+      if (!native.capabilities().cuda.available) {
+        // no GPU: asking for one is an Error that says why (never a crash), and memory reads as 0
+        throwsErr(() => native.zeros([2], 'f32', 'cuda'), Error, /CUDA|cuda/);
+        throwsErr(() => native.toDevice(native.zeros([2]), 'cuda'), Error, /CUDA|cuda/);
+        expect(native.cudaMemory()).to.deep.equal({ inUse: 0, peak: 0, reserved: 0 });
+      }
+    });
+
     it('pos0 past the cache is an Error naming the positions and the cache length', () => {
       throwsErr(() => native.kvWrite(native.zeros([4, 2, 8]), native.zeros([2, 2, 8]), 3), Error, /^kvWrite: positions 3\.\.5 exceed the cache length 4/);
       throwsErr(() => native.kvWrite(native.zeros([4, 2, 8]), native.zeros([5, 2, 8]), 0), Error, /^kvWrite: positions 0\.\.5 exceed the cache length 4/);
