@@ -14,6 +14,11 @@
 //   - no inline PTX, no cp.async, no cooperative groups, no __CUDA_ARCH__ tests;
 //   - memory, copies and scratch through runtime.h (la::cuda::alloc, release, copy_*, fill_zero),
 //     or the Scratch helper below; never cudaMalloc/cudaMemcpy directly.
+// What the emulator adds to the rules: every thread of a block reaches every __syncthreads (no
+// early return before a barrier); warp operations take the full mask and whole warps; helpers in
+// a shared .cuh are inline, static or templates (__device__ expands to nothing there); an alignas
+// argument with a top-level '>' needs parentheses. It runs one block at a time, so it cannot see
+// races between blocks, and it does not check LA_ALLOW_DYNAMIC_SHARED.
 #pragma once
 #include <cstddef>
 #include <cstdint>
