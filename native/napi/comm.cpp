@@ -10,6 +10,7 @@
 
 #include "../comm/communicator.h"
 #include "../ops/ops.h"
+#include "../cuda/device.h"
 #include "../cuda/runtime.h"
 #include "common.h"
 
@@ -103,7 +104,11 @@ LA_OP(commInit, {
   cpu_executor().enqueue("commInit(" + kind + ")", [kind, opts, done] {
     try {
       if (kind == "mpi") comm::set_world(comm::make_mpi(opts));
-      else if (kind == "nccl") comm::set_world(comm::make_nccl(opts));
+      else if (kind == "nccl") {
+        // this rank's tensors live on the GPU its NCCL communicator uses (one process per GPU)
+        if (cuda::device_info().compiled) cuda::set_device(opts.device);
+        comm::set_world(comm::make_nccl(opts));
+      }
       else comm::set_world(comm::make_single());
       done->set_value("");
     } catch (const std::exception& e) {
