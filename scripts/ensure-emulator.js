@@ -25,9 +25,14 @@ if (fs.existsSync(addon) && fs.statSync(addon).mtimeMs >= sources) process.exit(
 console.log('llama-adapter: building the CUDA emulator for the tests (build-emu/, once; about 3 minutes on 2 cores) ...');
 const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
 const t0 = Date.now();
+// Run outside npm (node scripts/ensure-emulator.js), cmake-js would download node's headers unless
+// told where they are: npm passes npm_config_nodedir (Debian's npm sets it); else use the system's.
+const env = { ...process.env };
+if (!env.npm_config_nodedir && fs.existsSync('/usr/include/node/node_api.h')) env.npm_config_nodedir = '/usr';
 const r = spawnSync(process.execPath, [cmakeJs, 'build', '--out', 'build-emu', '--CDLLAMA_ADAPTER_CUDA_EMULATOR=ON'], {
   cwd: root,
   encoding: 'utf8',
+  env,
 });
 if (r.status === 0) {
   console.log(`llama-adapter: CUDA emulator built in ${((Date.now() - t0) / 1000).toFixed(0)} s`);

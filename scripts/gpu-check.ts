@@ -374,7 +374,8 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   };
 
   const rows: string[][] = [];
-  const trainRow = (json: Json | undefined, B: number) => (json?.train as Json[] | undefined)?.find((t) => t.B === B);
+  const trainRow = (json: Json | undefined, B: number) =>
+    (json?.train as Json[] | undefined)?.find((t) => t.B === B && !t.checkpointing);
   for (const B of MICRO) {
     const o = trainRow(ours, B);
     const t = trainRow(torch, B);
@@ -402,6 +403,14 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
       o && t ? `${(o.peakBytes / t.peakBytes).toFixed(2)}x` : '–',
     ]);
   }
+  // ours with activation checkpointing at the smallest micro-batch (PyTorch+PEFT: as above)
+  const ck = (ours?.train as Json[] | undefined)?.find((t) => t.checkpointing);
+  rows.push([
+    `B=${ck?.B ?? MICRO[0]} with checkpointing: tok/s, MFU, peak GPU memory`,
+    ck ? `${f0(ck.tokPerS)} tok/s, ${f1(100 * ck.mfu)}%, ${f1(ck.peakBytes / GIB)} GiB` : why('ours7b', ours?.errors, ours?.skipped, 'checkpointing'),
+    '–',
+    '–',
+  ]);
   const dec = (x: Json | undefined, json: Json | undefined, phase: string) =>
     x ? `${f1(x.tokPerS)} tok/s, ${f0(x.pctOfBound)}% of bound` : why(phase, json?.errors, json?.skipped, 'decode');
   rows.push([
