@@ -4,6 +4,8 @@
 #include <chrono>
 #include <exception>
 
+#include "parallel.h"
+
 namespace la {
 
 Executor::Executor() : thread_([this] { run(); }) {}
@@ -46,9 +48,7 @@ bool Executor::wait_briefly(uint64_t ticket, int max_us) {
     // Only worth it when the ticket is next or nearly: a long queue takes longer than the spin.
     if (ticket > done_ticket_.load() + 2) return false;
     if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return false;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    cpu_relax();
   }
 }
 
@@ -64,11 +64,7 @@ void Executor::run() {
     Task task;
     // Ops arrive in bursts a few µs apart while JS queues a forward pass: spin briefly for the
     // next before sleeping, which spares each enqueue a wake-up (a system call on both sides).
-    for (int i = 0; i < 512 && queued_.load(std::memory_order_acquire) == 0; i++) {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
-    }
+    for (int i = 0; i < 512 && queued_.load(std::memory_order_acquire) == 0; i++) cpu_relax();
     {
       std::unique_lock<std::mutex> lock(mu_);
       has_work_.wait(lock, [&] { return stop_ || !queue_.empty(); });

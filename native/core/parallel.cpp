@@ -21,7 +21,6 @@ class Pool {
   void resize(int threads) {
     stop_workers();
     stop_ = false;
-    stop_flag_.store(false);
     for (int i = 1; i < threads; i++) workers_.emplace_back([this] { work(); });
   }
 
@@ -38,7 +37,7 @@ class Pool {
     wake_.notify_all();  // no system call when every worker is still spinning
     drain();
     // The workers finish about when we do: spin a little before sleeping on the condition.
-    for (int i = 0; i < kSpins && active_.load(std::memory_order_acquire) != 0; i++) pause();
+    for (int i = 0; i < kSpins && active_.load(std::memory_order_acquire) != 0; i++) cpu_relax();
     if (active_.load() != 0) {
       std::unique_lock<std::mutex> lock(mu_);
       idle_.wait(lock, [&] { return active_.load() == 0; });
@@ -62,8 +61,8 @@ class Pool {
     for (;;) {
       // Kernels come in bursts (a forward pass is hundreds of them): spin briefly for the next
       // one before sleeping, which saves its caller a wake-up (~10 µs, more than a small kernel).
-      for (int i = 0; i < kSpins && generation_.load(std::memory_order_acquire) == seen && !stop_flag_.load(); i++)
-        pause();
+      for (int i = 0; i < kSpins && generation_.load(std::memory_order_acquire) == seen && !stop_.load(); i++)
+        cpu_relax();
       {
         std::unique_lock<std::mutex> lock(mu_);
         wake_.wait(lock, [&] { return stop_ || generation_.load() != seen; });
@@ -80,13 +79,6 @@ class Pool {
     }
   }
 
-  static void pause() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#else
-    std::this_thread::yield();
-#endif
-  }
   // ~5-10 µs (pause is ~10-40 ns on recent x86): enough for the back-to-back kernels of one op
   // (a fused layer), short enough not to take a core from the JS thread between ops.
   static constexpr int kSpins = 256;
@@ -95,7 +87,6 @@ class Pool {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
-      stop_flag_.store(true);
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
@@ -110,8 +101,7 @@ class Pool {
   int64_t n_ = 0, chunk_ = 1;
   std::atomic<int> active_{0};
   std::atomic<uint64_t> generation_{0};  // written under mu_, read without it while spinning
-  bool stop_ = false;
-  std::atomic<bool> stop_flag_{false};
+  std::atomic<bool> stop_{false};  // written under mu_, read without it while spinning
 };
 
 int default_threads() {

@@ -69,25 +69,10 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   const bool split = chunks > 1;
   Scratch part_o(split ? size_t(chunks * T * H * d) * 4 : 0), part_ml(split ? size_t(chunks * T * H * 2) * 4 : 0);
 
-  attn::FwdArgs a{};
-  a.out = out;
-  a.stats = nullptr;
+  attn::FwdArgs a = attn::forward_args(out, q, k, v, pk, pv, gate, H, Hkv, d, K, G);
   a.part_o = split ? part_o.as<float>() : nullptr;
   a.part_ml = split ? part_ml.as<float>() : nullptr;
-  a.q = q;
-  a.k = k;
-  a.v = v;
-  a.pk = pk;
-  a.pv = pv;
-  a.gate = gate;
-  a.seg = nullptr;
-  a.items = nullptr;  // the grid itself: blockIdx.y = token tile * chunks + chunk
-  a.nseg = 0;
-  a.H = int(H);
-  a.Hkv = int(Hkv);
-  a.d = int(d);
-  a.K = pk ? int(K) : 0;
-  a.G = int(G);
+  // no work items: the grid itself, blockIdx.y = token tile * chunks + chunk
   a.nh = int(nh);
   a.rows = T * H;
   a.T = int(T);
@@ -95,7 +80,6 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   a.ntok = int(ntok);
   a.chunks = int(chunks);
   a.chunk_len = int(chunk_len);
-  a.scale = 1.f / std::sqrt(float(d));
   if (rows == 16) attn::launch_forward<1>(a, unsigned(htiles), unsigned(nblocks));
   else attn::launch_forward<4>(a, unsigned(htiles), unsigned(nblocks));
   if (split) {

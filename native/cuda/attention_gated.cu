@@ -432,27 +432,13 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
   for (FwdItem& it : items) it.chunk = 0;  // no split-K here (the backward uses chunk as the tile index)
   Scratch items_dev(items.size() * sizeof(FwdItem));
   attn::upload(items_dev, items);
-  attn::FwdArgs a{};
-  a.out = out;
+  attn::FwdArgs a = attn::forward_args(out, q, k, v, pk, pv, gate, H, Hkv, d, K, G);
   a.stats = stats;
-  a.part_o = a.part_ml = nullptr;
-  a.q = q;
-  a.k = k;
-  a.v = v;
-  a.pk = pk;
-  a.pv = pv;
-  a.gate = gate;
   a.seg = seg;
   a.items = items_dev.as<FwdItem>();
   a.nseg = int(S);
-  a.H = int(H);
-  a.Hkv = int(Hkv);
-  a.d = int(d);
-  a.K = pk ? int(K) : 0;
-  a.G = int(G);
   a.nh = 1;
   a.rows = N * H;
-  a.scale = 1.f / std::sqrt(float(d));
   attn::launch_forward<4>(a, unsigned(H), unsigned(items.size()));
 }
 

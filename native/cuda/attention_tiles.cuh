@@ -208,6 +208,28 @@ struct FwdArgs {
   float scale;
 };
 
+// The arguments both forward callers share (the rest zero/null: no stats, no split-K, no segments,
+// no work items); the callers set what is theirs.
+inline FwdArgs forward_args(float* out, const float* q, const float* k, const float* v, const float* pk,
+                            const float* pv, const float* gate, int64_t H, int64_t Hkv, int64_t d, int64_t K,
+                            int64_t G) {
+  FwdArgs a{};
+  a.out = out;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.pk = pk;
+  a.pv = pv;
+  a.gate = gate;
+  a.H = int(H);
+  a.Hkv = int(Hkv);
+  a.d = int(d);
+  a.K = pk ? int(K) : 0;
+  a.G = int(G);
+  a.scale = 1.f / std::sqrt(float(d));
+  return a;
+}
+
 // Shared memory of flash_forward<DP, RM>: Qs (16 RM, DP + 4), Ks, Vs (64, DP + 4), Ps (16 RM, kLdp).
 template <int DP, int RM> constexpr size_t forward_smem() {
   return size_t((16 * RM + 2 * kTile) * (DP + 4) + 16 * RM * kLdp) * 4;

@@ -102,16 +102,6 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
 }
 
-// loss[0] = the sum of row_loss (M), one block: strided per-thread sums, then a fixed tree.
-__global__ void __launch_bounds__(1024)
-    sum_rows_kernel(float* __restrict__ loss, const double* __restrict__ row_loss, int64_t M) {
-  __shared__ double sh[32];
-  double s = 0;
-  for (int64_t m = threadIdx.x; m < M; m += blockDim.x) s += row_loss[m];
-  s = block_sum(s, sh);
-  if (threadIdx.x == 0) loss[0] = float(s);
-}
-
 }  // namespace
 
 void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
@@ -132,9 +122,7 @@ void cross_entropy(float* loss, float* dlogits, const float* logits, const int32
   else
     LA_LAUNCH(unsigned(M), threads, 0, cross_entropy_kernel<false>)(rows, dlogits, logits, targets, V, scale);
   check_launch("cross_entropy");
-  const unsigned sum_threads = unsigned(std::min<int64_t>(1024, std::max<int64_t>(32, (M + 31) / 32 * 32)));
-  LA_LAUNCH(1, sum_threads, 0, sum_rows_kernel)(loss, rows, M);
-  check_launch("cross_entropy (sum)");
+  sum_to_float(loss, rows, M, "cross_entropy (sum)");
 }
 
 }  // namespace la::cuda

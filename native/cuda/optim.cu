@@ -89,16 +89,6 @@ __global__ void sum_squares_kernel(double* __restrict__ part, float* __restrict_
   }
 }
 
-// out[0] = the sum of part (P) in a fixed order: one block.
-__global__ void __launch_bounds__(1024)
-    sum_parts_kernel(float* __restrict__ out, const double* __restrict__ part, int64_t P) {
-  __shared__ double sh[32];
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < P; i += blockDim.x) s += part[i];
-  s = block_sum(s, sh);
-  if (threadIdx.x == 0) out[0] = float(s);
-}
-
 }  // namespace
 
 // Scalars as cpu::adamw (torch.optim.AdamW, single-tensor path):
@@ -143,10 +133,7 @@ void sum_squares(float* out, const float* x, int64_t n) {
   else
     LA_LAUNCH(unsigned(blocks), kThreads, 0, sum_squares_kernel<false>)(part.as<double>(), out, x, n);
   check_launch("sum_squares");
-  if (blocks > 1) {
-    LA_LAUNCH(1, 1024, 0, sum_parts_kernel)(out, part.as<double>(), blocks);
-    check_launch("sum_squares (sum)");
-  }
+  if (blocks > 1) sum_to_float(out, part.as<double>(), blocks, "sum_squares (sum)");
 }
 
 }  // namespace la::cuda

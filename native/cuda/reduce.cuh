@@ -52,4 +52,7 @@ __device__ inline void block_sum2(double& a, double& b, double (*sh)[32]) {
 
 __device__ inline double squared(float v) { return double(v) * double(v); }
 
+// out[0] (device) = float(sum of x (n) doubles on the device), one block, fixed order (reduce.cu).
+void sum_to_float(float* out, const double* x, int64_t n, const char* what);
+
 }  // namespace la::cuda

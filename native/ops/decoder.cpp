@@ -7,52 +7,14 @@
 #include <cstring>
 
 #include "../core/error.h"
-#include "../core/parallel.h"
-#include "../cpu/kernels.h"
-#include "../cuda/kernels.h"
-#include "../cuda/runtime.h"
 #include "checks.h"
+#include "dispatch.h"
 #include "indices.h"
 #include "ops.h"
 #include "train_ops.h"
 
 namespace la::ops {
 namespace {
-
-// The kernels of one device behind one interface, so the layer is written once.
-struct Kernels {
-  Device dev;
-
-  void rmsnorm(float* out, const float* x, const TensorPtr& w, int64_t T, int64_t C, float eps) const {
-    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::rmsnorm_forward(out, x, w->data<float>(), T, C, eps));
-    cpu::rmsnorm_forward(out, x, w->data<float>(), T, C, eps);
-  }
-  void matmul(float* y, const float* x, const TensorPtr& w, int64_t M) const {
-    int64_t N = w->dim(0), K = w->dim(1);
-    bool bf16 = w->dtype == DType::BF16;
-    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::matmul_forward(y, x, w->raw(), bf16, M, N, K));
-    if (bf16) return cpu::matmul_forward_bf16(y, x, w->data<uint16_t>(), M, N, K);
-    cpu::matmul_forward(y, x, w->data<float>(), M, N, K);
-  }
-  void rope(float* x, int64_t T, int64_t H, int64_t d, int64_t pos0, float theta, bool interleaved) const {
-    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::rope_forward(x, T, H, d, pos0, theta, interleaved));
-    cpu::rope_forward(x, T, H, d, pos0, theta, interleaved);
-  }
-  void copy(float* dst, const float* src, int64_t n) const {
-    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::copy_on_device(dst, src, size_t(n) * 4));
-    std::memcpy(dst, src, size_t(n) * 4);
-  }
-  void add(float* x, const float* y, int64_t n) const {
-    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::add_inplace(x, y, n));
-    parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; i++) x[i] += y[i];
-    });
-  }
-  void swiglu(float* out, const float* a, const float* b, int64_t n) const {
-    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::swiglu_forward(out, a, b, n));
-    cpu::swiglu_forward(out, a, b, n);
-  }
-};
 
 float* f32(const TensorPtr& t) { return t ? t->data<float>() : nullptr; }
 

@@ -12,6 +12,7 @@
 #include "../cuda/kernels.h"
 #include "../cuda/runtime.h"
 #include "checks.h"
+#include "dispatch.h"
 #include "indices.h"
 #include "train_ops.h"
 
@@ -85,10 +86,7 @@ TensorPtr rmsnorm(const TensorPtr& x, const TensorPtr& w, float eps) {
   Device dev = expect_same_device(op, {&x, &w});
   TensorPtr out = empty(x->shape, DType::F32, dev);
   queue_op(op, {x, w}, {out}, [=] {
-    if (dev == Device::CUDA)
-      LA_ON_CUDA(cuda::rmsnorm_forward(out->data<float>(), x->data<float>(), w->data<float>(), x->dim(0), x->dim(1), eps));
-    else
-      cpu::rmsnorm_forward(out->data<float>(), x->data<float>(), w->data<float>(), x->dim(0), x->dim(1), eps);
+    Kernels{dev}.rmsnorm(out->data<float>(), x->data<float>(), w, x->dim(0), x->dim(1), eps);
   });
   return out;
 }
@@ -102,10 +100,7 @@ void rope(const TensorPtr& x, int64_t pos0, float theta, bool interleaved) {
   LA_CHECK(theta > 0, op, ": theta must be > 0, got ", theta);
   expect_writable(op, "x", x);
   queue_op(op, {x}, {x}, [=] {
-    if (x->device == Device::CUDA)
-      LA_ON_CUDA(cuda::rope_forward(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved));
-    else
-      cpu::rope_forward(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved);
+    Kernels{x->device}.rope(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved);
   });
 }
 
@@ -118,16 +113,9 @@ TensorPtr matmul(const TensorPtr& x, const TensorPtr& w) {
   LA_CHECK(x->dim(1) == w->dim(1), op, ": x ", x->describe(), " · wᵀ needs w (N, ", x->dim(1), "), got ",
            w->describe());
   Device dev = expect_same_device(op, {&x, &w});
-  int64_t M = x->dim(0), N = w->dim(0), K = w->dim(1);
+  int64_t M = x->dim(0), N = w->dim(0);
   TensorPtr y = empty({M, N}, DType::F32, dev);
-  queue_op(op, {x, w}, {y}, [=] {
-    if (dev == Device::CUDA)
-      LA_ON_CUDA(cuda::matmul_forward(y->data<float>(), x->data<float>(), w->raw(), w->dtype == DType::BF16, M, N, K));
-    else if (w->dtype == DType::F32)
-      cpu::matmul_forward(y->data<float>(), x->data<float>(), w->data<float>(), M, N, K);
-    else
-      cpu::matmul_forward_bf16(y->data<float>(), x->data<float>(), w->data<uint16_t>(), M, N, K);
-  });
+  queue_op(op, {x, w}, {y}, [=] { Kernels{dev}.matmul(y->data<float>(), x->data<float>(), w, M); });
   return y;
 }
 
@@ -144,11 +132,8 @@ void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
   Device dev = expect_same_device(op, {&cache, &src});
   expect_writable(op, "cache", cache);
   queue_op(op, {cache, src}, {cache}, [=] {
-    size_t row = size_t(src->dim(1) * src->dim(2));
-    if (dev == Device::CUDA)
-      LA_ON_CUDA(cuda::copy_on_device(cache->data<float>() + pos0 * row, src->data<float>(), src->nbytes()));
-    else
-      std::memcpy(cache->data<float>() + pos0 * row, src->data<float>(), src->nbytes());
+    const int64_t row = src->dim(1) * src->dim(2);
+    Kernels{dev}.copy(cache->data<float>() + pos0 * row, src->data<float>(), src->numel());
   });
 }
 
@@ -193,10 +178,7 @@ TensorPtr swiglu(const TensorPtr& a, const TensorPtr& b) {
   Device dev = expect_same_device(op, {&a, &b});
   TensorPtr out = empty(a->shape, DType::F32, dev);
   queue_op(op, {a, b}, {out}, [=] {
-    if (dev == Device::CUDA)
-      LA_ON_CUDA(cuda::swiglu_forward(out->data<float>(), a->data<float>(), b->data<float>(), a->numel()));
-    else
-      cpu::swiglu_forward(out->data<float>(), a->data<float>(), b->data<float>(), a->numel());
+    Kernels{dev}.swiglu(out->data<float>(), a->data<float>(), b->data<float>(), a->numel());
   });
   return out;
 }
@@ -208,14 +190,7 @@ void add_inplace(const TensorPtr& x, const TensorPtr& y) {
   LA_CHECK(x->shape == y->shape, op, ": x ", x->describe(), " and y ", y->describe(), " differ");
   Device dev = expect_same_device(op, {&x, &y});
   expect_writable(op, "x", x);
-  queue_op(op, {x, y}, {x}, [=] {
-    if (dev == Device::CUDA) return LA_ON_CUDA(cuda::add_inplace(x->data<float>(), y->data<float>(), x->numel()));
-    float* xs = x->data<float>();
-    const float* ys = y->data<float>();
-    parallel_for(x->numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; i++) xs[i] += ys[i];
-    });
-  });
+  queue_op(op, {x, y}, {x}, [=] { Kernels{dev}.add(x->data<float>(), y->data<float>(), x->numel()); });
 }
 
 TensorPtr slice_rows(const TensorPtr& x, int64_t start, int64_t count) {
