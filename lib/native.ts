@@ -91,6 +91,39 @@ export interface DecoderWeights {
   w3: Tensor;
 }
 
+export interface DecoderShape {
+  heads: number;
+  kvHeads: number;
+  eps: number;
+  theta: number;
+  layout: RopeLayout;
+}
+
+/** An adapted layer's prompt keys/values (K, Hkv, d) and raw gate (H) or (1). */
+export interface LayerPrompt {
+  pk: Tensor;
+  pv: Tensor;
+  gate: Tensor;
+}
+
+/** A model's weights for whole-model inference: embedding (V, C), finalNorm (C) f32, classifier
+ *  (V, C), the layers, and optionally one adapter prompt (or null) per layer. */
+export interface ModelWeights {
+  embedding: Tensor;
+  finalNorm: Tensor;
+  classifier: Tensor;
+  layers: DecoderWeights[];
+  prompts?: (LayerPrompt | null | undefined)[];
+}
+
+/** A handle on checked model weights (native.model); it keeps them alive until disposed. */
+export interface ModelHandle {
+  readonly layers: number;
+  readonly device: Device;
+  readonly disposed: boolean;
+  dispose(): void;
+}
+
 export interface NativeBinding {
   capabilities(): Capabilities;
   /** Threads for CPU kernels and BLAS (>= 1). */
@@ -212,9 +245,17 @@ export interface NativeBinding {
    *  kernels in the same order as the op-by-op forward (equal bit for bit), queued once. */
   decoderLayer(
     x: Tensor, weights: DecoderWeights, kCache: Tensor, vCache: Tensor, pos0: number,
-    shape: { heads: number; kvHeads: number; eps: number; theta: number; layout: RopeLayout },
+    shape: DecoderShape,
     pk?: Tensor | null, pv?: Tensor | null, gate?: Tensor | null,
   ): void;
+  /** Checks a whole model's weights (shapes, dtypes, one device) once and returns a handle for
+   *  modelForward. */
+  model(weights: ModelWeights, shape: DecoderShape): ModelHandle;
+  /** The whole cached forward pass as one op: `tokens` at positions pos0 .., every layer's keys and
+   *  values written to kCaches[l], vCaches[l] (S, Hkv, d); returns the logits (1, V) of the last
+   *  token, or (T, V) with allLogits. Equal bit for bit to embedding + decoderLayer per layer +
+   *  rmsnorm + matmul. */
+  modelForward(model: ModelHandle, tokens: Int32Array | number[], kCaches: Tensor[], vCaches: Tensor[], pos0: number, allLogits?: boolean): Tensor;
   /** a, b (T, F) -> silu(a) * b */
   swiglu(a: Tensor, b: Tensor): Tensor;
   /** x += y, in place (same shape) */

@@ -2,44 +2,12 @@
 // real stories260K weights (f32 and bf16), with and without the adapter branch: the final hidden
 // state and both caches must be equal bit for bit, for prefill and decode steps.
 import { expect } from 'chai';
-import { native, Tensor } from '../lib/native';
+import { native } from '../lib/native';
 import { loadCheckpoint } from '../lib/model/load';
 import { Checkpoint, LayerWeights } from '../lib/model/weights';
-import { headSize, LlamaConfig } from '../lib/model/config';
+import { headSize } from '../lib/model/config';
 import { dataPath } from './util/paths';
-
-interface Prompt {
-  pk: Tensor;
-  pv: Tensor;
-  gate: Tensor;
-}
-
-// The forward of one layer op by op, as lib/model/llama.ts ran it before the fused op.
-function layerOpByOp(x: Tensor, lw: LayerWeights, c: LlamaConfig, k: Tensor, v: Tensor, pos0: number, p?: Prompt): void {
-  const T = x.shape[0];
-  const d = headSize(c);
-  const a = native.rmsnorm(x, lw.attnNorm, c.normEps);
-  const q = native.reshape(native.matmul(a, lw.wq), [T, c.nHeads, d]);
-  const kk = native.reshape(native.matmul(a, lw.wk), [T, c.nKvHeads, d]);
-  const vv = native.reshape(native.matmul(a, lw.wv), [T, c.nKvHeads, d]);
-  native.rope(q, pos0, c.ropeTheta, c.ropeLayout);
-  native.rope(kk, pos0, c.ropeTheta, c.ropeLayout);
-  native.kvWrite(k, kk, pos0);
-  native.kvWrite(v, vv, pos0);
-  const o = p ? native.attention(q, k, v, pos0, p.pk, p.pv, p.gate) : native.attention(q, k, v, pos0);
-  native.addInPlace(x, native.matmul(native.reshape(o, [T, c.nHeads * d]), lw.wo));
-  const f = native.rmsnorm(x, lw.ffnNorm, c.normEps);
-  const h = native.swiglu(native.matmul(f, lw.w1), native.matmul(f, lw.w3));
-  native.addInPlace(x, native.matmul(h, lw.w2));
-}
-
-function randomArray(n: number, seed: number, scale: number): Float32Array {
-  let s = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return (s / 2 ** 32 - 0.5) * 2 * scale;
-  });
-}
+import { layerOpByOp, Prompt, randomArray } from './util/forward-reference';
 
 describe('decoderLayer: the fused layer equals the op-by-op forward bit for bit (stories260K)', function () {
   this.timeout(60000);

@@ -2,7 +2,7 @@
 // device's executor and returns at once; only reading the logits waits.
 //
 // Shapes: T new tokens, C = dim, H heads, Hkv kv heads, d = C / H, F hidden, V vocab, S cache length.
-import { native, Tensor, Device } from '../native';
+import { native, Tensor, Device, ModelHandle, DecoderShape } from '../native';
 import { LlamaConfig, headSize } from './config';
 import { Checkpoint, LoadOptions } from './weights';
 import { loadCheckpoint } from './load';
@@ -46,9 +46,22 @@ export class Llama {
   readonly config: LlamaConfig;
   private adapter?: Adapter;
   private promptKV: (PromptKV | undefined)[] = [];
+  /** The weights (and attached prompts) checked once, for the one-op forward. */
+  private handle: ModelHandle;
 
   private constructor(readonly checkpoint: Checkpoint) {
     this.config = checkpoint.config;
+    this.handle = this.makeHandle();
+  }
+
+  private get shape(): DecoderShape {
+    const c = this.config;
+    return { heads: c.nHeads, kvHeads: c.nKvHeads, eps: c.normEps, theta: c.ropeTheta, layout: c.ropeLayout };
+  }
+
+  private makeHandle(): ModelHandle {
+    const w = this.checkpoint.weights;
+    return native.model({ ...w, prompts: this.promptKV.map((p) => p ?? null) }, this.shape);
   }
 
   /** Where the weights live and every forward runs. */
@@ -83,15 +96,26 @@ export class Llama {
    * adapter on another device is read through copies on the model's device (made here).
    */
   setAdapter(adapter: Adapter | undefined): void {
+    const c = this.config;
+    if (adapter && (adapter.model.dim !== c.dim || adapter.model.nLayers !== c.nLayers || adapter.model.nHeads !== c.nHeads))
+      throw new Error('setAdapter: the adapter was made for a model of another shape');
+    this.releasePrompts();
+    this.adapter = adapter;
+    if (adapter) this.promptKV = this.promptsOf(adapter);
+    this.handle.dispose();
+    this.handle = this.makeHandle();
+  }
+
+  private releasePrompts(): void {
     for (const p of this.promptKV) if (p) [p.pk, p.pv, ...(p.ownGate ? [p.gate] : [])].forEach((t) => t.dispose());
     this.promptKV = [];
-    this.adapter = adapter;
-    if (!adapter) return;
+  }
+
+  /** Each adapted layer's prompt keys/values on the model's device. */
+  private promptsOf(adapter: Adapter): (PromptKV | undefined)[] {
     const c = this.config;
-    if (adapter.model.dim !== c.dim || adapter.model.nLayers !== c.nLayers || adapter.model.nHeads !== c.nHeads)
-      throw new Error('setAdapter: the adapter was made for a model of another shape');
     const d = headSize(c);
-    this.promptKV = this.checkpoint.weights.layers.map((lw, n) => {
+    return this.checkpoint.weights.layers.map((lw, n) => {
       const a = adapter.layer(n);
       if (!a) return undefined;
       const K = a.prompt.shape[0];
@@ -135,29 +159,17 @@ export class Llama {
       if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize)
         throw new RangeError(`forward: token ${id} at index ${i} is outside the vocabulary [0, ${c.vocabSize})`);
     }
-    const w = this.checkpoint.weights;
-    const ids = native.fromArray(Int32Array.from(tokens), [T]); // index tensors stay on the host
-    const x = native.embedding(w.embedding, ids); // (T, C)
-    ids.dispose();
-
-    // Each layer is one native op (the attention and feed-forward blocks fused: the same kernels
-    // as op by op, queued once; at decode a small model's per-op cost outweighs its work).
-    const shape = { heads: c.nHeads, kvHeads: c.nKvHeads, eps: c.normEps, theta: c.ropeTheta, layout: c.ropeLayout };
-    for (let l = 0; l < c.nLayers; l++) {
-      const p = this.promptKV[l];
-      native.decoderLayer(x, w.layers[l], cache.k[l], cache.v[l], pos0, shape, p?.pk, p?.pv, p?.gate);
-    }
+    // The whole pass is one native op (embedding, every layer, final norm, classifier): at decode
+    // a small model's per-op cost would outweigh its work.
+    const logits = native.modelForward(this.handle, Int32Array.from(tokens), cache.k, cache.v, pos0, opts.allLogits ?? false);
     cache.length = pos0 + T;
-
-    const last = opts.allLogits || T === 1 ? x : native.sliceRows(x, T - 1, 1); // (T or 1, C)
-    const xn = native.rmsnorm(last, w.finalNorm, c.normEps);
-    const logits = native.matmul(xn, w.classifier); // (T or 1, V)
-    for (const t of new Set([x, last, xn])) t.dispose();
-    return logits;
+    return logits; // (T or 1, V)
   }
 
   dispose(): void {
-    this.setAdapter(undefined);
+    this.releasePrompts();
+    this.adapter = undefined;
+    this.handle.dispose();
     this.checkpoint.dispose();
   }
 }

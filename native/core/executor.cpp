@@ -19,16 +19,52 @@ Executor::~Executor() {
   thread_.join();
 }
 
-uint64_t Executor::enqueue(std::string what, std::function<void()> work) {
+uint64_t Executor::enqueue(std::string what, std::function<void()> work, bool here_if_idle) {
   uint64_t ticket;
   {
     std::lock_guard<std::mutex> lock(mu_);
     ticket = next_ticket_++;
-    queue_.push_back({ticket, std::move(what), std::move(work)});
-    queued_.store(queue_.size(), std::memory_order_release);
+    here_if_idle = here_if_idle && queue_.empty() && !running_;
+    if (here_if_idle) {
+      running_ = true;  // the executor thread starts nothing until finish()
+    } else {
+      queue_.push_back({ticket, std::move(what), std::move(work)});
+      queued_.store(queue_.size(), std::memory_order_release);
+    }
   }
-  has_work_.notify_one();
+  if (!here_if_idle) {
+    has_work_.notify_one();
+    return ticket;
+  }
+  std::string failure = execute(what, work);
+  work = nullptr;
+  finish(ticket, failure);
   return ticket;
+}
+
+std::string Executor::execute(const std::string& what, std::function<void()>& work) {
+  try {
+    work();
+  } catch (const std::exception& e) {
+    return what.empty() ? std::string(e.what()) : what + ": " + e.what();
+  } catch (...) {
+    return (what.empty() ? std::string("an op") : what) + ": unknown error";
+  }
+  return std::string();
+}
+
+void Executor::finish(uint64_t ticket, const std::string& failure) {
+  bool more;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!failure.empty() && error_.empty()) error_ = failure;
+    completed_ = std::max(completed_, ticket);
+    done_ticket_.store(completed_, std::memory_order_release);
+    running_ = false;
+    more = !queue_.empty();
+  }
+  done_.notify_all();
+  if (more) has_work_.notify_one();  // queued while a caller ran its task: the executor may start it
 }
 
 uint64_t Executor::last_ticket() {
@@ -67,30 +103,17 @@ void Executor::run() {
     for (int i = 0; i < 512 && queued_.load(std::memory_order_acquire) == 0; i++) cpu_relax();
     {
       std::unique_lock<std::mutex> lock(mu_);
-      has_work_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      // (running_ here: a caller runs a task on its own thread; see enqueue)
+      has_work_.wait(lock, [&] { return !running_ && (stop_ || !queue_.empty()); });
       if (queue_.empty()) return;  // stopping, nothing left
       task = std::move(queue_.front());
       queue_.pop_front();
       queued_.store(queue_.size(), std::memory_order_release);
       running_ = true;
     }
-    std::string failure;
-    try {
-      task.work();
-    } catch (const std::exception& e) {
-      failure = task.what.empty() ? std::string(e.what()) : task.what + ": " + e.what();
-    } catch (...) {
-      failure = (task.what.empty() ? std::string("an op") : task.what) + ": unknown error";
-    }
+    std::string failure = execute(task.what, task.work);
     task.work = nullptr;  // release the tensors it held before reporting completion
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!failure.empty() && error_.empty()) error_ = failure;
-      completed_ = std::max(completed_, task.ticket);
-      done_ticket_.store(completed_, std::memory_order_release);
-      running_ = false;
-    }
-    done_.notify_all();
+    finish(task.ticket, failure);
   }
 }
 

@@ -22,8 +22,11 @@ class Executor {
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
-  // Queues `work`; `what` prefixes its error message (empty: the message says it all). Returns its ticket.
-  uint64_t enqueue(std::string what, std::function<void()> work);
+  // Queues `work`; `what` prefixes its error message (empty: the message says it all). Returns its
+  // ticket. With `here_if_idle` (for work of a few tens of µs, such as a tiny model's decode step)
+  // and nothing queued or running, the work runs now on the calling thread instead: handing it to
+  // the executor and the result back would cost two thread wake-ups, more than the work itself.
+  uint64_t enqueue(std::string what, std::function<void()> work, bool here_if_idle = false);
   // Blocks until the op with this ticket (and all before it) ran.
   void wait(uint64_t ticket);
   // Spins up to max_us for the ticket when it is at most 2 tasks away; returns whether it ran.
@@ -43,6 +46,9 @@ class Executor {
     std::function<void()> work;
   };
   void run();
+  // Runs a task, returning its failure message ("" if none); then marks it done.
+  static std::string execute(const std::string& what, std::function<void()>& work);
+  void finish(uint64_t ticket, const std::string& failure);
 
   std::mutex mu_;
   std::condition_variable has_work_, done_;

@@ -23,20 +23,13 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
     for (int64_t i = i0; i < i1; i++) {
       int64_t t = i / H, h = i % H, kvh = h / group, keys = pos0 + t + 1;
       const float* qi = q + i * d;
-      // unscaled scores, 4 keys per pass over q (4 independent streams)
-      int64_t s = 0;
-      for (; s + 4 <= keys; s += 4) {
-        const float* rows[4] = {k + (s * Hkv + kvh) * d, k + ((s + 1) * Hkv + kvh) * d,
-                                k + ((s + 2) * Hkv + kvh) * d, k + ((s + 3) * Hkv + kvh) * d};
-        dot_rows4_f32(e + s, qi, rows, d);
-      }
-      for (; s < keys; s++) e[s] = dot_f32(qi, k + (s * Hkv + kvh) * d, d);
+      const int64_t ld = Hkv * d;  // cache row stride
+      dots_strided_f32(e, qi, k + kvh * d, ld, keys, d);  // unscaled scores
       // softmax(scale · e): exp(scale e - scale max), vectorised, summed in a fixed order
       float mx = max_of(e, keys);
       float inv = 1.f / exp_sum(e, e, keys, scale, mx * scale);
-      float* o = out + i * d;
-      std::fill(o, o + d, 0.f);
-      for (int64_t s = 0; s < keys; s++) axpy_f32(o, e[s] * inv, v + (s * Hkv + kvh) * d, d);
+      for (int64_t s = 0; s < keys; s++) e[s] *= inv;
+      weighted_rows_f32(out + i * d, e, v + kvh * d, ld, keys, d);
     }
   });
 }

@@ -39,6 +39,11 @@ void matmul_small(float* y, const float* x, const W* w, int64_t M, int64_t N, in
     // Decoding: one contiguous range per thread, each walking 4 far-apart rows at once, keeps 4
     // memory streams in flight per core (one row at a time left the bandwidth ~30% short).
     int64_t tasks = N * K < 65536 ? 1 : std::min<int64_t>(N / 16, num_threads());
+    if (tasks == 1) {  // a small matrix, in cache: 8 rows per pass, their sums reduced together
+      if constexpr (sizeof(W) == 4) dots_strided_f32(y, x, reinterpret_cast<const float*>(w), K, N, K);
+      else dots_strided_bf16(y, x, reinterpret_cast<const uint16_t*>(w), K, N, K);
+      return;
+    }
     parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; t++) matvec_range4(y, x, w, N * t / tasks, N * (t + 1) / tasks, K);
     });

@@ -103,11 +103,67 @@ __attribute__((target("avx2,fma"))) void dot_rows4_avx2(float* out, const float*
   }
 }
 
-__attribute__((target("avx2,fma"))) void axpy_avx2(float* y, float a, const float* x, int64_t n) {
-  __m256 av = _mm256_set1_ps(a);
+// The sums of 8 vectors as one vector: [sum(a[0]), ..., sum(a[7])].
+__attribute__((target("avx2,fma"))) inline __m256 hsum8(const __m256* a) {
+  __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+  __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+  __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);  // per 128-bit half
+  return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
+}
+
+template <class W>
+__attribute__((target("avx2,fma"))) void dots_strided_avx2(float* out, const float* x, const W* w, int64_t ld,
+                                                           int64_t rows, int64_t n) {
+  const int64_t n8 = n & ~int64_t(7);
+  int64_t s = 0;
+  for (; s + 8 <= rows; s += 8) {
+    __m256 a[8];
+    for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) {
+      __m256 xv = _mm256_loadu_ps(x + i);
+      for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(xv, load8(w + (s + r) * ld + i), a[r]);
+    }
+    __m256 sums = hsum8(a);
+    if (n8 < n) {  // odd head sizes: the tail per row
+      alignas(32) float t[8];
+      _mm256_store_ps(t, sums);
+      for (int r = 0; r < 8; r++)
+        for (int64_t i = n8; i < n; i++) t[r] += x[i] * load(w, (s + r) * ld + i);
+      sums = _mm256_load_ps(t);
+    }
+    _mm256_storeu_ps(out + s, sums);
+  }
+  for (; s < rows; s++) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8(w + s * ld + i), a);
+    float r = hsum(a);
+    for (int64_t i = n8; i < n; i++) r += x[i] * load(w, s * ld + i);
+    out[s] = r;
+  }
+}
+
+__attribute__((target("avx2,fma"))) void weighted_rows_avx2(float* y, const float* a, const float* x, int64_t ld,
+                                                            int64_t rows, int64_t n) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; i++) y[i] += a * x[i];
+  for (; i + 32 <= n; i += 32) {  // 32 columns at a time, held in 4 registers over all rows
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t s = 0; s < rows; s++) {
+      __m256 as = _mm256_set1_ps(a[s]);
+      const float* xs = x + s * ld + i;
+      for (int j = 0; j < 4; j++) acc[j] = _mm256_fmadd_ps(as, _mm256_loadu_ps(xs + 8 * j), acc[j]);
+    }
+    for (int j = 0; j < 4; j++) _mm256_storeu_ps(y + i + 8 * j, acc[j]);
+  }
+  for (; i + 8 <= n; i += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t s = 0; s < rows; s++) acc = _mm256_fmadd_ps(_mm256_set1_ps(a[s]), _mm256_loadu_ps(x + s * ld + i), acc);
+    _mm256_storeu_ps(y + i, acc);
+  }
+  for (; i < n; i++) {
+    float acc = 0;
+    for (int64_t s = 0; s < rows; s++) acc += a[s] * x[s * ld + i];
+    y[i] = acc;
+  }
 }
 #endif
 
@@ -129,11 +185,29 @@ void dot_rows4(float* out, const float* x, const W* const* w, int64_t n) {
 
 }  // namespace
 
-void axpy_f32(float* y, float a, const float* x, int64_t n) {
+template <class W>
+void dots_strided(float* out, const float* x, const W* w, int64_t ld, int64_t rows, int64_t n) {
 #ifdef LA_X86
-  if (has_avx2) return axpy_avx2(y, a, x, n);
+  if (has_avx2) return dots_strided_avx2(out, x, w, ld, rows, n);
 #endif
-  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+  for (int64_t s = 0; s < rows; s++) dots_plain(out + s, x, n, 1, w + s * ld, n);
+}
+void dots_strided_f32(float* out, const float* x, const float* w, int64_t ld, int64_t rows, int64_t n) {
+  dots_strided(out, x, w, ld, rows, n);
+}
+void dots_strided_bf16(float* out, const float* x, const uint16_t* w, int64_t ld, int64_t rows, int64_t n) {
+  dots_strided(out, x, w, ld, rows, n);
+}
+
+void weighted_rows_f32(float* y, const float* a, const float* x, int64_t ld, int64_t rows, int64_t n) {
+#ifdef LA_X86
+  if (has_avx2) return weighted_rows_avx2(y, a, x, ld, rows, n);
+#endif
+  for (int64_t i = 0; i < n; i++) {
+    float acc = 0;
+    for (int64_t s = 0; s < rows; s++) acc += a[s] * x[s * ld + i];
+    y[i] = acc;
+  }
 }
 
 void dot_rows4_f32(float* out, const float* x, const float* const* w, int64_t n) { dot_rows4(out, x, w, n); }

@@ -16,7 +16,11 @@ void dots_bf16(float* out, const float* x, int64_t ldx, int64_t R, const uint16_
 void dot_rows4_f32(float* out, const float* x, const float* const* w, int64_t n);
 void dot_rows4_bf16(float* out, const float* x, const uint16_t* const* w, int64_t n);
 
-// y += a * x (n)
-void axpy_f32(float* y, float a, const float* x, int64_t n);
+// Rows `ld` elements apart: a matrix's rows (ld = n), or one kv head's keys in a cache:
+// out[s] = dot(x, w + s*ld) for s < rows (n each); 8 rows per pass, reduced together.
+void dots_strided_f32(float* out, const float* x, const float* w, int64_t ld, int64_t rows, int64_t n);
+void dots_strided_bf16(float* out, const float* x, const uint16_t* w, int64_t ld, int64_t rows, int64_t n);
+// y (n) = sum over s < rows of a[s] * (x + s*ld); y is overwritten (accumulated in registers).
+void weighted_rows_f32(float* y, const float* a, const float* x, int64_t ld, int64_t rows, int64_t n);
 
 }  // namespace la::cpu

@@ -57,7 +57,7 @@ Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {
       } else {
         std::memcpy(out->data(), bytes, out->size());
       }
-    });
+    }, /*here_if_idle=*/t->device == Device::CPU && t->nbytes() <= (1 << 20));  // a small copy: tens of µs at most
     bool ints = t->dtype == DType::I32;
     auto check = [t]() -> std::string { return t->storage->error ? *t->storage->error : std::string(); };
     auto make = [out, ints](Napi::Env env) -> Napi::Value {

@@ -88,7 +88,7 @@ class MappingWrap : public Napi::ObjectWrap<MappingWrap> {
 };
 
 struct AddonData {
-  Napi::FunctionReference tensor_ctor, mapping_ctor;
+  Napi::FunctionReference tensor_ctor, mapping_ctor, model_ctor;
 };
 
 // ---- argument helpers -----------------------------------------------------------------------
@@ -114,6 +114,20 @@ struct Args {
     if (!info[i].IsObject() || !info[i].As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
       type_error(i, name, "a Tensor or null");
     return TensorWrap::Unwrap(info[i].As<Napi::Object>())->tensor(fn);
+  }
+  // A JS array of Tensors.
+  std::vector<TensorPtr> tensors(size_t i, const char* name) const {
+    if (i >= info.Length() || !info[i].IsArray()) type_error(i, name, "an array of Tensors");
+    auto arr = info[i].As<Napi::Array>();
+    auto* data = info.Env().GetInstanceData<AddonData>();
+    std::vector<TensorPtr> out(arr.Length());
+    for (uint32_t k = 0; k < arr.Length(); k++) {
+      Napi::Value v = arr.Get(k);
+      if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
+        type_error(i, name, "an array of Tensors");
+      out[k] = TensorWrap::Unwrap(v.As<Napi::Object>())->tensor(fn);
+    }
+    return out;
   }
   bool boolean(size_t i, const char* name) const {
     if (i >= info.Length() || !info[i].IsBoolean()) type_error(i, name, "a boolean");

@@ -15,6 +15,14 @@ namespace la::ops {
 struct Kernels {
   Device dev;
 
+  // out (T, C) = rows `ids` (host values, already checked; `ids_here` where this device reads them)
+  void embedding(float* out, const TensorPtr& table, const int32_t* ids, const int32_t* ids_here, int64_t T) const {
+    const int64_t C = table->dim(1);
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::embedding_forward(out, table->raw(), table->dtype == DType::BF16, ids_here, T, C));
+    if (table->dtype == DType::F32) return cpu::embedding_forward(out, table->data<float>(), ids, T, C);
+    cpu::embedding_forward_bf16(out, table->data<uint16_t>(), ids, T, C);
+  }
   void rmsnorm(float* out, const float* x, const TensorPtr& w, int64_t T, int64_t C, float eps) const {
     if (dev == Device::CUDA) return LA_ON_CUDA(cuda::rmsnorm_forward(out, x, w->data<float>(), T, C, eps));
     cpu::rmsnorm_forward(out, x, w->data<float>(), T, C, eps);

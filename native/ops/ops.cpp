@@ -28,7 +28,8 @@ std::string describe_call(const char* op, const std::vector<TensorPtr>& ts) {
 
 }  // namespace
 
-void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorPtr> outputs, std::function<void()> body) {
+void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorPtr> outputs, std::function<void()> body,
+              bool tiny) {
   // The description with shapes is built only when the op fails: formatting it for every op
   // would cost more than a small op's work.
   cpu_executor().enqueue(std::string(), [name = std::string(op), inputs = std::move(inputs), outputs = std::move(outputs),
@@ -45,7 +46,7 @@ void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorP
       for (const TensorPtr& o : outputs) o->storage->error = err;
       throw Error(*err);  // the executor keeps it for synchronize()
     }
-  });
+  }, tiny);
 }
 
 TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
@@ -64,13 +65,7 @@ TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
     for (int64_t t = 0; t < T; t++)
       LA_CHECK(ids[t] >= 0 && ids[t] < V, "token id ", ids[t], " at position ", t, " is outside the vocabulary [0, ",
                V, ")");
-    if (dev == Device::CUDA)
-      LA_ON_CUDA(cuda::embedding_forward(out->data<float>(), table->raw(), table->dtype == DType::BF16,
-                                         index.on_device(), T, C));
-    else if (table->dtype == DType::F32)
-      cpu::embedding_forward(out->data<float>(), table->data<float>(), ids, T, C);
-    else
-      cpu::embedding_forward_bf16(out->data<float>(), table->data<uint16_t>(), ids, T, C);
+    Kernels{dev}.embedding(out->data<float>(), table, ids, index.on_device(), T);
   });
   return out;
 }

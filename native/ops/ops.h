@@ -5,14 +5,17 @@
 #include "../core/tensor.h"
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace la::ops {
 
 // Queues `body` on the executor of the tensors' device. If an input is poisoned (its producer
 // failed) the body is skipped and the outputs inherit the error; if the body throws, the outputs
-// are poisoned with "op(shapes): message".
-void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorPtr> outputs, std::function<void()> body);
+// are poisoned with "op(shapes): message". `tiny`: a few tens of µs of CPU work, run on the
+// calling thread when the executor is idle (Executor::enqueue).
+void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorPtr> outputs, std::function<void()> body,
+              bool tiny = false);
 
 
 TensorPtr embedding(const TensorPtr& table /*(V,C)*/, const TensorPtr& tokens /*(T) i32*/);     // -> (T,C)
@@ -40,6 +43,37 @@ struct DecoderShape {
 void decoder_layer(const TensorPtr& x, const DecoderWeights& w, const TensorPtr& k_cache, const TensorPtr& v_cache,
                    int64_t pos0, const DecoderShape& shape, const TensorPtr& pk = nullptr,
                    const TensorPtr& pv = nullptr, const TensorPtr& gate = nullptr);
+
+// A model's weights for cached inference, checked once (shapes, dtypes, one device) when made;
+// forward() runs the whole pass (embedding, every layer, final norm, classifier) as one op.
+struct LayerPrompt {
+  TensorPtr pk /*(K,Hkv,d)*/, pv /*(K,Hkv,d)*/, gate /*(H) or (1)*/;  // all null: no adapter branch
+};
+struct ModelWeights {
+  TensorPtr embedding /*(V,C)*/, final_norm /*(C)*/, classifier /*(V,C)*/;
+  std::vector<DecoderWeights> layers;
+  std::vector<LayerPrompt> prompts;  // one per layer, or empty
+};
+class Model : public std::enable_shared_from_this<Model> {
+ public:
+  Model(ModelWeights weights, const DecoderShape& shape);
+  // Runs `tokens` at positions pos0.., writing every layer's keys/values to its caches (S, Hkv, d);
+  // returns the logits (1, V) of the last token, or (T, V) with all_logits.
+  TensorPtr forward(const std::vector<int32_t>& tokens, const std::vector<TensorPtr>& k_caches,
+                    const std::vector<TensorPtr>& v_caches, int64_t pos0, bool all_logits) const;
+  Device device() const { return dev_; }
+  int64_t layers() const { return int64_t(w_.layers.size()); }
+
+ private:
+  ModelWeights w_;
+  DecoderShape s_;
+  int64_t d_ = 0, F_ = 0, matrix_params_ = 0;
+  // Up to this many flops (~0.1 ms on one core) a forward on the CPU may run on the caller's thread.
+  static constexpr double kTinyFlops = 4e6;
+  Device dev_ = Device::CPU;
+  std::vector<TensorPtr> inputs_;  // every weight and prompt tensor
+};
+
 TensorPtr swiglu(const TensorPtr& a /*(T,F)*/, const TensorPtr& b /*(T,F)*/);                     // -> (T,F)
 void add_inplace(const TensorPtr& x, const TensorPtr& y);                                          // x += y
 TensorPtr slice_rows(const TensorPtr& x /*(T,...)*/, int64_t start, int64_t count);               // -> (count,...)
