@@ -35,15 +35,16 @@ void matvec_range4(float* y, const float* x, const W* w, int64_t r0, int64_t r1,
 
 template <class W>
 void matmul_small(float* y, const float* x, const W* w, int64_t M, int64_t N, int64_t K) {
-  if (M == 1 && N >= 64) {
-    // Decoding: one contiguous range per thread, each walking 4 far-apart rows at once, keeps 4
+  if (M == 1) {
+    // A small matrix is in cache: one pass, a dot product per row. A large one streams from
+    // memory: one contiguous range per thread, each walking 4 far-apart rows at once, keeps 4
     // memory streams in flight per core (one row at a time left the bandwidth ~30% short).
-    int64_t tasks = N * K < 65536 ? 1 : std::min<int64_t>(N / 16, num_threads());
-    if (tasks == 1) {  // a small matrix, in cache: 8 rows per pass, their sums reduced together
+    if (N * K < 65536 || N < 16) {
       if constexpr (sizeof(W) == 4) dots_strided_f32(y, x, reinterpret_cast<const float*>(w), K, N, K);
       else dots_strided_bf16(y, x, reinterpret_cast<const uint16_t*>(w), K, N, K);
       return;
     }
+    int64_t tasks = std::min<int64_t>(N / 16, num_threads());
     parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; t++) matvec_range4(y, x, w, N * t / tasks, N * (t + 1) / tasks, K);
     });

@@ -154,10 +154,14 @@ __attribute__((target("avx2,fma"))) void weighted_rows_avx2(float* y, const floa
     }
     for (int j = 0; j < 4; j++) _mm256_storeu_ps(y + i + 8 * j, acc[j]);
   }
-  for (; i + 8 <= n; i += 8) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t s = 0; s < rows; s++) acc = _mm256_fmadd_ps(_mm256_set1_ps(a[s]), _mm256_loadu_ps(x + s * ld + i), acc);
-    _mm256_storeu_ps(y + i, acc);
+  for (; i + 8 <= n; i += 8) {  // 8 columns (a small head): 4 rows at a time into 4 sums
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t s = 0;
+    for (; s + 4 <= rows; s += 4)
+      for (int j = 0; j < 4; j++)
+        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(a[s + j]), _mm256_loadu_ps(x + (s + j) * ld + i), acc[j]);
+    for (; s < rows; s++) acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(a[s]), _mm256_loadu_ps(x + s * ld + i), acc[0]);
+    _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
   }
   for (; i < n; i++) {
     float acc = 0;

@@ -79,6 +79,33 @@ int64_t layer_scratch(int64_t T, int64_t C, int64_t H, int64_t Hkv, int64_t d, i
   return T * (2 * C + 2 * H * d + 2 * Hkv * d + 3 * F);
 }
 
+// A body's scratch floats: on CUDA a device block allocated (stream-ordered) when the op is queued
+// and held by the body; on the CPU a buffer of the running thread, reused by the next body, so that
+// a decode step allocates nothing (a few small mallocs and frees per token cost more than its
+// attention). Bodies never nest, so one buffer per thread suffices; large ones are not kept.
+class Scratch {
+ public:
+  Scratch(int64_t floats, Device dev) : n_(floats) {
+    if (dev == Device::CUDA) device_ = empty({floats}, DType::F32, dev);
+  }
+  float* get() const {  // in the body
+    if (device_) return device_->data<float>();
+    thread_local std::vector<float> kept;
+    if (n_ > kKeep) {
+      own_.reset(new float[size_t(n_)]);
+      return own_.get();
+    }
+    if (int64_t(kept.size()) < n_) kept.resize(size_t(n_));
+    return kept.data();
+  }
+
+ private:
+  static constexpr int64_t kKeep = 1 << 18;  // 1 MiB
+  int64_t n_;
+  TensorPtr device_;
+  mutable std::shared_ptr<float[]> own_;
+};
+
 // One layer's body (on the executor): x (T, C) updated in place, keys/values written at pos0..
 void run_layer(const Kernels& k, float* xs, float* scratch, const DecoderWeights& w, const TensorPtr& k_cache,
                const TensorPtr& v_cache, const LayerPrompt& p, int64_t pos0, int64_t T, int64_t C,
@@ -133,11 +160,10 @@ void decoder_layer(const TensorPtr& x, const DecoderWeights& w, const TensorPtr&
 
   std::vector<TensorPtr> inputs{x, w.attn_norm, w.wq, w.wk, w.wv, w.wo, w.ffn_norm, w.w1, w.w2, w.w3, k_cache, v_cache};
   if (K) inputs.insert(inputs.end(), {pk, pv, gate});
-  // One scratch block, allocated now (stream-ordered on CUDA) and held by the body until it ran.
-  TensorPtr scratch = empty({layer_scratch(T, C, H, Hkv, d, F)}, DType::F32, dev);
+  const Scratch scratch(layer_scratch(T, C, H, Hkv, d, F), dev);
   const LayerPrompt prompt{K ? pk : nullptr, K ? pv : nullptr, K ? gate : nullptr};
   queue_op(op, inputs, {x, k_cache, v_cache}, [=] {
-    run_layer(Kernels{dev}, f32(x), f32(scratch), w, k_cache, v_cache, prompt, pos0, T, C, s);
+    run_layer(Kernels{dev}, f32(x), scratch.get(), w, k_cache, v_cache, prompt, pos0, T, C, s);
   });
 }
 
@@ -200,12 +226,17 @@ TensorPtr Model::forward(const std::vector<int32_t>& tokens, const std::vector<T
              device_name(k_caches[l]->device), " but the model on ", device_name(dev_));
     inputs.insert(inputs.end(), {k_caches[l], v_caches[l]});
   }
-  TensorPtr ids = empty({T}, DType::I32, Device::CPU);  // index tensors stay on the host
-  std::memcpy(ids->data<int32_t>(), tokens.data(), size_t(T) * sizeof(int32_t));
   const int64_t R = all_logits ? T : 1;  // rows of logits
   TensorPtr logits = empty({R, V}, DType::F32, dev_);
-  // x (T, C), the layers' scratch, xn (R, C): one block, held by the body until it ran
-  TensorPtr scratch = empty({T * C + layer_scratch(T, C, H, Hkv, d_, F_) + R * C}, DType::F32, dev_);
+  // x (T, C), the layers' scratch, xn (R, C)
+  const int64_t layer = layer_scratch(T, C, H, Hkv, d_, F_);
+  const Scratch scratch(T * C + layer + R * C, dev_);
+  // the token ids: read in place on the CPU; a CUDA body uploads them (index tensors stay on the host)
+  TensorPtr ids;
+  if (dev_ == Device::CUDA) {
+    ids = empty({T}, DType::I32, Device::CPU);
+    std::memcpy(ids->data<int32_t>(), tokens.data(), size_t(T) * sizeof(int32_t));
+  }
   std::vector<TensorPtr> outputs{logits};
   outputs.insert(outputs.end(), k_caches.begin(), k_caches.end());
   outputs.insert(outputs.end(), v_caches.begin(), v_caches.end());
@@ -218,11 +249,15 @@ TensorPtr Model::forward(const std::vector<int32_t>& tokens, const std::vector<T
   queue_op(op, std::move(inputs), std::move(outputs), [=] {
     const Kernels k{dev};
     const ModelWeights& w = self->w_;
-    float *x = f32(scratch), *layer = x + T * C, *xn = layer + layer_scratch(T, C, H, Hkv, self->d_, self->F_);
-    Indices index(ids, dev);
-    k.embedding(x, w.embedding, index.host(), index.on_device(), T);
+    float *x = scratch.get(), *work = x + T * C, *xn = work + layer;
+    if (ids) {
+      Indices index(ids, dev);
+      k.embedding(x, w.embedding, index.host(), index.on_device(), T);
+    } else {
+      k.embedding(x, w.embedding, tokens.data(), tokens.data(), T);
+    }
     for (int64_t l = 0; l < L; l++)
-      run_layer(k, x, layer, w.layers[l], k_caches[l], v_caches[l], w.prompts[l], pos0, T, C, self->s_);
+      run_layer(k, x, work, w.layers[l], k_caches[l], v_caches[l], w.prompts[l], pos0, T, C, self->s_);
     k.rmsnorm(xn, x + (T - R) * C, w.final_norm, R, C, self->s_.eps);
     k.matmul(f32(logits), xn, w.classifier, R);
   }, tiny);
