@@ -72,6 +72,25 @@ describe('modelForward: the whole forward as one op equals the op-by-op forward 
     }
   }
 
+  it('a 400-token prefill (its scratch allocated apart, not the per-thread buffer) equals the op-by-op forward', async () => {
+    const ckpt = await loadCheckpoint(dataPath('stories260K', 'stories260K.bin'), { dtype: 'f32', device: 'cpu' });
+    try {
+      const c = ckpt.config;
+      const d = headSize(c);
+      const model = native.model(ckpt.weights, { heads: c.nHeads, kvHeads: c.nKvHeads, eps: c.normEps, theta: c.ropeTheta, layout: c.ropeLayout });
+      const caches = () => Array.from({ length: c.nLayers }, () => native.zeros([400, c.nKvHeads, d]));
+      const [k1, v1, k2, v2] = [caches(), caches(), caches(), caches()];
+      const tokens = Array.from({ length: 400 }, (_, i) => (i * 37 + 11) % c.vocabSize);
+      const want = await modelOpByOp(ckpt.weights, c, tokens, k1, v1, 0, true).read();
+      const got = await native.modelForward(model, tokens, k2, v2, 0, true).read();
+      expect(got.length).to.equal(400 * c.vocabSize);
+      expect(Array.from(got)).to.deep.equal(Array.from(want));
+      model.dispose();
+    } finally {
+      ckpt.dispose();
+    }
+  });
+
   describe('on the caller thread or queued', () => {
     let ckpt: Checkpoint;
     let model: ModelHandle;

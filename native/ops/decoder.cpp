@@ -79,31 +79,26 @@ int64_t layer_scratch(int64_t T, int64_t C, int64_t H, int64_t Hkv, int64_t d, i
   return T * (2 * C + 2 * H * d + 2 * Hkv * d + 3 * F);
 }
 
-// A body's scratch floats: on CUDA a device block allocated (stream-ordered) when the op is queued
-// and held by the body; on the CPU a buffer of the running thread, reused by the next body, so that
-// a decode step allocates nothing (a few small mallocs and frees per token cost more than its
-// attention). Bodies never nest, so one buffer per thread suffices; large ones are not kept.
+// A body's scratch floats. A device block, or a large host one, is allocated when the op is
+// queued (stream-ordered on CUDA) and held by the body; a small host one is the running thread's
+// buffer, reused by the next body, so that a decode step allocates nothing (a few mallocs and
+// frees per token cost more than a tiny model's attention). Bodies never nest: one per thread.
 class Scratch {
  public:
   Scratch(int64_t floats, Device dev) : n_(floats) {
-    if (dev == Device::CUDA) device_ = empty({floats}, DType::F32, dev);
+    if (dev == Device::CUDA || floats > kKeep) block_ = empty({floats}, DType::F32, dev);
   }
   float* get() const {  // in the body
-    if (device_) return device_->data<float>();
+    if (block_) return block_->data<float>();
     thread_local std::vector<float> kept;
-    if (n_ > kKeep) {
-      own_.reset(new float[size_t(n_)]);
-      return own_.get();
-    }
     if (int64_t(kept.size()) < n_) kept.resize(size_t(n_));
     return kept.data();
   }
 
  private:
-  static constexpr int64_t kKeep = 1 << 18;  // 1 MiB
+  static constexpr int64_t kKeep = 1 << 18;  // floats (1 MiB)
   int64_t n_;
-  TensorPtr device_;
-  mutable std::shared_ptr<float[]> own_;
+  TensorPtr block_;
 };
 
 // One layer's body (on the executor): x (T, C) updated in place, keys/values written at pos0..
