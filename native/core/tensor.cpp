@@ -1,5 +1,7 @@
 #include "tensor.h"
 
+#include <sys/mman.h>
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -115,8 +117,23 @@ class BlockCache {
     }
     size_t padded = bytes >= kMinCached ? size_class(bytes) : (bytes + 63) / 64 * 64;
     *cap = padded;
-    void* p = std::aligned_alloc(64, padded);
-    if (!p && release_all()) p = std::aligned_alloc(64, padded);
+    void* p = allocate(padded);
+    if (!p && release_all()) p = allocate(padded);
+    return p;
+  }
+
+  // Blocks of 2 MiB or more start on a 2 MiB boundary and ask for transparent huge pages: a
+  // decode step streams every weight once, and with 4 KiB pages the TLB misses cost a fifth of a
+  // large matrix-vector product (measured on the 110M shape's bf16 classifier). Only the
+  // alignment slack before the block is wasted, and only as address space.
+  static void* allocate(size_t bytes) {
+    constexpr size_t kHuge = size_t(2) << 20;
+    if (bytes < kHuge) return std::aligned_alloc(64, bytes);
+    void* p = nullptr;
+    if (posix_memalign(&p, kHuge, bytes) != 0) return nullptr;
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);  // advice only: its failure changes nothing
+#endif
     return p;
   }
 
