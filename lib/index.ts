@@ -1,6 +1,6 @@
 // llama-adapter: the public API.
 export { native } from './native';
-export type { Tensor, DType, Device, Capabilities, FileMapping } from './native';
+export type { Tensor, DType, Device, Capabilities, FileMapping, ModelHandle, ModelWeights, DecoderShape, DecoderWeights, LayerPrompt } from './native';
 export { defaultDevice, resolveDevice } from './device';
 export { Llama, KVCache } from './model/llama';
 export { loadCheckpoint } from './model/load';
