@@ -11,6 +11,7 @@ import { native } from '../lib/native';
 import { Llama } from '../lib/model/llama';
 import { generateTokens } from '../lib/generate/generate';
 import { BenchTable, IdleGate } from './gemm';
+import { decodeWeightBytes, ModelShape } from './flops';
 
 // ---- paths ------------------------------------------------------------------------------------
 
@@ -33,15 +34,21 @@ export const llama2cDir: string = process.env.LLAMA2C_DIR ?? path.join(outDir, '
 
 // ---- the random-weight stories110M-shaped checkpoint -----------------------------------------
 
-export interface Llama2cShape {
-  dim: number;
-  hiddenDim: number;
-  nLayers: number;
-  nHeads: number;
-  nKvHeads: number;
-  vocabSize: number;
+/** A llama2.c v0 header: the model's shape and its context length. */
+export interface Llama2cShape extends ModelShape {
   seqLen: number;
 }
+
+/** llama2.c's stories15M shape (the LLaMA tokenizer's vocabulary). */
+export const STORIES15M: Llama2cShape = {
+  dim: 288,
+  hiddenDim: 768,
+  nLayers: 6,
+  nHeads: 6,
+  nKvHeads: 6,
+  vocabSize: 32000,
+  seqLen: 256,
+};
 
 export const STORIES110M: Llama2cShape = {
   dim: 768,
@@ -240,15 +247,6 @@ export async function measureReadBandwidth(threads: number, mib = 512, reps = 10
 
 // ---- our decode -------------------------------------------------------------------------------
 
-/** Bytes of weights one decode step reads: every matrix, the norms, the classifier, one embedding row. */
-export function weightBytesPerToken(s: Llama2cShape, dtype: 'f32' | 'bf16'): number {
-  const e = dtype === 'f32' ? 4 : 2;
-  const C = s.dim;
-  const kv = (s.nKvHeads * C) / s.nHeads;
-  const layer = e * (2 * C * C + 2 * kv * C + 3 * s.hiddenDim * C) + 4 * 2 * C;
-  return s.nLayers * layer + e * s.vocabSize * C + 4 * C + e * C;
-}
-
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const n = s.length;
@@ -427,7 +425,7 @@ export async function runDecode(opts: DecodeOptions): Promise<BenchTable> {
   for (const { c, dtype, ours: oursRuns, runc: runcRuns } of results) {
     const ours = median(oursRuns);
     const runc = runcRuns && median(runcRuns);
-    const wbytes = weightBytesPerToken(c.shape, dtype);
+    const wbytes = decodeWeightBytes(c.shape, dtype === 'f32' ? 4 : 2);
     const bound = bw / wbytes;
     raw.push({ model: c.label, dtype, oursTokPerSec: oursRuns, runcTokPerSec: runcRuns, boundTokPerSec: bound });
     rows.push([

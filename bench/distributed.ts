@@ -14,12 +14,11 @@ import * as os from 'os';
 import * as path from 'path';
 import { native } from '../lib/native';
 import { mpirunArgs, which } from '../lib/train/distributed';
-import { dataDir, Llama2cShape, outDir, repoRoot, writeRandomLlama2c } from './decode';
+import { dataDir, outDir, repoRoot, STORIES15M, writeRandomLlama2c } from './decode';
 import { BenchTable } from './gemm';
 import { formatTable } from './run';
 
 /** llama2.c's stories15M shape (vocabulary of the LLaMA tokenizer). */
-export const STORIES15M: Llama2cShape = { dim: 288, hiddenDim: 768, nLayers: 6, nHeads: 6, nKvHeads: 6, vocabSize: 32000, seqLen: 256 };
 
 interface Args {
   steps: number;

@@ -5,15 +5,10 @@
 // H heads, Hkv kv heads, d = C / H, Ckv = Hkv d, V vocab; a packed micro-batch of N tokens in
 // sequences of lengths n_s, P = Σ n_s (n_s + 1) / 2 causal (query, key) pairs, M target tokens.
 
+import type { LlamaConfig } from '../lib/model/config';
+
 /** The shape fields the counts need (a LlamaConfig has them all). */
-export interface ModelShape {
-  dim: number;
-  hiddenDim: number;
-  nLayers: number;
-  nHeads: number;
-  nKvHeads: number;
-  vocabSize: number;
-}
+export type ModelShape = Pick<LlamaConfig, 'dim' | 'hiddenDim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'vocabSize'>;
 
 /** LLaMA-7B (and Llama-2-7B): the shape of the GPU check's benchmark. */
 export const LLAMA_7B: ModelShape = { dim: 4096, hiddenDim: 11008, nLayers: 32, nHeads: 32, nKvHeads: 32, vocabSize: 32000 };
@@ -53,8 +48,8 @@ export const ADAPTER_STEP_FLOPS_FORMULA =
  *   LM head           2 M·C·V + 2 M·C·V                             logits and dh at the M target rows only
  *
  * The layers below the adapted ones run forward only; no gradient of a frozen weight is formed.
- * This is the same count as stepFlops in train-step.ts (the CPU table), from lengths instead of a
- * Batch; test/gpu-check.test.ts checks both against a hand count.
+ * train-step.ts's stepFlops (the CPU table) is this count for a packed Batch;
+ * test/gpu-check.test.ts checks it against a hand count.
  */
 export function adapterStepFlops(s: ModelShape, L: number, K: number, seqLens: readonly number[], targets: number): AdapterStepFlops {
   const C = s.dim;

@@ -26,19 +26,9 @@ import { Llama } from '../lib/model/llama';
 import { loadTokenizer } from '../lib/tokenizer';
 import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
-import { dataDir, Llama2cShape, outDir, repoRoot, STORIES110M, writeRandomLlama2c } from './decode';
+import { dataDir, outDir, repoRoot, STORIES110M, STORIES15M, writeRandomLlama2c } from './decode';
 import { BenchTable, IdleGate, measurePeak } from './gemm';
-
-/** llama2.c's stories15M shape (the LLaMA tokenizer's vocabulary). */
-export const STORIES15M_SHAPE: Llama2cShape = {
-  dim: 288,
-  hiddenDim: 768,
-  nLayers: 6,
-  nHeads: 6,
-  nKvHeads: 6,
-  vocabSize: 32000,
-  seqLen: 256,
-};
+import { adapterStepFlops, AdapterStepFlops } from './flops';
 
 export const ADAPTER_LEN = 10; // K prompts per adapted layer (the paper's)
 
@@ -93,50 +83,11 @@ const TORCH_SCRIPT = path.join(repoRoot, 'bench', 'torch_train_step.py');
 
 // ---- FLOPs ------------------------------------------------------------------------------------
 
-export interface StepFlops {
-  /** frozen matmuls of the forward, all layers (+ the prompts' keys/values) */
-  forwardMatmul: number;
-  /** input-gradient matmuls of the adapted layers (+ dP) */
-  backwardMatmul: number;
-  /** attention products (causal pairs within each sequence, + the prompt branch), fwd + bwd */
-  attention: number;
-  /** LM head at the target rows: logits and their input gradient */
-  head: number;
-  total: number;
-}
-
-/**
- * Multiply-adds x 2 of what the CPU step computes for `batch` (packed, no padding): N tokens, M
- * targets, P = sum over sequences of n(n+1)/2 causal pairs, L adapted layers of K prompts.
- *   forward matmuls  2 N (C·C + 2 C·Ckv + C·C + 3 C·F) per layer, all layers; + 2·K·C·2Ckv per adapted layer
- *   backward matmuls the same per adapted layer, but the lowest one skips dq/dk/dv -> da (wq, wk, wv);
- *                    + dP = dKp Wk + dVp Wv: 2·K·Ckv·C·2
- *   attention        forward 4 d P per head and layer (QKᵀ, PV) + 4 d K N per head of adapted layers;
- *                    backward 10 d P (S recomputed, dout Vᵀ, Pᵀ dout, dSᵀ Q, dS K) + 12 d K N
- *   LM head          2 M C V (logits) + 2 M C V (dh = dlogits · W)
- * Elementwise work (norms, RoPE, SwiGLU, softmax, cross-entropy, AdamW) is not counted.
- */
-export function stepFlops(c: LlamaConfig, L: number, K: number, batch: Batch): StepFlops {
-  const C = c.dim;
-  const F = c.hiddenDim;
-  const H = c.nHeads;
-  const d = C / H;
-  const Ckv = c.nKvHeads * d;
-  const V = c.vocabSize;
-  const N = batch.tokens.length;
-  const M = batch.targetCount;
-  let P = 0;
-  for (let s = 0; s + 1 < batch.segments.length; s++) {
-    const n = batch.segments[s + 1] - batch.segments[s];
-    P += (n * (n + 1)) / 2;
-  }
-  const qkv = C * C + 2 * C * Ckv;
-  const rest = C * C + 3 * C * F;
-  const forwardMatmul = c.nLayers * 2 * N * (qkv + rest) + L * 2 * K * C * 2 * Ckv;
-  const backwardMatmul = L * 2 * N * rest + Math.max(0, L - 1) * 2 * N * qkv + L * 2 * K * Ckv * C * 2;
-  const attention = c.nLayers * H * 4 * d * P + L * H * 4 * d * K * N + L * H * (10 * d * P + 12 * d * K * N);
-  const head = 4 * M * C * V;
-  return { forwardMatmul, backwardMatmul, attention, head, total: forwardMatmul + backwardMatmul + attention + head };
+/** The FLOPs of the CPU step for `batch` (packed, no padding): flops.ts's adapterStepFlops over
+ *  its sequences' lengths and target count (the formulas are written out there). */
+export function stepFlops(c: LlamaConfig, L: number, K: number, batch: Batch): AdapterStepFlops {
+  const lens = Array.from({ length: batch.segments.length - 1 }, (_, s) => batch.segments[s + 1] - batch.segments[s]);
+  return adapterStepFlops(c, L, K, lens, batch.targetCount);
 }
 
 // ---- data -------------------------------------------------------------------------------------
@@ -276,7 +227,7 @@ function modelCases(which: string[], seed: number, regenerate: boolean, log: (s:
         steps: 8,
       });
     } else if (m === '15M' || m === '110M') {
-      const shape = m === '15M' ? STORIES15M_SHAPE : STORIES110M;
+      const shape = m === '15M' ? STORIES15M : STORIES110M;
       const file = path.join(outDir, m === '15M' ? `random-15M-seed${seed}.bin` : `random-stories110M-seed${seed}.bin`);
       log(`train-step: writing/reusing ${path.relative(repoRoot, file)} ...`);
       writeRandomLlama2c(file, shape, seed, regenerate);
@@ -332,7 +283,7 @@ export async function runTrainStep(opts: TrainStepOptions): Promise<BenchTable> 
       const st = packStats(timed);
       const flops = timed.map((b) => stepFlops(c, L, ADAPTER_LEN, b));
       const flopsPerStep = flops.reduce((a, f) => a + f.total, 0) / steps;
-      const share = (k: keyof StepFlops) => flops.reduce((a, f) => a + f[k], 0) / steps / flopsPerStep;
+      const share = (k: keyof AdapterStepFlops) => flops.reduce((a, f) => a + f[k], 0) / steps / flopsPerStep;
       log(
         `train-step: ${mc.label}: ${steps} timed steps of ${B} x <= ${T} tokens (${(st.tokens / steps).toFixed(0)} tokens, ` +
           `${(st.targets / steps).toFixed(0)} targets per step), ${(flopsPerStep / 1e9).toFixed(1)} GFLOP per step ` +

@@ -23,6 +23,7 @@ import { loadTokenizer } from '../lib/tokenizer';
 import { initWorld } from '../lib/train/distributed';
 import { AdapterGrads, AdapterGraph, PackedBatch } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
+import { AllreduceTiming, timeAllreduce } from './allreduce-timing';
 import { Random } from '../lib/generate/random';
 
 
@@ -197,24 +198,15 @@ export async function ncclGpu(json: string): Promise<boolean> {
     ...Array.from({ length: 30 }, (_, i) => native.randomUniform([10, 4096], 'f32', 'cuda', 500 + i, 1)),
     ...Array.from({ length: 30 }, (_, i) => native.randomUniform([32], 'f32', 'cuda', 600 + i, 1)),
   ];
-  const n = grads.reduce((s, g) => s + g.shape.reduce((a, b) => a * b, 1), 0);
-  const wall: number[] = [];
-  const inside: number[] = [];
+  let timing: AllreduceTiming;
   try {
-    for (let i = 0; i < 25; i++) {
-      const s0 = native.commInfo().stats.seconds;
-      const t0 = process.hrtime.bigint();
-      await native.allreduceSum(grads);
-      wall.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      inside.push((native.commInfo().stats.seconds - s0) * 1e3);
-    }
+    timing = await timeAllreduce(grads);
   } finally {
     for (const g of grads) g.dispose();
   }
-  const median = (a: number[]) => [...a.slice(5)].sort((x, y) => x - y)[(a.length - 5) >> 1];
-  const r = { library: info.library, size: world.size, floats: n, allreduceMs: median(inside), allreduceWallMs: median(wall) };
+  const r = { library: info.library, size: world.size, floats: timing.floats, allreduceMs: timing.allreduceMs, allreduceWallMs: timing.allreduceWallMs };
   console.log(
-    `nccl-gpu: all-reduce of ${n} fp32 on the GPU (${info.library}, ${world.size} rank): ${r.allreduceMs.toFixed(3)} ms ` +
+    `nccl-gpu: all-reduce of ${r.floats} fp32 on the GPU (${info.library}, ${world.size} rank): ${r.allreduceMs.toFixed(3)} ms ` +
       `(${r.allreduceWallMs.toFixed(3)} ms awaited from JavaScript), median of 20`,
   );
   fs.writeFileSync(json, JSON.stringify(r, null, 1) + '\n');

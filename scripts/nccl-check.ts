@@ -14,6 +14,7 @@ import { native } from '../lib/native';
 import { resolveTrainConfig } from '../lib/train/config';
 import { initWorld } from '../lib/train/distributed';
 import { Trainer } from '../lib/train/trainer';
+import { AllreduceTiming, timeAllreduce } from './allreduce-timing';
 
 async function main(): Promise<void> {
   const jsonOut = process.argv.indexOf('--json') >= 0 ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
@@ -59,22 +60,16 @@ async function main(): Promise<void> {
 
   // 2. the 7B adapter's gradients: 30 prompts (10, 4096) and 30 per-head gates (32)
   const grads = [...Array.from({ length: 30 }, () => native.zeros([10, 4096])), ...Array.from({ length: 30 }, () => native.zeros([32]))];
-  const n = grads.reduce((s, g) => s + g.shape.reduce((a, b) => a * b, 1), 0);
-  const wall: number[] = [];
-  const inside: number[] = [];
-  for (let i = 0; i < 25; i++) {
-    const s0 = native.commInfo().stats.seconds;
-    const t0 = process.hrtime.bigint();
-    await native.allreduceSum(grads);
-    wall.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    inside.push((native.commInfo().stats.seconds - s0) * 1e3);
+  let timing: AllreduceTiming;
+  try {
+    timing = await timeAllreduce(grads);
+  } finally {
+    for (const g of grads) g.dispose();
   }
-  const median = (a: number[]) => a.slice(5).sort((x, y) => x - y)[(a.length - 5) >> 1];
-  for (const g of grads) g.dispose();
-  Object.assign(result, { allreduceFloats: n, allreduceMs: median(inside), allreduceWallMs: median(wall) });
+  Object.assign(result, { allreduceFloats: timing.floats, allreduceMs: timing.allreduceMs, allreduceWallMs: timing.allreduceWallMs });
   say(
-    `nccl: all-reduce of the 7B adapter's gradients (${n} fp32, host tensors staged through the GPU): ` +
-      `${median(inside).toFixed(3)} ms per step (${median(wall).toFixed(3)} ms awaited from JavaScript), median of 20`,
+    `nccl: all-reduce of the 7B adapter's gradients (${timing.floats} fp32, host tensors staged through the GPU): ` +
+      `${timing.allreduceMs.toFixed(3)} ms per step (${timing.allreduceWallMs.toFixed(3)} ms awaited from JavaScript), median of 20`,
   );
   if (jsonOut && world.isRoot) fs.writeFileSync(jsonOut, JSON.stringify(result, null, 2) + '\n');
   await world.finalize();

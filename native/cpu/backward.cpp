@@ -1,5 +1,5 @@
-// Input gradients of the frozen model's ops (no weight gradient is ever formed), per-token RoPE, and
-// the row gather/scatter that move activations between packed rows and loss rows.
+// Input gradients of the frozen model's ops (no weight gradient is ever formed) and the row
+// gather/scatter that move activations between packed rows and loss rows.
 //
 // Dimension letters: T tokens (rows), C channels, N packed tokens, H heads, d head size, M/N/K
 // matmul sizes. PyTorch formula beside each loop.
@@ -14,56 +14,6 @@
 #include "kernels.h"
 
 namespace la::cpu {
-
-// x (N, H, d): rotate pair i of token t by angle pos[t] * theta^(-2i/d) (by -angle when inverse).
-// cos/sin are rounded to f32 from double exactly as rope_forward does, so ropeAt at positions
-// pos0 + t equals rope bit for bit. When the positions are small (packed rows restart per segment)
-// they come from a table over 0 .. max position.
-void rope_at(float* x, const int32_t* pos, int64_t N, int64_t H, int64_t d, float theta, bool interleaved,
-             bool inverse) {
-  const int64_t half = d / 2;
-  std::vector<double> freq(half);
-  for (int64_t i = 0; i < half; i++) freq[i] = std::pow(double(theta), -double(2 * i) / double(d));
-  int64_t pmax = 0;
-  for (int64_t t = 0; t < N; t++) pmax = std::max<int64_t>(pmax, pos[t]);
-  const float sign = inverse ? -1.f : 1.f;
-  auto angles = [&](float* cs, float* sn, int64_t p) {
-    for (int64_t i = 0; i < half; i++) {
-      cs[i] = float(std::cos(double(p) * freq[i]));
-      sn[i] = sign * float(std::sin(double(p) * freq[i]));
-    }
-  };
-  auto rotate = [&](float* v, const float* cs, const float* sn) {
-    for (int64_t i = 0; i < half; i++) {
-      float* a = interleaved ? v + 2 * i : v + i;
-      float* b = interleaved ? v + 2 * i + 1 : v + i + half;
-      float x0 = *a, x1 = *b;
-      *a = x0 * cs[i] - x1 * sn[i];
-      *b = x0 * sn[i] + x1 * cs[i];
-    }
-  };
-  const int64_t grain = std::max<int64_t>(1, 4096 / (H * d));
-  if (pmax < N) {
-    std::vector<float> table(size_t((pmax + 1) * d));  // per position: cos (half), sin (half)
-    parallel_for(pmax + 1, 16, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; p++) angles(&table[p * d], &table[p * d + half], p);
-    });
-    parallel_for(N, grain, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; t++) {
-        const float* cs = &table[int64_t(pos[t]) * d];
-        for (int64_t h = 0; h < H; h++) rotate(x + (t * H + h) * d, cs, cs + half);
-      }
-    });
-  } else {
-    parallel_for(N, grain, [&](int64_t t0, int64_t t1) {
-      std::vector<float> cs(half), sn(half);
-      for (int64_t t = t0; t < t1; t++) {
-        angles(cs.data(), sn.data(), pos[t]);
-        for (int64_t h = 0; h < H; h++) rotate(x + (t * H + h) * d, cs.data(), sn.data());
-      }
-    });
-  }
-}
 
 // y = x * w * r, r = 1/sqrt(mean(x^2) + eps):
 //   dx = r * (dy * w) - x * r^3 / C * sum(dy * w * x)

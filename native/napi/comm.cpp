@@ -144,23 +144,17 @@ LA_OP(commInfo, {
 })
 
 LA_OP(allreduceSum, {
-  if (info.Length() < 1 || !info[0].IsArray()) a.type_error(0, "tensors", "an array of Tensors");
-  Napi::Array arr = info[0].As<Napi::Array>();
-  auto* data = info.Env().GetInstanceData<AddonData>();
-  std::vector<TensorPtr> ts;
+  const std::vector<TensorPtr> ts = a.tensors(0, "tensors");
   int64_t total = 0;
-  for (uint32_t i = 0; i < arr.Length(); i++) {
-    Napi::Value v = arr.Get(i);
-    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value())) a.type_error(0, "tensors", "an array of Tensors");
-    TensorPtr t = TensorWrap::Unwrap(v.As<Napi::Object>())->tensor("allreduceSum");
+  for (size_t i = 0; i < ts.size(); i++) {
+    const TensorPtr& t = ts[i];
     LA_CHECK(t->dtype == DType::F32, "allreduceSum: tensor ", i, " must be f32, got ", t->describe());
     LA_CHECK(!t->storage->read_only, "allreduceSum: tensor ", i, " ", t->describe(), " views a read-only weight file");
-    LA_CHECK(ts.empty() || t->device == ts[0]->device, "allreduceSum: all tensors must be on one device, tensor ", i,
-             " is on ", device_name(t->device), " and tensor 0 on ", device_name(ts[0]->device));
-    for (const TensorPtr& u : ts)
-      LA_CHECK(u->storage != t->storage, "allreduceSum: tensor ", i, " shares its storage with an earlier one");
+    LA_CHECK(t->device == ts[0]->device, "allreduceSum: all tensors must be on one device, tensor ", i, " is on ",
+             device_name(t->device), " and tensor 0 on ", device_name(ts[0]->device));
+    for (size_t j = 0; j < i; j++)
+      LA_CHECK(ts[j]->storage != t->storage, "allreduceSum: tensor ", i, " shares its storage with an earlier one");
     total += t->numel();
-    ts.push_back(std::move(t));
   }
   if (!ts.empty()) {
     ops::queue_op("allreduceSum", ts, ts, [ts, total] {

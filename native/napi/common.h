@@ -93,6 +93,13 @@ struct AddonData {
 
 // ---- argument helpers -----------------------------------------------------------------------
 
+// The Tensor handle `v` holds, or nullptr when v is not a Tensor.
+inline TensorWrap* as_tensor(Napi::Env env, Napi::Value v) {
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(env.GetInstanceData<AddonData>()->tensor_ctor.Value()))
+    return nullptr;
+  return TensorWrap::Unwrap(v.As<Napi::Object>());
+}
+
 struct Args {
   const Napi::CallbackInfo& info;
   const char* fn;
@@ -102,30 +109,26 @@ struct Args {
                                                ") must be " + want);
   }
   TensorPtr tensor(size_t i, const char* name) const {
-    auto* data = info.Env().GetInstanceData<AddonData>();
-    if (i >= info.Length() || !info[i].IsObject() || !info[i].As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
-      type_error(i, name, "a Tensor");
-    return TensorWrap::Unwrap(info[i].As<Napi::Object>())->tensor(fn);
+    TensorWrap* w = i < info.Length() ? as_tensor(info.Env(), info[i]) : nullptr;
+    if (!w) type_error(i, name, "a Tensor");
+    return w->tensor(fn);
   }
   // A Tensor, or nullptr for null, undefined or a missing argument.
   TensorPtr optional_tensor(size_t i, const char* name) const {
     if (i >= info.Length() || info[i].IsNull() || info[i].IsUndefined()) return nullptr;
-    auto* data = info.Env().GetInstanceData<AddonData>();
-    if (!info[i].IsObject() || !info[i].As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
-      type_error(i, name, "a Tensor or null");
-    return TensorWrap::Unwrap(info[i].As<Napi::Object>())->tensor(fn);
+    TensorWrap* w = as_tensor(info.Env(), info[i]);
+    if (!w) type_error(i, name, "a Tensor or null");
+    return w->tensor(fn);
   }
   // A JS array of Tensors.
   std::vector<TensorPtr> tensors(size_t i, const char* name) const {
     if (i >= info.Length() || !info[i].IsArray()) type_error(i, name, "an array of Tensors");
     auto arr = info[i].As<Napi::Array>();
-    auto* data = info.Env().GetInstanceData<AddonData>();
     std::vector<TensorPtr> out(arr.Length());
     for (uint32_t k = 0; k < arr.Length(); k++) {
-      Napi::Value v = arr.Get(k);
-      if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
-        type_error(i, name, "an array of Tensors");
-      out[k] = TensorWrap::Unwrap(v.As<Napi::Object>())->tensor(fn);
+      TensorWrap* w = as_tensor(info.Env(), arr.Get(k));
+      if (!w) type_error(i, name, "an array of Tensors");
+      out[k] = w->tensor(fn);
     }
     return out;
   }

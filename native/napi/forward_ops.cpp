@@ -31,11 +31,11 @@ TensorPtr field_tensor(const Args& a, Napi::Object o, const std::string& where, 
                        bool optional = false) {
   Napi::Value v = o.Get(field);
   if (optional && (v.IsNull() || v.IsUndefined())) return nullptr;
-  auto* data = a.info.Env().GetInstanceData<AddonData>();
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
+  TensorWrap* w = as_tensor(a.info.Env(), v);
+  if (!w)
     throw Napi::TypeError::New(a.info.Env(), std::string(a.fn) + ": " + where + "." + field + " must be a Tensor" +
                                                  (optional ? " or null" : ""));
-  return TensorWrap::Unwrap(v.As<Napi::Object>())->tensor(a.fn);
+  return w->tensor(a.fn);
 }
 
 std::string argument(size_t i) { return "argument " + std::to_string(i + 1); }
