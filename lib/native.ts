@@ -146,7 +146,8 @@ export interface NativeBinding {
    *  and what its pool holds (all 0 before the first CUDA tensor). */
   cudaMemory(): { inUse: number; peak: number; reserved: number };
   cudaResetPeak(): void;
-  mapFile(path: string): FileMapping;
+  /** `copy`: read the file into memory instead of mapping it (immune to the file changing later). */
+  mapFile(path: string, copy?: boolean): FileMapping;
   /** A tensor of `shape` whose elements start at `byteOffset` of the mapping, stored as
    *  `dtype` (a view of the mapping when no conversion is needed and it is aligned). Bounds are
    *  checked at once; a NaN/Inf fails the load at the next read()/synchronize(), naming `name`. */

@@ -8,9 +8,25 @@ export type FlagSpec = Record<string, { type: 'string' | 'boolean'; short?: stri
 
 export type Flags = Record<string, string | boolean | undefined>;
 
+/** `--name -1` as `--name=-1` for a string flag followed by a negative number, so that the value
+ *  reaches its range check (parseArgs calls it ambiguous: it looks like a flag). */
+function joinNegativeValues(argv: string[], spec: FlagSpec): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') return out.concat(argv.slice(i));
+    const next = argv[i + 1];
+    if (a.startsWith('--') && spec[a.slice(2)]?.type === 'string' && next !== undefined && /^-(\d|\.\d|Infinity)/.test(next)) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
 export function parseFlags(argv: string[], spec: FlagSpec, usage: string): { values: Flags; positionals: string[] } {
   try {
-    const parsed = parseArgs({ args: argv, options: { ...spec, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: true });
+    const parsed = parseArgs({ args: joinNegativeValues(argv, spec), options: { ...spec, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: true });
     return { values: parsed.values as Flags, positionals: parsed.positionals };
   } catch (err) {
     throw new UsageError(`${(err as Error).message}\n\n${usage}`);

@@ -4,6 +4,7 @@ import { Adapter } from '../model/adapter';
 import { readSafetensorsHeader } from '../model/safetensors';
 import { LlamaConfig } from '../model/config';
 import { parseFlags, requireString, UsageError } from './args';
+import { checkOutputDir } from '../output';
 
 export const usage = `Usage: llama-adapter export --adapter FILE --format peft --out DIR
 
@@ -45,6 +46,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const format = requireString(values, 'format', usage);
   if (format !== 'peft') throw new UsageError(`--format must be peft, got '${format}'`);
   if (!fs.existsSync(file)) throw new Error(`adapter file ${file} does not exist`);
+  checkOutputDir(dir, '--out'); // before any work
   const adapter = Adapter.load(file, modelOf(file), 'cpu'); // only read back and rewritten: no device needed
   try {
     await adapter.exportPeft(dir);

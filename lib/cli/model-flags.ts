@@ -1,5 +1,5 @@
 // The flags every command that runs a model shares: --model --tokenizer --adapter --dtype --device
-// --threads.
+// --threads --no-mmap.
 import { native } from '../native';
 import { DEVICES, resolveDevice } from '../device';
 import { Adapter } from '../model/adapter';
@@ -14,12 +14,15 @@ export const modelFlagSpec: FlagSpec = {
   dtype: { type: 'string' },
   device: { type: 'string' },
   threads: { type: 'string' },
+  'no-mmap': { type: 'boolean' },
 };
 
 /** The usage lines of --dtype, --device and --threads (the same in every command). */
 export const modelFlagUsage = `  --dtype f32|bf16     storage of the frozen weights (default f32)
   --device cuda|cpu    where to compute (default: cuda when a GPU is available, else cpu)
-  --threads N          CPU threads (default: all cores)`;
+  --threads N          CPU threads (default: all cores)
+  --no-mmap            read the model file into memory instead of mapping it (when the file may
+                       change while this runs: a mapped file cut short ends the process, SIGBUS)`;
 
 export interface OpenModel {
   model: Llama;
@@ -40,7 +43,7 @@ export async function openModel(values: Flags, usage: string): Promise<OpenModel
   const device = resolveDevice(requested, '--device');
   const threads = numberFlag(values, 'threads', { integer: true, min: 1 });
   if (threads) native.setThreads(threads);
-  const model = await Llama.load(modelPath, { dtype, device });
+  const model = await Llama.load(modelPath, { dtype, device, mmap: values['no-mmap'] !== true });
   try {
     const tokenizer = model.loadTokenizer(stringFlag(values, 'tokenizer'));
     const adapterPath = stringFlag(values, 'adapter');

@@ -19,6 +19,10 @@ export interface AlpacaRecord {
 /** The whole file becomes one string; V8 strings stop a little above this. */
 const MAX_FILE_BYTES = 500 * 1024 * 1024;
 
+/** Characters in one record (instruction + input + output), far above any training example
+ *  (LLaMA's longest contexts are ~1M characters); a longer record is an error naming it. */
+export const MAX_RECORD_CHARS = 16 * 1024 * 1024;
+
 /**
  * Reads Alpaca records from a JSON list (`[{...}, ...]`) or JSONL (one object per non-empty line).
  * The format is told from the content: a first non-space character '[' means a JSON list,
@@ -111,6 +115,9 @@ function checkRecord(v: unknown, where: string, fail: (p: string) => Error): Alp
     if (typeof o.input !== 'string') throw fail(`${where}: "input" must be a string but is ${typeName(o.input)}`);
     r.input = o.input;
   }
+  const chars = r.instruction.length + (r.input?.length ?? 0) + r.output.length;
+  if (chars > MAX_RECORD_CHARS)
+    throw fail(`${where}: ${chars} characters is above the limit of ${MAX_RECORD_CHARS} per record (16 Mi characters)`);
   return r;
 }
 
@@ -180,7 +187,8 @@ export interface Example {
   promptLen: number;
   /** positions with loss: the count of labels[i] != -1 = max(0, ids.length - promptLen) */
   targets: number;
-  /** length before truncation, len([BOS] + encode(prompt + output) + [EOS]) */
+  /** length before truncation, len([BOS] + encode(prompt + output) + [EOS]); for a record so long
+   *  that only its head was tokenized, a lower bound (above maxSeqLen) */
   fullLength: number;
   /** fullLength > maxSeqLen */
   truncated: boolean;
@@ -191,11 +199,32 @@ export function checkMaxSeqLen(maxSeqLen: number): void {
     throw new RangeError(`Expected an integer maxSeqLen >= 2 but received ${maxSeqLen}`);
 }
 
+/** Tokens past the cut that encodeHead tokenizes beyond the n it needs: the last few tokens of a
+ *  cut text may differ from the whole text's, these are never kept. */
+const HEAD_MARGIN = 16;
+
+/**
+ * [BOS] + encode(text) (+ [EOS]), or, for a text too long to survive truncation to `n` tokens, only
+ * its head: prefixes of doubling length (cut before a space where there is one) are tokenized
+ * until one gives more than n + HEAD_MARGIN tokens, so the first n tokens are those of the whole
+ * text and the work is bounded by the window, not by the record. `whole` says which.
+ */
+function encodeHead(tok: Tokenizer, text: string, n: number, eos: boolean): { ids: number[]; whole: boolean } {
+  // a text shorter than the first prefix is tokenized whole
+  for (let m = 8 * (n + HEAD_MARGIN); m < text.length; m *= 2) {
+    const space = text.lastIndexOf(' ', m);
+    const ids = tok.encode(text.slice(0, space > m / 2 ? space : m), { bos: true });
+    if (ids.length > n + HEAD_MARGIN) return { ids, whole: false };
+  }
+  return { ids: tok.encode(text, { bos: true, eos }), whole: true };
+}
+
 export function tokenizeExample(tok: Tokenizer, r: AlpacaRecord, maxSeqLen: number): Example {
   checkMaxSeqLen(maxSeqLen);
   const prompt = promptOf(r);
-  const promptIds = tok.encode(prompt, { bos: true });
-  const full = tok.encode(prompt + r.output, { bos: true, eos: true });
+  // only what can survive truncation to maxSeqLen is tokenized (a record may be megabytes)
+  const promptIds = encodeHead(tok, prompt, maxSeqLen, false).ids;
+  const full = encodeHead(tok, prompt + r.output, maxSeqLen, true).ids;
   const ids = Int32Array.from(full.length > maxSeqLen ? full.slice(0, maxSeqLen) : full);
   const promptLen = Math.min(promptIds.length, ids.length);
   const labels = new Int32Array(ids.length).fill(-1);

@@ -8,6 +8,8 @@ import { native, Tensor, Device } from '../native';
 import { resolveDevice } from '../device';
 import { Random } from '../generate/random';
 import { LlamaConfig } from './config';
+import { ADAPTER_MAX_LEN } from './bounds';
+import { makeOutputDir, removeEmptyDirs } from '../output';
 import { readSafetensorsHeader, writeSafetensors } from './safetensors';
 
 export type GateMode = 'per-head' | 'scalar';
@@ -28,7 +30,8 @@ export function defaultAdapterConfig(model: LlamaConfig): AdapterConfig {
 export function checkAdapterConfig(model: LlamaConfig, a: AdapterConfig): void {
   if (!Number.isInteger(a.layers) || a.layers < 1 || a.layers > model.nLayers)
     throw new RangeError(`adapter layers must be an integer in [1, ${model.nLayers}] (the model's layers), got ${a.layers}`);
-  if (!Number.isInteger(a.len) || a.len < 1) throw new RangeError(`adapter length must be a positive integer, got ${a.len}`);
+  if (!Number.isInteger(a.len) || a.len < 1 || a.len > ADAPTER_MAX_LEN)
+    throw new RangeError(`adapter length must be an integer in [1, ${ADAPTER_MAX_LEN}], got ${a.len}`);
   if (a.gate !== 'per-head' && a.gate !== 'scalar') throw new RangeError(`gate must be 'per-head' or 'scalar', got '${a.gate}'`);
 }
 
@@ -82,6 +85,10 @@ export class Adapter {
     if (values.prompts.length !== L * K * model.dim)
       throw new RangeError(`adapter prompts need ${L}*${K}*${model.dim} values, got ${values.prompts.length}`);
     if (values.gates.length !== L * G) throw new RangeError(`adapter gates need ${L}*${G} values, got ${values.gates.length}`);
+    for (const [name, arr] of [['prompts', values.prompts], ['gates', values.gates]] as const) {
+      const i = arr.findIndex((v) => !Number.isFinite(v));
+      if (i >= 0) throw new RangeError(`adapter ${name} must be finite, but value ${i} is ${arr[i]}`);
+    }
     const prompts = [];
     const gates = [];
     for (let l = 0; l < L; l++) {
@@ -218,35 +225,45 @@ export class Adapter {
     const { prompts, gates } = await this.values();
     const { layers: L, len: K } = this.config;
     const C = this.model.dim;
-    fs.mkdirSync(outDir, { recursive: true });
-    const tensors = [];
-    for (let l = 0; l < L; l++) {
-      const n = this.firstLayer + l;
-      tensors.push({
-        name: `base_model.model.model.layers.${n}.self_attn.adaption_prompt`,
-        dtype: 'F32' as const,
-        shape: [1, K, C],
-        data: prompts.slice(l * K * C, (l + 1) * K * C),
-      });
-      // PEFT multiplies by the gate as stored: store tanh(g)
-      tensors.push({
-        name: `base_model.model.model.layers.${n}.self_attn.adaption_gate`,
-        dtype: 'F32' as const,
-        shape: [1],
-        data: Float32Array.of(Math.tanh(gates[l])),
-      });
+    const made = makeOutputDir(outDir, 'the PEFT output folder');
+    try {
+      const tensors = [];
+      for (let l = 0; l < L; l++) {
+        const n = this.firstLayer + l;
+        tensors.push({
+          name: `base_model.model.model.layers.${n}.self_attn.adaption_prompt`,
+          dtype: 'F32' as const,
+          shape: [1, K, C],
+          data: prompts.slice(l * K * C, (l + 1) * K * C),
+        });
+        // PEFT multiplies by the gate as stored: store tanh(g)
+        tensors.push({
+          name: `base_model.model.model.layers.${n}.self_attn.adaption_gate`,
+          dtype: 'F32' as const,
+          shape: [1],
+          data: Float32Array.of(Math.tanh(gates[l])),
+        });
+      }
+      writeSafetensors(path.join(outDir, 'adapter_model.safetensors'), tensors, { format: 'pt' });
+      const config = {
+        peft_type: 'ADAPTION_PROMPT',
+        task_type: 'CAUSAL_LM',
+        adapter_len: K,
+        adapter_layers: L,
+        target_modules: 'self_attn',
+      };
+      const tmp = path.join(outDir, `.adapter_config.json.${process.pid}.tmp`);
+      fs.writeFileSync(tmp, JSON.stringify(config, null, 2) + '\n');
+      fs.renameSync(tmp, path.join(outDir, 'adapter_config.json'));
+    } catch (err) {
+      removeEmptyDirs(made); // a folder this call created, if still empty
+      throw err;
     }
-    writeSafetensors(path.join(outDir, 'adapter_model.safetensors'), tensors, { format: 'pt' });
-    const config = {
-      peft_type: 'ADAPTION_PROMPT',
-      task_type: 'CAUSAL_LM',
-      adapter_len: K,
-      adapter_layers: L,
-      target_modules: 'self_attn',
-    };
-    const tmp = path.join(outDir, `.adapter_config.json.${process.pid}.tmp`);
-    fs.writeFileSync(tmp, JSON.stringify(config, null, 2) + '\n');
-    fs.renameSync(tmp, path.join(outDir, 'adapter_config.json'));
+  }
+
+  /** True once dispose() ran: the adapter can no longer be used. */
+  get disposed(): boolean {
+    return this.parameters().some((t) => t.disposed);
   }
 
   dispose(): void {

@@ -4,7 +4,8 @@
 import * as fs from 'fs';
 import * as nodePath from 'path';
 import type { FileMapping, Tensor } from '../native';
-import { LlamaConfig, configProblems, headSize } from './config';
+import { HF_FIELD_NAMES, LlamaConfig, configProblems, headSize } from './config';
+import { bytesOf, checkHolds, sumOf } from './bounds';
 import type { LayerWeights, LoadArena, LoadOptions, LoadedWeights } from './weights';
 import { SafetensorsHeader, fileDTypeOf, readSafetensorsHeader } from './safetensors';
 
@@ -82,7 +83,7 @@ export function readHfConfig(dir: string): LlamaConfig {
     ropeLayout: 'half',
     tiedEmbeddings: tied,
   };
-  const problems = configProblems(config);
+  const problems = configProblems(config, HF_FIELD_NAMES);
   if (problems.length) throw new Error(`${file}: impossible model config: ${problems.join('; ')}`);
   return config;
 }
@@ -110,6 +111,21 @@ interface Expected {
   norm: boolean;
   /** how config.json implies the shape, for error messages */
   why: string;
+}
+
+/** How many tensors, and at least how many bytes (at 2 bytes per element), config.json implies:
+ *  exact arithmetic from its fields, so a folder is checked before the per-layer list is built. */
+export function hfImplied(c: LlamaConfig): { tensors: bigint; minBytes: bigint } {
+  const C = c.dim;
+  const F = c.hiddenDim;
+  const q = c.dim; // num_attention_heads * head_dim
+  const kv = c.nKvHeads * headSize(c);
+  const perLayer = sumOf([bytesOf([C], 2), bytesOf([q, C], 2), bytesOf([kv, C], 2), bytesOf([kv, C], 2), bytesOf([C, q], 2), bytesOf([C], 2), bytesOf([F, C], 2), bytesOf([F, C], 2), bytesOf([C, F], 2)]);
+  const tables = c.tiedEmbeddings ? 1n : 2n;
+  return {
+    tensors: 9n * BigInt(c.nLayers) + 1n + tables,
+    minBytes: BigInt(c.nLayers) * perLayer + bytesOf([C], 2) + tables * bytesOf([c.vocabSize, C], 2),
+  };
 }
 
 /** Every tensor the config implies, in file-name terms. */
@@ -165,6 +181,26 @@ export function loadHf(dir: string, arena: LoadArena, opts: LoadOptions = {}): L
         (bins.length ? ` (found ${bins.join(', ')}: only safetensors weights are supported)` : ''),
     );
   }
+
+  // Before any per-layer list: do the files hold as many tensors and bytes as config.json implies?
+  const configFile = nodePath.join(dir, HF_CONFIG);
+  const implied = hfImplied(config);
+  const what = `${configFile} (num_hidden_layers ${config.nLayers}, hidden_size ${config.dim}, vocab_size ${config.vocabSize})`;
+  const files = index ? [...new Set(index.values())] : [HF_SINGLE];
+  const present = files.map((f) => nodePath.join(dir, f)).filter((f) => fs.existsSync(f));
+  const bytes = present.reduce((sum, f) => sum + fs.statSync(f).size, 0);
+  const listing = index ? nodePath.join(dir, HF_INDEX) : nodePath.join(dir, HF_SINGLE);
+  const held = index ?? (() => {
+    const h = readSafetensorsHeader(listing, { skipUnsupported: true });
+    return new Set([...h.tensors.keys(), ...h.skipped.keys()]);
+  })();
+  if (BigInt(held.size) < implied.tensors) {
+    const missing = hfTensorNames(config).find((e) => !held.has(e.name))!; // layers are bounded (MODEL_LIMITS)
+    throw new Error(
+      `${listing}: missing tensor ${missing.name}: ${what} implies ${implied.tensors} tensors but it holds ${held.size}`,
+    );
+  }
+  if (present.length === files.length) checkHolds(index ? `${dir} (its shards)` : nodePath.join(dir, HF_SINGLE), `${what}, at 2 bytes a weight,`, implied.minBytes, bytes, { atLeast: true });
 
   // Each shard's header is read and the file mapped once, when a tensor first needs it.
   const shards = new Map<string, { header: SafetensorsHeader; map: FileMapping }>();

@@ -69,7 +69,8 @@ export class Llama {
     return this.checkpoint.device;
   }
 
-  /** opts.device: 'cuda' or 'cpu' (default: 'cuda' when available); opts.dtype: 'f32' or 'bf16'. */
+  /** opts.device: 'cuda' or 'cpu' (default: 'cuda' when available); opts.dtype: 'f32' or 'bf16';
+   *  opts.mmap: false reads the weights into memory instead of mapping the file (see LoadOptions). */
   static async load(path: string, opts: LoadOptions = {}): Promise<Llama> {
     return new Llama(await loadCheckpoint(path, opts));
   }
@@ -97,6 +98,7 @@ export class Llama {
    */
   setAdapter(adapter: Adapter | undefined): void {
     const c = this.config;
+    if (adapter && adapter.disposed) throw new Error('setAdapter: the adapter was disposed; load or create it again');
     if (adapter && (adapter.model.dim !== c.dim || adapter.model.nLayers !== c.nLayers || adapter.model.nHeads !== c.nHeads))
       throw new Error('setAdapter: the adapter was made for a model of another shape');
     this.releasePrompts();

@@ -8,6 +8,7 @@
 // Only the header is read with fs; the weights are mapped and become native tensors.
 import * as fs from 'fs';
 import { LlamaConfig, configProblems, describeConfig } from './config';
+import { bytesOf, sumOf } from './bounds';
 import type { LayerWeights, LoadArena, LoadOptions, LoadedWeights } from './weights';
 import type { Tensor } from '../native';
 
@@ -53,6 +54,34 @@ function readHead(path: string, n: number): { head: Buffer; size: number } {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** The exact size in bytes a header implies, computed from its fields alone (bounds.ts): known
+ *  before any per-layer list is built. */
+export function llama2cFileSize(version: 0 | 1, c: LlamaConfig, shared: boolean): bigint {
+  const C = c.dim;
+  const F = c.hiddenDim;
+  const d = c.dim / c.nHeads;
+  const kvDim = c.nKvHeads * d;
+  const perLayer = sumOf([
+    bytesOf([C], 4), // attention norm
+    bytesOf([C, C], 4), // wq
+    bytesOf([kvDim, C], 4), // wk
+    bytesOf([kvDim, C], 4), // wv
+    bytesOf([C, C], 4), // wo
+    bytesOf([C], 4), // ffn norm
+    bytesOf([F, C], 4), // w1
+    bytesOf([C, F], 4), // w2
+    bytesOf([F, C], 4), // w3
+  ]);
+  return sumOf([
+    BigInt(version === 0 ? V0_HEADER_BYTES : V1_HEADER_BYTES),
+    bytesOf([c.vocabSize, C], 4), // embedding
+    BigInt(c.nLayers) * perLayer,
+    bytesOf([C], 4), // final norm
+    version === 0 ? bytesOf([c.maxSeqLen, d], 4) : 0n, // v0: freq_cis_real + freq_cis_imag, (seq_len, d/2) each
+    shared ? 0n : bytesOf([c.vocabSize, C], 4), // untied classifier
+  ]);
 }
 
 /** Tensor slots in file order, and the total size the header implies. */
@@ -153,17 +182,17 @@ export function readLlama2cHeader(path: string): Llama2cHeader {
         problems.join('; ') +
         (isV1 ? '' : `; nor does it start with the v1 magic 0x${LLAMA2C_MAGIC.toString(16)} ('ak42')`),
     );
-  const { slots, size: expected } = layout(version, config, shared);
-  if (!Number.isSafeInteger(expected))
-    throw new Error(`${path}: the llama2.c header (${describeConfig(config)}) implies an impossible size`);
+  // the exact size first (BigInt), then the per-layer slot list: never sized by an unchecked field
+  const expected = llama2cFileSize(version, config, shared);
   const what = `its llama2.c v${version} header (${describeConfig(config)}${shared ? ', shared classifier' : ', separate classifier'})`;
-  if (size < expected)
+  if (BigInt(size) < expected)
     throw new Error(`${path} is truncated: ${what} implies ${expected} bytes but the file has ${size}`);
-  if (size > expected)
+  if (BigInt(size) > expected)
     throw new Error(
-      `${path} has ${size - expected} bytes more than ${what} implies (${expected}): ` +
+      `${path} has ${BigInt(size) - expected} bytes more than ${what} implies (${expected}): ` +
         `not a llama2.c checkpoint of a supported version, or a corrupt one`,
     );
+  const { slots } = layout(version, config, shared);
   return { path, version, config, fileSize: size, slots };
 }
 

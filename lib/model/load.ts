@@ -15,6 +15,8 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
   if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
     throw new Error(`loadCheckpoint: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
   const device = resolveDevice(opts.device, 'loadCheckpoint: device');
+  if (opts.mmap !== undefined && typeof opts.mmap !== 'boolean')
+    throw new Error(`loadCheckpoint: mmap must be true or false, got ${JSON.stringify(opts.mmap)}`);
   let st: fs.Stats;
   try {
     st = fs.statSync(path);
@@ -32,7 +34,7 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
   if (!isDir && /(\.safetensors|\.json)$/.test(path))
     throw new Error(`${path}: pass the Hugging Face model folder, not one of its files`);
 
-  const arena = new LoadArena();
+  const arena = new LoadArena(opts.mmap === false);
   let loaded: LoadedWeights;
   try {
     loaded = isDir ? loadHf(path, arena, opts) : loadLlama2c(path, arena, opts);

@@ -64,12 +64,20 @@ function readExactly(fd: number, buf: Buffer, pos: number): void {
  * `skipUnsupported` (then it is listed in `skipped`; loaders fail only if they need it).
  */
 export function readSafetensorsHeader(path: string, opts: { skipUnsupported?: boolean } = {}): SafetensorsHeader {
-  const fd = fs.openSync(path, 'r');
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch (e) {
+    throw new Error(`cannot read ${path}: ${(e as Error).message}`);
+  }
   let json: string;
   let fileSize: number;
   let dataStart: number;
   try {
-    fileSize = fs.fstatSync(fd).size;
+    const st = fs.fstatSync(fd);
+    // a folder opens, but reading it fails with a bare EISDIR: name the path instead
+    if (!st.isFile()) throw new Error(`${path} is ${st.isDirectory() ? 'a folder' : 'not a regular file'}, not a safetensors file`);
+    fileSize = st.size;
     if (fileSize < 8) throw new Error(`${path} is not a safetensors file: ${fileSize} bytes, less than the 8-byte header length`);
     const lenBuf = Buffer.alloc(8);
     readExactly(fd, lenBuf, 0);

@@ -45,6 +45,10 @@ export interface LoadOptions {
   /** Where the weights live and the model computes: 'cuda' or 'cpu' (default: 'cuda' when
    *  capabilities().cuda.available, else 'cpu'). The files are mapped on the host either way. */
   device?: Device;
+  /** false: read the files into memory instead of mapping them (default true). A mapped file that
+   *  is truncated or rewritten while the model is in use ends the process with SIGBUS; a copy is
+   *  immune to that, at the cost of the weights' size in RAM (on the CPU device). */
+  mmap?: boolean;
 }
 
 /** Every tensor of `w` once (the classifier is the embedding when tied). */
@@ -88,8 +92,11 @@ export class LoadArena {
   readonly tensors: Tensor[] = [];
   readonly mappings: FileMapping[] = [];
 
+  /** `copy`: map() reads the files into memory instead (LoadOptions.mmap false). */
+  constructor(private readonly copy = false) {}
+
   map(path: string): FileMapping {
-    const m = native.mapFile(path);
+    const m = native.mapFile(path, this.copy);
     this.mappings.push(m);
     return m;
   }

@@ -25,13 +25,14 @@ export function stepDirName(step: number): string {
   return `step-${String(step).padStart(6, '0')}`;
 }
 
-/** Checkpoint folders of a run, oldest first. */
+/** Checkpoint folders of a run, oldest first: by step number (step-999999 before step-1000002). */
 export function listCheckpoints(out: string): string[] {
   if (!fs.existsSync(out)) return [];
+  const step = (n: string) => Number(STEP_DIR.exec(n)![1]);
   return fs
     .readdirSync(out)
     .filter((n) => STEP_DIR.test(n) && fs.existsSync(path.join(out, n, 'state.json')))
-    .sort()
+    .sort((a, b) => step(a) - step(b))
     .map((n) => path.join(out, n));
 }
 
@@ -39,7 +40,7 @@ export async function saveCheckpoint(out: string, adapter: Adapter, opt: AdamW, 
   const dir = path.join(out, stepDirName(state.step));
   const tmp = `${dir}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
+  fs.mkdirSync(tmp); // the run folder exists (not recursive: see lib/output.ts)
   try {
     await adapter.save(path.join(tmp, 'adapter.safetensors'));
     const tensors = [];

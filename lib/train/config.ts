@@ -4,6 +4,7 @@
 import * as fs from 'fs';
 import * as YAML from 'yaml';
 import { FlagSpec, Flags, UsageError } from '../cli/args';
+import { ADAPTER_MAX_LEN } from '../model/bounds';
 
 export interface TrainConfig {
   model: string;
@@ -34,12 +35,16 @@ export interface TrainConfig {
   'save-every': number;
   'keep-last': number;
   resume?: string; // 'auto' or a checkpoint folder
+  /** clear a run already in --out before starting (otherwise such a folder is refused) */
+  overwrite: boolean;
   threads?: number;
   dtype: 'f32' | 'bf16';
   /** where the model and the adapter compute; default 'cuda' when available, else 'cpu' (resolved
    *  by Trainer.create and saved so in OUT/config.yaml) */
   device?: 'cuda' | 'cpu';
   checkpointing: boolean;
+  /** read the model into memory instead of mapping it */
+  'no-mmap': boolean;
   // data parallelism (lib/train/distributed.ts)
   devices?: number; // processes to start on this machine (under mpirun); default 1
   comm: 'auto' | 'mpi' | 'nccl' | 'none';
@@ -66,7 +71,7 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   out: { kind: 'string', help: 'run folder: adapter, checkpoints, metrics (required)' },
   config: { kind: 'string', help: 'YAML file whose keys are these flag names; flags override it' },
   'adapter-layers': { kind: 'int', min: 1, help: 'adapted top layers L (default: layers - 2, at least 1)' },
-  'adapter-len': { kind: 'int', min: 1, help: 'prompts per adapted layer K (default 10)' },
+  'adapter-len': { kind: 'int', min: 1, max: ADAPTER_MAX_LEN, help: `prompts per adapted layer K (default 10, at most ${ADAPTER_MAX_LEN})` },
   gate: { kind: 'enum', values: ['per-head', 'scalar'], help: 'per-head (the paper) or scalar gates (default per-head)' },
   epochs: { kind: 'int', min: 1, help: 'passes over the data (default 5)' },
   'max-steps': { kind: 'int', min: 1, help: 'stop after this many optimiser steps (default: epochs)' },
@@ -87,10 +92,12 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'save-every': { kind: 'int', min: 0, help: 'checkpoint every N steps; 0 = off (default 0)' },
   'keep-last': { kind: 'int', min: 1, help: 'checkpoints kept (default 2)' },
   resume: { kind: 'string', help: "continue a run: 'auto' (the latest checkpoint in --out) or a checkpoint folder" },
+  overwrite: { kind: 'bool', help: 'clear the run already in --out and start over (without it such a folder is refused)' },
   threads: { kind: 'int', min: 1, help: 'CPU threads (default: all cores)' },
   dtype: { kind: 'enum', values: ['f32', 'bf16'], help: 'storage of the frozen weights (default f32)' },
   device: { kind: 'enum', values: ['cuda', 'cpu'], help: 'where to compute (default: cuda when a GPU is available, else cpu)' },
   checkpointing: { kind: 'bool', help: 'recompute each adapted layer in the backward (less memory)' },
+  'no-mmap': { kind: 'bool', help: 'read the model file into memory instead of mapping it (when the file may change during the run)' },
   devices: { kind: 'int', min: 1, help: 'data-parallel processes on this machine, started with mpirun (default 1)' },
   comm: { kind: 'enum', values: ['auto', 'mpi', 'nccl', 'none'], help: 'gradient all-reduce: auto = MPI when started by mpirun (default auto)' },
   'comm-timeout': { kind: 'number', min: 0, minExclusive: true, help: 'seconds a rank waits for the others before failing (default 600)' },
@@ -113,8 +120,10 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
   'eval-every': 0,
   'save-every': 0,
   'keep-last': 2,
+  overwrite: false,
   dtype: 'f32',
   checkpointing: false,
+  'no-mmap': false,
   comm: 'auto',
 };
 
@@ -201,12 +210,14 @@ export function resolveTrainConfig(flags: Flags): TrainConfig {
     if (!cfg[required]) throw new UsageError(`--${required} is required\n\n${trainUsage()}`);
   if (cfg['val-data'] && cfg['val-split'] > 0) throw new UsageError('give either --val-data or --val-split, not both');
   if (cfg['val-split'] >= 1) throw new UsageError(`--val-split must be below 1, got ${cfg['val-split']}`);
+  if (cfg.resume && cfg.overwrite) throw new UsageError('give either --resume or --overwrite, not both');
   return cfg;
 }
 
 /** The resolved config as YAML (saved in the run folder; it can be passed back with --config). */
 export function configToYaml(cfg: TrainConfig): string {
   const clean: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(cfg)) if (v !== undefined) clean[k] = v;
+  // --overwrite is an action on the folder, not a setting of the run
+  for (const [k, v] of Object.entries(cfg)) if (v !== undefined && k !== 'overwrite') clean[k] = v;
   return YAML.stringify(clean);
 }

@@ -12,6 +12,8 @@ import { Llama } from '../model/llama';
 import { Tokenizer } from '../tokenizer';
 import { listCheckpoints, loadCheckpoint, LoadedCheckpoint, RunState, saveCheckpoint } from './checkpoint';
 import { configToYaml, TrainConfig } from './config';
+import { checkRunFolder, clearRun, removeLeftovers, resultSettings, settingMismatches } from './run-folder';
+import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
 import { currentWorld } from './distributed';
 import { AdapterGrads, AdapterGraph } from './graph';
 import { AdamW, NonFiniteError } from './optimizer';
@@ -78,8 +80,11 @@ export class Trainer extends EventEmitter {
   static async create(cfg: TrainConfig, log: (msg: string) => void = () => {}): Promise<Trainer> {
     // the resolved device is part of the run's config (saved in OUT/config.yaml)
     cfg = { ...cfg, device: resolveDevice(cfg.device, '--device') };
+    // before any work: can --out be written, and may this run use it?
+    checkOutputDir(cfg.out, '--out');
+    checkRunFolder(cfg);
     if (cfg.threads) native.setThreads(cfg.threads);
-    const model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device });
+    const model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device, mmap: !cfg['no-mmap'] });
     try {
       const tokenizer = model.loadTokenizer(cfg.tokenizer);
       const adapterConfig: AdapterConfig = {
@@ -115,6 +120,7 @@ export class Trainer extends EventEmitter {
   private fingerprint(totalSteps: number): Record<string, unknown> {
     const c = this.cfg;
     return {
+      ...resultSettings(c),
       model: path.resolve(c.model),
       data: path.resolve(c.data),
       'val-data': c['val-data'] ? path.resolve(c['val-data']) : null,
@@ -135,7 +141,7 @@ export class Trainer extends EventEmitter {
     if (!r) return undefined;
     let dir: string | undefined = r;
     if (r === 'auto') {
-      dir = listCheckpoints(this.cfg.out).pop();
+      dir = listCheckpoints(this.cfg.out).pop(); // the highest step
       if (!dir) {
         this.emit('log', `no checkpoint in ${this.cfg.out}: starting from scratch`);
         return undefined;
@@ -160,40 +166,63 @@ export class Trainer extends EventEmitter {
     const dist = currentWorld(); // data parallelism (distributed.ts): a world of one unless launched by mpirun
     const root = dist.isRoot; // only rank 0 writes files
 
-    if (root) fs.mkdirSync(c.out, { recursive: true });
-    const resumed = await dist.shareResume(() => this.findResume(), this.model.config, this.model.device);
-    if (resumed) dist.checkResume(resumed);
-    let adapter: Adapter;
-    let startStep = 0;
-    if (resumed) {
-      const mismatch = Object.keys(fingerprint).filter(
-        (k) => JSON.stringify(fingerprint[k]) !== JSON.stringify(resumed.state.fingerprint?.[k]),
+    if (schedule.warmupSteps > totalSteps)
+      this.emit(
+        'log',
+        `warning: the run has ${totalSteps} steps but the warmup ${schedule.warmupSteps}: the lr never reaches its peak ` +
+          `${schedule.peakLr.toPrecision(3)} (at most ${learningRate(totalSteps - 1, schedule).toPrecision(3)}); shorten --warmup-steps or --warmup-epochs`,
       );
-      if (mismatch.length) {
-        resumed.adapter.dispose();
-        throw new Error(
-          `cannot resume from ${resumed.dir}: ${mismatch.map((k) => `${k} was ${JSON.stringify(resumed.state.fingerprint?.[k])}, now ${JSON.stringify(fingerprint[k])}`).join('; ')}`,
-        );
+
+    // Start: the folder, then the adapter (resumed, given, or new). A start that fails leaves no
+    // folder it created behind.
+    const made = root ? makeOutputDir(c.out, '--out') : [];
+    let resumed: LoadedCheckpoint | undefined;
+    let adapter: Adapter;
+    let opt: AdamW;
+    let startStep = 0;
+    try {
+      if (root && c.overwrite) clearRun(c.out);
+      if (root && c.resume) {
+        const gone = removeLeftovers(c.out);
+        if (gone.length) this.emit('log', `removed what killed runs left in ${c.out}: ${gone.join(', ')}`);
       }
-      adapter = resumed.adapter;
-      batcher.restore(resumed.state.data);
-      startStep = resumed.state.step;
-      this.emit('log', `resuming from ${resumed.dir} at step ${startStep}/${totalSteps}`);
-    } else if (c['init-adapter']) {
-      adapter = Adapter.load(c['init-adapter'], this.model.config, this.model.device);
-      const a = adapter.config;
-      const want = this.adapterConfig;
-      if (a.layers !== want.layers || a.len !== want.len || a.gate !== want.gate) {
+      resumed = await dist.shareResume(() => this.findResume(), this.model.config, this.model.device);
+      if (resumed) dist.checkResume(resumed);
+      if (resumed) {
+        // every setting the checkpoint recorded must be the same (older checkpoints record fewer)
+        const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint, false);
+        if (mismatch.length) {
+          resumed.adapter.dispose();
+          throw new Error(`cannot resume from ${resumed.dir}: ${mismatch.join('; ')}`);
+        }
+        adapter = resumed.adapter;
+        batcher.restore(resumed.state.data);
+        startStep = resumed.state.step;
+        this.emit('log', `resuming from ${resumed.dir} at step ${startStep}/${totalSteps}`);
+      } else if (c['init-adapter']) {
+        adapter = Adapter.load(c['init-adapter'], this.model.config, this.model.device);
+        const a = adapter.config;
+        const want = this.adapterConfig;
+        if (a.layers !== want.layers || a.len !== want.len || a.gate !== want.gate) {
+          adapter.dispose();
+          throw new Error(
+            `--init-adapter ${c['init-adapter']} has ${a.layers} layers, ${a.len} prompts, ${a.gate} gate; the run asks for ${want.layers}, ${want.len}, ${want.gate}`,
+          );
+        }
+      } else {
+        adapter = Adapter.init(this.model.config, this.adapterConfig, c.seed, this.model.device);
+      }
+      try {
+        opt = new AdamW(adapter.parameters(), { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: c['weight-decay'] }, resumed ? { moments: resumed.moments, step: resumed.optimizerStep } : undefined);
+      } catch (err) {
         adapter.dispose();
-        throw new Error(
-          `--init-adapter ${c['init-adapter']} has ${a.layers} layers, ${a.len} prompts, ${a.gate} gate; the run asks for ${want.layers}, ${want.len}, ${want.gate}`,
-        );
+        throw err;
       }
-    } else {
-      adapter = Adapter.init(this.model.config, this.adapterConfig, c.seed, this.model.device);
+    } catch (err) {
+      removeEmptyDirs(made);
+      throw err;
     }
 
-    const opt = new AdamW(adapter.parameters(), { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: c['weight-decay'] }, resumed ? { moments: resumed.moments, step: resumed.optimizerStep } : undefined);
     const grads = new AdapterGrads(adapter);
     const graph = new AdapterGraph(this.model, adapter, { checkpointing: c.checkpointing });
     const metricsFile = path.join(c.out, 'metrics.jsonl');

@@ -22,7 +22,7 @@ Mapping::~Mapping() {
   if (data) munmap(const_cast<uint8_t*>(data), size);
 }
 
-MappingPtr map_file(const std::string& path) {
+MappingPtr map_file(const std::string& path, bool copy) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   LA_CHECK(fd >= 0, "cannot open ", path, ": ", std::strerror(errno));
   struct stat st;
@@ -33,7 +33,29 @@ MappingPtr map_file(const std::string& path) {
   auto m = std::make_shared<Mapping>();
   m->path = path;
   m->size = size_t(st.st_size);
-  if (m->size > 0) {
+  if (m->size > 0 && copy) {
+    // anonymous memory, so the destructor's munmap frees it like a mapping
+    void* p = mmap(nullptr, m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      int err = errno;
+      ::close(fd);
+      fail("cannot allocate ", m->size, " bytes to read ", path, " into memory: ", std::strerror(err));
+    }
+    m->data = static_cast<const uint8_t*>(p);  // owned by m from here on
+    size_t got = 0;
+    while (got < m->size) {
+      ssize_t r = ::pread(fd, static_cast<uint8_t*>(p) + got, m->size - got, off_t(got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        int err = r < 0 ? errno : 0;
+        ::close(fd);
+        fail("cannot read ", path, ": ", err ? std::strerror(err) : "the file became shorter while it was read");
+      }
+      got += size_t(r);
+    }
+    ::close(fd);
+    mprotect(p, m->size, PROT_READ);
+  } else if (m->size > 0) {
     void* p = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
     int err = errno;
     ::close(fd);

@@ -20,7 +20,9 @@ struct Mapping {
 };
 using MappingPtr = std::shared_ptr<Mapping>;
 
-MappingPtr map_file(const std::string& path);
+// `copy`: read the file into anonymous memory instead of mapping it, so that a file truncated or
+// rewritten later cannot end the process with SIGBUS (the weights then cost their size in RAM).
+MappingPtr map_file(const std::string& path, bool copy = false);
 
 // Elements of `shape` starting at `offset` in the mapping, stored as `dtype`.
 // Throws if the region lies outside the file; a value that is not finite fails the load when it

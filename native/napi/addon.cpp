@@ -214,7 +214,8 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Args a{info, "mapFile"};
     std::string path = a.string(0, "path");
-    io::MappingPtr m = io::map_file(path);
+    bool copy = info.Length() > 1 && !info[1].IsUndefined() ? a.boolean(1, "copy") : false;
+    io::MappingPtr m = io::map_file(path, copy);
     Napi::Object obj = info.Env().GetInstanceData<AddonData>()->mapping_ctor.New({});
     auto* w = MappingWrap::Unwrap(obj);
     w->map = m;
