@@ -147,7 +147,8 @@ describe('train / eval / export commands (stories260K)', function () {
     const a = await adapterValues(first);
     const b = await adapterValues(path.join(out, 'adapter.safetensors'));
     for (let i = 0; i < a.prompts.length; i++) expect(b.prompts[i]).to.be.closeTo(a.prompts[i], 1e-6);
-    const wrong = run('train', ...model, '--data', data, '--out', out, '--adapter-len', '5', '--init-adapter', first);
+    // (another folder: `out` now holds a run, which a new run may not reuse without --overwrite)
+    const wrong = run('train', ...model, '--data', data, '--out', path.join(dir, 'init-wrong'), '--adapter-len', '5', '--init-adapter', first);
     expect(wrong.status).to.equal(1);
     expect(wrong.stderr).to.match(/--init-adapter .* has 2 layers, 4 prompts/);
   });
