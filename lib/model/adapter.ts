@@ -206,7 +206,11 @@ export class Adapter {
       gateValues.forEach((g, l) => gates.set(g, l * G));
       for (const [name, arr] of [['adapter_query.weight', prompts], ['gates', gates]] as const)
         if (arr.some((v) => !Number.isFinite(v))) throw new Error(`${file}: ${name} has a non-finite value (NaN or Inf)`);
-      return Adapter.fromValues(model, { layers: L, len: K, gate }, { prompts, gates }, device);
+      try {
+        return Adapter.fromValues(model, { layers: L, len: K, gate }, { prompts, gates }, device);
+      } catch (err) {
+        throw new Error(`${file}: ${(err as Error).message}`); // e.g. more prompts than the bound
+      }
     } finally {
       fs.closeSync(fd);
     }
