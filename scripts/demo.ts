@@ -120,6 +120,7 @@ async function main(): Promise<void> {
       'warmup-epochs': '0.2',
       'eval-every': quick ? '0' : '100',
       seed: '0',
+      overwrite: true, // the demo is rerunnable: its run folder is its own
     });
     const trainer = await Trainer.create(cfg, (m) => console.log(m));
     attachProgress(trainer, process.stdout);
