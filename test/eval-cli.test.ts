@@ -148,3 +148,26 @@ describe('eval --metric (stories260K)', function () {
     }
   });
 });
+
+describe('train --format (stories260K)', function () {
+  this.timeout(120_000);
+  it('trains on a ScienceQA split; --split needs --format scienceqa', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-train-sqa-'));
+    try {
+      const small = ['--adapter-layers', '1', '--adapter-len', '2', '--batch-size', '1', '--grad-accum', '1', '--epochs', '2'];
+      // the val split of the fixture: one problem, without an image
+      const r = run('train', ...model, '--data', FIX('scienceqa'), '--format', 'scienceqa', '--split', 'val', '--out', path.join(dir, 'run'), ...small);
+      expect(r.status, r.stderr).to.equal(0);
+      expect(r.stderr).to.include('1 training and 0 validation examples');
+      expect(r.stderr).to.match(/step 2\/2 \|/);
+      const e = run('train', ...model, '--data', FIX('scienceqa'), '--split', 'val', '--out', path.join(dir, 'run2'), ...small);
+      expect(e.status).to.not.equal(0);
+      expect(e.stderr).to.include('--split is only for --format scienceqa');
+      const n = run('train', ...model, '--data', FIX('scienceqa'), '--format', 'scienceqa', '--split', 'nope', '--out', path.join(dir, 'run3'), ...small);
+      expect(n.status).to.not.equal(0);
+      expect(n.stderr).to.include('no split "nope"');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
