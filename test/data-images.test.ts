@@ -158,6 +158,17 @@ describe('--format scienceqa', () => {
     throwsWith(() => checkImages(test, { root: tmp }), 'problem 30', path.join(tmp, 'test', '30', 'image.png'));
   });
 
+  it("the official download layout: images under images/{split}/{pid}/ are found", () => {
+    const dir = path.join(tmp, 'sqa-official');
+    fs.mkdirSync(path.join(dir, 'images', 'test', '30'), { recursive: true });
+    fs.copyFileSync(FIX('scienceqa', 'problems.json'), path.join(dir, 'problems.json'));
+    fs.writeFileSync(path.join(dir, 'pid_splits.json'), JSON.stringify({ test: ['30', '31'] }));
+    fs.copyFileSync(FIX('scienceqa', 'test', '30', 'image.png'), path.join(dir, 'images', 'test', '30', 'image.png'));
+    const ds = loadDataset(dir, { format: 'scienceqa', split: 'test' });
+    expect(ds.imageRoot).to.equal(path.join(dir, 'images'));
+    expect(checkImages(ds, {})).to.equal(ds);
+  });
+
   it('bad splits and bad problems are clear errors', () => {
     throwsWith(() => loadDataset(FIX('scienceqa'), { format: 'scienceqa' }), 'needs a split');
     throwsWith(() => loadDataset(FIX('scienceqa'), { format: 'scienceqa', split: 'dev' }), 'no split "dev"', 'train, val, test, minitest');

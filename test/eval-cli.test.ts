@@ -9,6 +9,7 @@ import * as path from 'path';
 import { promptOf, AlpacaRecord } from '../lib/data/alpaca';
 import { loadDataset } from '../lib/data/dataset';
 import { captionScores } from '../lib/eval/caption';
+import { Adapter } from '../lib/model/adapter';
 import { Llama } from '../lib/model/llama';
 import { repoRoot } from './util/paths';
 import { stories } from './util/stories';
@@ -85,6 +86,33 @@ describe('eval --metric (stories260K)', function () {
     // the default metric is still the loss, with its own output
     const loss = JSON.parse(run('eval', ...model, '--data', data).stdout);
     expect(Object.keys(loss)).to.deep.equal(['loss', 'tokens']);
+  });
+
+  it("exact with --adapter: the adapted model's greedy outputs (an adapter with open gates changes them)", async () => {
+    const config = m.config;
+    const init = Adapter.init(config, { layers: 3, len: 5, gate: 'per-head' }, 7);
+    const v = await init.values();
+    init.dispose();
+    const open = Adapter.fromValues(config, init.config, { prompts: v.prompts, gates: v.gates.fill(1) });
+    const file = path.join(dir, 'open.safetensors');
+    await open.save(file);
+    m.setAdapter(open);
+    let adapted: string[];
+    try {
+      adapted = [];
+      for (const r of recs) adapted.push(await greedy(m, r, MAX));
+    } finally {
+      m.setAdapter(undefined);
+      open.dispose();
+    }
+    expect(adapted).to.not.deep.equal(outs);
+    const data = path.join(dir, 'exact-adapted.json');
+    // records 0 and 2 hold the adapted outputs, record 1 the frozen one (right only if they agree)
+    fs.writeFileSync(data, JSON.stringify([{ ...recs[0], output: adapted[0] }, { ...recs[1], output: outs[1] }, { ...recs[2], output: adapted[2] }]));
+    const want = 2 + (adapted[1].trim() === outs[1].trim() ? 1 : 0);
+    const r = run('eval', ...model, '--data', data, '--adapter', file, '--metric', 'exact', '--max-tokens', String(MAX));
+    expect(r.status, r.stderr).to.equal(0);
+    expect(JSON.parse(r.stdout)).to.deep.equal({ metric: 'exact', accuracy: want / 3, correct: want, examples: 3 });
   });
 
   it('choice: the story model never says "The answer is (X)": accuracy 0, every answer unanswered', () => {

@@ -90,23 +90,23 @@ export function checkImages(ds: Dataset, src: ImageSource, opts: CheckImagesOpti
   const root = src.root ?? ds.imageRoot;
   const missing: number[] = [];
   const where: string[] = [];
+  const problems = new Map<string, string | undefined>(); // per image key (COCO has 5 records per image)
+  const problemOf = (key: string): string | undefined => {
+    if (src.features) return src.features.has(key) ? undefined : `image "${key}" is not in features file "${src.features.path}"`;
+    const file = path.resolve(root!, key);
+    try {
+      if (fs.statSync(file).isFile()) return undefined;
+    } catch {
+      /* missing or unreadable: reported below */
+    }
+    return `image "${key}" not found: no file ${file}`;
+  };
   ds.records.forEach((r, i) => {
     if (r.image === undefined) return;
-    let problem: string | undefined;
-    if (src.features) {
-      if (!src.features.has(r.image)) problem = `image "${r.image}" is not in features file "${src.features.path}"`;
-    } else {
-      if (root === undefined)
-        throw new Error(`${ds.names[i]} of "${ds.source}" has image "${r.image}" but no image folder was found: give an image root (--image-root)`);
-      const file = path.resolve(root, r.image);
-      let ok = false;
-      try {
-        ok = fs.statSync(file).isFile();
-      } catch {
-        ok = false;
-      }
-      if (!ok) problem = `image "${r.image}" not found: no file ${file}`;
-    }
+    if (!src.features && root === undefined)
+      throw new Error(`${ds.names[i]} of "${ds.source}" has image "${r.image}" but no image folder was found: give an image root (--image-root)`);
+    if (!problems.has(r.image)) problems.set(r.image, problemOf(r.image));
+    const problem = problems.get(r.image);
     if (problem === undefined) return;
     if (!skipMissing) throw new Error(`${ds.names[i]} of "${ds.source}": ${problem} (--skip-missing-images leaves such records out)`);
     missing.push(i);
