@@ -4,8 +4,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { AlpacaRecord, loadAlpaca } from './alpaca';
-import { loadCoco } from './coco';
-import { loadScienceQA, ScienceQAProblem } from './scienceqa';
+import { cocoImageRoot, loadCoco } from './coco';
+import { loadScienceQA, scienceqaImageRoot, ScienceQAProblem } from './scienceqa';
 
 export const DATA_FORMATS = ['alpaca', 'scienceqa', 'coco'] as const;
 export type DataFormat = (typeof DATA_FORMATS)[number];
@@ -63,7 +63,19 @@ export function loadDataset(dataPath: string, opts: LoadDatasetOptions = {}): Da
     };
   }
   const records = loadAlpaca(dataPath);
-  return { format, records, names: records.map((_, i) => `record ${i}`), imageRoot: path.dirname(path.resolve(dataPath)), source: dataPath };
+  return { format, records, names: records.map((_, i) => `record ${i}`), imageRoot: defaultImageRoot(dataPath, 'alpaca'), source: dataPath };
+}
+
+/**
+ * The folder records' image paths are relative to unless an image root is given (the same as
+ * loadDataset's `imageRoot`, without reading the data): the data file's folder (alpaca), the folder
+ * of problems.json or its images/ subfolder (scienceqa), the {set}/ folder beside the captions file
+ * or its folder (coco; undefined when not found).
+ */
+export function defaultImageRoot(dataPath: string, format: DataFormat = 'alpaca'): string | undefined {
+  if (format === 'scienceqa') return scienceqaImageRoot(dataPath);
+  if (format === 'coco') return cocoImageRoot(dataPath);
+  return path.dirname(path.resolve(dataPath));
 }
 
 /** Where images come from: files under `root`, or the keys of a features file (which wins). */
