@@ -65,7 +65,7 @@ interface Option {
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   model: { kind: 'string', help: 'llama2.c .bin file or Hugging Face folder (required)' },
   tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
-  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL (required)' },
+  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says (required)' },
   'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
   'val-split': { kind: 'number', min: 0, max: 1, help: 'fraction of --data held out for validation (default 0)' },
   format: { kind: 'enum', values: ['alpaca', 'scienceqa', 'coco'], help: 'data format: Alpaca JSON/JSONL, ScienceQA folder, COCO captions_*.json (SPEC §8; default alpaca)' },
