@@ -201,6 +201,18 @@ describe('image-encoder ops (CPU)', function () {
         await checkFd(async (p) => dot(await readF(native.gelu(f32(p, [n]), kind)), dy), x, u, dx, kind);
       });
 
+    it('a dense sweep of x in [-13, 10] (both tails): forward within 2e-6 relative, backward within 1e-5 relative + 1e-6', async () => {
+      // the exact gelu has no scalar erf: its tails come from erfc = t exp(-x²/2 + P(t)) with x² split
+      const n = 100001, x = new Float32Array(n), ones = new Float32Array(n).fill(1);
+      for (let i = 0; i < n; i++) x[i] = -13 + (23 * i) / (n - 1);
+      for (const kind of KINDS) {
+        const y = await readF(native.gelu(f32(x, [n]), kind));
+        ref.assertClose(y, eref.gelu(x, kind), 2e-6, 1e-37, `${kind} sweep`);
+        const g = await readF(native.geluBackward(f32(ones, [n]), f32(x, [n]), kind));
+        ref.assertClose(g, eref.geluBackward(ones, x, kind), 1e-5, 1e-6, `${kind} backward sweep`);
+      }
+    });
+
     it('exact gelu and quick_gelu differ (the kind is honoured), and any shape is kept', async () => {
       const x = f32([1, -1, 2, -2, 0.5, 3], [1, 2, 3]);
       const a = native.gelu(x, 'gelu'), q = native.gelu(x, 'quick_gelu');
