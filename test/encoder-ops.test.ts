@@ -13,7 +13,8 @@
 //   finite diff. (L(p + h u) - L(p - h u)) / 2h through the native forward, L = <forward, dy>,
 //                against <grad, u>: relative 3e-3 (h = 1e-2)
 import { expect } from 'chai';
-import { native, GeluKind, Tensor } from '../lib/native';
+import { native, Tensor } from '../lib/native';
+import type { GeluKind } from './util/encoder-reference';
 import * as ref from './util/reference';
 import * as eref from './util/encoder-reference';
 import { bits, f32, maxAbs, readF, throwsErr } from './util/tensors';
