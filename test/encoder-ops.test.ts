@@ -214,6 +214,15 @@ describe('image-encoder ops (CPU)', function () {
       }
     });
 
+    it('non-finite inputs: gelu(+inf) = +inf for both kinds, NaN stays NaN', async () => {
+      for (const kind of KINDS) {
+        const y = await readF(native.gelu(f32([Infinity, NaN, 16, -16, 17, -17], [6]), kind));
+        expect(y[0], kind).to.equal(Infinity);
+        expect(Number.isNaN(y[1]), kind).to.equal(true);
+        ref.assertClose(y.subarray(2), eref.gelu([16, -16, 17, -17], kind), 1e-6, 1e-37, kind);
+      }
+    });
+
     it('exact gelu and quick_gelu differ (the kind is honoured), and any shape is kept', async () => {
       const x = f32([1, -1, 2, -2, 0.5, 3], [1, 2, 3]);
       const a = native.gelu(x, 'gelu'), q = native.gelu(x, 'quick_gelu');

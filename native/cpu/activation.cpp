@@ -28,12 +28,17 @@ __attribute__((target_clones("avx2", "default")))  // 8 lanes where the CPU has 
 void normal_cdf_block(float* cdf, float* pdf, const float* x, int64_t n) {
   float a[kBlock] = {}, b[kBlock] = {}, t[kBlock] = {};  // (zeroed: keeps -Wmaybe-uninitialized quiet)
   for (int64_t i = 0; i < n; i++) {
-    const float ax = std::fabs(x[i]), z = ax * kInvSqrt2;
+    // |x| clamped to 16 (beyond, Φ(-|x|) < 1e-57 is 0 in f32; +inf would make inf - inf = NaN),
+    // in integer arithmetic on the bits (a float min is a branch under trapping math)
     uint32_t bits;
-    std::memcpy(&bits, &ax, 4);
+    std::memcpy(&bits, x + i, 4);
+    bits &= 0x7fffffffu;
+    bits = bits < 0x41800000u ? bits : 0x41800000u;  // 16.0f; NaN's bits are larger too
+    float ax, s;  // s = |x| to 12 bits: s² is exact, z² = x²/2 = s²/2 + d
+    std::memcpy(&ax, &bits, 4);
     bits &= 0xfffff000u;
-    float s;  // |x| to 12 bits: s² is exact, z² = x²/2 = s²/2 + d
     std::memcpy(&s, &bits, 4);
+    const float z = ax * kInvSqrt2;
     const float d = 0.5f * ((ax - s) * (ax + s));
     const float u = 1.f / (1.f + 0.5f * z);
     const float p =
