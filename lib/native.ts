@@ -204,7 +204,7 @@ export interface NativeBinding {
 
   // --- image-encoder ops (native/napi/encoder_ops.cpp; ops-encoder) --------------------------
   // f32 throughout; T rows, C channels; M/N/K as in matmul. Each family's CPU and CUDA bodies
-  // agree within f32 rounding (test/backend-encoder-ops.test.ts).
+  // agree within f32 rounding (test/backend-ops.test.ts; CPU vs float64: test/encoder-ops.test.ts).
   /** x (T, C), w (C), b (C) -> (T, C): (x - mean) / sqrt(var + eps) * w + b (biased variance,
    *  per row; torch.nn.LayerNorm). */
   layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): Tensor;
