@@ -11,6 +11,7 @@ const commands: Record<string, () => Command> = {
   train: () => require('./train'),
   generate: () => require('./generate'),
   eval: () => require('./eval'),
+  classify: () => require('./classify'),
   export: () => require('./export'),
   tokenize: () => require('./tokenize'),
 };
@@ -18,9 +19,12 @@ const commands: Record<string, () => Command> = {
 const usage = `Usage: llama-adapter <command> [flags]
 
 Commands:
-  train      fine-tune a LLaMA-Adapter on instruction data
+  train      fine-tune a LLaMA-Adapter on instruction data (--task classify: prompts and a
+             head in a frozen image encoder)
   generate   stream a continuation of a prompt (optionally with an adapter)
   eval       mean cross-entropy of a data file, with or without an adapter
+             (--task classify: accuracy and loss of labelled images)
+  classify   the top classes of images under an image encoder's classifier or adapter
   export     write an adapter in PEFT's format
   tokenize   print the token ids of a text
 
