@@ -9,8 +9,35 @@ import * as path from 'path';
 import { native, Tensor } from '../lib/native';
 import { Classifier, EncoderDims, headBackward, headForward } from '../lib/model/classifier';
 import { writeSafetensors } from '../lib/model/safetensors';
+import { readSafetensorsHeader } from '../lib/model/safetensors';
+import { ClassifyEncoder } from '../lib/tasks/classify-encoder';
+import { writeRandomViT } from '../tools/make-random-vit';
 import { Rng } from './util/reference';
-import { finiteDiff } from './util/vit-reference';
+import { classifyLoss, finiteDiff, RefAdapter, RefViT, vitFeatures } from './util/vit-reference';
+
+/** The float64 reference model of a ViT folder's model.safetensors. */
+function refOf(dir: string, o: { image: number; patch: number; hidden: number; heads: number; mlp: number }): RefViT {
+  const file = path.join(dir, 'model.safetensors');
+  const h = readSafetensorsHeader(file);
+  const buf = fs.readFileSync(file);
+  const w = new Map<string, Float64Array>();
+  for (const [name, e] of h.tensors) w.set(name.replace(/^vit\./, ''), Float64Array.from(new Float32Array(buf.buffer.slice(buf.byteOffset + e.byteOffset, buf.byteOffset + e.byteOffset + e.byteLength))));
+  return { D: o.hidden, H: o.heads, F: o.mlp, patch: o.patch, image: o.image, channels: 3, eps: 1e-12, w };
+}
+
+/** Random 8-bit RGB PNGs of size x size. */
+async function writePngs(dir: string, n: number, size: number, seed: number): Promise<string[]> {
+  const sharp = (await import('sharp')).default;
+  const rng = new Rng(seed);
+  const files: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const data = Buffer.from(Array.from({ length: size * size * 3 }, () => Math.floor(rng.uniform() * 256)));
+    const f = path.join(dir, `img${i}.png`);
+    await sharp(data, { raw: { width: size, height: size, channels: 3 } }).png().toFile(f);
+    files.push(f);
+  }
+  return files;
+}
 
 async function f32(t: Tensor): Promise<Float32Array> {
   return (await t.read()) as Float32Array;
@@ -80,6 +107,146 @@ describe('image classification (SPEC §9)', function () {
       expect(relErr(await f32(db), finiteDiff(L, b32))).to.be.below(1e-4);
       expect(relErr(await f32(df!), finiteDiff(L, f32v))).to.be.below(1e-4);
       for (const t of [ft, Wt, bt, logits, loss, dlogits, dW, db, df!]) t.dispose();
+    });
+  });
+
+  describe('on a tiny random ViT (8px images, 4px patches, hidden 8, 3 layers, 2 heads)', function () {
+    const o = { image: 8, patch: 4, hidden: 8, layers: 3, heads: 2, mlp: 16, seed: 4 };
+    let dir: string;
+    let enc: ClassifyEncoder;
+    let ref: RefViT;
+    let files: string[];
+    let px: Float64Array[]; // each image's preprocessed pixels (3, 8, 8)
+    before(async function () {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-cls-vit-'));
+      writeRandomViT(path.join(dir, 'vit'), o);
+      enc = await ClassifyEncoder.load(path.join(dir, 'vit'), 'cpu');
+      ref = refOf(path.join(dir, 'vit'), o);
+      files = await writePngs(dir, 3, 8, 9);
+      const p = await enc.pixels(files);
+      const all = await f32(p);
+      p.dispose();
+      px = files.map((_, i) => Float64Array.from(all.subarray(i * 192, (i + 1) * 192)));
+    });
+    after(() => {
+      enc?.dispose();
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    /** A classifier on the tiny encoder: Classifier.init's prompts and gates, a random head (or zero). */
+    async function classifierOf(layers: number, gates: 'zero' | 'random', head: boolean): Promise<Classifier> {
+      const init = Classifier.init(enc.dims, { layers, len: layers ? 3 : 0, gateInit: gates, labels: ['a', 'b', 'c'] }, 2, 'cpu');
+      const v = await init.values();
+      init.dispose();
+      const rng = new Rng(5);
+      const weight = head ? rng.normals(3 * o.hidden, 0.5) : new Float32Array(3 * o.hidden);
+      const bias = head ? rng.normals(3, 0.5) : new Float32Array(3);
+      return Classifier.fromValues(enc.dims, init.config, { ...v, weight, bias }, 'cpu');
+    }
+
+    function refAdapter(c: Classifier, v: { prompts: Float32Array; gates: Float32Array; weight: Float32Array; bias: Float32Array }): RefAdapter {
+      const { layers: L, len: K } = c.config;
+      const D = o.hidden;
+      return {
+        first: c.firstLayer,
+        K,
+        prompts: Array.from({ length: L }, (_, l) => Float64Array.from(v.prompts.subarray(l * K * D, (l + 1) * K * D))),
+        gates: Array.from({ length: L }, (_, l) => Float64Array.from(v.gates.subarray(l * o.heads, (l + 1) * o.heads))),
+        weight: Float64Array.from(v.weight),
+        bias: Float64Array.from(v.bias),
+      };
+    }
+
+    /** The native loss and gradients (every parameter) of the classifier on the three images. */
+    async function nativeGrads(c: Classifier, labels: number[]): Promise<{ loss: number; grads: Float32Array[] }> {
+      const pixels = await enc.pixels(files);
+      const B = files.length;
+      const params = c.parameters();
+      const grads = params.map((p) => native.zeros([...p.shape], 'f32', 'cpu'));
+      let f: Tensor;
+      let run: ReturnType<ClassifyEncoder['adaptedForward']> | undefined;
+      let x0: Tensor | undefined;
+      if (c.config.layers === 0) f = enc.features(pixels);
+      else {
+        x0 = enc.hiddenBefore(pixels, c.firstLayer);
+        run = enc.adaptedForward(x0, B, c, true);
+        f = run.features;
+      }
+      const logits = headForward(f, c.weight, c.bias);
+      const [loss, dlogits] = native.crossEntropy(logits, native.fromArray(Int32Array.from(labels), [B], 'i32'), 1 / B);
+      const { dW, db, df } = headBackward(dlogits, f, c.weight, !!run);
+      native.addInPlace(grads[grads.length - 2], dW);
+      native.addInPlace(grads[grads.length - 1], db);
+      run?.backward!(df!, grads.slice(0, grads.length - 2));
+      const out = { loss: (await f32(loss))[0] / B, grads: await Promise.all(grads.map(f32)) };
+      for (const t of [pixels, logits, loss, dlogits, dW, db, df, x0, ...grads]) t?.dispose();
+      if (run) run.dispose();
+      else f.dispose();
+      return out;
+    }
+
+    it('the frozen features equal the float64 reference (an independent ViT forward)', async function () {
+      const p = await enc.pixels(files);
+      const f = enc.features(p);
+      const got = await f32(f);
+      for (let i = 0; i < files.length; i++) expect(relErr(got.subarray(i * 8, (i + 1) * 8), vitFeatures(ref, px[i]))).to.be.below(1e-4);
+      p.dispose();
+      f.dispose();
+    });
+
+    it('g = 0: the adapted layers give the frozen features bit for bit, and a zero head gives logits 0', async function () {
+      const p = await enc.pixels(files);
+      const frozen = await f32(enc.features(p));
+      for (const L of [1, 3]) {
+        const c = await classifierOf(L, 'zero', false);
+        const x0 = enc.hiddenBefore(p, c.firstLayer);
+        const run = enc.adaptedForward(x0, files.length, c, false);
+        expect(Array.from(await f32(run.features)), `top ${L} layers`).to.deep.equal(Array.from(frozen));
+        const logits = headForward(run.features, c.weight, c.bias);
+        expect(Array.from(await f32(logits))).to.deep.equal(new Array(9).fill(0));
+        for (const t of [x0, logits]) t.dispose();
+        run.dispose();
+        c.dispose();
+      }
+      p.dispose();
+    });
+
+    it('head only: the loss and the head gradient against finite differences of the float64 reference', async function () {
+      const c = await classifierOf(0, 'zero', true);
+      const labels = [2, 0, 1];
+      const { loss, grads } = await nativeGrads(c, labels);
+      const a = refAdapter(c, await c.values());
+      const L = () => classifyLoss(ref, px, labels, a);
+      expect(loss).to.be.closeTo(L(), 1e-5);
+      expect(relErr(grads[0], finiteDiff(L, a.weight))).to.be.below(1e-3);
+      expect(relErr(grads[1], finiteDiff(L, a.bias))).to.be.below(1e-3);
+      c.dispose();
+    });
+
+    it('prompts + gates + head: every gradient against finite differences of the float64 reference', async function () {
+      for (const L of [1, 2]) {
+        const c = await classifierOf(L, 'random', true);
+        const labels = [1, 2, 0];
+        const { loss, grads } = await nativeGrads(c, labels);
+        const a = refAdapter(c, await c.values());
+        const F = () => classifyLoss(ref, px, labels, a);
+        expect(loss, `top ${L}: loss`).to.be.closeTo(F(), 1e-5);
+        for (let l = 0; l < L; l++) {
+          expect(relErr(grads[l], finiteDiff(F, a.prompts[l])), `top ${L}: prompts of layer ${l}`).to.be.below(2e-3);
+          expect(relErr(grads[L + l], finiteDiff(F, a.gates[l])), `top ${L}: gates of layer ${l}`).to.be.below(2e-3);
+        }
+        expect(relErr(grads[2 * L], finiteDiff(F, a.weight)), `top ${L}: head weight`).to.be.below(1e-3);
+        expect(relErr(grads[2 * L + 1], finiteDiff(F, a.bias)), `top ${L}: head bias`).to.be.below(1e-3);
+        c.dispose();
+      }
+    });
+
+    it('at g = 0 the prompts get no gradient, the gates do', async function () {
+      const c = await classifierOf(2, 'zero', true);
+      const { grads } = await nativeGrads(c, [0, 1, 2]);
+      expect(grads[0].every((g) => g === 0) && grads[1].every((g) => g === 0)).to.equal(true);
+      expect(grads[2].some((g) => g !== 0) && grads[3].some((g) => g !== 0)).to.equal(true);
+      c.dispose();
     });
   });
 
