@@ -16,10 +16,10 @@ const cli = path.join(repoRoot, 'dist', 'lib', 'cli', 'main.js');
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
 const vit = { image: 8, patch: 4, hidden: 16, layers: 2, heads: 2, mlp: 32, seed: 1 };
 
-/** An 8x8 grey image bright in its top or bottom half, with noise. */
-async function writeHalf(file: string, top: boolean, rng: Rng): Promise<void> {
+/** An 8x8 grey image, light or dark, with noise. */
+async function writeGrey(file: string, light: boolean, rng: Rng): Promise<void> {
   const px = Buffer.alloc(64);
-  for (let i = 0; i < 64; i++) px[i] = Math.max(0, Math.min(255, Math.round((i < 32 === top ? 200 : 40) + 30 * rng.normal())));
+  for (let i = 0; i < 64; i++) px[i] = Math.max(0, Math.min(255, Math.round((light ? 170 : 70) + 40 * rng.normal())));
   fs.mkdirSync(path.dirname(file), { recursive: true });
   await sharp(px, { raw: { width: 8, height: 8, channels: 1 } }).png().toFile(file);
 }
@@ -41,8 +41,8 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     tree = path.join(dir, 'tree');
     const rng = new Rng(7);
     for (let i = 0; i < 8; i++) {
-      await writeHalf(path.join(tree, 'top', `t${i}.png`), true, rng);
-      await writeHalf(path.join(tree, 'bottom', `b${i}.png`), false, rng);
+      await writeGrey(path.join(tree, 'light', `l${i}.png`), true, rng);
+      await writeGrey(path.join(tree, 'dark', `d${i}.png`), false, rng);
     }
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -69,7 +69,7 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     const late = s.slice(-4).reduce((a, l) => a + l.loss, 0) / 4;
     expect(late).to.be.below(0.5 * Math.log(2));
     const m = adapterMeta(path.join(out, 'adapter.safetensors'));
-    expect(JSON.parse(m.labels)).to.deep.equal(['bottom', 'top']);
+    expect(JSON.parse(m.labels)).to.deep.equal(['dark', 'light']);
     expect(m).to.include({ task: 'classify', hidden_size: '16', num_hidden_layers: '2', num_attention_heads: '2', patch_size: '4', image_size: '8', adapter_layers: '1', adapter_len: '4', gate_init: 'zero' });
     const h = readSafetensorsHeader(path.join(out, 'adapter.safetensors'));
     expect(h.tensors.get('adapter_query.weight')!.shape).to.deep.equal([4, 16]);
@@ -87,13 +87,13 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     expect(e.examples).to.equal(16);
     expect(e.accuracy).to.be.at.least(0.9);
     expect(e.loss).to.be.below(0.5 * Math.log(2));
-    const imgs = [path.join(tree, 'top', 't0.png'), path.join(tree, 'bottom', 'b1.png')];
+    const imgs = [path.join(tree, 'light', 'l0.png'), path.join(tree, 'dark', 'd1.png')];
     const c = run('classify', '--encoder', enc, '--adapter', adapter, '--top-k', '2', ...imgs);
     expect(c.status, c.stderr).to.equal(0);
     const lines = c.stdout.trim().split('\n').map((l) => JSON.parse(l));
     expect(lines.map((l) => l.image)).to.deep.equal(imgs);
-    expect(lines[0].top.map((t: { label: string }) => t.label)).to.deep.equal(['top', 'bottom']);
-    expect(lines[1].top[0]).to.include({ index: 0, label: 'bottom' });
+    expect(lines[0].top.map((t: { label: string }) => t.label)).to.deep.equal(['light', 'dark']);
+    expect(lines[1].top[0]).to.include({ index: 0, label: 'dark' });
     for (const l of lines) expect(l.top[0].logit).to.be.above(l.top[1].logit);
     const one = JSON.parse(run('classify', '--encoder', enc, '--adapter', adapter, '--top-k', '1', imgs[0]).stdout);
     expect(one.top).to.have.length(1);
@@ -128,7 +128,7 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
 
   it("classify without --adapter uses a ViTForImageClassification folder's own classifier and id2label", () => {
     const withHead = writeRandomViT(path.join(dir, 'vit-cls'), { ...vit, labels: ['sky', 'sea', 'sand'] });
-    const img = path.join(tree, 'top', 't1.png');
+    const img = path.join(tree, 'light', 'l1.png');
     const c = run('classify', '--encoder', withHead, '--top-k', '3', img);
     expect(c.status, c.stderr).to.equal(0);
     const line = JSON.parse(c.stdout);
@@ -147,10 +147,10 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     // a label the head does not know
     const other = path.join(dir, 'other');
     fs.cpSync(tree, other, { recursive: true });
-    fs.cpSync(path.join(tree, 'top'), path.join(other, 'left'), { recursive: true });
+    fs.cpSync(path.join(tree, 'light'), path.join(other, 'left'), { recursive: true });
     const u = run('eval', '--task', 'classify', '--encoder', enc, '--adapter', adapter, '--data', other);
     expect(u.status).to.equal(1);
-    expect(u.stderr).to.match(/other\/left: unknown label 'left' \(the head's labels are 'bottom', 'top'\)/);
+    expect(u.stderr).to.match(/other\/left: unknown label 'left' \(the head's labels are 'dark', 'light'\)/);
     // an empty class folder
     const empty = path.join(dir, 'empty');
     fs.cpSync(tree, empty, { recursive: true });
@@ -161,18 +161,18 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     // a file that is not an image
     const bad = path.join(dir, 'bad');
     fs.cpSync(tree, bad, { recursive: true });
-    fs.writeFileSync(path.join(bad, 'top', 'notes.png'), 'not a png');
+    fs.writeFileSync(path.join(bad, 'light', 'notes.png'), 'not a png');
     const bOut = path.join(dir, 'b-out');
     const b = run('train', ...small, '--encoder', enc, '--data', bad, '--out', bOut, '--max-steps', '1');
     expect(b.status).to.equal(1);
-    expect(b.stderr).to.include(path.join(bad, 'top', 'notes.png')).and.match(/not a readable image/);
+    expect(b.stderr).to.include(path.join(bad, 'light', 'notes.png')).and.match(/not a readable image/);
     expect(fs.existsSync(path.join(bOut, 'adapter.safetensors'))).to.equal(false);
-    const c = run('classify', '--encoder', enc, '--adapter', adapter, path.join(bad, 'top', 'notes.png'));
+    const c = run('classify', '--encoder', enc, '--adapter', adapter, path.join(bad, 'light', 'notes.png'));
     expect(c.status).to.equal(1);
     expect(c.stderr).to.match(/notes\.png: not a readable image/);
     // an adapter for another encoder
     const wide = writeRandomViT(path.join(dir, 'vit-wide'), { ...vit, hidden: 32, heads: 4 });
-    const w = run('classify', '--encoder', wide, '--adapter', adapter, path.join(tree, 'top', 't0.png'));
+    const w = run('classify', '--encoder', wide, '--adapter', adapter, path.join(tree, 'light', 'l0.png'));
     expect(w.status).to.equal(1);
     expect(w.stderr).to.match(/was trained for another encoder: hidden_size 16 in the adapter, 32 in the encoder; num_attention_heads 2 in the adapter, 4 in the encoder/);
     // flags of the other task, a missing encoder, no image

@@ -82,7 +82,7 @@ export class ClassifyEncoder {
       await native.synchronize(); // a NaN/Inf in the file fails here, naming the tensor
       return new ClassifyEncoder(dir, config, w, preprocess, device, arena, owned);
     } catch (err) {
-      arena.dispose();
+      arena.release();
       throw err;
     }
   }
@@ -292,6 +292,6 @@ export class ClassifyEncoder {
 
   dispose(): void {
     disposeAll(this.owned);
-    this.arena.dispose();
+    this.arena.release();
   }
 }

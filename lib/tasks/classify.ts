@@ -97,7 +97,10 @@ export class FeatureSource {
       native.scatterAddRows(cache, native.fromArray(idx, [idx.length], 'i32'), out);
       out.dispose();
       await native.synchronize(); // bound the queue (a failed op rejects here)
-      if (items.length > batch) log(`${what}: frozen ${headOnly ? 'features' : `layers 1..${first}`} of ${Math.min(s + batch, items.length)}/${items.length} images`);
+      const done = Math.min(s + batch, items.length);
+      // about ten progress lines, whatever the size
+      if (items.length > batch && (Math.floor((done * 10) / items.length) > Math.floor((s * 10) / items.length) || done === items.length))
+        log(`${what}: frozen ${headOnly ? 'features' : `layers 1..${first}`} of ${done}/${items.length} images`);
     }
     await native.synchronize();
     log(`${what}: ${items.length} images through the frozen ${headOnly ? 'encoder' : `layers below layer ${first + 1}`} in ${((Date.now() - t0) / 1000).toFixed(1)} s (cached)`);
@@ -206,7 +209,8 @@ export class ClassifyTrainer extends EventEmitter {
 
   /** Loads the encoder and the data named by `cfg` (task classify). */
   static async create(cfg: TrainConfig, log: (msg: string) => void = () => {}): Promise<ClassifyTrainer> {
-    if (!cfg.encoder) throw new Error('--task classify needs --encoder');
+    const encoderDir = cfg.encoder;
+    if (!encoderDir) throw new Error('--task classify needs --encoder');
     cfg = { ...cfg, device: resolveDevice(cfg.device, '--device') };
     if (cfg.threads) native.setThreads(cfg.threads);
     // the data first: a bad file fails before the encoder loads
@@ -216,7 +220,7 @@ export class ClassifyTrainer extends EventEmitter {
     if (cfg['val-data']) val = loadClassifyData(cfg['val-data'], { imageRoot: cfg['image-root'], labels: data.labels }).examples;
     else if (cfg['val-split'] > 0) ({ train, val } = splitValidation(train, { valSplit: cfg['val-split'], seed: cfg.seed }));
     if (data.labels.length < 2) throw new Error(`${cfg.data}: a classifier needs at least 2 classes, found ${data.labels.length} (${data.labels.join(', ')})`);
-    const enc = await ClassifyEncoder.load(cfg.encoder, cfg.device);
+    const enc = await ClassifyEncoder.load(encoderDir, cfg.device!);
     try {
       const headOnly = cfg['head-only'];
       const classifierConfig: ClassifierConfig = {
@@ -228,7 +232,7 @@ export class ClassifyTrainer extends EventEmitter {
       if (classifierConfig.layers > enc.dims.layers)
         throw new Error(`--adapter-layers ${classifierConfig.layers} is more than the encoder's ${enc.dims.layers} layers`);
       log(
-        `device ${describeDevice(enc.device)}; encoder ${cfg.encoder}: ${enc.dims.family} ${enc.dims.layers} layers, hidden ${enc.dims.hidden}, ` +
+        `device ${describeDevice(enc.device)}; encoder ${encoderDir}: ${enc.dims.family} ${enc.dims.layers} layers, hidden ${enc.dims.hidden}, ` +
           `${enc.dims.heads} heads, ${enc.dims.image}px / ${enc.dims.patch}px patches; ` +
           (headOnly ? 'head only (linear probe)' : `prompts: top ${classifierConfig.layers} layers, ${classifierConfig.len} prompts, ${cfg['gate-init']} gates`) +
           `; ${data.labels.length} classes, ${train.length} training and ${val.length} validation images`,
