@@ -53,9 +53,9 @@ async function main(): Promise<void> {
   });
   const out = path.resolve(values.out ?? path.join(root, 'runs', 'demo-classify'));
   const quick = !!values.quick;
-  const steps = Number(values.steps ?? (quick ? 20 : 300));
+  const steps = Number(values.steps ?? (quick ? 20 : 600));
   const batch = Number(values.batch ?? 64);
-  const lr = values.lr ?? '3e-3';
+  const lr = values.lr ?? '3e-2';
   const layers = values['adapter-layers'] ?? '2';
   const len = values['adapter-len'] ?? '10';
   fs.mkdirSync(out, { recursive: true });

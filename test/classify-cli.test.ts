@@ -114,6 +114,17 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     expect(adapterMeta(path.join(rnd, 'adapter.safetensors')).gate_init).to.equal('random');
   });
 
+  it('--val-split holds images out and --eval-every scores them (loss and accuracy)', () => {
+    const out = path.join(dir, 'val');
+    const r = run('train', ...small, '--encoder', enc, '--data', tree, '--out', out, '--head-only', '--max-steps', '4', '--val-split', '0.25', '--eval-every', '2');
+    expect(r.status, r.stderr).to.equal(0);
+    expect(r.stderr).to.match(/12 training and 4 validation images/);
+    expect(r.stderr).to.match(/eval at step 2: val loss \d+\.\d+, accuracy \d+\.\d+% over 4 images/);
+    const evals = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => 'val_loss' in l);
+    expect(evals.map((l) => [l.step, l.val_examples])).to.deep.equal([[2, 4], [4, 4]]);
+    for (const l of evals) expect(l.val_accuracy).to.be.within(0, 1);
+  });
+
   it('--resume continues bit for bit', () => {
     const out = path.join(dir, 'resume');
     const args = ['train', ...small, '--encoder', enc, '--data', tree, '--out', out, '--adapter-layers', '1', '--adapter-len', '4', '--max-steps', '6', '--save-every', '3'];

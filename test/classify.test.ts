@@ -11,6 +11,7 @@ import { Classifier, EncoderDims, headBackward, headForward } from '../lib/model
 import { writeSafetensors } from '../lib/model/safetensors';
 import { readSafetensorsHeader } from '../lib/model/safetensors';
 import { ClassifyEncoder } from '../lib/tasks/classify-encoder';
+import { classifyLogits, openClassifier } from '../lib/tasks/classify';
 import { writeRandomViT } from '../tools/make-random-vit';
 import { Rng } from './util/reference';
 import { classifyLoss, finiteDiff, RefAdapter, RefViT, vitFeatures } from './util/vit-reference';
@@ -238,6 +239,27 @@ describe('image classification (SPEC §9)', function () {
         expect(relErr(grads[2 * L], finiteDiff(F, a.weight)), `top ${L}: head weight`).to.be.below(1e-3);
         expect(relErr(grads[2 * L + 1], finiteDiff(F, a.bias)), `top ${L}: head bias`).to.be.below(1e-3);
         c.dispose();
+      }
+    });
+
+    it("a ViTForImageClassification folder's own classifier: logits = classifier · features + bias against the reference", async function () {
+      const withHead = writeRandomViT(path.join(dir, 'vit-cls'), { ...o, labels: ['x', 'y', 'z'] });
+      const e2 = await ClassifyEncoder.load(withHead, 'cpu');
+      try {
+        const c = openClassifier(e2, withHead);
+        expect(c.config.labels).to.deep.equal(['x', 'y', 'z']);
+        const logits = await classifyLogits(e2, c, files.map((f) => ({ image: f, file: f, label: 0 })), 2);
+        const r = refOf(withHead, o);
+        const W = r.w.get('classifier.weight')!;
+        const b = r.w.get('classifier.bias')!;
+        files.forEach((_, i) => {
+          const f = vitFeatures(r, px[i]);
+          const want = [0, 1, 2].map((k) => b[k] + f.reduce((s, v, j) => s + v * W[k * o.hidden + j], 0));
+          expect(relErr(logits.subarray(i * 3, i * 3 + 3), want)).to.be.below(1e-4);
+        });
+        c.dispose();
+      } finally {
+        e2.dispose();
       }
     });
 
