@@ -23,11 +23,6 @@ TensorPtr rmsnorm(const TensorPtr& x /*(T,C)*/, const TensorPtr& w /*(C)*/, floa
 void rope(const TensorPtr& x /*(T,H,d)*/, int64_t pos0, float theta, bool interleaved);           // in place
 TensorPtr matmul(const TensorPtr& x /*(M,K)*/, const TensorPtr& w /*(N,K)*/);                      // -> (M,N)
 void kv_write(const TensorPtr& cache /*(S,Hkv,d)*/, const TensorPtr& src /*(T,Hkv,d)*/, int64_t pos0);
-// With pk, pv (K,Hkv,d) and gate (H) or (1) (all three or none): adds the adapter branch
-// tanh(gate) * softmax(q pkᵀ / sqrt(d)) pv (no mask, its own softmax; SPEC §2).
-TensorPtr attention(const TensorPtr& q /*(T,H,d)*/, const TensorPtr& k /*(S,Hkv,d)*/,
-                    const TensorPtr& v /*(S,Hkv,d)*/, int64_t pos0, const TensorPtr& pk = nullptr,
-                    const TensorPtr& pv = nullptr, const TensorPtr& gate = nullptr);                // -> (T,H,d)
 // One decoder layer of cached inference, x (T, C) updated in place and the layer's keys/values
 // written to the caches (S, Hkv, d) at pos0..: the whole attention and feed-forward block as one
 // op (decoder.cpp), equal to the op-by-op forward. pk, pv, gate: the adapter branch, as attention().
