@@ -36,3 +36,4 @@ export type { ImageEncoderOptions, EmbedOptions, ImageInput, EncoderPrompts } fr
 export type { EncoderConfig, EncoderWeights, EncoderLayerWeights } from './encoder/config';
 export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess } from './image';
 export type { RgbImage, PreprocessConfig } from './image';
+export { EncoderGraph } from './encoder/train';
