@@ -30,3 +30,10 @@ export type { WorldOptions } from './train/distributed';
 // --- mm-data: image features files, datasets with images, evaluation metrics ---
 export { FeaturesFile, FeaturesWriter, openFeatures, writeFeatures } from './data/features';
 export type { FeaturesInfo, FeaturesWriterOptions } from './data/features';
+// --- vision: image input and image encoders (SPEC §7, §9) ---
+export { ImageEncoder } from './encoder/encoder';
+export type { ImageEncoderOptions, EmbedOptions, ImageInput, EncoderPrompts } from './encoder/encoder';
+export type { EncoderConfig, EncoderWeights, EncoderLayerWeights } from './encoder/config';
+export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess } from './image';
+export type { RgbImage, PreprocessConfig } from './image';
+export { EncoderGraph } from './encoder/train';
