@@ -166,11 +166,9 @@ describe('image classification (SPEC §9)', function () {
       const grads = params.map((p) => native.zeros([...p.shape], 'f32', 'cpu'));
       let f: Tensor;
       let run: ReturnType<ClassifyEncoder['adaptedForward']> | undefined;
-      let x0: Tensor | undefined;
       if (c.config.layers === 0) f = enc.features(pixels);
       else {
-        x0 = enc.hiddenBefore(pixels, c.firstLayer);
-        run = enc.adaptedForward(x0, B, c, true);
+        run = enc.adaptedForward(pixels, c, true);
         f = run.features;
       }
       const logits = headForward(f, c.weight, c.bias);
@@ -180,7 +178,7 @@ describe('image classification (SPEC §9)', function () {
       native.addInPlace(grads[grads.length - 1], db);
       run?.backward!(df!, grads.slice(0, grads.length - 2));
       const out = { loss: (await f32(loss))[0] / B, grads: await Promise.all(grads.map(f32)) };
-      for (const t of [pixels, logits, loss, dlogits, dW, db, df, x0, ...grads]) t?.dispose();
+      for (const t of [pixels, logits, loss, dlogits, dW, db, df, ...grads]) t?.dispose();
       if (run) run.dispose();
       else f.dispose();
       return out;
@@ -200,12 +198,14 @@ describe('image classification (SPEC §9)', function () {
       const frozen = await f32(enc.features(p));
       for (const L of [1, 3]) {
         const c = await classifierOf(L, 'zero', false);
-        const x0 = enc.hiddenBefore(p, c.firstLayer);
-        const run = enc.adaptedForward(x0, files.length, c, false);
+        const run = enc.adaptedForward(p, c, false);
+        const train = enc.adaptedForward(p, c, true); // the training graph's forward too
+        expect(Array.from(await f32(train.features)), `top ${L} layers, training graph`).to.deep.equal(Array.from(frozen));
+        train.dispose();
         expect(Array.from(await f32(run.features)), `top ${L} layers`).to.deep.equal(Array.from(frozen));
         const logits = headForward(run.features, c.weight, c.bias);
         expect(Array.from(await f32(logits))).to.deep.equal(new Array(9).fill(0));
-        for (const t of [x0, logits]) t.dispose();
+        logits.dispose();
         run.dispose();
         c.dispose();
       }

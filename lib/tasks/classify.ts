@@ -3,11 +3,10 @@
 // K prompts and per-head tanh gates in the top L layers of a frozen image encoder, and a linear
 // head on the final layernorm(h[cls]). --head-only trains the head alone (the linear probe).
 //
-// What is frozen is computed once per image and kept: with --head-only the features themselves,
-// else the hidden states entering the first adapted layer (when they fit CACHE_BYTES), so a step
-// runs only the adapted layers and the head.
+// What is frozen is computed once per image and kept (when it fits CACHE_BYTES): with --head-only
+// the features themselves, so a step is the head alone; else the decoded, preprocessed pixels.
 //
-// Shapes: B images of a micro-batch, T tokens per image (1 + patches), D hidden, C classes.
+// Shapes: B images of a micro-batch, D hidden, C classes.
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -23,7 +22,7 @@ import { learningRate, peakFromBase, ScheduleOptions } from '../train/schedule';
 import { keepMetricsUpTo } from '../train/trainer';
 import { ClassifyEncoder } from './classify-encoder';
 
-/** Frozen activations kept on the device across steps at most (else recomputed every step). */
+/** Bytes of frozen features or pixels kept on the device across steps at most (else recomputed). */
 export const CACHE_BYTES = 1 << 30;
 
 export interface ClassifyStepMetrics {
@@ -65,7 +64,8 @@ export interface Scored {
  * classifier that has prompts, a `backward` taking df (B, D) into the prompt and gate gradients.
  */
 export class FeatureSource {
-  private cache?: Tensor; // head-only: (N, D) features; else (N * T, D) hidden states at the first adapted layer
+  /** head-only: the frozen features (N, D); else the preprocessed pixels (N, Cin, S, S) */
+  private cache?: Tensor;
 
   private constructor(
     private readonly enc: ClassifyEncoder,
@@ -73,37 +73,46 @@ export class FeatureSource {
     private readonly classifier: Classifier,
   ) {}
 
-  /** Computes the frozen part once (in batches, with progress through `log`) when it fits. */
+  /** Computes what is frozen once (in batches, with progress through `log`) when it fits. */
   static async create(enc: ClassifyEncoder, items: LabeledImage[], classifier: Classifier, log: (m: string) => void, what: string): Promise<FeatureSource> {
     const src = new FeatureSource(enc, items, classifier);
-    const first = classifier.firstLayer;
     const headOnly = classifier.config.layers === 0;
-    const perImage = (headOnly ? 1 : enc.tokens) * enc.dims.hidden * 4;
-    if (perImage * items.length > CACHE_BYTES) {
-      log(`${what}: ${((perImage * items.length) / 2 ** 30).toFixed(1)} GiB of frozen activations would not fit the cache: recomputing them every step`);
+    const per = headOnly ? enc.dims.hidden : enc.pixelSize; // floats kept per image
+    if (per * 4 * items.length > CACHE_BYTES) {
+      log(`${what}: ${((per * 4 * items.length) / 2 ** 30).toFixed(1)} GiB would not fit the cache: decoding the images every step`);
       return src;
     }
     const t0 = Date.now();
-    const rows = headOnly ? items.length : items.length * enc.tokens;
-    const cache = native.zeros([rows, enc.dims.hidden], 'f32', enc.device);
+    const shape = headOnly ? [items.length, enc.dims.hidden] : [items.length, enc.pixelSize];
+    const cache = native.zeros(shape, 'f32', enc.device);
     const batch = 64;
-    for (let s = 0; s < items.length; s += batch) {
-      const part = items.slice(s, s + batch);
-      const pixels = await enc.pixels(part.map((x) => x.file));
-      const out = headOnly ? enc.features(pixels) : enc.hiddenBefore(pixels, first); // (b, D) or (b * T, D)
-      pixels.dispose();
-      const per = headOnly ? 1 : enc.tokens;
-      const idx = Int32Array.from({ length: part.length * per }, (_, i) => s * per + i);
-      native.scatterAddRows(cache, native.fromArray(idx, [idx.length], 'i32'), out);
-      out.dispose();
-      await native.synchronize(); // bound the queue (a failed op rejects here)
-      const done = Math.min(s + batch, items.length);
-      // about ten progress lines, whatever the size
-      if (items.length > batch && (Math.floor((done * 10) / items.length) > Math.floor((s * 10) / items.length) || done === items.length))
-        log(`${what}: frozen ${headOnly ? 'features' : `layers 1..${first}`} of ${done}/${items.length} images`);
+    try {
+      for (let s = 0; s < items.length; s += batch) {
+        const part = items.slice(s, s + batch);
+        const pixels = await enc.pixels(part.map((x) => x.file)); // (b, Cin, S, S)
+        const rows = native.fromArray(Int32Array.from(part, (_, i) => s + i), [part.length], 'i32');
+        if (headOnly) {
+          const f = enc.features(pixels); // (b, D)
+          native.scatterAddRows(cache, rows, f);
+          f.dispose();
+        } else {
+          const flat = native.reshape(pixels, [part.length, enc.pixelSize]);
+          native.scatterAddRows(cache, rows, flat);
+          flat.dispose();
+        }
+        pixels.dispose();
+        rows.dispose();
+        await native.synchronize(); // bound the queue (a failed op rejects here)
+        const done = s + part.length;
+        // about ten progress lines, whatever the size
+        if (items.length > batch && (Math.floor((done * 10) / items.length) > Math.floor((s * 10) / items.length) || done === items.length))
+          log(`${what}: ${headOnly ? 'frozen features' : 'decoded'} ${done}/${items.length} images`);
+      }
+    } catch (err) {
+      cache.dispose();
+      throw err;
     }
-    await native.synchronize();
-    log(`${what}: ${items.length} images through the frozen ${headOnly ? 'encoder' : `layers below layer ${first + 1}`} in ${((Date.now() - t0) / 1000).toFixed(1)} s (cached)`);
+    log(`${what}: ${items.length} images ${headOnly ? 'through the frozen encoder' : 'decoded and preprocessed'} in ${((Date.now() - t0) / 1000).toFixed(1)} s (cached)`);
     src.cache = cache;
     return src;
   }
@@ -112,31 +121,24 @@ export class FeatureSource {
   async forward(idx: Int32Array, withBackward: boolean): Promise<{ f: Tensor; backward?: (df: Tensor, grads: Tensor[]) => void; dispose(): void }> {
     const enc = this.enc;
     const headOnly = this.classifier.config.layers === 0;
-    const T = enc.tokens;
-    let input: Tensor; // pixels, or hidden states (B * T, D) at the first adapted layer
+    let pixels: Tensor; // (B, Cin, S, S)
     if (this.cache) {
-      const rows = headOnly ? idx : Int32Array.from({ length: idx.length * T }, (_, i) => idx[Math.floor(i / T)] * T + (i % T));
-      input = native.gatherRows(this.cache, native.fromArray(rows, [rows.length], 'i32'));
-      if (headOnly) return { f: input, dispose: () => input.dispose() };
-    } else {
-      const pixels = await enc.pixels(Array.from(idx, (i) => this.items[i].file));
-      if (headOnly) {
-        const f = enc.features(pixels);
-        pixels.dispose();
-        return { f, dispose: () => f.dispose() };
-      }
-      input = enc.hiddenBefore(pixels, this.classifier.firstLayer);
+      const rows = native.fromArray(idx, [idx.length], 'i32');
+      const got = native.gatherRows(this.cache, rows);
+      rows.dispose();
+      if (headOnly) return { f: got, dispose: () => got.dispose() };
+      const c = enc.encoder.config;
+      pixels = native.reshape(got, [idx.length, c.channels, c.imageSize, c.imageSize]);
+      got.dispose();
+    } else pixels = await enc.pixels(Array.from(idx, (i) => this.items[i].file));
+    if (headOnly) {
+      const f = enc.features(pixels);
       pixels.dispose();
+      return { f, dispose: () => f.dispose() };
     }
-    const run = enc.adaptedForward(input, idx.length, this.classifier, withBackward);
-    return {
-      f: run.features,
-      backward: run.backward,
-      dispose: () => {
-        input.dispose();
-        run.dispose();
-      },
-    };
+    const run = enc.adaptedForward(pixels, this.classifier, withBackward);
+    pixels.dispose();
+    return { f: run.features, backward: run.backward, dispose: () => run.dispose() };
   }
 
   dispose(): void {
