@@ -37,3 +37,11 @@ export type { EncoderConfig, EncoderWeights, EncoderLayerWeights } from './encod
 export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess } from './image';
 export type { RgbImage, PreprocessConfig } from './image';
 export { EncoderGraph } from './encoder/train';
+// --- classify: zero-init gated prompts + a linear head for image classification (SPEC §9) ---
+export { Classifier, readFolderClassifier } from './model/classifier';
+export type { ClassifierConfig, ClassifierValues, EncoderDims, GateInit } from './model/classifier';
+export { ClassifyTrainer, classifyLogits, scoreImages, openClassifier, topK } from './tasks/classify';
+export type { ClassifyStepMetrics, ClassifyEval, ClassifyTrainResult } from './tasks/classify';
+export { ClassifyEncoder } from './tasks/classify-encoder';
+export { loadClassifyData } from './data/classify';
+export type { ClassifyData, LabeledImage } from './data/classify';
