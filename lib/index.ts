@@ -38,7 +38,7 @@ export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess }
 export type { RgbImage, PreprocessConfig } from './image';
 export { EncoderGraph } from './encoder/train';
 // --- classify: zero-init gated prompts + a linear head for image classification (SPEC §9) ---
-export { Classifier, readFolderClassifier } from './model/classifier';
+export { Classifier, headForward, headBackward } from './model/classifier';
 export type { ClassifierConfig, ClassifierValues, EncoderDims, GateInit } from './model/classifier';
 export { ClassifyTrainer, classifyLogits, scoreImages, openClassifier, topK } from './tasks/classify';
 export type { ClassifyStepMetrics, ClassifyEval, ClassifyTrainResult } from './tasks/classify';

@@ -112,7 +112,7 @@ async function main(): Promise<void> {
       const seconds = (Date.now() - t0) / 1000;
       // held-out accuracy on the 1000 test images
       const enc = trainer.encoder;
-      const classifier = openClassifier(enc, encoderDir, r.adapterPath);
+      const classifier = await openClassifier(enc, encoderDir, r.adapterPath);
       trainable = classifier.parameterCount;
       try {
         const test = loadClassifyData(testList, { imageRoot, labels: classifier.config.labels });

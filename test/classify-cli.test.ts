@@ -181,6 +181,10 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     const c = run('classify', '--encoder', enc, '--adapter', adapter, path.join(bad, 'light', 'notes.png'));
     expect(c.status).to.equal(1);
     expect(c.stderr).to.match(/notes\.png: not a readable image/);
+    const gone = run('classify', '--encoder', enc, '--adapter', adapter, path.join(dir, 'missing.png'));
+    expect(gone.status).to.equal(1);
+    expect(gone.stderr).to.include(path.join(dir, 'missing.png')).and.match(/no such image file/);
+    expect(run('classify', '--encoder', path.join(dir, 'no-encoder'), path.join(tree, 'light', 'l0.png')).stderr).to.match(/no-encoder does not exist/);
     // an adapter for another encoder
     const wide = writeRandomViT(path.join(dir, 'vit-wide'), { ...vit, hidden: 32, heads: 4 });
     const w = run('classify', '--encoder', wide, '--adapter', adapter, path.join(tree, 'light', 'l0.png'));

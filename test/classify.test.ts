@@ -246,7 +246,7 @@ describe('image classification (SPEC §9)', function () {
       const withHead = writeRandomViT(path.join(dir, 'vit-cls'), { ...o, labels: ['x', 'y', 'z'] });
       const e2 = await ClassifyEncoder.load(withHead, 'cpu');
       try {
-        const c = openClassifier(e2, withHead);
+        const c = await openClassifier(e2, withHead);
         expect(c.config.labels).to.deep.equal(['x', 'y', 'z']);
         const logits = await classifyLogits(e2, c, files.map((f) => ({ image: f, file: f, label: 0 })), 2);
         const r = refOf(withHead, o);

@@ -52,7 +52,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const device = deviceFlags(values);
   const enc = await ClassifyEncoder.load(encoderDir, device);
   try {
-    const classifier = openClassifier(enc, encoderDir, stringFlag(values, 'adapter'));
+    const classifier = await openClassifier(enc, encoderDir, stringFlag(values, 'adapter'));
     try {
       // in batches, so that the first lines come before the last image is read
       for (let s = 0; s < positionals.length; s += batchSize) {

@@ -82,7 +82,7 @@ async function evalClassify(values: Flags, out: NodeJS.WritableStream): Promise<
   loadClassifyData(dataPath, { imageRoot: stringFlag(values, 'image-root') }); // fail on bad data before loading the encoder
   const enc = await ClassifyEncoder.load(encoderDir, device);
   try {
-    const classifier = openClassifier(enc, encoderDir, stringFlag(values, 'adapter'));
+    const classifier = await openClassifier(enc, encoderDir, stringFlag(values, 'adapter'));
     try {
       // the head's labels fix the class indices; a label it does not know is an error naming the record
       const data = loadClassifyData(dataPath, { imageRoot: stringFlag(values, 'image-root'), labels: classifier.config.labels });

@@ -1,10 +1,9 @@
 // The image-classification adapter (SPEC §9): K prompts and per-head tanh gates in each of the top
 // L layers of a frozen image encoder, plus a linear head on the final layernorm(h[cls]); its
-// safetensors file; and the classifier a ViTForImageClassification folder brings with it.
+// safetensors file; and the head's forward and backward.
 //
 // Shapes: L adapted layers, K prompts, D hidden size, H heads, C classes, B images.
 import * as fs from 'fs';
-import * as path from 'path';
 import { native, Device, Tensor } from '../native';
 import { resolveDevice } from '../device';
 import { Random } from '../generate/random';
@@ -281,88 +280,4 @@ export function headBackward(dlogits: Tensor, f: Tensor, weight: Tensor, wantDf:
     db: native.biasGrad(dlogits),
     df: wantDf ? native.matmulBackward(dlogits, weight) : undefined,
   };
-}
-
-// ---------------------------------------------------------------------------------------------
-// A ViTForImageClassification folder's own classifier (classifier.weight (C, D), .bias (C), and
-// config.json's id2label)
-
-export interface FolderClassifier {
-  weight: Float32Array; // (C, D)
-  bias: Float32Array; // (C)
-  labels: string[];
-}
-
-/** The folder's classifier, or undefined when it has none (a ViTModel or CLIP folder). */
-export function readFolderClassifier(dir: string, hidden: number): FolderClassifier | undefined {
-  const index = path.join(dir, 'model.safetensors.index.json');
-  let files: string[];
-  if (fs.existsSync(index)) {
-    let map: Record<string, string>;
-    try {
-      map = JSON.parse(fs.readFileSync(index, 'utf8')).weight_map;
-    } catch (err) {
-      throw new Error(`${index} is not valid JSON: ${(err as Error).message}`);
-    }
-    files = [...new Set(Object.entries(map ?? {}).filter(([k]) => k === 'classifier.weight' || k === 'classifier.bias').map(([, f]) => path.join(dir, f)))];
-  } else files = [path.join(dir, 'model.safetensors')];
-  let weight: Float32Array | undefined;
-  let bias: Float32Array | undefined;
-  let shape: number[] = [];
-  for (const file of files) {
-    if (!fs.existsSync(file)) continue;
-    const h = readSafetensorsHeader(file, { skipUnsupported: true });
-    const fd = fs.openSync(file, 'r');
-    try {
-      for (const [name, e] of h.tensors) {
-        if (name !== 'classifier.weight' && name !== 'classifier.bias') continue;
-        if (e.dtype !== 'F32' && e.dtype !== 'F16' && e.dtype !== 'BF16') throw new Error(`${file}: ${name} has dtype ${e.dtype}`);
-        const v = widen(fd, e);
-        if (name === 'classifier.weight') {
-          weight = v;
-          shape = e.shape;
-        } else bias = v;
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-  if (!weight) return undefined;
-  const where = path.join(dir, 'model.safetensors');
-  if (shape.length !== 2 || shape[1] !== hidden) throw new Error(`${where}: classifier.weight is [${shape}], expected [num_labels, ${hidden}]`);
-  const C = shape[0];
-  if (!bias || bias.length !== C) throw new Error(`${where}: classifier.bias is missing or not [${C}]`);
-  // labels from config.json's id2label, else the indices
-  const labels = Array.from({ length: C }, (_, i) => String(i));
-  try {
-    const id2label = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).id2label;
-    if (id2label && typeof id2label === 'object') for (let i = 0; i < C; i++) if (typeof id2label[String(i)] === 'string') labels[i] = id2label[String(i)];
-  } catch {
-    // the encoder's loader reports a bad config.json; indices serve as labels here
-  }
-  return { weight, bias, labels };
-}
-
-/** A tensor's values as f32 (F16 and BF16 widened). */
-function widen(fd: number, e: SafetensorsEntry): Float32Array {
-  if (e.dtype === 'F32') return readF32(fd, e);
-  const buf = Buffer.alloc(e.byteLength);
-  fs.readSync(fd, buf, 0, e.byteLength, e.byteOffset);
-  const n = e.byteLength / 2;
-  const out = new Float32Array(n);
-  const u32 = new Uint32Array(1);
-  const f32 = new Float32Array(u32.buffer);
-  for (let i = 0; i < n; i++) {
-    const h = buf.readUInt16LE(2 * i);
-    if (e.dtype === 'BF16') {
-      u32[0] = h << 16;
-      out[i] = f32[0];
-    } else {
-      const s = h & 0x8000 ? -1 : 1;
-      const ex = (h >> 10) & 0x1f;
-      const m = h & 0x3ff;
-      out[i] = ex === 0 ? s * m * 2 ** -24 : ex === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (ex - 15);
-    }
-  }
-  return out;
 }

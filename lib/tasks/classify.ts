@@ -14,7 +14,7 @@ import { native, Tensor } from '../native';
 import { describeDevice, resolveDevice } from '../device';
 import { ClassifyData, LabeledImage, loadClassifyData } from '../data/classify';
 import { IndexBatcher, splitValidation } from '../data/alpaca';
-import { Classifier, ClassifierConfig, headBackward, headForward, readFolderClassifier } from '../model/classifier';
+import { Classifier, ClassifierConfig, headBackward, headForward } from '../model/classifier';
 import { listCheckpoints, loadCheckpointWith, LoadedCheckpoint, RunState, saveCheckpoint } from '../train/checkpoint';
 import { configToYaml, TrainConfig } from '../train/config';
 import { AdamW, NonFiniteError } from '../train/optimizer';
@@ -420,17 +420,21 @@ export class ClassifyTrainer extends EventEmitter {
 }
 
 /** The head an eval or classify command runs: an adapter file's, or the encoder folder's own
- *  classifier (a ViTForImageClassification folder); neither is a clear error. */
-export function openClassifier(enc: ClassifyEncoder, encoderDir: string, adapterFile?: string): Classifier {
+ *  classifier (a ViTForImageClassification folder, as lib/encoder loads it, with its id2label);
+ *  neither is a clear error. */
+export async function openClassifier(enc: ClassifyEncoder, encoderDir: string, adapterFile?: string): Promise<Classifier> {
   if (adapterFile) return Classifier.load(adapterFile, enc.dims, enc.device);
-  const own = readFolderClassifier(encoderDir, enc.dims.hidden);
-  if (!own)
+  const own = enc.encoder.weights.classifier;
+  const labels = enc.encoder.config.labels;
+  if (!own || !labels)
     throw new Error(
       `${encoderDir} has no classifier (classifier.weight; a ViTForImageClassification folder has one): ` +
         'give --adapter, an adapter trained with `llama-adapter train --task classify`',
     );
-  const config: ClassifierConfig = { layers: 0, len: 0, gateInit: 'zero', labels: own.labels };
-  return Classifier.fromValues(enc.dims, config, { prompts: new Float32Array(0), gates: new Float32Array(0), weight: own.weight, bias: own.bias }, enc.device);
+  const config: ClassifierConfig = { layers: 0, len: 0, gateInit: 'zero', labels };
+  const weight = (await own.w.read()) as Float32Array;
+  const bias = (await own.b.read()) as Float32Array;
+  return Classifier.fromValues(enc.dims, config, { prompts: new Float32Array(0), gates: new Float32Array(0), weight, bias }, enc.device);
 }
 
 /** The k best classes of each row of logits (N, C), highest first. */
