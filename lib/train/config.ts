@@ -136,7 +136,9 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
 /** --task classify's own defaults: images are batched, not packed. */
 export const classifyDefaults: Partial<TrainConfig> = { 'batch-size': 32, 'grad-accum': 1 };
 
-/** Flags that belong to one task only. */
+/** Flags that belong to one task only. (The image-conditioned LLaMA adapter gives --encoder and
+ *  --image-root a meaning for --task lm too; where it is merged, they leave classifyOnly and its
+ *  own flags join lmOnly.) */
 const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout'];
 const classifyOnly = ['encoder', 'image-root', 'head-only'];
 
