@@ -91,7 +91,7 @@ async function main(): Promise<void> {
     { name: 'zero-init prompts + head', flags: { 'adapter-layers': layers, 'adapter-len': len, 'gate-init': 'zero' } },
     { name: 'random-init gates + head', flags: { 'adapter-layers': layers, 'adapter-len': len, 'gate-init': 'random' } },
   ];
-  const slug = (a: Arm) => a.name.split(' ')[0] + (a.flags['gate-init'] ? `-${a.flags['gate-init']}` : '');
+  const slug = (a: Arm) => (a.flags['head-only'] ? 'head-only' : `prompts-${a.flags['gate-init']}-gates`);
 
   const results: ArmResult[] = [];
   for (const arm of arms) {

@@ -155,7 +155,8 @@ function loadList(file: string, opts: ClassifyDataOptions): ClassifyData {
       );
     const image = r.image as string;
     const resolved = path.resolve(root, image);
-    if (!fs.existsSync(resolved)) throw new Error(`${r.where}: image ${image} not found (looked for ${resolved})`);
+    if (!fs.existsSync(resolved))
+      throw new Error(`${r.where}: image ${image} not found (looked for ${resolved}${opts.imageRoot ? '' : "; --image-root names the folder the list's paths start from"})`);
     return { image, file: resolved, label };
   });
   return { source: file, examples, labels };
