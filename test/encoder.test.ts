@@ -164,6 +164,13 @@ describe('image encoder forward', () => {
       await rejects(enc.embed(files, { batchSize: 0 }), /positive integer for batchSize/);
       await rejects(enc.embed([{ width: 2, height: 2, data: new Uint8Array(5) }]), /images\[0\]: 2x2 RGB needs 12 bytes/);
       await rejects(ImageEncoder.load(path.join(tmp, 'nope')), /encoder not found/);
+      // a preprocessor config that makes images of another size than the encoder takes
+      const dir = path.join(tmp, 'clip-crop');
+      fs.mkdirSync(dir);
+      const src = path.join(goldenDir, 'clip-f16');
+      for (const f of fs.readdirSync(src)) fs.copyFileSync(path.join(src, f), path.join(dir, f));
+      fs.writeFileSync(path.join(dir, 'preprocessor_config.json'), JSON.stringify({ size: 12, crop_size: 12 }));
+      await rejects(ImageEncoder.load(dir, { device: 'cpu' }), /preprocessor_config\.json makes 12x12 images but the encoder takes 8x8/);
     });
   });
 });
