@@ -11,6 +11,7 @@
 // Shapes: B images, Cin channels, S image size, P patch, N = (S/P)^2 patches, T = 1 + N tokens per
 // image, C hidden, H heads, d = C / H, F intermediate, K prompts, M feature layers, D feature size.
 import * as fs from 'fs';
+import * as nodePath from 'path';
 import { native, Device, Tensor } from '../native';
 import { resolveDevice } from '../device';
 import { LoadArena } from '../model/weights';
@@ -19,7 +20,7 @@ import { decodeImage, checkRgbImage, RgbImage } from '../image/decode';
 import { PreprocessConfig, outputSize, preprocessImage, readPreprocessConfig } from '../image/preprocess';
 import {
   EncoderConfig, EncoderLayerWeights, EncoderWeights, encoderTensors, featureDim, headSize, loadEncoderWeights,
-  mapEncoderWeights, numPatches, tokensPerImage,
+  mapEncoderWeights, tokensPerImage,
 } from './config';
 
 /** An adapted layer's prompt keys/values (K, H, d) and raw per-head gate (H). */
@@ -247,7 +248,7 @@ export class ImageEncoder {
     } catch {
       throw new Error(`encoder not found: ${dir} does not exist`);
     }
-    if (!st.isDirectory() || !fs.existsSync(`${dir}/${HF_CONFIG}`))
+    if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
       throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
     const arena = new LoadArena();
     let config: EncoderConfig;
@@ -429,5 +430,3 @@ export class ImageEncoder {
     this.arena.release();
   }
 }
-
-export { numPatches, tokensPerImage };
