@@ -3,7 +3,10 @@
 // (bench/torch_embed_images.py). Prints a markdown table on stdout, progress on stderr. A
 // measurement, not a test.
 //
-//   node dist/bench/embed-images.js [--threads N] [--batch B] [--runs N] [--wait-idle S] [--no-torch] [--regenerate]
+//   node dist/bench/embed-images.js [--shape B/16|L/14] [--device cpu|cuda] [--dtype f32|bf16] [--threads N]
+//                                   [--batch B] [--runs N] [--wait-idle S] [--no-torch] [--regenerate]
+// On a GPU: node dist/bench/embed-images.js --shape L/14 --device cuda --dtype bf16 (PyTorch is compared
+// on the CPU only).
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -20,8 +23,13 @@ import { formatTable } from './run';
 const PYTHON = process.env.PYTHON ?? '/usr/bin/python3';
 const TORCH_SCRIPT = path.join(repoRoot, 'bench', 'torch_embed_images.py');
 
-/** CLIP ViT-B/16's vision tower (openai/clip-vit-base-patch16). */
-const SHAPE = { hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, num_hidden_layers: 12, image_size: 224, patch_size: 16, projection_dim: 512 };
+/** CLIP vision towers: ViT-B/16 (openai/clip-vit-base-patch16) and ViT-L/14 (openai/clip-vit-large-patch14). */
+const SHAPES = {
+  'B/16': { hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, num_hidden_layers: 12, image_size: 224, patch_size: 16, projection_dim: 512 },
+  'L/14': { hidden_size: 1024, intermediate_size: 4096, num_attention_heads: 16, num_hidden_layers: 24, image_size: 224, patch_size: 14, projection_dim: 768 },
+};
+type ShapeName = keyof typeof SHAPES;
+let SHAPE = SHAPES['B/16'];
 
 /** Encoder FLOPs per image (multiply-adds x 2): patches, q/k/v/o, attention, MLP, projection. */
 function flopsPerImage(): number {
@@ -73,6 +81,9 @@ function writeRandomClip(dir: string, seed: number, force: boolean): void {
 }
 
 interface Args {
+  shape: ShapeName;
+  device: 'cpu' | 'cuda';
+  dtype: 'f32' | 'bf16';
   threads: number;
   batch: number;
   runs: number;
@@ -82,7 +93,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { threads: os.cpus().length, batch: 32, runs: 3, waitIdle: 60, torch: true, regenerate: false };
+  const a: Args = { shape: 'B/16', device: 'cpu', dtype: 'f32', threads: os.cpus().length, batch: 32, runs: 3, waitIdle: 60, torch: true, regenerate: false };
   for (let i = 0; i < argv.length; i++) {
     const x = argv[i];
     const num = () => {
@@ -90,7 +101,19 @@ function parseArgs(argv: string[]): Args {
       if (!(Number.isInteger(v) && v >= (x === '--wait-idle' ? 0 : 1))) throw new Error(`${x} expects a positive integer, got ${argv[i]}`);
       return v;
     };
-    if (x === '--threads') a.threads = num();
+    if (x === '--shape') {
+      const v = argv[++i];
+      if (!(v in SHAPES)) throw new Error(`--shape expects B/16 or L/14, got ${v}`);
+      a.shape = v as ShapeName;
+    } else if (x === '--device') {
+      const v = argv[++i];
+      if (v !== 'cpu' && v !== 'cuda') throw new Error(`--device expects cpu or cuda, got ${v}`);
+      a.device = v;
+    } else if (x === '--dtype') {
+      const v = argv[++i];
+      if (v !== 'f32' && v !== 'bf16') throw new Error(`--dtype expects f32 or bf16, got ${v}`);
+      a.dtype = v;
+    } else if (x === '--threads') a.threads = num();
     else if (x === '--batch') a.batch = num();
     else if (x === '--runs') a.runs = num();
     else if (x === '--wait-idle') a.waitIdle = num();
@@ -105,8 +128,12 @@ const now = () => Number(process.hrtime.bigint()) / 1e9;
 
 export async function runEmbedImages(args: Args, log: (s: string) => void = (s) => process.stderr.write(s + '\n')): Promise<string> {
   native.setThreads(args.threads);
-  const dir = path.join(outDir, 'clip-vit-b16-random');
-  log(`embed-images bench: writing/reusing ${path.relative(repoRoot, dir)} (random CLIP ViT-B/16 vision tower, F32) ...`);
+  SHAPE = SHAPES[args.shape];
+  const tag = args.shape.replace('/', '').toLowerCase();
+  const dir = path.join(outDir, `clip-vit-${tag}-random`);
+  log(`embed-images bench: writing/reusing ${path.relative(repoRoot, dir)} (random CLIP ViT-${args.shape} vision tower, F32) ...`);
+  // PyTorch here is the CPU build: it is compared on the CPU only
+  if (args.device !== 'cpu' || args.dtype !== 'f32') args.torch = false;
   writeRandomClip(dir, 1234, args.regenerate);
   const S = SHAPE.image_size;
   const B = args.batch;
@@ -133,7 +160,7 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
     return JSON.parse(last) as { torch: string; blas: string; configs: Record<string, { seconds: number }>; features: number[][] };
   };
 
-  const enc = await ImageEncoder.load(dir, { device: 'cpu' });
+  const enc = await ImageEncoder.load(dir, { device: args.device, dtype: args.dtype });
   let ours: Float32Array | undefined;
   const oursTimes: number[] = [];
   const torchTimes: Record<string, number[]> = { hf: [], fastpath: [] };
@@ -141,14 +168,14 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
   try {
     // warm-up on 2 images, then the timed batches, alternating with PyTorch's (the machine's load
     // drifts: alternating gives both the same conditions; the best run of each is reported)
-    const warm = native.fromArray(pixels.subarray(0, 2 * 3 * S * S), [2, 3, S, S]);
+    const warm = native.fromArray(pixels.subarray(0, 2 * 3 * S * S), [2, 3, S, S], 'f32', args.device);
     await Promise.all(enc.forward(warm).map((t) => t.read()));
     warm.dispose();
     for (let r = 0; r < args.runs; r++) {
       await gate.wait();
       log(`embed-images bench: ours, batch ${B} (run ${r + 1}/${args.runs}) ...`);
       const t0 = now();
-      const x = native.fromArray(pixels, [B, 3, S, S]);
+      const x = native.fromArray(pixels, [B, 3, S, S], 'f32', args.device);
       const [f] = enc.forward(x);
       ours = (await f.read()) as Float32Array;
       oursTimes.push(now() - t0);
@@ -161,7 +188,8 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
       }
     }
     const oursS = Math.min(...oursTimes);
-    rows.push(row(`llama-adapter (${args.threads} threads, ${native.capabilities().blas})`, oursS));
+    const caps = native.capabilities();
+    rows.push(row(args.device === 'cuda' ? `llama-adapter (cuda, ${caps.cuda.gemm}, ${args.dtype} weights)` : `llama-adapter (${args.threads} threads, ${caps.blas}, ${args.dtype} weights)`, oursS));
     if (torchInfo) {
       rows.push(row(`PyTorch ${torchInfo.torch} float32, HF-style ops (quick_gelu)`, Math.min(...torchTimes.hf)));
       rows.push(row('PyTorch, nn.TransformerEncoderLayer fast path (gelu)', Math.min(...torchTimes.fastpath)));
@@ -197,7 +225,8 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
 
   const fmt = (ts: number[]) => ts.map((t) => (B / t).toFixed(2)).join(', ');
   const notes = [
-    `CLIP ViT-B/16 vision tower with random weights (bench/out/clip-vit-b16-random, F32): 224 x 224, 197 tokens, 12 layers of 768, ` +
+    `CLIP ViT-${args.shape} vision tower with random weights (bench/out/clip-vit-${tag}-random, F32 file): ${S} x ${S}, ` +
+      `${(S / SHAPE.patch_size) ** 2 + 1} tokens, ${SHAPE.num_hidden_layers} layers of ${SHAPE.hidden_size}, ` +
       `${(flops / 1e9).toFixed(2)} GFLOP per image; batch ${B}; the best of ${args.runs} timed run(s) each (ours after a 2-image warm-up, ` +
       `PyTorch's after its own), ours and PyTorch's alternating.`,
     'images/s and ms are for the whole batch, pixels (already preprocessed) to features; the embed() row adds decoding and resizing.',
@@ -216,7 +245,7 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
   }
   notes.push(gate.note(), `Load average at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}.`);
   return formatTable({
-    title: `Image encoder throughput, CLIP ViT-B/16 shape, batch ${B}, CPU`,
+    title: `Image encoder throughput, CLIP ViT-${args.shape} shape, batch ${B}, ${args.device === 'cuda' ? 'CUDA' : 'CPU'}`,
     columns: ['engine', 'images/s', 'ms per batch', 'GFLOP/s'],
     align: ['l', 'r', 'r', 'r'],
     rows,
