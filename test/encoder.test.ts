@@ -108,6 +108,23 @@ describe('image encoder forward', () => {
         });
     });
 
+  it('bf16 storage of an F32 folder: features within bf16 rounding of the reference', async () => {
+    const enc = await ImageEncoder.load(path.join(goldenDir, 'clip-f32'), { device: 'cpu', dtype: 'bf16' });
+    const pixels = native.fromArray(floats(golden.pixels), golden.pixelShape);
+    try {
+      const got = await stack(enc.forward(pixels));
+      const want = floats(golden.folders['clip-f32'].features['-1']);
+      const scale = Math.max(...Array.from(want, Math.abs));
+      // bf16 keeps 8 bits of mantissa (weights within 2^-9 relative): measured 4.7e-3 of the largest value
+      const d = maxDiff(got, want);
+      expect(d).to.be.below(0.02 * scale);
+      expect(d).to.be.above(0); // it did round
+    } finally {
+      pixels.dispose();
+      enc.dispose();
+    }
+  });
+
   describe('embed', () => {
     let tmp: string;
     let enc: ImageEncoder;
