@@ -14,6 +14,7 @@ const commands: Record<string, () => Command> = {
   classify: () => require('./classify'),
   export: () => require('./export'),
   tokenize: () => require('./tokenize'),
+  'embed-images': () => require('./embed-images'),
 };
 
 const usage = `Usage: llama-adapter <command> [flags]
@@ -27,6 +28,7 @@ Commands:
   classify   the top classes of images under an image encoder's classifier or adapter
   export     write an adapter in PEFT's format
   tokenize   print the token ids of a text
+  embed-images  global features of images from a CLIP/ViT encoder (a features file)
 
 Run 'llama-adapter <command> --help' for a command's flags.`;
 
