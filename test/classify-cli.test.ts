@@ -125,6 +125,19 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     for (const l of evals) expect(l.val_accuracy).to.be.within(0, 1);
   });
 
+  it('a YAML --config with task: classify, and --init-adapter from a trained adapter (checked against the run)', () => {
+    const cfg = path.join(dir, 'run.yaml');
+    fs.writeFileSync(cfg, `task: classify\nencoder: ${enc}\ndata: ${tree}\nadapter-layers: 1\nadapter-len: 4\nbatch-size: 8\nmax-steps: 2\n`);
+    const out = path.join(dir, 'init');
+    const r = run('train', '--config', cfg, '--out', out, '--init-adapter', path.join(dir, 'run', 'adapter.safetensors'));
+    expect(r.status, r.stderr).to.equal(0);
+    // starting from the trained adapter: the first step's loss is already below the zero head's ln 2
+    expect(steps(out)[0].loss).to.be.below(0.5 * Math.log(2));
+    const bad = run('train', '--config', cfg, '--out', out, '--adapter-len', '5', '--init-adapter', path.join(dir, 'run', 'adapter.safetensors'));
+    expect(bad.status).to.equal(1);
+    expect(bad.stderr).to.match(/--init-adapter .* has 1 adapted layers, 4 prompts and labels \["dark","light"\]; the run asks for 1, 5/);
+  });
+
   it('--resume continues bit for bit', () => {
     const out = path.join(dir, 'resume');
     const args = ['train', ...small, '--encoder', enc, '--data', tree, '--out', out, '--adapter-layers', '1', '--adapter-len', '4', '--max-steps', '6', '--save-every', '3'];
