@@ -138,6 +138,21 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     expect(bad.stderr).to.match(/--init-adapter .* has 1 adapted layers, 4 prompts and labels \["dark","light"\]; the run asks for 1, 5/);
   });
 
+  it('a CLIP vision tower (F32 and F16 folders): the head sits on post_layernorm(h[cls]), before the projection', () => {
+    for (const name of ['clip-f32', 'clip-f16']) {
+      const clip = path.join(repoRoot, 'test', 'golden', 'encoders', name);
+      const out = path.join(dir, name);
+      const r = run('train', ...small, '--encoder', clip, '--data', tree, '--out', out, '--adapter-layers', '1', '--adapter-len', '2', '--max-steps', '4');
+      expect(r.status, r.stderr).to.equal(0);
+      const h = readSafetensorsHeader(path.join(out, 'adapter.safetensors'));
+      expect(h.metadata).to.include({ encoder_family: 'clip', hidden_size: '16', num_hidden_layers: '2' });
+      expect(h.tensors.get('head.weight')!.shape).to.deep.equal([2, 16]); // hidden 16, not projection_dim 6
+      const e = run('eval', '--task', 'classify', '--encoder', clip, '--adapter', path.join(out, 'adapter.safetensors'), '--data', tree);
+      expect(e.status, e.stderr).to.equal(0);
+      expect(JSON.parse(e.stdout).examples).to.equal(16);
+    }
+  });
+
   it('--resume continues bit for bit', () => {
     const out = path.join(dir, 'resume');
     const args = ['train', ...small, '--encoder', enc, '--data', tree, '--out', out, '--adapter-layers', '1', '--adapter-len', '4', '--max-steps', '6', '--save-every', '3'];
