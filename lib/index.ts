@@ -45,3 +45,15 @@ export type { ClassifyStepMetrics, ClassifyEval, ClassifyTrainResult } from './t
 export { ClassifyEncoder } from './tasks/classify-encoder';
 export { loadClassifyData } from './data/classify';
 export type { ClassifyData, LabeledImage } from './data/classify';
+export { loadDataset, checkImages, defaultImageRoot, DATA_FORMATS } from './data/dataset';
+export type { Dataset, DataFormat, ImageSource, LoadDatasetOptions, CheckImagesOptions } from './data/dataset';
+export { loadScienceQA, scienceqaInstruction, scienceqaOutput } from './data/scienceqa';
+export type { ScienceQAProblem } from './data/scienceqa';
+export { loadCoco, COCO_INSTRUCTION } from './data/coco';
+export { evaluateGenerative, GENERATIVE_METRICS } from './eval/evaluate';
+export type { GenerateFn, GenerativeMetric, EvaluateResult, Prediction } from './eval/evaluate';
+export { exactMatch, exactAccuracy } from './eval/exact';
+export { extractChoice, choiceAccuracy } from './eval/choice';
+export { scienceqaTable, scienceqaGroups, SCIENCEQA_COLUMNS } from './eval/scienceqa';
+export { tokenizeCaption, bleu, ciderD, captionScores } from './eval/caption';
+// --- end mm-data ---

@@ -23,7 +23,7 @@ Commands:
   train      fine-tune a LLaMA-Adapter on instruction data (--task classify: prompts and a
              head in a frozen image encoder)
   generate   stream a continuation of a prompt (optionally with an adapter)
-  eval       mean cross-entropy of a data file, with or without an adapter
+  eval       loss or accuracy (exact, choice, ScienceQA, caption metrics) of a data file
              (--task classify: accuracy and loss of labelled images)
   classify   the top classes of images under an image encoder's classifier or adapter
   export     write an adapter in PEFT's format

@@ -18,6 +18,11 @@ export interface TrainConfig {
   data: string;
   'val-data'?: string;
   'val-split': number;
+  /** the data files' format (lib/data/dataset.ts); default alpaca */
+  format?: 'alpaca' | 'scienceqa' | 'coco';
+  /** --format scienceqa: the split of --data (default train) and of --val-data (default val) */
+  split?: string;
+  'val-data-split'?: string;
   out: string;
   'adapter-layers'?: number; // default N - 2 (at least 1), known once the model is loaded
   'adapter-len': number;
@@ -72,9 +77,12 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'head-only': { kind: 'bool', help: 'classify: train the linear head alone (the linear-probe baseline; features computed once)' },
   'gate-init': { kind: 'enum', values: ['zero', 'random'], help: 'gates start at 0 (the paper) or ~ N(0, 1) from --seed (the ablation) (default zero)' },
   tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
-  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL; classify: an image-folder tree root/<class>/<file> or a JSON/JSONL list of {"image", "label"} (required)' },
+  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says; classify: an image-folder tree root/<class>/<file> or a JSON/JSONL list of {"image", "label"} (required)' },
   'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
   'val-split': { kind: 'number', min: 0, max: 1, help: 'fraction of --data held out for validation (default 0)' },
+  format: { kind: 'enum', values: ['alpaca', 'scienceqa', 'coco'], help: 'data format: Alpaca JSON/JSONL, ScienceQA folder, COCO captions_*.json (SPEC §8; default alpaca)' },
+  split: { kind: 'string', help: '--format scienceqa: the pid_splits.json list of --data (default train)' },
+  'val-data-split': { kind: 'string', help: '--format scienceqa: the pid_splits.json list of --val-data (default val)' },
   out: { kind: 'string', help: 'run folder: adapter, checkpoints, metrics (required)' },
   config: { kind: 'string', help: 'YAML file whose keys are these flag names; flags override it' },
   'adapter-layers': { kind: 'int', min: 1, help: 'adapted top layers L (default: layers - 2, at least 1)' },
@@ -139,7 +147,7 @@ export const classifyDefaults: Partial<TrainConfig> = { 'batch-size': 32, 'grad-
 /** Flags that belong to one task only. (The image-conditioned LLaMA adapter gives --encoder and
  *  --image-root a meaning for --task lm too; where it is merged, they leave classifyOnly and its
  *  own flags join lmOnly.) */
-const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout'];
+const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout', 'format', 'split', 'val-data-split'];
 const classifyOnly = ['encoder', 'image-root', 'head-only'];
 
 export function trainFlagSpec(): FlagSpec {
@@ -244,6 +252,9 @@ export function resolveTrainConfig(flags: Flags): TrainConfig {
     throw new UsageError('--head-only trains no prompts or gates: drop --gate-init, --adapter-layers and --adapter-len');
   if (cfg['val-data'] && cfg['val-split'] > 0) throw new UsageError('give either --val-data or --val-split, not both');
   if (cfg['val-split'] >= 1) throw new UsageError(`--val-split must be below 1, got ${cfg['val-split']}`);
+  if (cfg.format !== 'scienceqa')
+    for (const k of ['split', 'val-data-split'] as const)
+      if (cfg[k] !== undefined) throw new UsageError(`--${k} is only for --format scienceqa`);
   return cfg;
 }
 

@@ -5,7 +5,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { native } from '../native';
 import { describeDevice, resolveDevice } from '../device';
-import { Batch, Batcher, Example, loadAlpaca, splitValidation, tokenizeRecords } from '../data/alpaca';
+import { Batch, Batcher, Example, splitValidation, tokenizeRecords } from '../data/alpaca';
+import { loadDataset } from '../data/dataset';
 import { generate } from '../generate/generate';
 import { Adapter, AdapterConfig, checkAdapterConfig, defaultAdapterConfig } from '../model/adapter';
 import { Llama } from '../model/llama';
@@ -90,13 +91,13 @@ export class Trainer extends EventEmitter {
       };
       checkAdapterConfig(model.config, adapterConfig);
       const maxSeqLen = Math.min(cfg['max-seq-len'], model.config.maxSeqLen);
-      const tokenize = (file: string) => {
-        const records = loadAlpaca(file);
-        return tokenizeRecords(tokenizer, records, { maxSeqLen, source: file, warn: log }).examples;
+      const tokenize = (file: string, split: string) => {
+        const ds = loadDataset(file, { format: cfg.format, split: cfg.format === 'scienceqa' ? split : undefined });
+        return tokenizeRecords(tokenizer, ds.records, { maxSeqLen, source: ds.source, warn: log }).examples;
       };
-      let train = tokenize(cfg.data);
+      let train = tokenize(cfg.data, cfg.split ?? 'train');
       let val: Example[] = [];
-      if (cfg['val-data']) val = tokenize(cfg['val-data']);
+      if (cfg['val-data']) val = tokenize(cfg['val-data'], cfg['val-data-split'] ?? 'val');
       else if (cfg['val-split'] > 0) ({ train, val } = splitValidation(train, { valSplit: cfg['val-split'], seed: cfg.seed }));
       if (train.length === 0) throw new Error(`${cfg.data}: no training example is left (all were held out or skipped)`);
       log(
