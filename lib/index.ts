@@ -30,6 +30,21 @@ export type { WorldOptions } from './train/distributed';
 // --- mm-data: image features files, datasets with images, evaluation metrics ---
 export { FeaturesFile, FeaturesWriter, openFeatures, writeFeatures } from './data/features';
 export type { FeaturesInfo, FeaturesWriterOptions } from './data/features';
+// --- vision: image input and image encoders (SPEC §7, §9) ---
+export { ImageEncoder } from './encoder/encoder';
+export type { ImageEncoderOptions, EmbedOptions, ImageInput, EncoderPrompts } from './encoder/encoder';
+export type { EncoderConfig, EncoderWeights, EncoderLayerWeights } from './encoder/config';
+export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess } from './image';
+export type { RgbImage, PreprocessConfig } from './image';
+export { EncoderGraph } from './encoder/train';
+// --- classify: zero-init gated prompts + a linear head for image classification (SPEC §9) ---
+export { Classifier, headForward, headBackward } from './model/classifier';
+export type { ClassifierConfig, ClassifierValues, EncoderDims, GateInit } from './model/classifier';
+export { ClassifyTrainer, classifyLogits, scoreImages, openClassifier, topK } from './tasks/classify';
+export type { ClassifyStepMetrics, ClassifyEval, ClassifyTrainResult } from './tasks/classify';
+export { ClassifyEncoder } from './tasks/classify-encoder';
+export { loadClassifyData } from './data/classify';
+export type { ClassifyData, LabeledImage } from './data/classify';
 export { loadDataset, checkImages, defaultImageRoot, DATA_FORMATS } from './data/dataset';
 export type { Dataset, DataFormat, ImageSource, LoadDatasetOptions, CheckImagesOptions } from './data/dataset';
 export { loadScienceQA, scienceqaInstruction, scienceqaOutput } from './data/scienceqa';

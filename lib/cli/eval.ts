@@ -2,6 +2,8 @@
 //                    [--split S] [--metric loss|exact|choice|scienceqa|caption] [--max-tokens N] ...
 //   loss (default) -> {"loss": mean cross-entropy over all target tokens of the file, "tokens": their count}
 //   others         -> {"metric": ..., "accuracy" or the metric's figures, "examples": records}
+// llama-adapter eval --task classify --encoder DIR [--adapter A] --data D [--image-root DIR]
+//   -> {"accuracy", "loss", "examples"} of labelled images (lib/tasks/classify.ts)
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as nodePath from 'path';
@@ -13,13 +15,18 @@ import { Adapter } from '../model/adapter';
 import { Llama } from '../model/llama';
 import { Tokenizer } from '../tokenizer';
 import { evaluateLoss } from '../train/trainer';
-import { numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
+import { loadClassifyData } from '../data/classify';
+import { ClassifyEncoder } from '../tasks/classify-encoder';
+import { openClassifier, scoreImages } from '../tasks/classify';
+import { deviceFlags } from './classify';
+import { Flags, numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
 import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
 
 export const METRICS = ['loss', ...GENERATIVE_METRICS] as const;
 export type Metric = (typeof METRICS)[number];
 
 export const usage = `Usage: llama-adapter eval --model PATH --data FILE [--adapter FILE] [--metric M] [flags]
+       llama-adapter eval --task classify --encoder DIR --data D [--adapter FILE] [flags]
 
 --metric loss (the default) prints {"loss": <mean cross-entropy over all target tokens of the
 file>, "tokens": <their count>}. The other metrics generate a greedy answer per record (temperature
@@ -49,7 +56,15 @@ Without --adapter: the frozen model. This command is text-only: records' images 
                        {"index", "name", "prediction", "correct"?}
   --batch-size N       loss: examples per forward pass (default 8)
   --max-seq-len N      loss: truncate examples to this many tokens (default 512)
-${modelFlagUsage}`;
+${modelFlagUsage}
+
+--task classify prints {"accuracy": <share classified right>, "loss": <mean cross-entropy>,
+"examples": <images>}. Without --adapter, a ViTForImageClassification folder's own classifier.
+
+  --encoder DIR        Hugging Face ViT or CLIP folder
+  --data D             image-folder tree root/<class>/<file>, or a JSON/JSONL list of {"image", "label"}
+  --image-root DIR     folder a list's image paths are relative to (default: the list's folder)
+  --batch-size N       images per forward pass (default 32)`;
 
 export const evalFlagSpec = {
   ...modelFlagSpec,
@@ -61,6 +76,9 @@ export const evalFlagSpec = {
   predictions: { type: 'string' },
   'batch-size': { type: 'string' },
   'max-seq-len': { type: 'string' },
+  task: { type: 'string' },
+  encoder: { type: 'string' },
+  'image-root': { type: 'string' },
 } as const;
 
 /** Greedy text-only generation (temperature 0, to EOS) of a record's prompt (SPEC §3 template). */
@@ -83,6 +101,10 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
     out.write(usage + '\n');
     return;
   }
+  const task = stringFlag(values, 'task') ?? 'lm';
+  if (task !== 'lm' && task !== 'classify') throw new UsageError(`--task must be lm or classify, got '${task}'`);
+  if (task === 'classify') return evalClassify(values, out);
+  for (const k of ['encoder', 'image-root']) if (values[k] !== undefined) throw new UsageError(`--${k} applies to --task classify only`);
   requireString(values, 'model', usage);
   const dataPath = requireString(values, 'data', usage);
   const metric = (stringFlag(values, 'metric') ?? 'loss') as Metric;
@@ -147,5 +169,29 @@ function writePredictions(path: string, predictions: Prediction[]): void {
   } catch (e) {
     fs.rmSync(tmp, { force: true });
     throw new Error(`cannot write predictions file "${path}": ${(e as Error).message}`);
+  }
+}
+
+async function evalClassify(values: Flags, out: NodeJS.WritableStream): Promise<void> {
+  for (const k of ['model', 'tokenizer', 'dtype', 'max-seq-len', 'format', 'split', 'metric', 'max-tokens', 'predictions'])
+    if (values[k] !== undefined) throw new UsageError(`--${k} does not apply to --task classify`);
+  const encoderDir = requireString(values, 'encoder', usage);
+  const dataPath = requireString(values, 'data', usage);
+  const batchSize = numberFlag(values, 'batch-size', { integer: true, min: 1 }) ?? 32;
+  const device = deviceFlags(values);
+  loadClassifyData(dataPath, { imageRoot: stringFlag(values, 'image-root') }); // fail on bad data before loading the encoder
+  const enc = await ClassifyEncoder.load(encoderDir, device);
+  try {
+    const classifier = await openClassifier(enc, encoderDir, stringFlag(values, 'adapter'));
+    try {
+      // the head's labels fix the class indices; a label it does not know is an error naming the record
+      const data = loadClassifyData(dataPath, { imageRoot: stringFlag(values, 'image-root'), labels: classifier.config.labels });
+      const r = await scoreImages(enc, classifier, data.examples, batchSize);
+      out.write(JSON.stringify({ accuracy: r.accuracy, loss: r.loss, examples: r.examples }) + '\n');
+    } finally {
+      classifier.dispose();
+    }
+  } finally {
+    enc.dispose();
   }
 }

@@ -11,18 +11,24 @@ const commands: Record<string, () => Command> = {
   train: () => require('./train'),
   generate: () => require('./generate'),
   eval: () => require('./eval'),
+  classify: () => require('./classify'),
   export: () => require('./export'),
   tokenize: () => require('./tokenize'),
+  'embed-images': () => require('./embed-images'),
 };
 
 const usage = `Usage: llama-adapter <command> [flags]
 
 Commands:
-  train      fine-tune a LLaMA-Adapter on instruction data
+  train      fine-tune a LLaMA-Adapter on instruction data (--task classify: prompts and a
+             head in a frozen image encoder)
   generate   stream a continuation of a prompt (optionally with an adapter)
   eval       loss or accuracy (exact, choice, ScienceQA, caption metrics) of a data file
+             (--task classify: accuracy and loss of labelled images)
+  classify   the top classes of images under an image encoder's classifier or adapter
   export     write an adapter in PEFT's format
   tokenize   print the token ids of a text
+  embed-images  global features of images from a CLIP/ViT encoder (a features file)
 
 Run 'llama-adapter <command> --help' for a command's flags.`;
 

@@ -6,6 +6,7 @@ import { Trainer } from '../train/trainer';
 import { detectLaunch, initWorld, launchDevices, World } from '../train/distributed';
 import { native } from '../native';
 import { resolveDevice } from '../device';
+import { ClassifyTrainer } from '../tasks/classify';
 
 export const usage = trainUsage();
 
@@ -18,6 +19,17 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'\n\n${usage}`);
   const cfg = resolveTrainConfig(values);
   cfg.device = resolveDevice(cfg.device, '--device'); // fail before starting any process
+  if (cfg.task === 'classify') {
+    const trainer = await ClassifyTrainer.create(cfg, (m) => process.stderr.write(m + '\n'));
+    try {
+      attachProgress(trainer);
+      const r = await trainer.run();
+      out.write(`${r.adapterPath}\n`);
+    } finally {
+      trainer.dispose();
+    }
+    return;
+  }
 
   // data parallelism: --devices N starts N processes of this command under mpirun
   const launch = detectLaunch();

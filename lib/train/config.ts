@@ -7,7 +7,14 @@ import { FlagSpec, Flags, UsageError } from '../cli/args';
 import { ADAPTER_MAX_LEN } from '../model/bounds';
 
 export interface TrainConfig {
-  model: string;
+  /** what is trained: a LLaMA-Adapter on instruction data (lm), or zero-init prompts and a linear
+   *  head in a frozen image encoder (classify, lib/tasks/classify.ts, SPEC §9) */
+  task: 'lm' | 'classify';
+  model: string; // task lm
+  encoder?: string; // task classify: a HF ViT or CLIP folder
+  'image-root'?: string; // task classify: where a list's relative image paths start
+  'head-only': boolean; // task classify: the linear probe (no prompts, no gates)
+  'gate-init': 'zero' | 'random';
   tokenizer?: string;
   data: string;
   'val-data'?: string;
@@ -68,9 +75,14 @@ interface Option {
 
 /** Every flag, in the order `--help` lists them. */
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
-  model: { kind: 'string', help: 'llama2.c .bin file or Hugging Face folder (required)' },
+  task: { kind: 'enum', values: ['lm', 'classify'], help: 'lm: instruction tuning of a LLaMA; classify: image classification on --encoder (default lm)' },
+  model: { kind: 'string', help: 'llama2.c .bin file or Hugging Face folder (required for --task lm)' },
+  encoder: { kind: 'string', help: 'classify: Hugging Face ViT or CLIP folder, frozen (required for --task classify)' },
+  'image-root': { kind: 'string', help: "classify: folder a list's image paths are relative to (default: the list's folder)" },
+  'head-only': { kind: 'bool', help: 'classify: train the linear head alone (the linear-probe baseline; features computed once)' },
+  'gate-init': { kind: 'enum', values: ['zero', 'random'], help: 'gates start at 0 (the paper) or ~ N(0, 1) from --seed (the ablation) (default zero)' },
   tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
-  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says (required)' },
+  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says; classify: an image-folder tree root/<class>/<file> or a JSON/JSONL list of {"image", "label"} (required)' },
   'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
   'val-split': { kind: 'number', min: 0, max: 1, help: 'fraction of --data held out for validation (default 0)' },
   format: { kind: 'enum', values: ['alpaca', 'scienceqa', 'coco'], help: 'data format: Alpaca JSON/JSONL, ScienceQA folder, COCO captions_*.json (SPEC §8; default alpaca)' },
@@ -112,6 +124,9 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
 };
 
 export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
+  task: 'lm',
+  'head-only': false,
+  'gate-init': 'zero',
   'val-split': 0,
   'adapter-len': 10,
   gate: 'per-head',
@@ -135,6 +150,15 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
   comm: 'auto',
 };
 
+/** --task classify's own defaults: images are batched, not packed. */
+export const classifyDefaults: Partial<TrainConfig> = { 'batch-size': 32, 'grad-accum': 1 };
+
+/** Flags that belong to one task only. (The image-conditioned LLaMA adapter gives --encoder and
+ *  --image-root a meaning for --task lm too; where it is merged, they leave classifyOnly and its
+ *  own flags join lmOnly.) */
+const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout', 'format', 'split', 'val-data-split'];
+const classifyOnly = ['encoder', 'image-root', 'head-only'];
+
 export function trainFlagSpec(): FlagSpec {
   const spec: FlagSpec = {};
   for (const [name, o] of Object.entries(trainOptions)) spec[name] = { type: o.kind === 'bool' ? 'boolean' : 'string' };
@@ -146,7 +170,14 @@ export function trainUsage(): string {
     const flag = `--${name}${o.kind === 'bool' ? '' : o.kind === 'enum' ? ` ${o.values!.join('|')}` : ' X'}`;
     return `  ${flag.padEnd(30)} ${o.help}`;
   });
-  return `Usage: llama-adapter train --model PATH --data FILE --out DIR [flags]\n\nFine-tunes a LLaMA-Adapter on instruction data (the frozen model's weights never change).\n\n${lines.join('\n')}`;
+  return (
+    'Usage: llama-adapter train --model PATH --data FILE --out DIR [flags]\n' +
+    '       llama-adapter train --task classify --encoder DIR --data D --out DIR [flags]\n\n' +
+    "Fine-tunes a LLaMA-Adapter on instruction data (the frozen model's weights never change), or, with\n" +
+    '--task classify, zero-init gated prompts in the top --adapter-layers of a frozen image encoder plus a\n' +
+    'linear head on its final layernorm(h[cls]) (defaults there: --batch-size 32 --grad-accum 1).\n\n' +
+    lines.join('\n')
+  );
 }
 
 function coerce(name: string, raw: unknown, from: string): unknown {
@@ -213,9 +244,21 @@ export function resolveTrainConfig(flags: Flags): TrainConfig {
     if (v === undefined || k === 'config' || k === 'help') continue;
     fromFlags[k] = coerce(k, v, `--${k}`);
   }
-  const cfg = { ...trainDefaults, ...fromFile, ...fromFlags } as TrainConfig;
-  for (const required of ['model', 'data', 'out'] as const)
-    if (!cfg[required]) throw new UsageError(`--${required} is required\n\n${trainUsage()}`);
+  const task = (fromFlags.task ?? fromFile.task ?? trainDefaults.task) as TrainConfig['task'];
+  const defaults = task === 'classify' ? { ...trainDefaults, ...classifyDefaults } : trainDefaults;
+  const cfg = { ...defaults, ...fromFile, ...fromFlags } as TrainConfig;
+  for (const required of ['data', 'out', task === 'classify' ? 'encoder' : 'model'] as const)
+    if (!cfg[required]) throw new UsageError(`--${required} is required${task === 'classify' ? ' with --task classify' : ''}\n\n${trainUsage()}`);
+  // flags of the other task are mistakes, not silently ignored
+  const given = (k: string) => k in fromFlags || k in fromFile;
+  const otherTask = task === 'classify' ? lmOnly : classifyOnly;
+  const wrong = otherTask.filter(given);
+  if (wrong.length) throw new UsageError(`${wrong.map((k) => `--${k}`).join(', ')} ${wrong.length > 1 ? 'do' : 'does'} not apply to --task ${task}`);
+  if (task === 'classify' && cfg.gate !== 'per-head') throw new UsageError('--task classify has per-head gates only');
+  // (the LLaMA trainer's random gates come with the image-conditioned adapter's work; until then, refuse)
+  if (task === 'lm' && cfg['gate-init'] === 'random') throw new UsageError('--gate-init random is not available for --task lm in this build');
+  if (task === 'classify' && cfg['head-only'] && (given('gate-init') || given('adapter-layers') || given('adapter-len')))
+    throw new UsageError('--head-only trains no prompts or gates: drop --gate-init, --adapter-layers and --adapter-len');
   if (cfg['val-data'] && cfg['val-split'] > 0) throw new UsageError('give either --val-data or --val-split, not both');
   if (cfg['val-split'] >= 1) throw new UsageError(`--val-split must be below 1, got ${cfg['val-split']}`);
   if (cfg.resume && cfg.overwrite) throw new UsageError('give either --resume or --overwrite, not both');

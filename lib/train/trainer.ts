@@ -322,7 +322,7 @@ export class Trainer extends EventEmitter {
 }
 
 /** Drops metric lines after `step` (a resumed run rewrites them). */
-function keepMetricsUpTo(file: string, step: number): void {
+export function keepMetricsUpTo(file: string, step: number): void {
   if (!fs.existsSync(file)) return;
   if (step === 0) return fs.rmSync(file);
   const kept = fs
