@@ -25,7 +25,7 @@ export interface LlamaWeights {
   classifier: Tensor;
 }
 
-export type CheckpointFormat = 'llama2c-v0' | 'llama2c-v1' | 'hf';
+export type CheckpointFormat = 'llama2c-v0' | 'llama2c-v1' | 'hf' | 'meta';
 
 export interface Checkpoint {
   config: LlamaConfig;
