@@ -21,7 +21,7 @@ Commands:
   train      fine-tune a LLaMA-Adapter on instruction data
   generate   stream a continuation of a prompt (optionally with an adapter)
   eval       loss or accuracy (exact, choice, ScienceQA, caption metrics) of a data file
-  export     write an adapter in PEFT's format
+  export     write an adapter in PEFT's format or the official .pth layout
   tokenize   print the token ids of a text
 
 Run 'llama-adapter <command> --help' for a command's flags.`;

@@ -190,7 +190,9 @@ export function loadMeta(dir: string, arena: LoadArena, opts: LoadOptions = {}):
   const n = files.length;
   let config = params.config;
 
-  // The implied size before any per-layer list: the shards must hold at least 2 bytes a weight.
+  const shards: TorchCheckpoint[] = files.map((f) => readTorchCheckpoint(f, 'a Meta checkpoint shard (torch.save zip)'));
+  // The implied size before any per-layer list (the pickles are small and bounded, read first so a
+  // hostile one is named): the shards must hold at least 2 bytes a weight.
   const c0 = config;
   const kv = c0.nKvHeads * headSize(c0);
   const layerBytes = sumOf([bytesOf([c0.dim, c0.dim], 2), bytesOf([kv, c0.dim], 4), bytesOf([c0.dim, c0.dim], 2), bytesOf([c0.hiddenDim, c0.dim], 6)]);
@@ -198,7 +200,6 @@ export function loadMeta(dir: string, arena: LoadArena, opts: LoadOptions = {}):
   const why = `${paramsFile} (n_layers ${c0.nLayers}, dim ${c0.dim}, FFN width ${c0.hiddenDim}), at 2 bytes a weight,`;
   checkHolds(n > 1 ? `${dir} (its ${n} shards)` : files[0], why, BigInt(c0.nLayers) * layerBytes, fileBytes, { atLeast: true });
 
-  const shards: TorchCheckpoint[] = files.map((f) => readTorchCheckpoint(f, 'a Meta checkpoint shard (torch.save zip)'));
   const emb0 = shards[0].tensors.get('tok_embeddings.weight');
   if (!emb0 || emb0.shape.length !== 2) throw new Error(`${files[0]}: missing tensor tok_embeddings.weight (or it is not a matrix)`);
   // LLaMA 1/2 split the embedding's columns (ParallelEmbedding), LLaMA 3 its rows (the vocabulary)

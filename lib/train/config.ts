@@ -68,7 +68,7 @@ interface Option {
 
 /** Every flag, in the order `--help` lists them. */
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
-  model: { kind: 'string', help: 'llama2.c .bin file or Hugging Face folder (required)' },
+  model: { kind: 'string', help: 'llama2.c .bin file, Hugging Face folder or Meta .pth folder (required)' },
   tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
   data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says (required)' },
   'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
@@ -95,7 +95,7 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'max-seq-len': { kind: 'int', min: 2, help: 'truncate examples to this many tokens (default 512)' },
   seed: { kind: 'int', min: 0, max: 0xffffffff, help: 'seed of the prompt init, shuffling and split (default 0)' },
   'no-shuffle': { kind: 'bool', help: 'batches in file order' },
-  'init-adapter': { kind: 'string', help: 'start from this adapter file (prompts and gates as they are)' },
+  'init-adapter': { kind: 'string', help: 'start from this adapter file, ours or an official .pth (prompts and gates as they are)' },
   'eval-every': { kind: 'int', min: 0, help: 'validation loss and a sample every N steps; 0 = off (default 0)' },
   'save-every': { kind: 'int', min: 0, help: 'checkpoint every N steps; 0 = off (default 0)' },
   'keep-last': { kind: 'int', min: 1, help: 'checkpoints kept (default 2)' },

@@ -58,6 +58,8 @@ export function looksLikeZip(path: string): boolean {
   try {
     const b = readAt(fd, 0, 4);
     return b.length === 4 && b.readUInt32LE(0) === LOCAL_SIG;
+  } catch {
+    return false; // a folder (EISDIR) or unreadable: the caller's own reader names the problem
   } finally {
     fs.closeSync(fd);
   }
