@@ -423,6 +423,25 @@ describe('PyTorch .pth checkpoints', function () {
     });
   });
 
+  describe('fuzz (fixed seeds, a child process per batch, as test/fuzz.test.ts)', () => {
+    const CASES = 300;
+    (['meta', 'adapter'] as const).forEach((kind, k) => {
+      it(`${kind}: ${CASES} mutated .pth files (pickle, zip directory, any bytes), no crash, every failure a clear error naming the file`, () => {
+        const seed = 1300 + k;
+        const worker = path.join(__dirname, 'util', 'pth-fuzz-worker.js');
+        const r = spawnSync(process.execPath, [worker, kind, String(seed), String(CASES), path.join(tmp, `fuzz-${kind}`)], { encoding: 'utf8', timeout: 50_000 });
+        const lines = r.stdout.trim().split('\n');
+        const last = lines[lines.length - 1];
+        expect(r.signal, `${kind} (seed ${seed}) crashed with ${r.signal} at ${last}: ${r.stderr}`).to.equal(null);
+        expect(r.status, `${kind} (seed ${seed}) exited ${r.status} at ${last}: ${r.stderr}`).to.equal(0);
+        const summary = JSON.parse(last);
+        expect(summary.cases).to.equal(CASES);
+        expect(summary.bad, summary.bad.join('\n')).to.deep.equal([]);
+        expect(summary.errors).to.be.greaterThan(CASES / 4); // the mutations do reach the checks
+      });
+    });
+  });
+
   it('train, eval and generate run over a Meta .pth base (CLI)', function () {
     this.timeout(120_000);
     const model = ['--model', folders.get('ours-f16x2')!, '--tokenizer', stories.tokenizer, '--device', 'cpu'];
