@@ -76,6 +76,53 @@ async function errorOf(fn: () => unknown): Promise<string> {
   return expect.fail('expected an error');
 }
 
+/** The same archive with every central-directory size and offset moved to a ZIP64 extra field and
+ *  a ZIP64 end record (the layout of files over 4 GiB), built from a zip our writer made. */
+function toZip64(zip: Buffer): Buffer {
+  const eocd = zip.length - 22;
+  const count = zip.readUInt16LE(eocd + 10);
+  const cdOffset = zip.readUInt32LE(eocd + 16);
+  const parts: Buffer[] = [];
+  let p = cdOffset;
+  for (let i = 0; i < count; i++) {
+    const nameLen = zip.readUInt16LE(p + 28);
+    const h = Buffer.from(zip.subarray(p, p + 46));
+    const extra = Buffer.alloc(28);
+    extra.writeUInt16LE(1, 0);
+    extra.writeUInt16LE(24, 2);
+    extra.writeBigUInt64LE(BigInt(h.readUInt32LE(24)), 4); // size
+    extra.writeBigUInt64LE(BigInt(h.readUInt32LE(20)), 12); // compressed size
+    extra.writeBigUInt64LE(BigInt(h.readUInt32LE(42)), 20); // local header offset
+    for (const o of [20, 24, 42]) h.writeUInt32LE(0xffffffff, o);
+    h.writeUInt16LE(45, 6);
+    h.writeUInt16LE(28, 30);
+    parts.push(h, zip.subarray(p + 46, p + 46 + nameLen), extra);
+    p += 46 + nameLen;
+  }
+  const cd = Buffer.concat(parts);
+  const z64At = cdOffset + cd.length;
+  const z64 = Buffer.alloc(56);
+  z64.writeUInt32LE(0x06064b50, 0);
+  z64.writeBigUInt64LE(44n, 4);
+  z64.writeUInt16LE(45, 12);
+  z64.writeUInt16LE(45, 14);
+  z64.writeBigUInt64LE(BigInt(count), 24);
+  z64.writeBigUInt64LE(BigInt(count), 32);
+  z64.writeBigUInt64LE(BigInt(cd.length), 40);
+  z64.writeBigUInt64LE(BigInt(cdOffset), 48);
+  const loc = Buffer.alloc(20);
+  loc.writeUInt32LE(0x07064b50, 0);
+  loc.writeBigUInt64LE(BigInt(z64At), 8);
+  loc.writeUInt32LE(1, 16);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(0xffff, 8);
+  end.writeUInt16LE(0xffff, 10);
+  end.writeUInt32LE(0xffffffff, 12);
+  end.writeUInt32LE(0xffffffff, 16);
+  return Buffer.concat([zip.subarray(0, cdOffset), cd, z64, loc, end]);
+}
+
 describe('PyTorch .pth checkpoints', function () {
   this.timeout(60_000);
   let tmp: string;
@@ -333,6 +380,21 @@ describe('PyTorch .pth checkpoints', function () {
       const legacy = path.join(tmp, 'legacy.pth');
       fs.writeFileSync(legacy, good());
       expect(await errorOf(() => readTorchCheckpoint(legacy))).to.match(/is not a PyTorch checkpoint \(a zip archive as torch\.save writes\): no end-of-central-directory record/);
+    });
+    it('ZIP64 archives (what torch.save writes past 4 GiB: 64-bit sizes and offsets) read the same; torch.load agrees', async function () {
+      const src = path.join(folders.get('ours-f16x1')!, 'consolidated.00.pth');
+      const f = path.join(tmp, 'zip64.pth');
+      fs.writeFileSync(f, toZip64(fs.readFileSync(src)));
+      const a = readTorchCheckpoint(src);
+      const b = readTorchCheckpoint(f);
+      expect([...b.tensors.values()]).to.deep.equal([...a.tensors.values()]);
+      if (torchMissing) return;
+      const r = spawnSync(PY, ['-c', `import torch,sys; sd=torch.load(sys.argv[1]); print(len(sd), sd['layers.4.feed_forward.w2.weight'].float().sum().item())`, f], { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+      const w2 = (await valuesOf(await load(folders.get('ours-f16x1')!))).get('layers.4.w2')!;
+      const [count, sum] = r.stdout.trim().split(' ').map(Number);
+      expect(count).to.equal(49);
+      expect(sum).to.be.closeTo(w2.reduce((x, y) => x + y, 0), 1e-3);
     });
     it('unpickle never runs past its buffer', () => {
       const g = good();
