@@ -13,6 +13,7 @@ import { generate } from '../lib/generate/generate';
 import { Adapter } from '../lib/model/adapter';
 import { Llama } from '../lib/model/llama';
 import { loadCheckpoint } from '../lib/model/load';
+import { metaHiddenDim } from '../lib/model/meta';
 import { readLlama2cHeader } from '../lib/model/llama2c';
 import { Checkpoint } from '../lib/model/weights';
 import { f16ToF32, f32ToF16 } from '../lib/model/pth/half';
@@ -221,6 +222,29 @@ describe('PyTorch .pth checkpoints', function () {
       const one = await valuesOf(await load(folders.get('ours-f16x1')!, { dtype: 'bf16' }));
       const two = await valuesOf(await load(folders.get('ours-f16x2')!, { dtype: 'bf16' }));
       for (const [k, v] of one) expectSameBits(two.get(k)!, v, k);
+    });
+
+    it('LLaMA 3 layout: the embedding split by rows (VocabParallelEmbedding), params.json with rope_theta and ffn_dim_multiplier', async () => {
+      writeMetaFolder(bin, path.join(tmp, 'l3x1'), 'F32', 1, true);
+      writeMetaFolder(bin, path.join(tmp, 'l3x2'), 'F32', 2, true);
+      const one = await load(path.join(tmp, 'l3x1'));
+      const two = await load(path.join(tmp, 'l3x2'));
+      const c = two.config;
+      expect([c.hiddenDim, c.vocabSize, c.ropeTheta, c.maxSeqLen]).to.deep.equal([172, 512, 500000, 8192]); // LLaMA 3's context
+      const a = await valuesOf(one);
+      const b = await valuesOf(two);
+      for (const [k, v] of a) expectSameBits(b.get(k)!, v, k);
+      expectSameBits(b.get('embedding')!, (await valuesOf(await load(bin))).get('embedding')!, 'embedding');
+    });
+
+    it("Meta's FFN width formula gives the released models' widths", () => {
+      // (dim, multiple_of, ffn_dim_multiplier) -> intermediate_size of the published configs
+      expect(metaHiddenDim(4096, 256)).to.equal(11008); // LLaMA 1/2 7B
+      expect(metaHiddenDim(5120, 256)).to.equal(13824); // 13B
+      expect(metaHiddenDim(6656, 256)).to.equal(17920); // LLaMA 1 33B
+      expect(metaHiddenDim(8192, 4096, 1.3)).to.equal(28672); // LLaMA 2 70B
+      expect(metaHiddenDim(4096, 1024, 1.3)).to.equal(14336); // LLaMA 3 8B
+      expect(metaHiddenDim(64, 4)).to.equal(172); // stories260K
     });
 
     it('finds tokenizer.model or tok{V}.bin beside the folder (Meta keeps it one level up)', async () => {

@@ -31,8 +31,10 @@ function chunk(v: Float32Array, shape: number[], dim: number, k: number, n: numb
   return { data: out, shape: [R, w] };
 }
 
-/** Writes `dir`/params.json + consolidated.NN.pth of a llama2.c v0 file, `shards` ranks. */
-export function writeMetaFolder(bin: string, dir: string, dtype: 'F32' | 'F16', shards: number): void {
+/** Writes `dir`/params.json + consolidated.NN.pth of a llama2.c v0 file, `shards` ranks.
+ *  `llama3`: LLaMA 3's layout instead of LLaMA 1/2's: the embedding split by rows
+ *  (VocabParallelEmbedding), no rope.freqs, and LLaMA 3's params.json fields. */
+export function writeMetaFolder(bin: string, dir: string, dtype: 'F32' | 'F16', shards: number, llama3 = false): void {
   const h = readLlama2cHeader(bin);
   const c = h.config;
   const buf = fs.readFileSync(bin);
@@ -41,7 +43,7 @@ export function writeMetaFolder(bin: string, dir: string, dtype: 'F32' | 'F16', 
     const n = s.shape.reduce((a, b) => a * b, 1);
     const data = new Float32Array(buf.buffer.slice(buf.byteOffset + s.byteOffset, buf.byteOffset + s.byteOffset + 4 * n));
     if (s.key === 'embedding') {
-      named.push({ name: 'tok_embeddings.weight', shape: s.shape, data, dim: 1 });
+      named.push({ name: 'tok_embeddings.weight', shape: s.shape, data, dim: llama3 ? 0 : 1 });
       named.push({ name: 'output.weight', shape: s.shape, data, dim: 0 }); // tied in the .bin
     } else if (s.key === 'finalNorm') named.push({ name: 'norm.weight', shape: s.shape, data, dim: null });
     else {
@@ -51,7 +53,9 @@ export function writeMetaFolder(bin: string, dir: string, dtype: 'F32' | 'F16', 
     }
   }
   fs.mkdirSync(dir, { recursive: true });
-  const params = { dim: c.dim, multiple_of: 4, n_heads: c.nHeads, n_kv_heads: c.nKvHeads, n_layers: c.nLayers, norm_eps: 1e-5, vocab_size: -1 };
+  const params = llama3
+    ? { dim: c.dim, n_layers: c.nLayers, n_heads: c.nHeads, n_kv_heads: c.nKvHeads, vocab_size: c.vocabSize, multiple_of: 4, ffn_dim_multiplier: 1.0, norm_eps: 1e-5, rope_theta: 500000.0 }
+    : { dim: c.dim, multiple_of: 4, n_heads: c.nHeads, n_kv_heads: c.nKvHeads, n_layers: c.nLayers, norm_eps: 1e-5, vocab_size: -1 };
   fs.writeFileSync(path.join(dir, 'params.json'), JSON.stringify(params));
   const d = c.dim / c.nHeads;
   const freqs = Float32Array.from({ length: d / 2 }, (_, i) => 1 / Math.pow(10000, (2 * i) / d));
@@ -61,7 +65,7 @@ export function writeMetaFolder(bin: string, dir: string, dtype: 'F32' | 'F16', 
       const part = t.dim === null ? { data: t.data, shape: t.shape } : chunk(t.data, t.shape, t.dim, k, shards);
       return { name: t.name, shape: part.shape, ...cast(part.data) };
     });
-    tensors.push({ name: 'rope.freqs', shape: [d / 2], ...cast(freqs) });
+    if (!llama3) tensors.push({ name: 'rope.freqs', shape: [d / 2], ...cast(freqs) });
     writeTorchStateDict(path.join(dir, `consolidated.${String(k).padStart(2, '0')}.pth`), tensors, { ordered: true });
   }
 }
