@@ -131,7 +131,7 @@ describe('PyTorch .pth checkpoints', function () {
   const config = readLlama2cHeader(bin).config;
   const tokenizer = loadTokenizer(stories.tokenizer);
   const opened: Checkpoint[] = [];
-  const load = async (p: string, opts?: { dtype?: 'f32' | 'bf16' }) => {
+  const load = async (p: string, opts?: { dtype?: 'f32' | 'bf16'; onProgress?: (m: string) => void }) => {
     const ck = await loadCheckpoint(p, { device: 'cpu', ...opts });
     opened.push(ck);
     return ck;
@@ -216,6 +216,15 @@ describe('PyTorch .pth checkpoints', function () {
       const a = await valuesOf(await load(folders.get('ours-f16x1')!));
       const b = await valuesOf(await load(bin));
       for (const k of ['embedding', 'layers.2.wk', 'layers.4.w2', 'finalNorm']) expectSameBits(a.get(k)!, f16ToF32(f32ToF16(b.get(k)!)), k);
+    });
+
+    it('merging shards reports progress (onProgress); a single shard is mapped silently', async () => {
+      const said: string[] = [];
+      await load(folders.get('ours-f32x2')!, { onProgress: (m) => said.push(m) });
+      expect(said[0]).to.equal(`merging the 2 model-parallel shards of ${folders.get('ours-f32x2')}`);
+      const quiet: string[] = [];
+      await load(folders.get('ours-f32x1')!, { onProgress: (m) => quiet.push(m) });
+      expect(quiet).to.deep.equal([]);
     });
 
     it('--dtype bf16 over a merged folder equals bf16 over the single file', async () => {

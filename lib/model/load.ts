@@ -16,6 +16,8 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
   if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
     throw new Error(`loadCheckpoint: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
   const device = resolveDevice(opts.device, 'loadCheckpoint: device');
+  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function')
+    throw new Error(`loadCheckpoint: onProgress must be a function`);
   if (opts.mmap !== undefined && typeof opts.mmap !== 'boolean')
     throw new Error(`loadCheckpoint: mmap must be true or false, got ${JSON.stringify(opts.mmap)}`);
   let st: fs.Stats;

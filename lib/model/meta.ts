@@ -221,6 +221,9 @@ export function loadMeta(dir: string, arena: LoadArena, opts: LoadOptions = {}):
       );
   });
 
+  // merging several shards reads every weight: say so, then about once a second
+  let lastReport = Date.now();
+  if (n > 1) opts.onProgress?.(`merging the ${n} model-parallel shards of ${dir}`);
   const maps: (FileMapping | undefined)[] = new Array(n);
   const byName = new Map<string, Tensor>();
   for (const e of expected) {
@@ -265,6 +268,10 @@ export function loadMeta(dir: string, arena: LoadArena, opts: LoadOptions = {}):
     const t = native.fromArray(full, e.shape, storeAs);
     arena.tensors.push(t);
     byName.set(e.name, t);
+    if (Date.now() - lastReport >= 1000) {
+      lastReport = Date.now();
+      opts.onProgress?.(`merged ${e.name} (${byName.size}/${expected.length} tensors)`);
+    }
   }
 
   const get = (name: string) => byName.get(name)!;
