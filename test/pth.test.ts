@@ -227,6 +227,20 @@ describe('PyTorch .pth checkpoints', function () {
       expect(quiet).to.deep.equal([]);
     });
 
+    it('BF16 storages (LLaMA 2/3 as released): torch.save\'s and ours, merged or not, load as the .bin rounded to bf16', async function () {
+      writeMetaFolder(bin, path.join(tmp, 'ours-bf16x2'), 'BF16', 2);
+      const dirs = [path.join(tmp, 'ours-bf16x2')];
+      if (!torchMissing) {
+        python('meta', '--model', bin, '--out', path.join(tmp, 'torch-bf16x1'), '--dtype', 'bf16');
+        dirs.push(path.join(tmp, 'torch-bf16x1'));
+      }
+      const ref = await valuesOf(await load(bin, { dtype: 'bf16' })); // the matrices rounded by our native f32 -> bf16
+      for (const d of dirs) {
+        const got = await valuesOf(await load(d));
+        for (const [k, v] of ref) if (!/Norm$/.test(k)) expectSameBits(got.get(k)!, v, `${path.basename(d)} ${k}`);
+      }
+    });
+
     it('--dtype bf16 over a merged folder equals bf16 over the single file', async () => {
       const one = await valuesOf(await load(folders.get('ours-f16x1')!, { dtype: 'bf16' }));
       const two = await valuesOf(await load(folders.get('ours-f16x2')!, { dtype: 'bf16' }));

@@ -31,10 +31,16 @@ function chunk(v: Float32Array, shape: number[], dim: number, k: number, n: numb
   return { data: out, shape: [R, w] };
 }
 
+/** The bf16 bits of f32 values, rounded to nearest even (as torch's .to(torch.bfloat16)). */
+function bf16Bits(v: Float32Array): Uint16Array {
+  const u = new Uint32Array(v.buffer, v.byteOffset, v.length);
+  return Uint16Array.from(u, (x) => ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff);
+}
+
 /** Writes `dir`/params.json + consolidated.NN.pth of a llama2.c v0 file, `shards` ranks.
  *  `llama3`: LLaMA 3's layout instead of LLaMA 1/2's: the embedding split by rows
  *  (VocabParallelEmbedding), no rope.freqs, and LLaMA 3's params.json fields. */
-export function writeMetaFolder(bin: string, dir: string, dtype: 'F32' | 'F16', shards: number, llama3 = false): void {
+export function writeMetaFolder(bin: string, dir: string, dtype: 'F32' | 'F16' | 'BF16', shards: number, llama3 = false): void {
   const h = readLlama2cHeader(bin);
   const c = h.config;
   const buf = fs.readFileSync(bin);
@@ -59,7 +65,8 @@ export function writeMetaFolder(bin: string, dir: string, dtype: 'F32' | 'F16', 
   fs.writeFileSync(path.join(dir, 'params.json'), JSON.stringify(params));
   const d = c.dim / c.nHeads;
   const freqs = Float32Array.from({ length: d / 2 }, (_, i) => 1 / Math.pow(10000, (2 * i) / d));
-  const cast = (v: Float32Array): Pick<PthTensor, 'data' | 'dtype'> => (dtype === 'F32' ? { data: v, dtype } : { data: f32ToF16(v), dtype });
+  const cast = (v: Float32Array): Pick<PthTensor, 'data' | 'dtype'> =>
+    dtype === 'F32' ? { data: v, dtype } : { data: dtype === 'F16' ? f32ToF16(v) : bf16Bits(v), dtype };
   for (let k = 0; k < shards; k++) {
     const tensors: PthTensor[] = named.map((t) => {
       const part = t.dim === null ? { data: t.data, shape: t.shape } : chunk(t.data, t.shape, t.dim, k, shards);
