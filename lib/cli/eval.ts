@@ -41,9 +41,9 @@ file>, "tokens": <their count>}. The other metrics generate a greedy answer per 
              README)
 Without --adapter: the frozen model. This command is text-only: records' images are not seen.
 
-  --model PATH         llama2.c .bin file or Hugging Face folder
+  --model PATH         llama2.c .bin file, Hugging Face folder or Meta .pth folder (params.json)
   --tokenizer PATH     tokenizer.model or tokenizer.bin (default: found beside the model)
-  --adapter FILE       adapter.safetensors to apply
+  --adapter FILE       adapter.safetensors, or an official LLaMA-Adapter .pth, to apply
   --data PATH          the data: an Alpaca JSON list or JSONL file (records may have "image");
                        for --format scienceqa the folder of problems.json and pid_splits.json
                        (or problems.json itself); for --format coco a captions_*.json

@@ -11,9 +11,9 @@ export const usage = `Usage: llama-adapter generate --model PATH [--tokenizer PA
 
 Streams the continuation of the prompt (not the prompt) to stdout.
 
-  --model PATH         llama2.c .bin file or Hugging Face folder
+  --model PATH         llama2.c .bin file, Hugging Face folder or Meta .pth folder (params.json)
   --tokenizer PATH     tokenizer.model or tokenizer.bin (default: found beside the model)
-  --adapter FILE       an adapter.safetensors to apply
+  --adapter FILE       an adapter.safetensors, or an official LLaMA-Adapter .pth, to apply
   --prompt TEXT        the prompt (may be empty: generation starts from BOS)
   --instruction TEXT   instead of --prompt: an instruction in the Alpaca template (SPEC §3)
   --input TEXT         the instruction's input, if any

@@ -26,7 +26,7 @@ Commands:
   eval       loss or accuracy (exact, choice, ScienceQA, caption metrics) of a data file
              (--task classify: accuracy and loss of labelled images)
   classify   the top classes of images under an image encoder's classifier or adapter
-  export     write an adapter in PEFT's format
+  export     write an adapter in PEFT's format or the official .pth layout
   tokenize   print the token ids of a text
   embed-images  global features of images from a CLIP/ViT encoder (a features file)
 

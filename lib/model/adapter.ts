@@ -11,6 +11,10 @@ import { LlamaConfig } from './config';
 import { ADAPTER_MAX_LEN } from './bounds';
 import { makeOutputDir, removeEmptyDirs } from '../output';
 import { readSafetensorsHeader, writeSafetensors } from './safetensors';
+import { looksLikeZip, readAt } from './pth/zip';
+import { readTorchCheckpoint } from './pth/torch';
+import { f16ToF32 } from './pth/half';
+import { PthTensor, writeTorchStateDict } from './pth/write';
 
 export type GateMode = 'per-head' | 'scalar';
 
@@ -150,19 +154,20 @@ export class Adapter {
     });
   }
 
-  /** Reads an adapter file and checks that it fits `model`; errors name the file and the problem.
+  /** Reads an adapter file — ours (safetensors, SPEC §6) or an official release's `.pth`
+   *  (torch.save zip: `adapter_query.weight` + `layers.N.attention.gate`, F16 or F32, converted to
+   *  f32) — and checks that it fits `model`; errors name the file and the problem.
    *  `device`: as in fromValues. */
   static load(file: string, model: LlamaConfig, device?: Device): Adapter {
     if (!fs.existsSync(file)) throw new Error(`adapter file ${file} does not exist`);
-    const header = readSafetensorsHeader(file);
-    const query = header.tensors.get('adapter_query.weight');
+    const { tensors, metadata } = looksLikeZip(file) ? readOfficialTensors(file) : readSafetensorsTensors(file);
+    const query = tensors.get('adapter_query.weight');
     if (!query) throw new Error(`${file} is not an adapter file: it has no adapter_query.weight tensor`);
-    if (query.dtype !== 'F32') throw new Error(`${file}: adapter_query.weight must be F32, got ${query.dtype}`);
     if (query.shape.length !== 2 || query.shape[1] !== model.dim)
       throw new Error(
         `${file} does not fit the model: adapter_query.weight is [${query.shape}] but the model's dim is ${model.dim} (expected [L*K, ${model.dim}])`,
       );
-    const gateNames = [...header.tensors.keys()]
+    const gateNames = [...tensors.keys()]
       .map((n) => /^layers\.(\d+)\.attention\.gate$/.exec(n))
       .filter((m): m is RegExpExecArray => m !== null)
       .map((m) => Number(m[1]))
@@ -177,43 +182,51 @@ export class Adapter {
     if (query.shape[0] % L !== 0)
       throw new Error(`${file}: adapter_query.weight has ${query.shape[0]} rows, not a multiple of its ${L} adapted layers`);
     const K = query.shape[0] / L;
-    const declaredLen = header.metadata.adapter_len;
+    const declaredLen = metadata.adapter_len;
     if (declaredLen !== undefined && Number(declaredLen) !== K)
       throw new Error(`${file}: metadata adapter_len ${declaredLen} contradicts adapter_query.weight rows ${query.shape[0]} / ${L} layers`);
-    const fd = fs.openSync(file, 'r');
-    try {
-      const readF32 = (e: { byteOffset: number; byteLength: number }) => {
-        const buf = Buffer.alloc(e.byteLength);
-        fs.readSync(fd, buf, 0, e.byteLength, e.byteOffset);
-        return new Float32Array(buf.buffer, buf.byteOffset, e.byteLength / 4).slice();
-      };
-      let G = 0;
-      const gateValues: Float32Array[] = [];
-      for (const n of gateNames) {
-        const e = header.tensors.get(`layers.${n}.attention.gate`)!;
-        const size = e.shape.reduce((a, b) => a * b, 1);
-        if (e.dtype !== 'F32') throw new Error(`${file}: layers.${n}.attention.gate must be F32, got ${e.dtype}`);
-        if (size !== model.nHeads && size !== 1)
-          throw new Error(`${file} does not fit the model: layers.${n}.attention.gate has ${size} values, the model has ${model.nHeads} heads (or 1 for a scalar gate)`);
-        if (G && size !== G) throw new Error(`${file}: the gates of different layers have different sizes`);
-        G = size;
-        gateValues.push(readF32(e));
-      }
-      // one value per layer is a scalar gate (with one head, the metadata tells the two apart)
-      const gate: GateMode = G === 1 && (model.nHeads > 1 || header.metadata.gate === 'scalar') ? 'scalar' : 'per-head';
-      const prompts = readF32(query);
-      const gates = new Float32Array(L * G);
-      gateValues.forEach((g, l) => gates.set(g, l * G));
-      for (const [name, arr] of [['adapter_query.weight', prompts], ['gates', gates]] as const)
-        if (arr.some((v) => !Number.isFinite(v))) throw new Error(`${file}: ${name} has a non-finite value (NaN or Inf)`);
-      try {
-        return Adapter.fromValues(model, { layers: L, len: K, gate }, { prompts, gates }, device);
-      } catch (err) {
-        throw new Error(`${file}: ${(err as Error).message}`); // e.g. more prompts than the bound
-      }
-    } finally {
-      fs.closeSync(fd);
+    let G = 0;
+    const gateValues: Float32Array[] = [];
+    for (const n of gateNames) {
+      const e = tensors.get(`layers.${n}.attention.gate`)!;
+      const size = e.shape.reduce((a, b) => a * b, 1);
+      if (size !== model.nHeads && size !== 1)
+        throw new Error(`${file} does not fit the model: layers.${n}.attention.gate has ${size} values, the model has ${model.nHeads} heads (or 1 for a scalar gate)`);
+      if (G && size !== G) throw new Error(`${file}: the gates of different layers have different sizes`);
+      G = size;
+      gateValues.push(e.read());
     }
+    // one value per layer is a scalar gate (with one head, the metadata tells the two apart)
+    const gate: GateMode = G === 1 && (model.nHeads > 1 || metadata.gate === 'scalar') ? 'scalar' : 'per-head';
+    const prompts = query.read();
+    const gates = new Float32Array(L * G);
+    gateValues.forEach((g, l) => gates.set(g, l * G));
+    for (const [name, arr] of [['adapter_query.weight', prompts], ['gates', gates]] as const)
+      if (arr.some((v) => !Number.isFinite(v))) throw new Error(`${file}: ${name} has a non-finite value (NaN or Inf)`);
+    try {
+      return Adapter.fromValues(model, { layers: L, len: K, gate }, { prompts, gates }, device);
+    } catch (err) {
+      throw new Error(`${file}: ${(err as Error).message}`); // e.g. more prompts than the bound
+    }
+  }
+
+  /**
+   * The official LLaMA-Adapter layout as a torch.save `.pth` (what the official scripts'
+   * torch.load + load_state_dict(strict=False) read): `adapter_query.weight` (L*K, C) f32 and
+   * `layers.N.attention.gate` (1, H, 1, 1) f32 — raw g, as the official model applies tanh
+   * itself; a scalar gate is (1, 1, 1, 1).
+   */
+  async exportOfficial(file: string): Promise<void> {
+    const { prompts, gates } = await this.values();
+    const { layers: L, len: K } = this.config;
+    const tensors: PthTensor[] = [{ name: 'adapter_query.weight', shape: [L * K, this.model.dim], data: prompts }];
+    for (let l = 0; l < L; l++)
+      tensors.push({
+        name: `layers.${this.firstLayer + l}.attention.gate`,
+        shape: [1, this.gateSize, 1, 1],
+        data: gates.slice(l * this.gateSize, (l + 1) * this.gateSize),
+      });
+    writeTorchStateDict(file, tensors);
   }
 
   /**
@@ -273,4 +286,74 @@ export class Adapter {
   dispose(): void {
     for (const t of this.parameters()) t.dispose();
   }
+}
+
+/** An adapter file's tensors, read on demand as f32. */
+interface AdapterTensors {
+  tensors: Map<string, { shape: number[]; read(): Float32Array }>;
+  metadata: Record<string, string>;
+}
+
+/** Reads `byteLength` bytes at `byteOffset` of `file` (the tensors of adapter files are small). */
+function readBytes(file: string, byteOffset: number, byteLength: number): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const b = readAt(fd, byteOffset, byteLength);
+    if (b.length !== byteLength) throw new Error(`${file} is truncated`);
+    return b;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Our adapter files: safetensors, F32 only. */
+function readSafetensorsTensors(file: string): AdapterTensors {
+  const header = readSafetensorsHeader(file);
+  const tensors: AdapterTensors['tensors'] = new Map();
+  for (const [name, e] of header.tensors)
+    tensors.set(name, {
+      shape: e.shape,
+      read: () => {
+        if (e.dtype !== 'F32') throw new Error(`${file}: ${name} must be F32, got ${e.dtype}`);
+        const b = readBytes(file, e.byteOffset, e.byteLength);
+        return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+      },
+    });
+  return { tensors, metadata: header.metadata };
+}
+
+/** Keys of the official releases this loader does not convert, by what they belong to. */
+function unsupportedOfficialKey(name: string): string | undefined {
+  if (name === 'adapter_query.weight' || /^layers\.\d+\.attention\.gate$/.test(name)) return undefined;
+  if (/^(clip|visual_|visual\.|image_)/.test(name)) return 'the multimodal release (LLaMA-Adapter V2 multimodal / image encoder)';
+  if (/^llama\.|\.bias$|norm\.weight$|^prefix_query/.test(name)) return 'LLaMA-Adapter V2 (bias/norm tuning, prefix queries)';
+  return 'not part of the LLaMA-Adapter V1 text layout';
+}
+
+/** The official releases' `.pth` (torch.save zip): F16 or F32 tensors, converted to f32. */
+function readOfficialTensors(file: string): AdapterTensors {
+  const ckpt = readTorchCheckpoint(file, 'an official LLaMA-Adapter .pth file (torch.save zip)');
+  const unsupported = [...ckpt.tensors.keys()].filter((n) => unsupportedOfficialKey(n) !== undefined);
+  if (unsupported.length)
+    throw new Error(
+      `${file}: keys ${unsupported.slice(0, 6).join(', ')}${unsupported.length > 6 ? ` and ${unsupported.length - 6} more` : ''} ` +
+        `belong to ${unsupportedOfficialKey(unsupported[0])}, which is not supported; only the V1 text adapter ` +
+        `(adapter_query.weight + layers.N.attention.gate) is`,
+    );
+  const tensors: AdapterTensors['tensors'] = new Map();
+  for (const [name, t] of ckpt.tensors)
+    tensors.set(name, {
+      shape: t.shape,
+      read: () => {
+        const b = readBytes(file, t.byteOffset, t.byteLength);
+        const copy = b.buffer.slice(b.byteOffset, b.byteOffset + b.length);
+        if (t.dtype === 'F32') return new Float32Array(copy);
+        if (t.dtype === 'F16') return f16ToF32(new Uint16Array(copy));
+        const h = new Uint16Array(copy);
+        const u = new Uint32Array(h.length);
+        for (let i = 0; i < h.length; i++) u[i] = h[i] << 16;
+        return new Float32Array(u.buffer);
+      },
+    });
+  return { tensors, metadata: {} };
 }

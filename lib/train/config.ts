@@ -76,7 +76,7 @@ interface Option {
 /** Every flag, in the order `--help` lists them. */
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   task: { kind: 'enum', values: ['lm', 'classify'], help: 'lm: instruction tuning of a LLaMA; classify: image classification on --encoder (default lm)' },
-  model: { kind: 'string', help: 'llama2.c .bin file or Hugging Face folder (required for --task lm)' },
+  model: { kind: 'string', help: 'llama2.c .bin file, Hugging Face folder or Meta .pth folder (required for --task lm)' },
   encoder: { kind: 'string', help: 'classify: Hugging Face ViT or CLIP folder, frozen (required for --task classify)' },
   'image-root': { kind: 'string', help: "classify: folder a list's image paths are relative to (default: the list's folder)" },
   'head-only': { kind: 'bool', help: 'classify: train the linear head alone (the linear-probe baseline; features computed once)' },
@@ -107,7 +107,7 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'max-seq-len': { kind: 'int', min: 2, help: 'truncate examples to this many tokens (default 512)' },
   seed: { kind: 'int', min: 0, max: 0xffffffff, help: 'seed of the prompt init, shuffling and split (default 0)' },
   'no-shuffle': { kind: 'bool', help: 'batches in file order' },
-  'init-adapter': { kind: 'string', help: 'start from this adapter file (prompts and gates as they are)' },
+  'init-adapter': { kind: 'string', help: 'start from this adapter file, ours or an official .pth (prompts and gates as they are)' },
   'eval-every': { kind: 'int', min: 0, help: 'validation loss and a sample every N steps; 0 = off (default 0)' },
   'save-every': { kind: 'int', min: 0, help: 'checkpoint every N steps; 0 = off (default 0)' },
   'keep-last': { kind: 'int', min: 1, help: 'checkpoints kept (default 2)' },

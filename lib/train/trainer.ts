@@ -85,7 +85,7 @@ export class Trainer extends EventEmitter {
     checkOutputDir(cfg.out, '--out');
     checkRunFolder(cfg);
     if (cfg.threads) native.setThreads(cfg.threads);
-    const model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device, mmap: !cfg['no-mmap'] });
+    const model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device, mmap: !cfg['no-mmap'], onProgress: log });
     try {
       const tokenizer = model.loadTokenizer(cfg.tokenizer);
       const adapterConfig: AdapterConfig = {
