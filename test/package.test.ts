@@ -5,11 +5,32 @@ import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { expectGemmResults, runGemmChild } from './util/gemm-cases';
 import { repoRoot } from './util/paths';
 
 const node = process.execPath;
 /** dependencies used only to build from source */
 const buildOnly = ['cmake-js', 'node-addon-api'];
+
+/** The newest modification time of the files under the given paths (what the prebuilt binary is made of). */
+function newestMtime(paths: string[]): number {
+  let newest = 0;
+  const walk = (p: string) => {
+    const st = fs.statSync(p);
+    if (st.isDirectory()) for (const e of fs.readdirSync(p)) walk(path.join(p, e));
+    else newest = Math.max(newest, st.mtimeMs);
+  };
+  for (const p of paths) if (fs.existsSync(p)) walk(p);
+  return newest;
+}
+
+/** The glibc the prebuilt binary may need at most (README, "Installing"). */
+const GLIBC_FLOOR = '2.34';
+const versionLE = (a: string, b: string) => {
+  const x = a.split('.').map(Number), y = b.split('.').map(Number);
+  for (let i = 0; i < Math.max(x.length, y.length); i++) if ((x[i] ?? 0) !== (y[i] ?? 0)) return (x[i] ?? 0) < (y[i] ?? 0);
+  return true;
+};
 
 describe('package', function () {
   this.timeout(600_000);
@@ -37,7 +58,9 @@ describe('package', function () {
     let pkg: string;
 
     before(function () {
-      if (!fs.existsSync(path.join(platformDir, 'llama-adapter.node'))) {
+      const binary = path.join(platformDir, 'llama-adapter.node');
+      const sources = newestMtime(['native', 'binding.gyp', 'scripts/gyp-config.js', 'package.json'].map((p) => path.join(repoRoot, p)));
+      if (!fs.existsSync(binary) || fs.statSync(binary).mtimeMs < sources) {
         // `npm run prebuild` is what a release runs; here it proves the script works too (~1 min)
         execFileSync('npm', ['run', '-s', 'prebuild'], { cwd: repoRoot, stdio: 'ignore' });
       }
@@ -59,6 +82,45 @@ describe('package', function () {
       const out = execFileSync(node, ['-e', script], { encoding: 'utf8' });
       const [values] = out.trim().split(' ');
       expect(JSON.parse(values)).to.deep.equal([5, 11, 11, 25]);
+    });
+
+    it('needs only glibc (up to GLIBC_' + GLIBC_FLOOR + ') and libgcc_s: no OpenBLAS, libgfortran or libstdc++', function () {
+      if (os.platform() !== 'linux') this.skip();
+      const file = path.join(pkg, 'prebuilds', `${os.platform()}-${os.arch()}`, 'llama-adapter.node');
+      const dynamic = execFileSync('readelf', ['-d', '-W', file], { encoding: 'utf8' });
+      const needed = [...dynamic.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]);
+      const glibcParts = /^(libc|libm|libdl|libpthread|librt|ld-linux[-\w]*)\.so\.\d+$/;
+      expect(needed.filter((l) => !glibcParts.test(l) && l !== 'libgcc_s.so.1'), `NEEDED: ${needed.join(', ')}`).to.deep.equal([]);
+      // the symbol versions it needs (readelf -V: the .gnu.version_r section)
+      const versions = execFileSync('readelf', ['-V', '-W', file], { encoding: 'utf8' });
+      const needs = [...versions.slice(versions.indexOf('.gnu.version_r')).matchAll(/Name: (\S+)/g)].map((m) => m[1]);
+      expect(needs.filter((v) => /^(GLIBCXX|CXXABI)_/.test(v)), 'libstdc++ versions').to.deep.equal([]);
+      const glibc = needs.filter((v) => v.startsWith('GLIBC_')).map((v) => v.slice('GLIBC_'.length));
+      expect(glibc.length).to.be.greaterThan(0);
+      expect(glibc.filter((v) => !versionLE(v, GLIBC_FLOOR)), `glibc versions above ${GLIBC_FLOOR}`).to.deep.equal([]);
+    });
+
+    it('loads and computes with OpenBLAS and libgfortran hidden (a mount namespace), on the own kernels', function () {
+      if (os.platform() !== 'linux') this.skip();
+      // every OpenBLAS and libgfortran the loader knows, an empty file bound over each (in a
+      // mount namespace of the child only), as on a machine that never installed them
+      const known = execFileSync('ldconfig', ['-p'], { encoding: 'utf8' }).split('\n').filter((l) => /libopenblas|libgfortran/.test(l));
+      const hide = [...new Set(known.map((l) => fs.realpathSync(l.split(' => ')[1].trim())))];
+      const unshare = process.getuid?.() === 0 ? ['unshare', '-m'] : ['unshare', '-r', '-m'];
+      const probe = spawnSync(unshare[0], [...unshare.slice(1), 'true'], { encoding: 'utf8' });
+      if (probe.status !== 0) {
+        console.log(`      (skipped: no mount namespace here: ${probe.error ?? probe.stderr.trim()})`);
+        this.skip();
+      }
+      const empty = path.join(pkg, 'empty');
+      fs.writeFileSync(empty, '');
+      const run = runGemmChild(
+        `(() => { for (const f of ${JSON.stringify(hide)}) if (require('fs').statSync(f).size !== 0) throw new Error(f + ' is not hidden'); return require(${JSON.stringify(pkg)}).native; })()`,
+        { wrap: [...unshare, 'sh', '-c', 'for f in $LA_HIDE; do mount --bind "$LA_EMPTY" "$f" || exit 97; done; exec "$@"', 'sh'], env: { ...process.env, LA_HIDE: hide.join(' '), LA_EMPTY: empty } },
+      );
+      expect(run.status, run.stderr).to.not.equal(97);
+      expectGemmResults(run);
+      expect(run.blas).to.match(/^own kernels \(libopenblas\.so\.0 could not be loaded: /);
     });
 
     it('without any binary, the error lists the possible fixes', () => {
