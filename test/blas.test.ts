@@ -3,9 +3,11 @@
 // or when asked. Each choice runs in a child process, checked against the float64 reference.
 import { expect } from 'chai';
 import { spawnSync } from 'child_process';
+import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { expectGemmResults, runGemmChild } from './util/gemm-cases';
+import { repoRoot } from './util/paths';
 
 const load = `require(${JSON.stringify(path.resolve(__dirname, '..', 'lib', 'native.js'))}).native`;
 /** OpenBLAS on the loader's path (CI installs libopenblas0) */
@@ -47,6 +49,26 @@ describe('CPU GEMM: OpenBLAS loaded at run time, or the own kernel', function ()
     expect(own.blasThreads).to.equal(2);
     const one = runGemmChild(load, { env: env({ LLAMA_ADAPTER_GEMM_SPLIT: '0' }), setup: 'n.setThreads(2); n.setThreads(1)' });
     expect(one.blasThreads).to.equal(1);
+  });
+
+  it('the own kernel, every transpose, alpha, beta and leading dimension, either micro-kernel (C++ check, ~5 s)', function () {
+    // op(A) transposed is not reachable from an op yet (matmulWeightGrad will), so this calls
+    // own_sgemm directly: test/native/own_gemm_check.cpp, built here with the compiler a source build uses
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-own-gemm-'));
+    try {
+      const exe = path.join(dir, 'own_gemm_check');
+      const core = (f: string) => path.join(repoRoot, 'native', 'core', f);
+      const build = spawnSync(process.env.CXX ?? 'c++', ['-O2', '-std=c++17', `-I${core('')}`, path.join(repoRoot, 'test', 'native', 'own_gemm_check.cpp'),
+        ...['own_gemm.cpp', 'blas.cpp', 'parallel.cpp', 'glibc_compat.cpp'].map(core), '-ldl', '-lpthread', '-o', exe], { encoding: 'utf8' });
+      expect(build.status, `${build.error ?? ''}${build.stderr}`).to.equal(0);
+      for (const noAvx2 of ['0', '1']) {
+        const r = spawnSync(exe, { encoding: 'utf8', env: { ...process.env, LLAMA_ADAPTER_NO_AVX2: noAvx2 } });
+        expect(r.status, `LLAMA_ADAPTER_NO_AVX2=${noAvx2}: ${r.stdout}${r.stderr}`).to.equal(0);
+        expect(r.stdout).to.match(/^(\d+) of \1 cases within 1e-6$/m);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('LLAMA_ADAPTER_CPU_GEMM=own: the own kernel, 1 and 2 threads', () => {

@@ -1,6 +1,6 @@
 // The CPU GEMM. OpenBLAS is loaded at run time with dlopen, and the few CBLAS/OpenBLAS functions
 // used are declared below, so neither building nor loading the addon needs OpenBLAS (or the
-// libgfortran it brings): a machine without it runs the project's own kernel (own_sgemm) instead,
+// libgfortran it brings): a machine without it runs the project's own kernel (own_gemm.cpp) instead,
 // and capabilities().blas says which one runs and why.
 //
 //   LLAMA_ADAPTER_OPENBLAS=/path/libopenblas.so.0  the file to load (default: libopenblas.so.0 on the
@@ -177,29 +177,6 @@ void blas_sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float*
         call_sgemm(ta, tb, n, N, K, alpha, ta ? A + b0 : A + b0 * lda, lda, B, ldb, beta, C + b0 * ldc, ldc);
       else  // columns b0..b1 of C and of op(B)
         call_sgemm(ta, tb, M, n, K, alpha, A, lda, tb ? B + b0 * ldb : B + b0, ldb, beta, C + b0, ldc);
-    }
-  });
-}
-
-// The own kernel: cache-blocked, threaded over rows of C.
-void own_sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-               float beta, float* C, int ldc) {
-  auto a = [&](int i, int k) { return ta ? A[size_t(k) * lda + i] : A[size_t(i) * lda + k]; };
-  // Pack B as (K, N) row-major so the inner loop streams contiguous memory.
-  std::vector<float> b(size_t(K) * N);
-  for (int k = 0; k < K; k++)
-    for (int j = 0; j < N; j++) b[size_t(k) * N + j] = tb ? B[size_t(j) * ldb + k] : B[size_t(k) * ldb + j];
-  parallel_for(M, 4, [&](int64_t i0, int64_t i1) {
-    std::vector<float> row(N);
-    for (int64_t i = i0; i < i1; i++) {
-      std::fill(row.begin(), row.end(), 0.f);
-      for (int k = 0; k < K; k++) {
-        float av = a(int(i), k);
-        const float* bk = &b[size_t(k) * N];
-        for (int j = 0; j < N; j++) row[j] += av * bk[j];
-      }
-      float* c = C + size_t(i) * ldc;
-      for (int j = 0; j < N; j++) c[j] = alpha * row[j] + (beta == 0.f ? 0.f : beta * c[j]);
     }
   });
 }

@@ -14,5 +14,8 @@ bool blas_available();
 // C(M,N) = alpha * op(A) op(B) + beta * C, row-major; op = transpose when trans_* is true.
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
+// The same with the project's own kernel (own_gemm.cpp), whatever sgemm uses.
+void own_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+               const float* B, int ldb, float beta, float* C, int ldc);
 
 }  // namespace la

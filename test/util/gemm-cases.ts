@@ -1,7 +1,7 @@
 // GEMM cases run in a child process (the CPU GEMM is chosen once per process, from its environment:
 // native/core/blas.cpp) and checked here against the float64 reference: matmul (f32 and bf16
-// weights) and matmulBackward, at shapes that reach sgemm (M > 8) with ragged edges, and one large
-// enough to be split over the thread pool.
+// weights) and matmulBackward, at shapes that reach sgemm (M > 8) with ragged edges, one large
+// enough to be split over the thread pool, and ones past the own kernel's block sizes.
 import { expect } from 'chai';
 import { spawnSync } from 'child_process';
 import * as ref from './reference';
@@ -19,6 +19,10 @@ export const GEMM_CASES: GemmCase[] = [
   { M: 37, N: 29, K: 45, bf16: false, seed: 2 },
   { M: 24, N: 70, K: 33, bf16: true, seed: 3 },
   { M: 130, N: 150, K: 120, bf16: false, seed: 4 }, // 2.3 MFLOP: cut into blocks over the thread pool
+  // the own kernel's blocking (own_gemm.cpp): k deeper than one packed panel (256) and more rows
+  // than one packed block of A (96); more columns than one packed block of B (2048)
+  { M: 100, N: 40, K: 600, bf16: false, seed: 5 },
+  { M: 12, N: 2100, K: 20, bf16: false, seed: 6 },
 ];
 
 /** Deterministic test values in [-1.5, 1.5], computed the same way in the child (it gets this source). */
