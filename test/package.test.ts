@@ -132,4 +132,49 @@ describe('package', function () {
       expect(r.stderr).to.match(/prebuilds/);
     });
   });
+
+  describe('npm tarball (npm pack --dry-run)', () => {
+    let files: Map<string, number>; // path -> bytes
+    before(function () {
+      const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: repoRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      const [info] = JSON.parse(out) as { files: { path: string; size: number }[] }[];
+      files = new Map(info.files.map((f) => [f.path, f.size]));
+    });
+    const walk = (dir: string): string[] =>
+      fs.readdirSync(path.join(repoRoot, dir), { withFileTypes: true }).flatMap((e) =>
+        e.isDirectory() ? walk(`${dir}/${e.name}`) : [`${dir}/${e.name}`],
+      );
+
+    it('holds the license, the library with its types and CLI, and everything a source build needs', () => {
+      const pkgJson = require(path.join(repoRoot, 'package.json'));
+      const must = ['LICENSE', 'README.md', 'package.json', 'dist/lib/index.js', 'dist/lib/index.d.ts', pkgJson.bin['llama-adapter'],
+        'CMakeLists.txt', 'binding.gyp', 'scripts/install.js', 'scripts/gyp-config.js', ...walk('native')];
+      expect(must.filter((f) => !files.has(f)), 'missing from the tarball').to.deep.equal([]);
+      expect(fs.readFileSync(path.join(repoRoot, 'LICENSE'), 'utf8')).to.match(/^MIT License\n\nCopyright \(c\) 2026 the llama-adapter authors\n/);
+      expect(pkgJson.license).to.equal('MIT');
+      // every relative require() of the shipped JavaScript resolves inside the tarball
+      const unresolved: string[] = [];
+      for (const f of files.keys()) {
+        if (!f.endsWith('.js') || !f.startsWith('dist/')) continue;
+        const code = fs.readFileSync(path.join(repoRoot, f), 'utf8');
+        for (const m of code.matchAll(/require\("(\.\.?\/[^"]*)"\)/g)) {
+          const target = path.posix.join(path.posix.dirname(f), m[1]);
+          if (![target, `${target}.js`, `${target}.json`, `${target}/index.js`].some((t) => files.has(t))) unresolved.push(`${f}: ${m[1]}`);
+        }
+      }
+      expect(unresolved, 'requires that leave the tarball').to.deep.equal([]);
+    });
+
+    it('leaves out tests, benchmarks, tools and the scripts only the repository uses', () => {
+      const dev = /^(dist\/(test|bench|tools|scripts)\/|test\/|bench\/|tools\/|\.ci\/|build\/|build-emu\/|node_modules\/)/;
+      expect([...files.keys()].filter((f) => dev.test(f))).to.deep.equal([]);
+      expect([...files.keys()].filter((f) => f.startsWith('scripts/')).sort()).to.deep.equal(['scripts/gyp-config.js', 'scripts/install.js']);
+    });
+
+    it('weighs under 2 MB unpacked without the prebuilt binaries (2.5 MB with dist/test, before)', () => {
+      let bytes = 0;
+      for (const [f, size] of files) if (!f.startsWith('prebuilds/')) bytes += size;
+      expect(bytes).to.be.lessThan(2_000_000);
+    });
+  });
 });
