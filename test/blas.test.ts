@@ -6,12 +6,12 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { expectGemmResults, runGemmChild } from './util/gemm-cases';
+import { expectGemmResults, loaderCache, runGemmChild } from './util/gemm-cases';
 import { repoRoot } from './util/paths';
 
 const load = `require(${JSON.stringify(path.resolve(__dirname, '..', 'lib', 'native.js'))}).native`;
 /** OpenBLAS on the loader's path (CI installs libopenblas0) */
-const hasOpenblas = /\blibopenblas\.so\.0\b/.test(spawnSync('ldconfig', ['-p'], { encoding: 'utf8' }).stdout ?? '');
+const hasOpenblas = /\blibopenblas\.so\.0\b/.test(loaderCache());
 
 /** this process's environment without the variables that choose the GEMM */
 function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {

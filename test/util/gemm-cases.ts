@@ -25,6 +25,16 @@ export const GEMM_CASES: GemmCase[] = [
   { M: 12, N: 2100, K: 20, bf16: false, seed: 6 },
 ];
 
+/** The dynamic loader's cache (`ldconfig -p`: "libfoo.so.1 (libc6,x86-64) => /path" lines); '' when
+ *  ldconfig is not there (it lives in /sbin, off the PATH of users other than root on Debian). */
+export function loaderCache(): string {
+  for (const bin of ['ldconfig', '/sbin/ldconfig', '/usr/sbin/ldconfig']) {
+    const r = spawnSync(bin, ['-p'], { encoding: 'utf8' });
+    if (r.status === 0) return r.stdout;
+  }
+  return '';
+}
+
 /** Deterministic test values in [-1.5, 1.5], computed the same way in the child (it gets this source). */
 export function fill(n: number, seed: number): Float32Array {
   const a = new Float32Array(n);
