@@ -4,8 +4,8 @@
 
 namespace la {
 
-// e.g. "OpenBLAS 0.3.21, Haswell kernels (libopenblas.so.0, loaded at run time)", or
-// "own kernels (libopenblas.so.0 not found: ...)"
+// e.g. "OpenBLAS 0.3.21 (Haswell kernels; /lib/x86_64-linux-gnu/libopenblas.so.0, loaded at run
+// time)", or "own kernels (libopenblas.so.0 could not be loaded: ...)"
 const char* blas_name();
 void blas_set_threads(int n);
 // OpenBLAS's own thread count (openblas_get_num_threads), 0 when it is not in use
