@@ -1,6 +1,6 @@
 // CPU GEMM throughput of native.matmul (y = x · wᵀ, w frozen) at LLaMA shapes, f32 and bf16
 // weights, against the machine's BLAS peak: the best sgemm rate at a large square shape (for
-// M > 8 an f32 native.matmul is one OpenBLAS sgemm call).
+// M > 8 an f32 native.matmul is one sgemm call: OpenBLAS, or the own kernel without it).
 //
 // Each timed call reads a different copy of w, cycling through enough copies to overflow the
 // last-level cache, so that M = 1 (decode) measures weights streamed from DRAM, as in a real
