@@ -43,7 +43,7 @@ struct Blas {
 };
 
 // "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ..." -> "OpenBLAS 0.3.21"
-std::string openblas_version(const char* config) {
+[[maybe_unused]] std::string openblas_version(const char* config) {
   std::string c = config ? config : "";
   size_t sp = c.find(' ');
   if (c.rfind("OpenBLAS ", 0) != 0 || sp == std::string::npos) return "OpenBLAS";
