@@ -38,7 +38,11 @@ export interface FileMapping {
 
 export interface Capabilities {
   version: string;
+  /** the CPU GEMM: "OpenBLAS 0.3.21 (Haswell kernels; /path/libopenblas.so.0, loaded at run time)",
+   *  or "own kernels (why OpenBLAS is not used)" */
   blas: string;
+  /** OpenBLAS's own thread count (0 when it is not in use) */
+  blasThreads: number;
   /** compiled: this build has the CUDA backend; available: a usable GPU is there now (reason says
    *  which, or why not); gemm: the engine of the frozen-weight matmuls ('none' when unavailable) */
   cuda: { compiled: boolean; available: boolean; devices: number; reason: string; gemm: string };
@@ -321,8 +325,8 @@ function loadBinding(): NativeBinding {
       `llama-adapter: the native addon could not be loaded (${reason}).\n` +
         `Looked in ${path.join(root, 'build', 'Release')} and ${path.join(root, 'prebuilds', `${os.platform()}-${os.arch()}`)}.\n` +
         'Possible fixes:\n' +
-        '  - build it from source: `npm run build:native` (needs cmake >= 3.18, a C++17 compiler, and\n' +
-        '    optionally OpenBLAS: `apt-get install cmake g++ libopenblas-dev`);\n' +
+        '  - build it from source: `npm run build:native` (needs cmake >= 3.18 and a C++17 compiler:\n' +
+        '    `apt-get install cmake g++`);\n' +
         '  - reinstall the package so that its install step builds it: `npm rebuild llama-adapter`;\n' +
         `  - use a prebuilt binary for ${os.platform()}-${os.arch()} (node ${process.versions.node}, N-API ${process.versions.napi}) under prebuilds/.`,
     );

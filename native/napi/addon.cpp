@@ -90,6 +90,7 @@ Napi::Value Capabilities(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("version", LA_STRINGIFY(LA_VERSION));
   o.Set("blas", blas_name());
+  o.Set("blasThreads", blas_threads());
   cuda::DeviceInfo d = cuda::device_info();
   Napi::Object c = Napi::Object::New(env);
   c.Set("compiled", d.compiled);
