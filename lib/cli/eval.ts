@@ -2,8 +2,10 @@
 //   -> {"loss": mean cross-entropy over all target tokens of the file, "tokens": their count}
 import { loadAlpaca, tokenizeRecords } from '../data/alpaca';
 import { evaluateLoss } from '../train/trainer';
-import { numberFlag, parseFlags, requireString } from './args';
+import { numberFlag, parseFlags, requireString, stringFlag } from './args';
 import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
+import { imageFlagSpec, imageFlagUsage, openAdapterImages } from './image-flags';
+import { checkRecordImages } from '../train/image-features';
 
 export const usage = `Usage: llama-adapter eval --model PATH --data FILE [--adapter FILE] [flags]
 
@@ -16,6 +18,7 @@ Without --adapter: the frozen model.
   --data FILE          Alpaca JSON list or JSONL
   --batch-size N       examples per forward pass (default 8)
   --max-seq-len N      truncate examples to this many tokens (default 512)
+${imageFlagUsage}
 ${modelFlagUsage}`;
 
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
@@ -26,6 +29,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
       data: { type: 'string' },
       'batch-size': { type: 'string' },
       'max-seq-len': { type: 'string' },
+      ...imageFlagSpec,
     },
     usage,
   );
@@ -39,16 +43,24 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const maxSeqLen = numberFlag(values, 'max-seq-len', { integer: true, min: 2 }) ?? 512;
   const records = loadAlpaca(dataPath); // fail on bad data before loading the model
   const { model, tokenizer, adapter, close } = await openModel(values, usage);
+  const images = await openAdapterImages(values, adapter, stringFlag(values, 'adapter'), dataPath, model.device).catch((err) => {
+    close();
+    throw err;
+  });
   try {
+    if (images) checkRecordImages(images, records.map((r) => r.image), dataPath);
+    else if (records.some((r) => r.image !== undefined))
+      throw new Error(`${dataPath}: records have an "image" but the adapter is text-only (or none): evaluate them with an image-conditioned --adapter and --image-features or --encoder`);
     const { examples } = tokenizeRecords(tokenizer, records, {
       maxSeqLen: Math.min(maxSeqLen, model.config.maxSeqLen),
       source: dataPath,
       warn: (m) => process.stderr.write(m + '\n'),
     });
     if (!examples.length) throw new Error(`${dataPath}: no example has a target token`);
-    const r = await evaluateLoss(model, adapter, examples, batchSize);
+    const r = await evaluateLoss(model, adapter, examples, batchSize, images);
     out.write(JSON.stringify({ loss: r.loss, tokens: r.tokens }) + '\n');
   } finally {
+    images?.close();
     close();
   }
 }

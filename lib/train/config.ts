@@ -15,6 +15,12 @@ export interface TrainConfig {
   'adapter-layers'?: number; // default N - 2 (at least 1), known once the model is loaded
   'adapter-len': number;
   gate: 'per-head' | 'scalar';
+  'gate-init': 'zero' | 'random';
+  'image-features'?: string;
+  encoder?: string;
+  'image-root'?: string;
+  'feature-layers'?: string;
+  'proj-width': number;
   epochs: number;
   'max-steps'?: number;
   'batch-size': number;
@@ -68,6 +74,12 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'adapter-layers': { kind: 'int', min: 1, help: 'adapted top layers L (default: layers - 2, at least 1)' },
   'adapter-len': { kind: 'int', min: 1, help: 'prompts per adapted layer K (default 10)' },
   gate: { kind: 'enum', values: ['per-head', 'scalar'], help: 'per-head (the paper) or scalar gates (default per-head)' },
+  'gate-init': { kind: 'enum', values: ['zero', 'random'], help: 'gates start at 0 (zero-init attention) or ~ N(0,1) from --seed (the ablation) (default zero)' },
+  'image-features': { kind: 'string', help: 'SPEC §7 features file: an image-conditioned adapter; records\' "image" = tensor names' },
+  encoder: { kind: 'string', help: 'CLIP/ViT folder: image features computed by the frozen encoder, once per image' },
+  'image-root': { kind: 'string', help: 'with --encoder: folder the records\' image paths are under (default: the data file\'s)' },
+  'feature-layers': { kind: 'string', help: 'encoder layers of the features, e.g. -1 or -2,-1 (default -1, or the features file\'s)' },
+  'proj-width': { kind: 'int', min: 1, help: 'hidden width R of the image projection (default 128)' },
   epochs: { kind: 'int', min: 1, help: 'passes over the data (default 5)' },
   'max-steps': { kind: 'int', min: 1, help: 'stop after this many optimiser steps (default: epochs)' },
   'batch-size': { kind: 'int', min: 1, help: 'examples per micro-batch, packed without padding (default 4)' },
@@ -82,7 +94,7 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'max-seq-len': { kind: 'int', min: 2, help: 'truncate examples to this many tokens (default 512)' },
   seed: { kind: 'int', min: 0, max: 0xffffffff, help: 'seed of the prompt init, shuffling and split (default 0)' },
   'no-shuffle': { kind: 'bool', help: 'batches in file order' },
-  'init-adapter': { kind: 'string', help: 'start from this adapter file (prompts and gates as they are)' },
+  'init-adapter': { kind: 'string', help: 'start from this adapter file (prompts, gates and image_proj.* as they are)' },
   'eval-every': { kind: 'int', min: 0, help: 'validation loss and a sample every N steps; 0 = off (default 0)' },
   'save-every': { kind: 'int', min: 0, help: 'checkpoint every N steps; 0 = off (default 0)' },
   'keep-last': { kind: 'int', min: 1, help: 'checkpoints kept (default 2)' },
@@ -100,6 +112,8 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
   'val-split': 0,
   'adapter-len': 10,
   gate: 'per-head',
+  'gate-init': 'zero',
+  'proj-width': 128,
   epochs: 5,
   'batch-size': 4,
   'grad-accum': 8,
