@@ -27,3 +27,6 @@ export { loadAlpaca, promptOf, tokenizeExample, tokenizeRecords, Batcher } from 
 export type { AlpacaRecord, Example, Batch } from './data/alpaca';
 export { initWorld, currentWorld, World } from './train/distributed';
 export type { WorldOptions } from './train/distributed';
+// --- mm-data: image features files, datasets with images, evaluation metrics ---
+export { FeaturesFile, FeaturesWriter, openFeatures, writeFeatures } from './data/features';
+export type { FeaturesInfo, FeaturesWriterOptions } from './data/features';

@@ -6,11 +6,16 @@ import * as fs from 'fs';
 import { Random } from '../generate/random';
 import type { Tokenizer } from '../tokenizer';
 
-/** One instruction record. `input` may be empty or absent; extra keys in the file are dropped. */
+/**
+ * One instruction record. `input` may be empty or absent; extra keys in the file are dropped.
+ * `image` (SPEC §8), when present, is a path relative to an image root or a key of a features
+ * file; absent (or null in the file) means a text-only record.
+ */
 export interface AlpacaRecord {
   instruction: string;
   input?: string;
   output: string;
+  image?: string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,6 +116,11 @@ function checkRecord(v: unknown, where: string, fail: (p: string) => Error): Alp
     if (typeof o.input !== 'string') throw fail(`${where}: "input" must be a string but is ${typeName(o.input)}`);
     r.input = o.input;
   }
+  if ('image' in o && o.image !== null) {
+    if (typeof o.image !== 'string') throw fail(`${where}: "image" must be a string (or null) but is ${typeName(o.image)}`);
+    if (o.image.trim() === '') throw fail(`${where}: "image" is an empty string (leave it out, or null, for a text-only record)`);
+    r.image = o.image;
+  }
   return r;
 }
 
@@ -184,6 +194,8 @@ export interface Example {
   fullLength: number;
   /** fullLength > maxSeqLen */
   truncated: boolean;
+  /** the record's image key (SPEC §8); absent for a text-only record */
+  image?: string;
 }
 
 export function checkMaxSeqLen(maxSeqLen: number): void {
@@ -200,7 +212,7 @@ export function tokenizeExample(tok: Tokenizer, r: AlpacaRecord, maxSeqLen: numb
   const promptLen = Math.min(promptIds.length, ids.length);
   const labels = new Int32Array(ids.length).fill(-1);
   for (let i = Math.max(promptLen, 1); i < ids.length; i++) labels[i - 1] = ids[i];
-  return {
+  const ex: Example = {
     ids,
     inputs: ids,
     labels,
@@ -209,6 +221,8 @@ export function tokenizeExample(tok: Tokenizer, r: AlpacaRecord, maxSeqLen: numb
     fullLength: full.length,
     truncated: full.length > maxSeqLen,
   };
+  if (r.image !== undefined) ex.image = r.image;
+  return ex;
 }
 
 /**
@@ -351,6 +365,11 @@ export interface Batch {
   targetCount: number;
   /** (S) which examples, as indices into the Batcher's list */
   exampleIndices: number[];
+  /**
+   * (S) each segment's image key (SPEC §8), null for a text-only example. packBatch always fills
+   * it; a batch made by hand without it is text-only.
+   */
+  images?: (string | null)[];
 }
 
 /** Packs the given examples (in that order) into one Batch. */
@@ -364,6 +383,7 @@ export function packBatch(examples: Example[], indices: ArrayLike<number>): Batc
   const positions = new Int32Array(N);
   let targetCount = 0;
   const exampleIndices: number[] = [];
+  const images: (string | null)[] = [];
   for (let k = 0; k < S; k++) {
     const ex = examples[indices[k]];
     const off = segments[k];
@@ -372,8 +392,9 @@ export function packBatch(examples: Example[], indices: ArrayLike<number>): Batc
     for (let t = 0; t < ex.inputs.length; t++) positions[off + t] = t;
     targetCount += ex.targets;
     exampleIndices.push(indices[k]);
+    images.push(ex.image ?? null);
   }
-  return { tokens, labels, positions, segments, targetCount, exampleIndices };
+  return { tokens, labels, positions, segments, targetCount, exampleIndices, images };
 }
 
 /** A Batcher's position, JSON-serialisable, for checkpoints. */
