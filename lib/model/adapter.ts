@@ -365,7 +365,7 @@ function readImageProj(
   if (present.length === 0) return undefined;
   if (present.length < PROJ_KEYS.length)
     throw new Error(`${file}: an image-conditioned adapter needs all of ${Object.values(PROJ_FILE_NAMES).join(', ')}; it has only ${present.map((k) => PROJ_FILE_NAMES[k]).join(', ')}`);
-  const e = Object.fromEntries(PROJ_KEYS.map((k) => [k, header.tensors.get(PROJ_FILE_NAMES[k])!])) as ImageProjTensors<{ dtype: string; shape: number[]; byteOffset: number; byteLength: number }>;
+  const e = Object.fromEntries(PROJ_KEYS.map((k) => [k, header.tensors.get(PROJ_FILE_NAMES[k])!])) as unknown as ImageProjTensors<{ dtype: string; shape: number[]; byteOffset: number; byteLength: number }>;
   for (const k of PROJ_KEYS) if (e[k].dtype !== 'F32') throw new Error(`${file}: ${PROJ_FILE_NAMES[k]} must be F32, got ${e[k].dtype}`);
   if (e.fc1.shape.length !== 2 || e.fc2.shape.length !== 2) throw new Error(`${file}: image_proj.fc1.weight and image_proj.fc2.weight must be 2-D, got [${e.fc1.shape}] and [${e.fc2.shape}]`);
   const [R, MD] = e.fc1.shape;
