@@ -30,3 +30,8 @@ export type { WorldOptions } from './train/distributed';
 // --- mm-data: image features files, datasets with images, evaluation metrics ---
 export { FeaturesFile, FeaturesWriter, openFeatures, writeFeatures } from './data/features';
 export type { FeaturesInfo, FeaturesWriterOptions } from './data/features';
+export { loadDataset, checkImages, DATA_FORMATS } from './data/dataset';
+export type { Dataset, DataFormat, ImageSource, LoadDatasetOptions, CheckImagesOptions } from './data/dataset';
+export { loadScienceQA, scienceqaInstruction, scienceqaOutput } from './data/scienceqa';
+export type { ScienceQAProblem } from './data/scienceqa';
+export { loadCoco, COCO_INSTRUCTION } from './data/coco';
