@@ -13,7 +13,7 @@ import { Llama } from '../lib/model/llama';
 import { writeSafetensors } from '../lib/model/safetensors';
 import { AdapterGraph, AdapterGrads, PackedBatch } from '../lib/train/graph';
 import { AdamW } from '../lib/train/optimizer';
-import { checkProjFits, checkRecordImages, FeaturesFileSource, parseFeatureLayers, projConfigFor } from '../lib/train/image-features';
+import { checkProjFits, FeaturesFileSource, parseFeatureLayers, projConfigFor } from '../lib/train/image-features';
 import { writeFeatures } from '../lib/data/features';
 import { repoRoot } from './util/paths';
 import { stories } from './util/stories';
@@ -361,8 +361,8 @@ describe('image-conditioned adapter (SPEC §8, stories260K)', function () {
       writeFeatures(file, new Map([['a.png', new Float32Array(6)], ['b.png', new Float32Array(6)]]), { M: 1, D: 6 });
       const src = new FeaturesFileSource(file);
       try {
-        expect(() => checkRecordImages(src, ['a.png', undefined, 'missing.png'], 'data.jsonl')).to.throw(/data\.jsonl.*record 3: image "missing\.png" is not in the features file/);
-        expect(() => checkRecordImages(src, ['a.png', 'b.png', undefined], 'data.jsonl')).to.not.throw();
+        expect(src.check('a.png')).to.equal(undefined);
+        expect(src.check('missing.png')).to.match(/image "missing\.png" is not in the features file/);
         expect(projConfigFor(src, 16)).to.deep.equal({ featureLayers: [-1], featureSize: 6, width: 16 });
         expect(() => projConfigFor(src, 16, [-2, -1])).to.throw(/--feature-layers names 2 layer\(s\).*1 feature vector/);
         expect(() => checkProjFits('run/adapter.safetensors', { featureLayers: [-1], featureSize: 1280, width: 128 }, src)).to.throw(
@@ -374,6 +374,52 @@ describe('image-conditioned adapter (SPEC §8, stories260K)', function () {
       expect(parseFeatureLayers('-2,-1')).to.deep.equal([-2, -1]);
       expect(() => parseFeatureLayers('-1,0')).to.throw(/--feature-layers must be comma-separated nonzero integers/);
       expect(() => parseFeatureLayers('last')).to.throw(/--feature-layers/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('bad inputs through train and generate: the record and key named, projection and features that do not fit, image adapters without features', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mm-train-'));
+    const errorOf = async (f: () => Promise<unknown>) => {
+      try {
+        await f();
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return 'no error';
+    };
+    try {
+      const features = path.join(dir, 'f.safetensors');
+      writeFeatures(features, new Map([['a.png', Float32Array.from({ length: 6 }, (_, i) => i)]]), { M: 1, D: 6 });
+      const data = path.join(dir, 'data.jsonl');
+      const rec = (image?: string) => JSON.stringify({ instruction: 'What is shown?', input: '', output: 'A cat.', ...(image ? { image } : {}) });
+      fs.writeFileSync(data, [rec('a.png'), rec(), rec('nope.png')].join('\n') + '\n');
+      const flags = { model: stories.v0, data, out: path.join(dir, 'run'), device: 'cpu', 'proj-width': '16', 'max-steps': '1', 'batch-size': '2', 'grad-accum': '1' };
+      const { resolveTrainConfig } = await import('../lib/train/config');
+      const { Trainer } = await import('../lib/train/trainer');
+      expect(await errorOf(() => Trainer.create(resolveTrainConfig({ ...flags, 'image-features': features })))).to.match(/record 2 .*image "nope\.png" is not in features file/);
+      expect(await errorOf(() => Trainer.create(resolveTrainConfig(flags)))).to.match(/records have an "image" but no image features were given/);
+      fs.writeFileSync(data, [rec('a.png'), rec()].join('\n') + '\n');
+      // an --init-adapter whose projection reads 1280 values per image, with features of 6
+      const init = path.join(dir, 'init.safetensors');
+      const big = Adapter.init(model.config, { layers: 3, len: 10, gate: 'per-head', image: { featureLayers: [-1], featureSize: 1280, width: 16 } }, 0, 'cpu');
+      await big.save(init);
+      big.dispose();
+      const trainer = await Trainer.create(resolveTrainConfig({ ...flags, 'image-features': features, 'init-adapter': init }));
+      try {
+        expect(await errorOf(() => trainer.run())).to.match(/--init-adapter .*init\.safetensors has an image projection 1 x 1280 -> 16, the run asks for 1 x 6 -> 16/);
+      } finally {
+        trainer.dispose();
+      }
+      // generate: an image adapter needs features, and features need an image adapter
+      const { run: generateRun } = await import('../lib/cli/generate');
+      const sink = new (await import('stream')).PassThrough();
+      const gen = (...extra: string[]) => errorOf(() => generateRun(['--model', stories.v0, '--device', 'cpu', '--prompt', 'x', '--max-tokens', '1', ...extra], sink));
+      expect(await gen('--adapter', init)).to.match(/init\.safetensors is an image-conditioned adapter .*pass --image-features FILE or --encoder DIR/);
+      expect(await gen('--image-features', features)).to.match(/--image-features needs an image-conditioned adapter, but no --adapter was given/);
+      expect(await gen('--adapter', init, '--image-features', features)).to.match(/projects 1 feature vector\(s\) of size 1280 but features file .* gives 1 of size 6/);
+      expect(await gen('--image', 'a.png')).to.match(/--image needs --image-features FILE or --encoder DIR/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

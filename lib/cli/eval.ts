@@ -5,7 +5,7 @@ import { evaluateLoss } from '../train/trainer';
 import { numberFlag, parseFlags, requireString, stringFlag } from './args';
 import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
 import { imageFlagSpec, imageFlagUsage, openAdapterImages } from './image-flags';
-import { checkRecordImages } from '../train/image-features';
+import { checkImages } from '../data/dataset';
 
 export const usage = `Usage: llama-adapter eval --model PATH --data FILE [--adapter FILE] [flags]
 
@@ -48,7 +48,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
     throw err;
   });
   try {
-    if (images) checkRecordImages(images, records.map((r) => r.image), dataPath);
+    if (images) checkImages({ format: 'alpaca', records, names: records.map((_, i) => `record ${i}`), source: dataPath }, images.imageSource);
     else if (records.some((r) => r.image !== undefined))
       throw new Error(`${dataPath}: records have an "image" but the adapter is text-only (or none): evaluate them with an image-conditioned --adapter and --image-features or --encoder`);
     const { examples } = tokenizeRecords(tokenizer, records, {

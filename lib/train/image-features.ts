@@ -4,6 +4,7 @@
 // image's features are computed or read once per run and kept (M·D floats per image).
 import * as path from 'path';
 import { FeaturesFile } from '../data/features';
+import { ImageSource } from '../data/dataset';
 import { ImageProjConfig } from '../model/adapter';
 
 export interface ImageFeatureSource {
@@ -15,7 +16,9 @@ export interface ImageFeatureSource {
   readonly layers?: number[];
   /** what the features come from, for messages */
   readonly describe: string;
-  /** An error naming the problem when `key` cannot be read (checked for every record up front). */
+  /** Where records' images are found, for lib/data/dataset.ts's checkImages (every record, up front). */
+  readonly imageSource: ImageSource;
+  /** An error naming the problem when `key` cannot be read. */
   check(key: string): string | undefined;
   /** (M·D) the features of one image */
   get(key: string): Promise<Float32Array>;
@@ -41,6 +44,10 @@ export class FeaturesFileSource implements ImageFeatureSource {
       const layers = meta.split(',').map((v) => Number(v.trim()));
       if (layers.length === this.M && layers.every((n) => Number.isInteger(n) && n !== 0)) this.layers = layers;
     }
+  }
+
+  get imageSource(): ImageSource {
+    return { features: { path: this.filePath, has: (k: string) => this.file.has(k) } };
   }
 
   check(key: string): string | undefined {
@@ -93,18 +100,6 @@ export function parseFeatureLayers(raw: string | undefined, flag = '--feature-la
   if (!layers.length || layers.some((v) => v === '') || nums.some((n) => !Number.isInteger(n) || n === 0))
     throw new Error(`${flag} must be comma-separated nonzero integers (1-based, negative from the end, e.g. -1 or -2,-1), got '${raw}'`);
   return nums;
-}
-
-/** Every record's image must be readable: the first few that are not, named by record and key. */
-export function checkRecordImages(source: ImageFeatureSource, images: (string | undefined | null)[], dataFile: string): void {
-  const bad: string[] = [];
-  images.forEach((k, i) => {
-    if (k === undefined || k === null) return;
-    const why = source.check(k);
-    if (why) bad.push(`record ${i + 1}: ${why}`);
-  });
-  if (bad.length)
-    throw new Error(`${dataFile}: ${bad.length} record(s) name an image that cannot be read: ${bad.slice(0, 3).join('; ')}${bad.length > 3 ? '; …' : ''}`);
 }
 
 /** The default image root: the data file's folder (SPEC §8: image paths are relative to it). */

@@ -5,7 +5,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { native } from '../native';
 import { describeDevice, resolveDevice } from '../device';
-import { Batch, Batcher, Example, loadAlpaca, splitValidation, tokenizeRecords } from '../data/alpaca';
+import { Batch, Batcher, Example, splitValidation, tokenizeRecords } from '../data/alpaca';
+import { checkImages, loadDataset } from '../data/dataset';
 import { generate } from '../generate/generate';
 import { Adapter, AdapterConfig, checkAdapterConfig, defaultAdapterConfig } from '../model/adapter';
 import { Llama } from '../model/llama';
@@ -15,7 +16,7 @@ import { configToYaml, TrainConfig } from './config';
 import { currentWorld } from './distributed';
 import { AdapterGrads, AdapterGraph, PackedBatch } from './graph';
 import { ImagePromptStep } from '../model/image-prompts';
-import { checkRecordImages, FeaturesFileSource, openEncoderSource, ImageFeatureSource, parseFeatureLayers, projConfigFor } from './image-features';
+import { FeaturesFileSource, openEncoderSource, ImageFeatureSource, parseFeatureLayers, projConfigFor } from './image-features';
 import { AdamW, NonFiniteError } from './optimizer';
 import { learningRate, peakFromBase, ScheduleOptions } from './schedule';
 
@@ -147,12 +148,11 @@ export class Trainer extends EventEmitter {
       checkAdapterConfig(model.config, adapterConfig);
       const maxSeqLen = Math.min(cfg['max-seq-len'], model.config.maxSeqLen);
       const tokenize = (file: string) => {
-        const records = loadAlpaca(file);
-        const keys = records.map((r) => r.image);
-        if (!images && keys.some((k) => k !== undefined))
+        let ds = loadDataset(file);
+        if (!images && ds.records.some((r) => r.image !== undefined))
           throw new Error(`${file}: records have an "image" but no image features were given: pass --image-features FILE or --encoder DIR`);
-        if (images) checkRecordImages(images, keys, file);
-        return tokenizeRecords(tokenizer, records, { maxSeqLen, source: file, warn: log }).examples;
+        if (images) ds = checkImages(ds, images.imageSource, { warn: log });
+        return tokenizeRecords(tokenizer, ds.records, { maxSeqLen, source: file, warn: log }).examples;
       };
       let train = tokenize(cfg.data);
       let val: Example[] = [];
