@@ -425,7 +425,9 @@ void check_head(int64_t d, const char* op) {
 
 void gated_attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                              const int32_t* seg, const int32_t* seg_host, int64_t S, const float* pk, const float* pv,
-                             const float* gate, int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K) {
+                             const float* gate, int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K,
+                             bool causal, bool per_segment) {
+  LA_CHECK(causal && !per_segment, "gatedAttention: causal: false and per-segment prompts are not on CUDA yet");
   if (N <= 0 || H <= 0) return;
   check_head(d, "gatedAttention");
   std::vector<FwdItem> items = query_tiles(seg_host, N);
@@ -446,7 +448,8 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
                               const float* dout, const float* q, const float* k, const float* v, const int32_t* seg,
                               const int32_t* seg_host, int64_t S, const float* pk, const float* pv, const float* gate,
                               int64_t G, const float* out, const float* stats, int64_t N, int64_t H, int64_t Hkv,
-                              int64_t d, int64_t K) {
+                              int64_t d, int64_t K, bool causal, bool per_segment) {
+  LA_CHECK(causal && !per_segment, "gatedAttentionBackward: causal: false and per-segment prompts are not on CUDA yet");
   check_head(d, "gatedAttentionBackward");
   const bool prompt = pk != nullptr;
   if (!prompt) K = 0;
