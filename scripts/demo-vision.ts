@@ -219,7 +219,7 @@ async function main(): Promise<void> {
 async function chart(runs: RunResult[], curveImages: number): Promise<string> {
   const loss = runs.flatMap((r) => r.losses.map((p) => ({ run: r.name, step: p.step, loss: p.loss })));
   const acc = runs.flatMap((r) => r.curve.map((p) => ({ run: r.name, step: p.step, accuracy: p.accuracy })));
-  const color = { field: 'run', type: 'nominal', title: null, legend: { orient: 'bottom', direction: 'vertical' } };
+  const color = { field: 'run', type: 'nominal', title: null, legend: { orient: 'bottom', direction: 'vertical', labelLimit: 400 } };
   const spec = {
     $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
     hconcat: [
