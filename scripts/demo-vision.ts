@@ -96,7 +96,7 @@ async function main(): Promise<void> {
       out: { type: 'string', default: path.join(root, 'runs', 'demo-vision') },
       model: { type: 'string', default: path.join(shared, 'stories260K', 'stories260K.bin') },
       tokenizer: { type: 'string', default: path.join(shared, 'stories260K', 'tok512.bin') },
-      steps: { type: 'string', default: '300' },
+      steps: { type: 'string', default: '600' },
       'batch-size': { type: 'string', default: '16' },
       lr: { type: 'string', default: '2e-2' },
       points: { type: 'string', default: '6' },
