@@ -30,8 +30,15 @@ export type { WorldOptions } from './train/distributed';
 // --- mm-data: image features files, datasets with images, evaluation metrics ---
 export { FeaturesFile, FeaturesWriter, openFeatures, writeFeatures } from './data/features';
 export type { FeaturesInfo, FeaturesWriterOptions } from './data/features';
-export { loadDataset, checkImages, DATA_FORMATS } from './data/dataset';
+export { loadDataset, checkImages, defaultImageRoot, DATA_FORMATS } from './data/dataset';
 export type { Dataset, DataFormat, ImageSource, LoadDatasetOptions, CheckImagesOptions } from './data/dataset';
 export { loadScienceQA, scienceqaInstruction, scienceqaOutput } from './data/scienceqa';
 export type { ScienceQAProblem } from './data/scienceqa';
 export { loadCoco, COCO_INSTRUCTION } from './data/coco';
+export { evaluateGenerative, GENERATIVE_METRICS } from './eval/evaluate';
+export type { GenerateFn, GenerativeMetric, EvaluateResult, Prediction } from './eval/evaluate';
+export { exactMatch, exactAccuracy } from './eval/exact';
+export { extractChoice, choiceAccuracy } from './eval/choice';
+export { scienceqaTable, scienceqaGroups, SCIENCEQA_COLUMNS } from './eval/scienceqa';
+export { tokenizeCaption, bleu, ciderD, captionScores } from './eval/caption';
+// --- end mm-data ---

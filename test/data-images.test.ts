@@ -7,7 +7,7 @@ import * as path from 'path';
 import { dataPath, repoRoot } from './util/paths';
 import { loadTokenizer } from '../lib/tokenizer';
 import { Batcher, loadAlpaca, packBatch, promptOf, tokenizeExample, tokenizeRecords } from '../lib/data/alpaca';
-import { checkImages, loadDataset } from '../lib/data/dataset';
+import { checkImages, defaultImageRoot, loadDataset } from '../lib/data/dataset';
 
 const TOK512 = dataPath('stories260K', 'tok512.bin');
 
@@ -156,6 +156,22 @@ describe('--format scienceqa', () => {
     throwsWith(() => checkImages(train, { features }), 'problem 13', 'not in features file "f.safetensors"');
     // an explicit root that lacks the images
     throwsWith(() => checkImages(test, { root: tmp }), 'problem 30', path.join(tmp, 'test', '30', 'image.png'));
+  });
+
+  it("the official download layout: images under images/{split}/{pid}/ are found", () => {
+    const dir = path.join(tmp, 'sqa-official');
+    fs.mkdirSync(path.join(dir, 'images', 'test', '30'), { recursive: true });
+    fs.copyFileSync(FIX('scienceqa', 'problems.json'), path.join(dir, 'problems.json'));
+    fs.writeFileSync(path.join(dir, 'pid_splits.json'), JSON.stringify({ test: ['30', '31'] }));
+    fs.copyFileSync(FIX('scienceqa', 'test', '30', 'image.png'), path.join(dir, 'images', 'test', '30', 'image.png'));
+    const ds = loadDataset(dir, { format: 'scienceqa', split: 'test' });
+    expect(ds.imageRoot).to.equal(path.join(dir, 'images'));
+    expect(defaultImageRoot(dir, 'scienceqa')).to.equal(path.join(dir, 'images'));
+    expect(defaultImageRoot(path.join(dir, 'problems.json'), 'scienceqa')).to.equal(path.join(dir, 'images'));
+    expect(defaultImageRoot(FIX('scienceqa'), 'scienceqa')).to.equal(FIX('scienceqa'));
+    expect(defaultImageRoot(FIX('coco', 'annotations', 'captions_tiny2017.json'), 'coco')).to.equal(FIX('coco', 'tiny2017'));
+    expect(defaultImageRoot(path.join(tmp, 'data.jsonl'))).to.equal(tmp);
+    expect(checkImages(ds, {})).to.equal(ds);
   });
 
   it('bad splits and bad problems are clear errors', () => {

@@ -1,66 +1,165 @@
-// llama-adapter eval --model M [--tokenizer T] [--adapter A] --data D [--batch-size B] [--device cuda|cpu]
-//   -> {"loss": mean cross-entropy over all target tokens of the file, "tokens": their count}
-import { loadAlpaca, tokenizeRecords } from '../data/alpaca';
+// llama-adapter eval --model M [--tokenizer T] [--adapter A] --data D [--format alpaca|scienceqa|coco]
+//                    [--split S] [--metric loss|exact|choice|scienceqa|caption] [--max-tokens N] ...
+//   loss (default) -> {"loss": mean cross-entropy over all target tokens of the file, "tokens": their count}
+//   others         -> {"metric": ..., "accuracy" or the metric's figures, "examples": records}
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as nodePath from 'path';
+import { promptOf, tokenizeRecords } from '../data/alpaca';
+import { DATA_FORMATS, DataFormat, loadDataset } from '../data/dataset';
+import { evaluateGenerative, GENERATIVE_METRICS, GenerateFn, GenerativeMetric, Prediction } from '../eval/evaluate';
+import { generate } from '../generate/generate';
+import { Adapter } from '../model/adapter';
+import { Llama } from '../model/llama';
+import { Tokenizer } from '../tokenizer';
 import { evaluateLoss } from '../train/trainer';
-import { numberFlag, parseFlags, requireString, stringFlag } from './args';
+import { numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
 import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
 import { imageFlagSpec, imageFlagUsage, openAdapterImages } from './image-flags';
 import { checkImages } from '../data/dataset';
+import { ImageFeatureSource } from '../train/image-features';
 
-export const usage = `Usage: llama-adapter eval --model PATH --data FILE [--adapter FILE] [flags]
+export const METRICS = ['loss', ...GENERATIVE_METRICS] as const;
+export type Metric = (typeof METRICS)[number];
 
-Prints {"loss": <mean cross-entropy over all target tokens of the file>, "tokens": <their count>}.
-Without --adapter: the frozen model.
+export const usage = `Usage: llama-adapter eval --model PATH --data FILE [--adapter FILE] [--metric M] [flags]
+
+--metric loss (the default) prints {"loss": <mean cross-entropy over all target tokens of the
+file>, "tokens": <their count>}. The other metrics generate a greedy answer per record (temperature
+0, to EOS or --max-tokens) and print one JSON object {"metric", the figures, "examples"}:
+  exact      {"accuracy", "correct"}: output, white space trimmed, equals the record's (trimmed)
+  choice     {"accuracy", "correct", "unanswered"}: the first "(X)" after "The answer is" equals
+             the record's letter
+  scienceqa  {"accuracy", "table", "counts"}: choice accuracy in percent overall (Avg) and per
+             NAT/SOC/LAN, TXT/IMG/NO, G1-6/G7-12 (needs --format scienceqa)
+  caption    {"BLEU-4", "CIDEr-D", "BLEU-1".."BLEU-3", "images"}: one greedy caption per image
+             against all of its records' outputs (pycocoevalcap's definitions; tokenisation in the
+             README)
+Without --adapter: the frozen model. With an image-conditioned adapter (--image-features or
+--encoder), each record's image conditions its prompts (SPEC §8); records without one use P_l.
 
   --model PATH         llama2.c .bin file or Hugging Face folder
   --tokenizer PATH     tokenizer.model or tokenizer.bin (default: found beside the model)
   --adapter FILE       adapter.safetensors to apply
-  --data FILE          Alpaca JSON list or JSONL
-  --batch-size N       examples per forward pass (default 8)
-  --max-seq-len N      truncate examples to this many tokens (default 512)
+  --data PATH          the data: an Alpaca JSON list or JSONL file (records may have "image");
+                       for --format scienceqa the folder of problems.json and pid_splits.json
+                       (or problems.json itself); for --format coco a captions_*.json
+  --format F           alpaca (default), scienceqa or coco (converted as SPEC §8)
+  --split S            --format scienceqa: which pid_splits.json list (train, val or test)
+  --metric M           loss (default), exact, choice, scienceqa or caption
+  --max-tokens N       generative metrics: most new tokens per answer (default 512, bounded by
+                       the context length)
+  --predictions FILE   generative metrics: also write one JSON line per generation
+                       {"index", "name", "prediction", "correct"?}
+  --batch-size N       loss: examples per forward pass (default 8)
+  --max-seq-len N      loss: truncate examples to this many tokens (default 512)
 ${imageFlagUsage}
 ${modelFlagUsage}`;
 
+export const evalFlagSpec = {
+  ...modelFlagSpec,
+  data: { type: 'string' },
+  format: { type: 'string' },
+  split: { type: 'string' },
+  metric: { type: 'string' },
+  'max-tokens': { type: 'string' },
+  predictions: { type: 'string' },
+  'batch-size': { type: 'string' },
+  'max-seq-len': { type: 'string' },
+  ...imageFlagSpec,
+} as const;
+
+/** Greedy generation (temperature 0, to EOS) of a record's prompt (SPEC §3 template); with `images`
+ *  (an image-conditioned adapter), the prompts of the record's image (SPEC §8), computed once per record. */
+export function textGenerator(model: Llama, tokenizer: Tokenizer, adapter: Adapter | undefined, maxTokens: number, images?: ImageFeatureSource): GenerateFn {
+  return async (record) => {
+    model.setAdapter(adapter, images && record.image !== undefined ? { imageFeatures: await images.get(record.image) } : {});
+    let text = '';
+    try {
+      for await (const piece of generate(model, tokenizer, promptOf(record), { temperature: 0, maxTokens })) text += piece;
+    } finally {
+      model.setAdapter(undefined);
+    }
+    return text;
+  };
+}
+
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
-  const { values } = parseFlags(
-    argv,
-    {
-      ...modelFlagSpec,
-      data: { type: 'string' },
-      'batch-size': { type: 'string' },
-      'max-seq-len': { type: 'string' },
-      ...imageFlagSpec,
-    },
-    usage,
-  );
+  const { values } = parseFlags(argv, { ...evalFlagSpec }, usage);
   if (values.help) {
     out.write(usage + '\n');
     return;
   }
   requireString(values, 'model', usage);
   const dataPath = requireString(values, 'data', usage);
+  const metric = (stringFlag(values, 'metric') ?? 'loss') as Metric;
+  if (!(METRICS as readonly string[]).includes(metric)) throw new UsageError(`--metric must be one of ${METRICS.join(', ')}, got '${metric}'`);
+  const format = (stringFlag(values, 'format') ?? 'alpaca') as DataFormat;
+  if (!(DATA_FORMATS as readonly string[]).includes(format))
+    throw new UsageError(`--format must be one of ${DATA_FORMATS.join(', ')}, got '${format}'`);
+  const split = stringFlag(values, 'split');
+  if (format === 'scienceqa' && split === undefined) throw new UsageError('--format scienceqa needs --split (train, val or test)');
+  if (format !== 'scienceqa' && split !== undefined) throw new UsageError('--split is only for --format scienceqa');
+  if (metric === 'scienceqa' && format !== 'scienceqa') throw new UsageError('--metric scienceqa needs --format scienceqa');
   const batchSize = numberFlag(values, 'batch-size', { integer: true, min: 1 }) ?? 8;
   const maxSeqLen = numberFlag(values, 'max-seq-len', { integer: true, min: 2 }) ?? 512;
-  const records = loadAlpaca(dataPath); // fail on bad data before loading the model
+  const maxTokens = numberFlag(values, 'max-tokens', { integer: true, min: 1 }) ?? 512;
+  const predictionsPath = stringFlag(values, 'predictions');
+  if (predictionsPath !== undefined && metric === 'loss') throw new UsageError('--predictions is for the generative metrics');
+
+  const ds = loadDataset(dataPath, { format, split }); // fail on bad data before loading the model
   const { model, tokenizer, adapter, close } = await openModel(values, usage);
-  const images = await openAdapterImages(values, adapter, stringFlag(values, 'adapter'), dataPath, model.device).catch((err) => {
-    close();
-    throw err;
-  });
+  let images: ImageFeatureSource | undefined;
   try {
-    if (images) checkImages({ format: 'alpaca', records, names: records.map((_, i) => `record ${i}`), source: dataPath }, images.imageSource);
-    else if (records.some((r) => r.image !== undefined))
-      throw new Error(`${dataPath}: records have an "image" but the adapter is text-only (or none): evaluate them with an image-conditioned --adapter and --image-features or --encoder`);
-    const { examples } = tokenizeRecords(tokenizer, records, {
-      maxSeqLen: Math.min(maxSeqLen, model.config.maxSeqLen),
-      source: dataPath,
-      warn: (m) => process.stderr.write(m + '\n'),
-    });
-    if (!examples.length) throw new Error(`${dataPath}: no example has a target token`);
-    const r = await evaluateLoss(model, adapter, examples, batchSize, images);
-    out.write(JSON.stringify({ loss: r.loss, tokens: r.tokens }) + '\n');
+    images = await openAdapterImages(values, adapter, stringFlag(values, 'adapter'), dataPath, model.device, ds.imageRoot);
+    if (images) checkImages(ds, images.imageSource);
+    if (metric === 'loss') {
+      const withImages = ds.records.filter((r) => r.image !== undefined).length;
+      if (withImages && !images)
+        process.stderr.write(`note: ${withImages} of ${ds.records.length} records have an image; without an image-conditioned adapter they are not seen\n`);
+      const { examples } = tokenizeRecords(tokenizer, ds.records, {
+        maxSeqLen: Math.min(maxSeqLen, model.config.maxSeqLen),
+        source: dataPath,
+        warn: (m) => process.stderr.write(m + '\n'),
+      });
+      if (!examples.length) throw new Error(`${dataPath}: no example has a target token`);
+      const r = await evaluateLoss(model, adapter, examples, batchSize, images);
+      out.write(JSON.stringify({ loss: r.loss, tokens: r.tokens }) + '\n');
+      return;
+    }
+    const withImages = ds.records.filter((r) => r.image !== undefined).length;
+    if (withImages && !images)
+      process.stderr.write(`note: ${withImages} of ${ds.records.length} records have an image; this text-only evaluation does not see them\n`);
+    const gen = textGenerator(model, tokenizer, adapter, maxTokens, images);
+    const { summary, predictions } = await evaluateGenerative(metric as GenerativeMetric, ds, gen, { onProgress: progressLine(metric) });
+    if (predictionsPath !== undefined) writePredictions(predictionsPath, predictions);
+    out.write(JSON.stringify(summary) + '\n');
   } finally {
     images?.close();
     close();
+  }
+}
+
+/** Progress on stderr: a line about every 10% (and at the end), with the elapsed time. */
+function progressLine(metric: string): (done: number, total: number) => void {
+  const started = Date.now();
+  let shown = 0;
+  return (done, total) => {
+    if (done < total && done - shown < Math.max(1, Math.ceil(total / 10))) return;
+    shown = done;
+    const s = (Date.now() - started) / 1000;
+    process.stderr.write(`eval ${metric}: ${done}/${total} generated, ${s.toFixed(1)} s\n`);
+  };
+}
+
+/** One JSON line per prediction, written to a temporary file renamed into place. */
+function writePredictions(path: string, predictions: Prediction[]): void {
+  const tmp = nodePath.join(nodePath.dirname(path), `.${nodePath.basename(path)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  try {
+    fs.writeFileSync(tmp, predictions.map((p) => JSON.stringify(p)).join('\n') + '\n', { flag: 'wx' });
+    fs.renameSync(tmp, path);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw new Error(`cannot write predictions file "${path}": ${(e as Error).message}`);
   }
 }

@@ -29,11 +29,13 @@ export async function openAdapterImages(
   adapterPath: string | undefined,
   dataFile?: string,
   device?: 'cpu' | 'cuda',
+  /** where the data's image paths are relative to (lib/data/dataset.ts's Dataset.imageRoot) */
+  imageRoot?: string,
 ): Promise<ImageFeatureSource | undefined> {
   const flags = {
     'image-features': stringFlag(values, 'image-features'),
     encoder: stringFlag(values, 'encoder'),
-    'image-root': stringFlag(values, 'image-root'),
+    'image-root': stringFlag(values, 'image-root') ?? imageRoot,
     // the adapter file records its feature layers; the flag may only repeat them
     'feature-layers': stringFlag(values, 'feature-layers') ?? adapter?.config.image?.featureLayers.join(','),
   };

@@ -20,7 +20,7 @@ const usage = `Usage: llama-adapter <command> [flags]
 Commands:
   train      fine-tune a LLaMA-Adapter on instruction data
   generate   stream a continuation of a prompt (optionally with an adapter)
-  eval       mean cross-entropy of a data file, with or without an adapter
+  eval       loss or accuracy (exact, choice, ScienceQA, caption metrics) of a data file
   export     write an adapter in PEFT's format
   tokenize   print the token ids of a text
 

@@ -59,14 +59,19 @@ export function loadCoco(file: string): CocoData {
   });
   if (out.records.length === 0) throw fail('no annotations');
 
-  const m = /^captions_(.+)\.json$/.exec(path.basename(file));
-  if (m) {
-    const dir = path.dirname(path.resolve(file));
-    for (const cand of [path.join(dir, m[1]), path.join(path.dirname(dir), m[1])])
-      if (fs.existsSync(cand) && fs.statSync(cand).isDirectory()) {
-        out.imageRoot = cand;
-        break;
-      }
-  }
+  out.imageRoot = cocoImageRoot(file);
   return out;
+}
+
+/**
+ * The image folder of a captions_{set}.json: {set}/ beside it or beside its folder (the official
+ * annotations/ layout); undefined when neither exists or the name does not say the set.
+ */
+export function cocoImageRoot(file: string): string | undefined {
+  const m = /^captions_(.+)\.json$/.exec(path.basename(file));
+  if (!m) return undefined;
+  const dir = path.dirname(path.resolve(file));
+  for (const cand of [path.join(dir, m[1]), path.join(path.dirname(dir), m[1])])
+    if (fs.existsSync(cand) && fs.statSync(cand).isDirectory()) return cand;
+  return undefined;
 }

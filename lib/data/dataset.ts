@@ -4,8 +4,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { AlpacaRecord, loadAlpaca } from './alpaca';
-import { loadCoco } from './coco';
-import { loadScienceQA, ScienceQAProblem } from './scienceqa';
+import { cocoImageRoot, loadCoco } from './coco';
+import { loadScienceQA, scienceqaImageRoot, ScienceQAProblem } from './scienceqa';
 
 export const DATA_FORMATS = ['alpaca', 'scienceqa', 'coco'] as const;
 export type DataFormat = (typeof DATA_FORMATS)[number];
@@ -63,7 +63,19 @@ export function loadDataset(dataPath: string, opts: LoadDatasetOptions = {}): Da
     };
   }
   const records = loadAlpaca(dataPath);
-  return { format, records, names: records.map((_, i) => `record ${i}`), imageRoot: path.dirname(path.resolve(dataPath)), source: dataPath };
+  return { format, records, names: records.map((_, i) => `record ${i}`), imageRoot: defaultImageRoot(dataPath, 'alpaca'), source: dataPath };
+}
+
+/**
+ * The folder records' image paths are relative to unless an image root is given (the same as
+ * loadDataset's `imageRoot`, without reading the data): the data file's folder (alpaca), the folder
+ * of problems.json or its images/ subfolder (scienceqa), the {set}/ folder beside the captions file
+ * or its folder (coco; undefined when not found).
+ */
+export function defaultImageRoot(dataPath: string, format: DataFormat = 'alpaca'): string | undefined {
+  if (format === 'scienceqa') return scienceqaImageRoot(dataPath);
+  if (format === 'coco') return cocoImageRoot(dataPath);
+  return path.dirname(path.resolve(dataPath));
 }
 
 /** Where images come from: files under `root`, or the keys of a features file (which wins). */
@@ -90,23 +102,23 @@ export function checkImages(ds: Dataset, src: ImageSource, opts: CheckImagesOpti
   const root = src.root ?? ds.imageRoot;
   const missing: number[] = [];
   const where: string[] = [];
+  const problems = new Map<string, string | undefined>(); // per image key (COCO has 5 records per image)
+  const problemOf = (key: string): string | undefined => {
+    if (src.features) return src.features.has(key) ? undefined : `image "${key}" is not in features file "${src.features.path}"`;
+    const file = path.resolve(root!, key);
+    try {
+      if (fs.statSync(file).isFile()) return undefined;
+    } catch {
+      /* missing or unreadable: reported below */
+    }
+    return `image "${key}" not found: no file ${file}`;
+  };
   ds.records.forEach((r, i) => {
     if (r.image === undefined) return;
-    let problem: string | undefined;
-    if (src.features) {
-      if (!src.features.has(r.image)) problem = `image "${r.image}" is not in features file "${src.features.path}"`;
-    } else {
-      if (root === undefined)
-        throw new Error(`${ds.names[i]} of "${ds.source}" has image "${r.image}" but no image folder was found: give an image root (--image-root)`);
-      const file = path.resolve(root, r.image);
-      let ok = false;
-      try {
-        ok = fs.statSync(file).isFile();
-      } catch {
-        ok = false;
-      }
-      if (!ok) problem = `image "${r.image}" not found: no file ${file}`;
-    }
+    if (!src.features && root === undefined)
+      throw new Error(`${ds.names[i]} of "${ds.source}" has image "${r.image}" but no image folder was found: give an image root (--image-root)`);
+    if (!problems.has(r.image)) problems.set(r.image, problemOf(r.image));
+    const problem = problems.get(r.image);
     if (problem === undefined) return;
     if (!skipMissing) throw new Error(`${ds.names[i]} of "${ds.source}": ${problem} (--skip-missing-images leaves such records out)`);
     missing.push(i);

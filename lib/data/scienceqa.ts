@@ -52,6 +52,17 @@ export function scienceqaOutput(answer: number): string {
   return `The answer is (${CHOICE_LETTERS[answer]}).`;
 }
 
+/**
+ * Where `{split}/{pid}/image.png` is found by default: the folder of problems.json, or its images/
+ * subfolder when it has one (the official download layout). `dataPath` as for loadScienceQA.
+ */
+export function scienceqaImageRoot(dataPath: string): string {
+  let dir = path.resolve(dataPath);
+  if (fs.existsSync(dir) && fs.statSync(dir).isFile()) dir = path.dirname(dir);
+  const images = path.join(dir, 'images');
+  return fs.existsSync(images) && fs.statSync(images).isDirectory() ? images : dir;
+}
+
 function readJson(file: string, what: string): unknown {
   let text: string;
   try {
@@ -96,9 +107,7 @@ export function loadScienceQA(dataPath: string, split: string): ScienceQAData {
   if (!Array.isArray(pids)) throw new Error(`ScienceQA: split "${split}" of "${splitsFile}" must be a list of problem ids`);
   if (pids.length === 0) throw new Error(`ScienceQA: split "${split}" of "${splitsFile}" is empty`);
 
-  const out: ScienceQAData = { records: [], problems: [], imageRoot: dir, source: problemsFile };
-  if (fs.existsSync(path.join(dir, 'images')) && fs.statSync(path.join(dir, 'images')).isDirectory())
-    out.imageRoot = path.join(dir, 'images');
+  const out: ScienceQAData = { records: [], problems: [], imageRoot: scienceqaImageRoot(dir), source: problemsFile };
   for (const rawPid of pids) {
     const pid = String(rawPid);
     const fail = (why: string): Error => new Error(`ScienceQA: problem ${pid} of "${problemsFile}": ${why}`);

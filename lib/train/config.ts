@@ -11,6 +11,11 @@ export interface TrainConfig {
   data: string;
   'val-data'?: string;
   'val-split': number;
+  /** the data files' format (lib/data/dataset.ts); default alpaca */
+  format?: 'alpaca' | 'scienceqa' | 'coco';
+  /** --format scienceqa: the split of --data (default train) and of --val-data (default val) */
+  split?: string;
+  'val-data-split'?: string;
   out: string;
   'adapter-layers'?: number; // default N - 2 (at least 1), known once the model is loaded
   'adapter-len': number;
@@ -66,9 +71,12 @@ interface Option {
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   model: { kind: 'string', help: 'llama2.c .bin file or Hugging Face folder (required)' },
   tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
-  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL (required)' },
+  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says (required)' },
   'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
   'val-split': { kind: 'number', min: 0, max: 1, help: 'fraction of --data held out for validation (default 0)' },
+  format: { kind: 'enum', values: ['alpaca', 'scienceqa', 'coco'], help: 'data format: Alpaca JSON/JSONL, ScienceQA folder, COCO captions_*.json (SPEC §8; default alpaca)' },
+  split: { kind: 'string', help: '--format scienceqa: the pid_splits.json list of --data (default train)' },
+  'val-data-split': { kind: 'string', help: '--format scienceqa: the pid_splits.json list of --val-data (default val)' },
   out: { kind: 'string', help: 'run folder: adapter, checkpoints, metrics (required)' },
   config: { kind: 'string', help: 'YAML file whose keys are these flag names; flags override it' },
   'adapter-layers': { kind: 'int', min: 1, help: 'adapted top layers L (default: layers - 2, at least 1)' },
@@ -215,6 +223,9 @@ export function resolveTrainConfig(flags: Flags): TrainConfig {
     if (!cfg[required]) throw new UsageError(`--${required} is required\n\n${trainUsage()}`);
   if (cfg['val-data'] && cfg['val-split'] > 0) throw new UsageError('give either --val-data or --val-split, not both');
   if (cfg['val-split'] >= 1) throw new UsageError(`--val-split must be below 1, got ${cfg['val-split']}`);
+  if (cfg.format !== 'scienceqa')
+    for (const k of ['split', 'val-data-split'] as const)
+      if (cfg[k] !== undefined) throw new UsageError(`--${k} is only for --format scienceqa`);
   return cfg;
 }
 

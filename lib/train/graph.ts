@@ -225,8 +225,7 @@ export class AdapterGraph {
   private segmentPrompts(batch: PackedBatch, images?: ImagePromptStep): SegmentPrompts | undefined {
     const keys = batch.images;
     if (!keys || keys.every((k) => k === null || k === undefined)) return undefined; // text only: shared prompts
-    if (!this.adapter?.image)
-      throw new Error('AdapterGraph: the batch has images but the adapter is text-only (it has no image projection)');
+    if (!this.adapter?.image) return undefined; // a text-only adapter (or none) does not see images
     if (!images) throw new Error('AdapterGraph: the batch has images; pass the step\'s image prompts (ImagePromptStep)');
     const S = batch.segments.length - 1;
     if (keys.length !== S) throw new RangeError(`AdapterGraph: ${keys.length} image keys for ${S} segments`);

@@ -147,16 +147,17 @@ export class Trainer extends EventEmitter {
       };
       checkAdapterConfig(model.config, adapterConfig);
       const maxSeqLen = Math.min(cfg['max-seq-len'], model.config.maxSeqLen);
-      const tokenize = (file: string) => {
-        let ds = loadDataset(file);
-        if (!images && ds.records.some((r) => r.image !== undefined))
-          throw new Error(`${file}: records have an "image" but no image features were given: pass --image-features FILE or --encoder DIR`);
+      const tokenize = (file: string, split: string) => {
+        let ds = loadDataset(file, { format: cfg.format, split: cfg.format === 'scienceqa' ? split : undefined });
+        const withImages = ds.records.filter((r) => r.image !== undefined).length;
+        if (withImages && !images)
+          log(`note: ${withImages} of ${ds.records.length} records of ${file} have an image; a text-only adapter does not see them (--image-features FILE or --encoder DIR trains an image-conditioned one)`);
         if (images) ds = checkImages(ds, images.imageSource, { warn: log });
-        return tokenizeRecords(tokenizer, ds.records, { maxSeqLen, source: file, warn: log }).examples;
+        return tokenizeRecords(tokenizer, ds.records, { maxSeqLen, source: ds.source, warn: log }).examples;
       };
-      let train = tokenize(cfg.data);
+      let train = tokenize(cfg.data, cfg.split ?? 'train');
       let val: Example[] = [];
-      if (cfg['val-data']) val = tokenize(cfg['val-data']);
+      if (cfg['val-data']) val = tokenize(cfg['val-data'], cfg['val-data-split'] ?? 'val');
       else if (cfg['val-split'] > 0) ({ train, val } = splitValidation(train, { valSplit: cfg['val-split'], seed: cfg.seed }));
       if (train.length === 0) throw new Error(`${cfg.data}: no training example is left (all were held out or skipped)`);
       log(
