@@ -2,7 +2,9 @@
 // file (--image-features; the records' "image" values are its tensor names) or a frozen image
 // encoder (--encoder; the records' "image" values are paths under --image-root). Either way each
 // image's features are computed or read once per run and kept (M·D floats per image).
+import * as fs from 'fs';
 import * as path from 'path';
+import { ImageEncoder, resolveFeatureLayers } from '../encoder/encoder';
 import { FeaturesFile } from '../data/features';
 import { ImageSource } from '../data/dataset';
 import { ImageProjConfig } from '../model/adapter';
@@ -22,6 +24,8 @@ export interface ImageFeatureSource {
   check(key: string): string | undefined;
   /** (M·D) the features of one image */
   get(key: string): Promise<Float32Array>;
+  /** Computes the features of these images now (an encoder, in batches); optional. */
+  prepare?(keys: Iterable<string>, onProgress?: (done: number, total: number) => void): Promise<void>;
   close(): void;
 }
 
@@ -107,10 +111,78 @@ export function defaultImageRoot(dataFile: string): string {
   return path.dirname(path.resolve(dataFile));
 }
 
+/**
+ * Features computed by a frozen CLIP/ViT encoder (SPEC §7) from the image files under `root`
+ * (the records' "image" values are paths relative to it), each image once per run: prepare()
+ * encodes the run's images in batches up front; get() encodes any other one on first use.
+ */
+export class EncoderSource implements ImageFeatureSource {
+  readonly M: number;
+  readonly D: number;
+  readonly describe: string;
+  private readonly cache = new Map<string, Float32Array>();
+
+  private constructor(
+    private readonly encoder: ImageEncoder,
+    readonly root: string,
+    readonly layers: number[],
+  ) {
+    this.M = layers.length;
+    this.D = encoder.featureDim;
+    this.describe = `encoder ${encoder.dir} (${encoder.config.family}, layers ${layers.join(',')})`;
+  }
+
+  static async open(dir: string, root: string, layers: number[], device?: 'cpu' | 'cuda'): Promise<EncoderSource> {
+    const encoder = await ImageEncoder.load(dir, { device });
+    try {
+      resolveFeatureLayers(layers, encoder.config.nLayers); // a clear error for a layer the encoder lacks
+    } catch (err) {
+      encoder.dispose();
+      throw new Error(`--feature-layers ${layers.join(',')}: ${(err as Error).message}`);
+    }
+    return new EncoderSource(encoder, root, layers);
+  }
+
+  get imageSource(): ImageSource {
+    return { root: this.root };
+  }
+
+  private file(key: string): string {
+    return path.resolve(this.root, key);
+  }
+
+  check(key: string): string | undefined {
+    try {
+      if (fs.statSync(this.file(key)).isFile()) return undefined;
+    } catch {
+      // reported below
+    }
+    return `image "${key}" not found: no file ${this.file(key)}`;
+  }
+
+  /** Encodes every image of `keys` not yet encoded (batches; progress through onProgress). */
+  async prepare(keys: Iterable<string>, onProgress?: (done: number, total: number) => void): Promise<void> {
+    const todo = [...new Set(keys)].filter((k) => !this.cache.has(k));
+    if (!todo.length) return;
+    const feats = await this.encoder.embed(
+      todo.map((k) => this.file(k)),
+      { featureLayers: this.layers, onProgress },
+    );
+    todo.forEach((k, i) => this.cache.set(k, feats[i]));
+  }
+
+  async get(key: string): Promise<Float32Array> {
+    if (!this.cache.has(key)) await this.prepare([key]);
+    return this.cache.get(key)!;
+  }
+
+  close(): void {
+    this.encoder.dispose();
+    this.cache.clear();
+  }
+}
+
 /** Features computed by a frozen CLIP/ViT encoder (SPEC §7) from the images under `root`. */
 export async function openEncoderSource(dir: string, root: string, layers: number[], device?: 'cpu' | 'cuda'): Promise<ImageFeatureSource> {
-  void root;
-  void layers;
-  void device;
-  throw new Error(`--encoder ${dir}: this build has no image encoder (lib/encoder is not merged yet); compute a features file and pass --image-features`);
+  return EncoderSource.open(dir, root, layers, device);
 }

@@ -128,7 +128,9 @@ export class Trainer extends EventEmitter {
     // the resolved device is part of the run's config (saved in OUT/config.yaml)
     cfg = { ...cfg, device: resolveDevice(cfg.device, '--device') };
     if (cfg.threads) native.setThreads(cfg.threads);
-    const images = await openImageSource(cfg, cfg.data, cfg.device);
+    // an encoder reads the records' image files: under --image-root, else where the format puts them
+    const dataRoot = cfg.encoder && !cfg['image-root'] ? loadDataset(cfg.data, { format: cfg.format, split: cfg.format === 'scienceqa' ? cfg.split ?? 'train' : undefined }).imageRoot : undefined;
+    const images = await openImageSource({ ...cfg, 'image-root': cfg['image-root'] ?? dataRoot }, cfg.data, cfg.device);
     let model: Llama;
     try {
       model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device });
@@ -160,6 +162,17 @@ export class Trainer extends EventEmitter {
       if (cfg['val-data']) val = tokenize(cfg['val-data'], cfg['val-data-split'] ?? 'val');
       else if (cfg['val-split'] > 0) ({ train, val } = splitValidation(train, { valSplit: cfg['val-split'], seed: cfg.seed }));
       if (train.length === 0) throw new Error(`${cfg.data}: no training example is left (all were held out or skipped)`);
+      if (images?.prepare) {
+        // the frozen encoder's features of every image of the run, once
+        const keys = [...train, ...val].flatMap((e) => (e.image !== undefined ? [e.image] : []));
+        let shown = 0;
+        await images.prepare(keys, (done, total) => {
+          if (done === total || done - shown >= Math.max(1, Math.ceil(total / 10))) {
+            shown = done;
+            log(`encoding images: ${done}/${total}`);
+          }
+        });
+      }
       log(
         `device ${describeDevice(model.device)}; ` +
           `model ${cfg.model}: ${model.config.nLayers} layers, dim ${model.config.dim}; adapter: top ${adapterConfig.layers} layers, ` +
