@@ -15,7 +15,7 @@ import { AdapterGraph, AdapterGrads, PackedBatch } from '../lib/train/graph';
 import { AdamW } from '../lib/train/optimizer';
 import { checkProjFits, FeaturesFileSource, parseFeatureLayers, projConfigFor } from '../lib/train/image-features';
 import { writeFeatures } from '../lib/data/features';
-import { repoRoot } from './util/paths';
+import { dataDir, repoRoot } from './util/paths';
 import { stories } from './util/stories';
 
 interface Seq {
@@ -422,6 +422,49 @@ describe('image-conditioned adapter (SPEC §8, stories260K)', function () {
       expect(await gen('--image-features', features)).to.match(/--image-features needs an image-conditioned adapter, but no --adapter was given/);
       expect(await gen('--adapter', init, '--image-features', features)).to.match(/projects 1 feature vector\(s\) of size 1280 but features file .* gives 1 of size 6/);
       expect(await gen('--image', 'a.png')).to.match(/--image needs --image-features FILE or --encoder DIR/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('--encoder: training on features from the frozen encoder equals training on a features file the encoder wrote', async () => {
+    const { ImageEncoder } = await import('../lib/encoder/encoder');
+    const { resolveTrainConfig } = await import('../lib/train/config');
+    const { Trainer } = await import('../lib/train/trainer');
+    const encoderDir = path.join(repoRoot, 'test', 'golden', 'encoders', 'vit-f32');
+    const photos = path.join(dataDir, 'fashion-mnist', 'images');
+    const keys = ['train/00000.png', 'train/00001.png', 'train/00002.png'];
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mm-encoder-'));
+    try {
+      const enc = await ImageEncoder.load(encoderDir, { device: 'cpu' });
+      const feats = await enc.embed(keys.map((k) => path.join(photos, k)), { featureLayers: [-2, -1] });
+      const D = enc.featureDim;
+      enc.dispose();
+      const features = path.join(dir, 'f.safetensors');
+      writeFeatures(features, new Map(keys.map((k, i) => [k, feats[i]])), { M: 2, D, metadata: { layers: '-2,-1' } });
+      const data = path.join(dir, 'data.jsonl');
+      const rec = (image?: string) => JSON.stringify({ instruction: 'What is shown in this picture?', input: '', output: 'A photo of a shoe.', ...(image ? { image } : {}) });
+      fs.writeFileSync(data, [rec(keys[0]), rec(keys[1]), rec(), rec(keys[2])].join('\n') + '\n');
+      const run = async (out: string, extra: Record<string, string>) => {
+        const cfg = resolveTrainConfig({
+          model: stories.v0, data, out: path.join(dir, out), device: 'cpu', 'proj-width': '8', 'max-steps': '3', 'batch-size': '2',
+          'grad-accum': '2', lr: '1e-2', 'gate-init': 'random', 'no-shuffle': true, ...extra,
+        } as Record<string, string | boolean>);
+        const t = await Trainer.create(cfg);
+        try {
+          await t.run();
+        } finally {
+          t.dispose();
+        }
+        return fs.readFileSync(path.join(dir, out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss as number);
+      };
+      const viaEncoder = await run('enc', { encoder: encoderDir, 'image-root': photos, 'feature-layers': '-2,-1' });
+      const viaFile = await run('file', { 'image-features': features });
+      expect(viaEncoder).to.have.length(3);
+      expect(viaEncoder).to.deep.equal(viaFile);
+      const a = Adapter.load(path.join(dir, 'enc', 'adapter.safetensors'), model.config, 'cpu');
+      expect(a.config.image).to.deep.equal({ featureLayers: [-2, -1], featureSize: D, width: 8 });
+      a.dispose();
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
