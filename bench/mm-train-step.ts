@@ -11,7 +11,7 @@
 // gradient), projection width R = 128.
 //
 //   node dist/bench/mm-train-step.js [--models 260K,15M] [--steps N] [--batch B] [--seq T]
-//        [--threads N] [--repeats R] [--seed N] [--no-torch] [--json FILE]
+//        [--threads N] [--repeats R] [--wait-idle S] [--seed N] [--no-torch] [--json FILE]
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -27,6 +27,7 @@ import { FeaturesFileSource } from '../lib/train/image-features';
 import { imagePromptsFor } from '../lib/train/trainer';
 import { dataDir, outDir, repoRoot, STORIES15M, writeRandomLlama2c } from './decode';
 import { bestTorchEnv, describeEnv } from './train-step';
+import { IdleGate } from './gemm';
 
 const PYTHON = process.env.PYTHON ?? '/usr/bin/python3';
 const TORCH_SCRIPT = path.join(repoRoot, 'bench', 'torch_mm_train_step.py');
@@ -102,7 +103,7 @@ async function ourSteps(model: Llama, adapter: Adapter, images: FeaturesFileSour
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const o = { models: ['260K', '15M'], steps: 0, batch: 8, seq: 256, threads: os.cpus().length, repeats: 2, seed: 1234, torch: true, json: '' };
+  const o = { models: ['260K', '15M'], steps: 0, batch: 8, seq: 256, threads: os.cpus().length, repeats: 3, waitIdle: 60, seed: 1234, torch: true, json: '' };
   for (let i = 0; i < argv.length; i++) {
     const x = argv[i];
     const num = () => {
@@ -117,6 +118,7 @@ async function main(): Promise<void> {
     else if (x === '--threads') o.threads = num();
     else if (x === '--repeats') o.repeats = num();
     else if (x === '--seed') o.seed = num();
+    else if (x === '--wait-idle') o.waitIdle = Number(argv[++i]);
     else if (x === '--no-torch') o.torch = false;
     else if (x === '--json') o.json = argv[++i];
     else throw new Error(`mm-train-step: unknown argument ${x}`);
@@ -127,6 +129,8 @@ async function main(): Promise<void> {
   const rows: Record<string, unknown>[] = [];
   const env = bestTorchEnv(o.threads);
   const warmup = 1;
+  // on a shared machine, each timed run waits for idle CPUs (bench/gemm.ts)
+  const gate = new IdleGate(o.waitIdle);
   console.log(`| model | T | tokens/step | images/step | ours tok/s | PyTorch f32 tok/s | ours / PyTorch | max loss diff (rel) |`);
   console.log('|---|---|---|---|---|---|---|---|');
   try {
@@ -184,6 +188,7 @@ async function main(): Promise<void> {
         let torch: { tokens_per_s: number; losses: number[]; torch: string; blas: { core: string } } | undefined;
         for (let round = 0; round < o.repeats; round++) {
           const a = mk();
+          await gate.wait();
           try {
             const r = await ourSteps(model, a, images, batches, warmup);
             if (!best || r.tokens / r.seconds > best.tokens / best.seconds) best = r;
@@ -193,6 +198,7 @@ async function main(): Promise<void> {
           if (o.torch) {
             const base: NodeJS.ProcessEnv = { ...process.env };
             for (const k of ['OPENBLAS_CORETYPE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'OMP_WAIT_POLICY']) delete base[k];
+            await gate.wait();
             const p = spawnSync(PYTHON, [TORCH_SCRIPT, job, '--threads', String(o.threads)], { env: { ...base, ...env }, encoding: 'utf8', maxBuffer: 64 << 20 });
             const last = (p.stdout ?? '').trim().split('\n').pop() ?? '';
             if (p.status !== 0 || !last.startsWith('{')) throw new Error(`${TORCH_SCRIPT} failed (status ${p.status}): ${(p.stderr ?? '').slice(-1500)}`);
@@ -228,7 +234,7 @@ async function main(): Promise<void> {
   }
   console.log(
     `\n${o.threads} threads (${os.cpus()[0].model}), batch ${o.batch}, best of ${o.repeats} alternated rounds; PyTorch ${describeEnv(env)}; ` +
-      `K ${K}, R ${R}, top N-2 layers adapted, gates N(0,1), 1280 MobileNetV2 features per image, one text-only record in four.`,
+      `K ${K}, R ${R}, top N-2 layers adapted, gates N(0,1), 1280 MobileNetV2 features per image, one text-only record in four. ${gate.note()}`,
   );
   if (o.json) fs.writeFileSync(o.json, JSON.stringify(rows, null, 2) + '\n');
 }
