@@ -48,3 +48,10 @@ export type { ImageEncoderOptions, EmbedOptions, ImageInput, EncoderPrompts } fr
 export type { EncoderConfig, EncoderWeights, EncoderLayerWeights } from './encoder/config';
 export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess } from './image';
 export type { RgbImage, PreprocessConfig } from './image';
+// --- mm-train: the image-conditioned adapter (SPEC §8) ---
+export { ImagePromptStep } from './model/image-prompts';
+export type { GateInit, ImageProjConfig, ImageProjTensors } from './model/adapter';
+export { FeaturesFileSource, EncoderSource, projConfigFor, parseFeatureLayers } from './train/image-features';
+export type { ImageFeatureSource } from './train/image-features';
+export { imagePromptsFor, openImageSource } from './train/trainer';
+// --- end mm-train ---

@@ -116,6 +116,7 @@ async function main(): Promise<void> {
   const dataDir = path.join(out, 'data');
   writeJsonl(path.join(dataDir, 'train-image.jsonl'), records(train, true));
   writeJsonl(path.join(dataDir, 'train-text.jsonl'), records(train, false));
+  writeJsonl(path.join(dataDir, 'test-image.jsonl'), records(test, true)); // for `eval --metric exact`
   console.log(`Fashion-MNIST: ${train.length} training photos, ${test.length} test photos; MobileNetV2 features from ${featuresFile}`);
 
   const model = await Llama.load(values.model!, { device: 'cpu' });

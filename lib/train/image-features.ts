@@ -4,7 +4,7 @@
 // image's features are computed or read once per run and kept (M·D floats per image).
 import * as fs from 'fs';
 import * as path from 'path';
-import { ImageEncoder, resolveFeatureLayers } from '../encoder/encoder';
+import type { ImageEncoder } from '../encoder/encoder';
 import { FeaturesFile } from '../data/features';
 import { ImageSource } from '../data/dataset';
 import { ImageProjConfig } from '../model/adapter';
@@ -133,6 +133,8 @@ export class EncoderSource implements ImageFeatureSource {
   }
 
   static async open(dir: string, root: string, layers: number[], device?: 'cpu' | 'cuda'): Promise<EncoderSource> {
+    // loaded here, not at the top: the encoder brings sharp (libvips), which a features-file run never needs
+    const { ImageEncoder, resolveFeatureLayers } = await import('../encoder/encoder');
     const encoder = await ImageEncoder.load(dir, { device });
     try {
       resolveFeatureLayers(layers, encoder.config.nLayers); // a clear error for a layer the encoder lacks
