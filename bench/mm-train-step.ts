@@ -2,7 +2,8 @@
 // step, per-segment prompt keys/values, forward, backward to prompts, gates and the projection,
 // AdamW) on the CPU backend, in trained tokens/s, beside the same step in PyTorch float32
 // (bench/torch_mm_train_step.py: per-example prompts on a padded batch) on the same checkpoint,
-// the same batches and the same thread count.
+// the same batches and the same thread count; and, in the same rounds, both engines' text step on
+// those batches (images ignored: shared prompts, no projection), for what the images cost.
 //
 // Batches: the Alpaca sample (../shared/data/alpaca/alpaca_small.json), seeded shuffle, truncated
 // to T tokens; record i gets the Fashion-MNIST training photo i mod 6000 (its 1280 MobileNetV2
@@ -70,7 +71,7 @@ function makeBatches(tokenizer: string, T: number, B: number, count: number, see
 
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 
-async function ourSteps(model: Llama, adapter: Adapter, images: FeaturesFileSource, batches: Batch[], warmup: number) {
+async function ourSteps(model: Llama, adapter: Adapter, images: FeaturesFileSource | undefined, batches: Batch[], warmup: number) {
   const opt = new AdamW(adapter.parameters(), paperAdamW, undefined, adapter.decayMask());
   const grads = new AdapterGrads(adapter);
   const graph = new AdapterGraph(model, adapter);
@@ -83,11 +84,11 @@ async function ourSteps(model: Llama, adapter: Adapter, images: FeaturesFileSour
         await native.synchronize();
         t0 = now();
       }
-      const b = batches[i];
+      const b = images ? batches[i] : { ...batches[i], images: undefined };
       grads.zero(); // as Trainer.run
       const prompts = await imagePromptsFor(adapter, images, [b], true);
       const r = await graph.run(b, 1 / b.targetCount, grads, prompts);
-      prompts?.backward(grads.image!);
+      if (prompts) prompts.backward(grads.image!);
       prompts?.dispose();
       await opt.update(grads.all(), 1e-3);
       losses.push(r.lossSum / r.targets);
@@ -131,8 +132,8 @@ async function main(): Promise<void> {
   const warmup = 1;
   // on a shared machine, each timed run waits for idle CPUs (bench/gemm.ts)
   const gate = new IdleGate(o.waitIdle);
-  console.log(`| model | T | tokens/step | images/step | ours tok/s | PyTorch f32 tok/s | ours / PyTorch | max loss diff (rel) |`);
-  console.log('|---|---|---|---|---|---|---|---|');
+  console.log(`| model | step | T | tokens/step | images/step | ours tok/s | PyTorch f32 tok/s | ours / PyTorch | max loss diff (rel) |`);
+  console.log('|---|---|---|---|---|---|---|---|---|');
   try {
     for (const mc of cases(o.models, o.seed)) {
       const model = await Llama.load(mc.file, { dtype: 'f32', device: 'cpu' });
@@ -184,47 +185,57 @@ async function main(): Promise<void> {
             }),
           );
         }
-        let best: { seconds: number; tokens: number; losses: number[] } | undefined;
-        let torch: { tokens_per_s: number; losses: number[]; torch: string; blas: { core: string } } | undefined;
-        for (let round = 0; round < o.repeats; round++) {
-          const a = mk();
-          await gate.wait();
-          try {
-            const r = await ourSteps(model, a, images, batches, warmup);
-            if (!best || r.tokens / r.seconds > best.tokens / best.seconds) best = r;
-          } finally {
-            a.dispose();
-          }
-          if (o.torch) {
-            const base: NodeJS.ProcessEnv = { ...process.env };
-            for (const k of ['OPENBLAS_CORETYPE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'OMP_WAIT_POLICY']) delete base[k];
+        // per variant (image step, text step on the same batches) the best round of each engine
+        type Ours = { seconds: number; tokens: number; losses: number[] };
+        type Torch = { tokens_per_s: number; losses: number[] };
+        const best: Record<'image' | 'text', { ours?: Ours; torch?: Torch }> = { image: {}, text: {} };
+        const base: NodeJS.ProcessEnv = { ...process.env };
+        for (const k of ['OPENBLAS_CORETYPE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'OMP_WAIT_POLICY']) delete base[k];
+        for (let round = 0; round < o.repeats; round++)
+          for (const variant of ['image', 'text'] as const) {
+            const b = best[variant];
+            // the text step starts from the same prompts and gates
+            const a = variant === 'image' ? mk() : Adapter.fromValues(c, { ...cfg, image: undefined }, { prompts: init.prompts, gates: init.gates }, 'cpu');
             await gate.wait();
-            const p = spawnSync(PYTHON, [TORCH_SCRIPT, job, '--threads', String(o.threads)], { env: { ...base, ...env }, encoding: 'utf8', maxBuffer: 64 << 20 });
-            const last = (p.stdout ?? '').trim().split('\n').pop() ?? '';
-            if (p.status !== 0 || !last.startsWith('{')) throw new Error(`${TORCH_SCRIPT} failed (status ${p.status}): ${(p.stderr ?? '').slice(-1500)}`);
-            const t = JSON.parse(last);
-            if (!torch || t.tokens_per_s > torch.tokens_per_s) torch = t;
+            try {
+              const r = await ourSteps(model, a, variant === 'image' ? images : undefined, batches, warmup);
+              if (!b.ours || r.tokens / r.seconds > b.ours.tokens / b.ours.seconds) b.ours = r;
+            } finally {
+              a.dispose();
+            }
+            if (o.torch) {
+              await gate.wait();
+              const args = [TORCH_SCRIPT, job, '--threads', String(o.threads), ...(variant === 'text' ? ['--text'] : [])];
+              const p = spawnSync(PYTHON, args, { env: { ...base, ...env }, encoding: 'utf8', maxBuffer: 64 << 20 });
+              const last = (p.stdout ?? '').trim().split('\n').pop() ?? '';
+              if (p.status !== 0 || !last.startsWith('{')) throw new Error(`${TORCH_SCRIPT} failed (status ${p.status}): ${(p.stderr ?? '').slice(-1500)}`);
+              const t = JSON.parse(last) as Torch;
+              if (!b.torch || t.tokens_per_s > b.torch.tokens_per_s) b.torch = t;
+            }
           }
-        }
-        const ours = best!.tokens / best!.seconds;
-        let worst = 0;
-        if (torch) for (let i = 0; i < best!.losses.length; i++) worst = Math.max(worst, Math.abs(best!.losses[i] - torch.losses[i]) / Math.abs(torch.losses[i]));
         const imagesPerStep = timed.reduce((n, b) => n + new Set((b.images ?? []).filter((k) => k !== null)).size, 0) / steps;
-        const row = {
-          model: mc.label,
-          T,
-          tokensPerStep: best!.tokens / steps,
-          imagesPerStep,
-          ours,
-          torch: torch?.tokens_per_s,
-          ratio: torch ? ours / torch.tokens_per_s : undefined,
-          lossDiff: torch ? worst : undefined,
-        };
-        rows.push(row);
-        console.log(
-          `| ${mc.label} | ${T} | ${row.tokensPerStep.toFixed(0)} | ${imagesPerStep.toFixed(1)} | ${ours.toFixed(0)} | ${torch ? torch.tokens_per_s.toFixed(0) : '–'} | ` +
-            `${row.ratio ? row.ratio.toFixed(2) + 'x' : '–'} | ${torch ? worst.toExponential(1) : '–'} |`,
-        );
+        for (const variant of ['image', 'text'] as const) {
+          const { ours: us, torch } = best[variant];
+          const ours = us!.tokens / us!.seconds;
+          let worst = 0;
+          if (torch) for (let i = 0; i < us!.losses.length; i++) worst = Math.max(worst, Math.abs(us!.losses[i] - torch.losses[i]) / Math.abs(torch.losses[i]));
+          const row = {
+            model: mc.label,
+            step: variant,
+            T,
+            tokensPerStep: us!.tokens / steps,
+            imagesPerStep: variant === 'image' ? imagesPerStep : 0,
+            ours,
+            torch: torch?.tokens_per_s,
+            ratio: torch ? ours / torch.tokens_per_s : undefined,
+            lossDiff: torch ? worst : undefined,
+          };
+          rows.push(row);
+          console.log(
+            `| ${mc.label} | ${variant === 'image' ? 'image-conditioned' : 'text (same batches)'} | ${T} | ${row.tokensPerStep.toFixed(0)} | ${row.imagesPerStep.toFixed(1)} | ${ours.toFixed(0)} | ` +
+              `${torch ? torch.tokens_per_s.toFixed(0) : '–'} | ${row.ratio ? row.ratio.toFixed(2) + 'x' : '–'} | ${torch ? worst.toExponential(1) : '–'} |`,
+          );
+        }
       } finally {
         model.dispose();
       }

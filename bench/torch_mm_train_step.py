@@ -11,7 +11,10 @@ with weight decay on the >= 2-D tensors only.
 Input: the JSON job written by mm-train-step.ts. Output: one JSON line on stdout
 {tokens_per_s, ms_per_step, tokens, losses, ...}.
 
-Usage: /usr/bin/python3 bench/torch_mm_train_step.py JOB.json [--threads 2]
+--text runs the text step on the same batches instead (images ignored: shared prompts, no
+projection), for the cost of the image conditioning.
+
+Usage: /usr/bin/python3 bench/torch_mm_train_step.py JOB.json [--threads 2] [--text]
 """
 import argparse
 import json
@@ -28,8 +31,8 @@ from torch_train_step import load_v0, openblas_info, padded, rmsnorm, rope, rope
 
 
 class MMStep:
-    def __init__(self, w, cfg, L, K, p):
-        self.w, self.cfg, self.L, self.K, self.p = w, cfg, L, K, p
+    def __init__(self, w, cfg, L, K, p, text=False):
+        self.w, self.cfg, self.L, self.K, self.p, self.text = w, cfg, L, K, p, text
         self.first = cfg["n_layers"] - L
 
     def loss(self, ids, labels, valid, feats, image_of):
@@ -45,8 +48,9 @@ class MMStep:
         allowed = torch.ones(T, T, dtype=torch.bool).tril()[None] & valid[:, None, :]
         mask = torch.zeros(B, 1, T, T).masked_fill_(~allowed[:, None], float("-inf"))
         # I_p once per image, then per example (zeros without an image)
-        ip = Fn.gelu(feats @ p["fc1"].T + p["b1"]) @ p["fc2"].T + p["b2"]  # (U, C)
-        ip = torch.cat([ip, torch.zeros(1, C)])[image_of]  # (B, C); index -1 = the zero row
+        if not self.text:
+            ip = Fn.gelu(feats @ p["fc1"].T + p["b1"]) @ p["fc2"].T + p["b2"]  # (U, C)
+            ip = torch.cat([ip, torch.zeros(1, C)])[image_of]  # (B, C); index -1 = the zero row
         x = w["emb"][ids]
         for n in range(c["n_layers"]):
             a = rmsnorm(x, w["rms_att"][n])
@@ -60,7 +64,16 @@ class MMStep:
             s = (q @ k.transpose(-1, -2)) * scale + mask
             o = torch.softmax(s, dim=-1) @ v  # (B, H, T, d)
             l = n - self.first
-            if l >= 0:
+            if l >= 0 and self.text:
+                # the text step: prompts shared by the batch (bench/torch_train_step.py)
+                P = p["prompts"][l]
+                kp = (P @ w["wk"][n].T).view(K, Hkv, d).transpose(0, 1)
+                vp = (P @ w["wv"][n].T).view(K, Hkv, d).transpose(0, 1)
+                if rep > 1:
+                    kp, vp = kp.repeat_interleave(rep, dim=0), vp.repeat_interleave(rep, dim=0)
+                ap = torch.softmax((q @ kp.transpose(-1, -2)) * scale, dim=-1)
+                o = o + torch.tanh(p["gates"][l]).view(1, H, 1, 1) * (ap @ vp)
+            elif l >= 0:
                 P = p["prompts"][l][None] + ip[:, None, :]  # (B, K, C) per example
                 kp = (P @ w["wk"][n].T).view(B, K, Hkv, d).transpose(1, 2)  # (B, Hkv, K, d)
                 vp = (P @ w["wv"][n].T).view(B, K, Hkv, d).transpose(1, 2)
@@ -80,6 +93,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("job")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--text", action="store_true", help="the text step on the same batches (images ignored)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with open(a.job) as f:
@@ -99,11 +113,12 @@ def main():
         "b2": t(i["b2"], C).requires_grad_(True),
     }
     o = job["optimizer"]
-    decay = p["prompts"] + p["gates"] + [p["fc1"], p["fc2"]]
-    params = decay + [p["b1"], p["b2"]]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weightDecay"]}, {"params": [p["b1"], p["b2"]], "weight_decay": 0.0}],
+    decay = p["prompts"] + p["gates"] + ([] if a.text else [p["fc1"], p["fc2"]])
+    no_decay = [] if a.text else [p["b1"], p["b2"]]
+    params = decay + no_decay
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weightDecay"]}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=job["lr"], betas=tuple(o["betas"]), eps=o["eps"])
-    step = MMStep(w, cfg, L, K, p)
+    step = MMStep(w, cfg, L, K, p, a.text)
     warmup = job["warmup"]
     batches = []
     for b in job["batches"]:
