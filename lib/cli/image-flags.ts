@@ -35,7 +35,7 @@ export async function openAdapterImages(
   const flags = {
     'image-features': stringFlag(values, 'image-features'),
     encoder: stringFlag(values, 'encoder'),
-    'image-root': stringFlag(values, 'image-root') ?? imageRoot,
+    'image-root': stringFlag(values, 'image-root'),
     // the adapter file records its feature layers; the flag may only repeat them
     'feature-layers': stringFlag(values, 'feature-layers') ?? adapter?.config.image?.featureLayers.join(','),
   };
@@ -46,7 +46,7 @@ export async function openAdapterImages(
     throw new UsageError(
       `${flags['image-features'] ? '--image-features' : '--encoder'} needs an image-conditioned adapter, but ${adapterPath ? `${adapterPath} has no image_proj.* tensors` : 'no --adapter was given'}`,
     );
-  const source = await openImageSource(flags, dataFile, device);
+  const source = await openImageSource(flags, dataFile, device, imageRoot);
   if (source && adapter?.config.image) {
     try {
       checkProjFits(adapterPath ?? 'the adapter', adapter.config.image, source);

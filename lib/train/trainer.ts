@@ -98,11 +98,13 @@ export async function openImageSource(
   flags: { 'image-features'?: string; encoder?: string; 'image-root'?: string; 'feature-layers'?: string },
   dataFile: string | undefined,
   device?: 'cpu' | 'cuda',
+  /** where the data's image paths are relative to when --image-root is not given (default: the data file's folder) */
+  dataRoot?: string,
 ): Promise<ImageFeatureSource | undefined> {
   if (flags['image-features'] && flags.encoder) throw new Error('give either --image-features or --encoder, not both');
   if (flags['image-features']) return new FeaturesFileSource(flags['image-features']);
   if (flags.encoder) {
-    const root = flags['image-root'] ?? (dataFile ? path.dirname(path.resolve(dataFile)) : process.cwd());
+    const root = flags['image-root'] ?? dataRoot ?? (dataFile ? path.dirname(path.resolve(dataFile)) : process.cwd());
     return openEncoderSource(flags.encoder, root, parseFeatureLayers(flags['feature-layers']) ?? [-1], device);
   }
   if (flags['image-root']) throw new Error('--image-root needs --encoder (it is where the records\' image paths are read)');
@@ -130,7 +132,7 @@ export class Trainer extends EventEmitter {
     if (cfg.threads) native.setThreads(cfg.threads);
     // an encoder reads the records' image files: under --image-root, else where the format puts them
     const dataRoot = cfg.encoder && !cfg['image-root'] ? loadDataset(cfg.data, { format: cfg.format, split: cfg.format === 'scienceqa' ? cfg.split ?? 'train' : undefined }).imageRoot : undefined;
-    const images = await openImageSource({ ...cfg, 'image-root': cfg['image-root'] ?? dataRoot }, cfg.data, cfg.device);
+    const images = await openImageSource(cfg, cfg.data, cfg.device, dataRoot);
     let model: Llama;
     try {
       model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device });
