@@ -470,6 +470,58 @@ describe('image-conditioned adapter (SPEC §8, stories260K)', function () {
     }
   });
 
+  it('the eval and generate commands condition on each record\'s image', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mm-cli-'));
+    try {
+      const features = path.join(dir, 'f.safetensors');
+      const feats = new Map(['a.png', 'b.png'].map((k, i) => [k, Float32Array.from({ length: 6 }, (_, j) => Math.sin(3 * i + j) * 4)]));
+      writeFeatures(features, feats, { M: 1, D: 6 });
+      const cfg: AdapterConfig = { layers: 3, len: 4, gate: 'per-head', image: { featureLayers: [-1], featureSize: 6, width: 8 } };
+      const adapter = Adapter.init(model.config, cfg, 3, 'cpu', 'random');
+      const file = path.join(dir, 'adapter.safetensors');
+      await adapter.save(file);
+      const data = path.join(dir, 'data.jsonl');
+      const rec = (image?: string) => ({ instruction: 'Tell me a story.', input: '', output: 'Once upon a time', ...(image ? { image } : {}) });
+      fs.writeFileSync(data, [rec('a.png'), rec(), rec('b.png')].map((r) => JSON.stringify(r)).join('\n') + '\n');
+      const { PassThrough } = await import('stream');
+      const runCli = async (cmd: 'eval' | 'generate', args: string[]) => {
+        const out = new PassThrough();
+        let text = '';
+        out.on('data', (d) => (text += d));
+        const mod = cmd === 'eval' ? await import('../lib/cli/eval') : await import('../lib/cli/generate');
+        await mod.run(['--model', stories.v0, '--device', 'cpu', '--adapter', file, ...args], out);
+        return text;
+      };
+      // eval's loss: the API's over the same examples, with the same features
+      const got = JSON.parse(await runCli('eval', ['--data', data, '--image-features', features]));
+      const { tokenizeRecords } = await import('../lib/data/alpaca');
+      const { evaluateLoss } = await import('../lib/train/trainer');
+      const tok = model.loadTokenizer(stories.tokenizer);
+      const { examples } = tokenizeRecords(tok, [rec('a.png'), rec(), rec('b.png')], { maxSeqLen: 512 });
+      const src = new FeaturesFileSource(features);
+      const want = await evaluateLoss(model, adapter, examples, 8, src);
+      const textOnly = await evaluateLoss(model, adapter, examples.map((e) => ({ ...e, image: undefined })), 8);
+      src.close();
+      expect(got.tokens).to.equal(want.tokens);
+      expect(got.loss).to.be.closeTo(want.loss, 1e-6);
+      expect(Math.abs(want.loss - textOnly.loss)).to.be.above(1e-4); // the images matter
+      const exact = JSON.parse(await runCli('eval', ['--data', data, '--image-features', features, '--metric', 'exact', '--max-tokens', '6']));
+      expect(exact).to.include({ metric: 'exact', examples: 3 });
+      // generate --image: the prompts of that image
+      const gen = (image: string) => runCli('generate', ['--image-features', features, '--image', image, '--prompt', 'Once', '--temperature', '0', '--max-tokens', '12']);
+      model.setAdapter(adapter, { imageFeatures: feats.get('b.png') });
+      let direct = '';
+      const { generate } = await import('../lib/generate/generate');
+      for await (const piece of generate(model, tok, 'Once', { temperature: 0, maxTokens: 12 })) direct += piece;
+      model.setAdapter(undefined);
+      expect(await gen('b.png')).to.equal(direct + '\n');
+      expect(await gen('a.png')).to.not.equal(direct + '\n');
+      adapter.dispose();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a text-only adapter does not see images; an image adapter refuses a batch with images but no image prompts', async () => {
     const text = Adapter.init(model.config, { layers: 3, len: 4, gate: 'per-head', }, 1, 'cpu', 'random');
     const img = Adapter.fromValues(model.config, configOf(sc), valuesOf(sc), 'cpu');
