@@ -470,6 +470,38 @@ describe('image-conditioned adapter (SPEC §8, stories260K)', function () {
     }
   });
 
+  it('--resume of an image-conditioned run gives the bit-identical adapter of an uninterrupted one', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mm-resume-'));
+    try {
+      const features = path.join(dir, 'f.safetensors');
+      writeFeatures(features, new Map(['a.png', 'b.png', 'c.png'].map((k, i) => [k, Float32Array.from({ length: 6 }, (_, j) => Math.cos(i + 2 * j) * 3)])), { M: 1, D: 6 });
+      const data = path.join(dir, 'data.jsonl');
+      const rec = (o: string, image?: string) => JSON.stringify({ instruction: 'What is it?', input: '', output: o, ...(image ? { image } : {}) });
+      fs.writeFileSync(data, [rec('A cat.', 'a.png'), rec('A dog.', 'b.png'), rec('Nothing.'), rec('A bird.', 'c.png')].join('\n') + '\n');
+      const { resolveTrainConfig } = await import('../lib/train/config');
+      const { Trainer } = await import('../lib/train/trainer');
+      const train = async (out: string, extra: Record<string, string> = {}) => {
+        const t = await Trainer.create(
+          resolveTrainConfig({ model: stories.v0, data, out: path.join(dir, out), device: 'cpu', 'image-features': features, 'proj-width': '8', 'batch-size': '2', 'grad-accum': '1', lr: '1e-2', 'gate-init': 'random', 'save-every': '2', ...extra }),
+        );
+        try {
+          return (await t.run()).adapterPath;
+        } finally {
+          t.dispose();
+        }
+      };
+      const whole = fs.readFileSync(await train('whole', { 'max-steps': '4' }));
+      // a run stopped after step 2: its checkpoint alone
+      fs.cpSync(path.join(dir, 'whole', 'step-000002'), path.join(dir, 'part', 'step-000002'), { recursive: true });
+      const resumed = fs.readFileSync(await train('part', { 'max-steps': '4', resume: 'auto' }));
+      expect(resumed.equals(whole)).to.equal(true);
+      const steps = fs.readFileSync(path.join(dir, 'part', 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step);
+      expect(steps).to.deep.equal([3, 4]); // it continued from the checkpoint (the optimiser state of the projection included)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the eval and generate commands condition on each record\'s image', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mm-cli-'));
     try {
