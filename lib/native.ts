@@ -15,8 +15,6 @@ export type DType = 'f32' | 'bf16' | 'i32';
 export type FileDType = 'f32' | 'f16' | 'bf16';
 export type Device = 'cpu' | 'cuda';
 export type RopeLayout = 'interleaved' | 'half';
-/** The GELU variants of native.gelu (ops-encoder). */
-export type GeluKind = 'gelu' | 'quick_gelu';
 
 export interface Tensor {
   readonly shape: readonly number[];
@@ -222,7 +220,7 @@ export interface NativeBinding {
 
   // --- image-encoder ops (native/napi/encoder_ops.cpp; ops-encoder) --------------------------
   // f32 throughout; T rows, C channels; M/N/K as in matmul. Each family's CPU and CUDA bodies
-  // agree within f32 rounding (test/backend-encoder-ops.test.ts).
+  // agree within f32 rounding (test/backend-ops.test.ts; CPU vs float64: test/encoder-ops.test.ts).
   /** x (T, C), w (C), b (C) -> (T, C): (x - mean) / sqrt(var + eps) * w + b (biased variance,
    *  per row; torch.nn.LayerNorm). */
   layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): Tensor;
@@ -231,9 +229,9 @@ export interface NativeBinding {
   layerNormBackward(dy: Tensor, x: Tensor, w: Tensor, eps: number): [Tensor, Tensor, Tensor];
   /** Element-wise, any shape: 'gelu' = exact erf GELU x·Φ(x) (torch.nn.GELU()); 'quick_gelu' =
    *  x·sigmoid(1.702x) (CLIP). */
-  gelu(x: Tensor, kind: GeluKind): Tensor;
+  gelu(x: Tensor, kind: 'gelu' | 'quick_gelu'): Tensor;
   /** dx of gelu given dy (same shape as x). */
-  geluBackward(dy: Tensor, x: Tensor, kind: GeluKind): Tensor;
+  geluBackward(dy: Tensor, x: Tensor, kind: 'gelu' | 'quick_gelu'): Tensor;
   /** x (M, N) += b (N) on every row, in place. */
   addBias(x: Tensor, b: Tensor): void;
   /** db (N) = column sums of dy (M, N), in double in a fixed order (deterministic): the bias

@@ -389,7 +389,7 @@ describeEachBackend(
             const count = shape.reduce((p, s) => p * s, 1);
             const rng = new ref.Rng(count + kind.length);
             const x = rng.normals(count, 3), dy = rng.normals(count);
-            const extremes = [0, -0, 1e-8, -1e-8, -0.75, 5, -5, 20, -20, 88, -88, 100, -100];
+            const extremes = [0, -0, 1e-8, -1e-8, -0.75, 5, -5, 20, -20, 88, -88, 100, -100, Infinity, NaN];
             for (let i = 0; i < Math.min(count, extremes.length); i++) x[i] = extremes[i];
             const f = await onBoth(b, (on) => n.gelu(on.f32(x, shape), kind));
             near(f.got[0]!, f.want[0]!, F32, 1e-30, kind);

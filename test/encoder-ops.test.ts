@@ -13,7 +13,8 @@
 //   finite diff. (L(p + h u) - L(p - h u)) / 2h through the native forward, L = <forward, dy>,
 //                against <grad, u>: relative 3e-3 (h = 1e-2)
 import { expect } from 'chai';
-import { native, GeluKind, Tensor } from '../lib/native';
+import { native, Tensor } from '../lib/native';
+import type { GeluKind } from './util/encoder-reference';
 import * as ref from './util/reference';
 import * as eref from './util/encoder-reference';
 import { bits, f32, maxAbs, readF, throwsErr } from './util/tensors';
@@ -200,6 +201,27 @@ describe('image-encoder ops (CPU)', function () {
         const dx = await readF(native.geluBackward(f32(dy, [n]), f32(x, [n]), kind));
         await checkFd(async (p) => dot(await readF(native.gelu(f32(p, [n]), kind)), dy), x, u, dx, kind);
       });
+
+    it('a dense sweep of x in [-13, 10] (both tails): forward within 2e-6 relative, backward within 1e-5 relative + 1e-6', async () => {
+      // the exact gelu has no scalar erf: its tails come from erfc = t exp(-x²/2 + P(t)) with x² split
+      const n = 100001, x = new Float32Array(n), ones = new Float32Array(n).fill(1);
+      for (let i = 0; i < n; i++) x[i] = -13 + (23 * i) / (n - 1);
+      for (const kind of KINDS) {
+        const y = await readF(native.gelu(f32(x, [n]), kind));
+        ref.assertClose(y, eref.gelu(x, kind), 2e-6, 1e-37, `${kind} sweep`);
+        const g = await readF(native.geluBackward(f32(ones, [n]), f32(x, [n]), kind));
+        ref.assertClose(g, eref.geluBackward(ones, x, kind), 1e-5, 1e-6, `${kind} backward sweep`);
+      }
+    });
+
+    it('non-finite inputs: gelu(+inf) = +inf for both kinds, NaN stays NaN', async () => {
+      for (const kind of KINDS) {
+        const y = await readF(native.gelu(f32([Infinity, NaN, 16, -16, 17, -17], [6]), kind));
+        expect(y[0], kind).to.equal(Infinity);
+        expect(Number.isNaN(y[1]), kind).to.equal(true);
+        ref.assertClose(y.subarray(2), eref.gelu([16, -16, 17, -17], kind), 1e-6, 1e-37, kind);
+      }
+    });
 
     it('exact gelu and quick_gelu differ (the kind is honoured), and any shape is kept', async () => {
       const x = f32([1, -1, 2, -2, 0.5, 3], [1, 2, 3]);

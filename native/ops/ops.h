@@ -3,15 +3,16 @@
 // that device's executor. Shape letters as in cpu/kernels.h.
 #pragma once
 #include "../core/tensor.h"
+
+#include <functional>
+#include <memory>
+#include <vector>
+
 // The op families in files of their own (declarations, definitions, bodies per family)
 #include "activation.h"
 #include "matmul.h"
 #include "norm.h"
 #include "patches.h"
-
-#include <functional>
-#include <memory>
-#include <vector>
 
 namespace la::ops {
 

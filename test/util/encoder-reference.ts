@@ -9,8 +9,10 @@
 //   biasGrad     dy (M, N)                        -> (N) column sums
 //   patches      images (B, Cin, H, W), P         -> (B * H/P * W/P, Cin * P * P)
 //   conv2d       images (B, Cin, H, W), w (D, Cin, P, P), stride P -> (B, H/P * W/P, D)
-import type { GeluKind } from '../../lib/native';
 import type { Num } from './reference';
+
+/** the kinds of native.gelu */
+export type GeluKind = 'gelu' | 'quick_gelu';
 
 // ---- erf, the normal CDF ----------------------------------------------------------------------
 
