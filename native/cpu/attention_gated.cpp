@@ -33,8 +33,9 @@
 //
 // A unit packs a segment's keys and values once into zero-padded tiles (head size padded to dp, a
 // multiple of 8, keys to a multiple of 8; strides kept off multiples of 128 bytes), then walks
-// blocks of kBq queries (without the causal mask every row of a block sees all the segment's keys). The products (S = Q Kᵀ, P V, and backward dout Vᵀ, Pᵀ dout, dSᵀ Q, dS K,
-// and the same against the K prompt keys, packed once per op) run in register-tiled micro-kernels
+// blocks of kBq queries (without the causal mask, every row of a block sees all the segment's
+// keys). The products (S = Q Kᵀ, P V, and backward dout Vᵀ, Pᵀ dout, dSᵀ Q, dS K, and the same
+// against the K prompt keys, packed once per op) run in register-tiled micro-kernels
 // (AVX2+FMA when the CPU has it, plain loops otherwise) over data that stays in L1/L2; softmax rows
 // use a vectorised exp. Causality trims each 4-row group to the keys its last row sees. The T x T
 // probabilities are recomputed from the saved log-sum-exps, never stored.
