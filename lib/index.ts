@@ -48,6 +48,7 @@ export type { ImageEncoderOptions, EmbedOptions, ImageInput, EncoderPrompts } fr
 export type { EncoderConfig, EncoderWeights, EncoderLayerWeights } from './encoder/config';
 export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess } from './image';
 export type { RgbImage, PreprocessConfig } from './image';
+export { EncoderGraph } from './encoder/train';
 // --- mm-train: the image-conditioned adapter (SPEC §8) ---
 export { ImagePromptStep } from './model/image-prompts';
 export type { GateInit, ImageProjConfig, ImageProjTensors } from './model/adapter';

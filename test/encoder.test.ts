@@ -108,6 +108,23 @@ describe('image encoder forward', () => {
         });
     });
 
+  it('bf16 storage of an F32 folder: features within bf16 rounding of the reference', async () => {
+    const enc = await ImageEncoder.load(path.join(goldenDir, 'clip-f32'), { device: 'cpu', dtype: 'bf16' });
+    const pixels = native.fromArray(floats(golden.pixels), golden.pixelShape);
+    try {
+      const got = await stack(enc.forward(pixels));
+      const want = floats(golden.folders['clip-f32'].features['-1']);
+      const scale = Math.max(...Array.from(want, Math.abs));
+      // bf16 keeps 8 bits of mantissa (weights within 2^-9 relative): measured 4.7e-3 of the largest value
+      const d = maxDiff(got, want);
+      expect(d).to.be.below(0.02 * scale);
+      expect(d).to.be.above(0); // it did round
+    } finally {
+      pixels.dispose();
+      enc.dispose();
+    }
+  });
+
   describe('embed', () => {
     let tmp: string;
     let enc: ImageEncoder;
@@ -164,6 +181,13 @@ describe('image encoder forward', () => {
       await rejects(enc.embed(files, { batchSize: 0 }), /positive integer for batchSize/);
       await rejects(enc.embed([{ width: 2, height: 2, data: new Uint8Array(5) }]), /images\[0\]: 2x2 RGB needs 12 bytes/);
       await rejects(ImageEncoder.load(path.join(tmp, 'nope')), /encoder not found/);
+      // a preprocessor config that makes images of another size than the encoder takes
+      const dir = path.join(tmp, 'clip-crop');
+      fs.mkdirSync(dir);
+      const src = path.join(goldenDir, 'clip-f16');
+      for (const f of fs.readdirSync(src)) fs.copyFileSync(path.join(src, f), path.join(dir, f));
+      fs.writeFileSync(path.join(dir, 'preprocessor_config.json'), JSON.stringify({ size: 12, crop_size: 12 }));
+      await rejects(ImageEncoder.load(dir, { device: 'cpu' }), /preprocessor_config\.json makes 12x12 images but the encoder takes 8x8/);
     });
   });
 });

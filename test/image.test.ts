@@ -160,6 +160,8 @@ describe('image input', () => {
     expect(v.mean).to.equal(null);
     write({ size: 'big' });
     expect(() => readPreprocessConfig(dir, 'vit', 224)).to.throw(/preprocessor_config.json: key "size" must be/);
+    write({ size: { shortest_edge: 1e9 } });
+    expect(() => readPreprocessConfig(dir, 'clip', 224)).to.throw(/key "size" must be a positive integer up to 16384/);
     write({ resample: 9 });
     expect(() => readPreprocessConfig(dir, 'vit', 224)).to.throw(/key "resample" must be a Pillow filter code/);
     fs.writeFileSync(path.join(dir, 'preprocessor_config.json'), '{oops');

@@ -11,6 +11,7 @@
 // Shapes: B images, Cin channels, S image size, P patch, N = (S/P)^2 patches, T = 1 + N tokens per
 // image, C hidden, H heads, d = C / H, F intermediate, K prompts, M feature layers, D feature size.
 import * as fs from 'fs';
+import * as nodePath from 'path';
 import { native, Device, Tensor } from '../native';
 import { resolveDevice } from '../device';
 import { LoadArena } from '../model/weights';
@@ -19,7 +20,7 @@ import { decodeImage, checkRgbImage, RgbImage } from '../image/decode';
 import { PreprocessConfig, outputSize, preprocessImage, readPreprocessConfig } from '../image/preprocess';
 import {
   EncoderConfig, EncoderLayerWeights, EncoderWeights, encoderTensors, featureDim, headSize, loadEncoderWeights,
-  mapEncoderWeights, numPatches, tokensPerImage,
+  mapEncoderWeights, tokensPerImage,
 } from './config';
 
 /** An adapted layer's prompt keys/values (K, H, d) and raw per-head gate (H). */
@@ -247,7 +248,7 @@ export class ImageEncoder {
     } catch {
       throw new Error(`encoder not found: ${dir} does not exist`);
     }
-    if (!st.isDirectory() || !fs.existsSync(`${dir}/${HF_CONFIG}`))
+    if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
       throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
     const arena = new LoadArena();
     let config: EncoderConfig;
@@ -368,6 +369,14 @@ export class ImageEncoder {
    * batches; the next batch is prepared while the current one computes.
    */
   async embed(images: readonly ImageInput[], opts: EmbedOptions = {}): Promise<Float32Array[]> {
+    const result: Float32Array[] = [];
+    for await (const { features } of this.embedBatches(images, opts)) result.push(...features);
+    return result;
+  }
+
+  /** embed() one batch at a time (for outputs written as they come): the index of the batch's
+   *  first image and its images' (M, D) features. */
+  async *embedBatches(images: readonly ImageInput[], opts: EmbedOptions = {}): AsyncGenerator<{ start: number; features: Float32Array[] }> {
     this.check();
     const c = this.config;
     const featureLayers = opts.featureLayers ?? [-1];
@@ -378,31 +387,38 @@ export class ImageEncoder {
     const M = featureLayers.length;
     const D = this.featureDim;
     const S = c.imageSize;
-    const result: Float32Array[] = [];
     let next: Promise<Float32Array> | undefined = images.length ? this.pixelsOf(images.slice(0, bs)) : undefined;
-    for (let b0 = 0; b0 < images.length; b0 += bs) {
-      const B = Math.min(bs, images.length - b0);
-      const host = await next!;
-      const pixels = native.fromArray(host, [B, c.channels, S, S], 'f32', this.device);
-      const feats = this.forward(pixels, { featureLayers });
-      pixels.dispose();
-      // prepare the next batch while this one runs
-      next = b0 + bs < images.length ? this.pixelsOf(images.slice(b0 + bs, b0 + 2 * bs)) : undefined;
-      next?.catch(() => undefined); // surfaced when awaited
-      let values: Float32Array[];
-      try {
-        values = (await Promise.all(feats.map((f) => f.read()))) as Float32Array[];
-      } finally {
-        feats.forEach((f) => f.dispose());
+    try {
+      for (let b0 = 0; b0 < images.length; b0 += bs) {
+        const B = Math.min(bs, images.length - b0);
+        const host = await next!;
+        next = undefined;
+        const pixels = native.fromArray(host, [B, c.channels, S, S], 'f32', this.device);
+        const feats = this.forward(pixels, { featureLayers });
+        pixels.dispose();
+        // prepare the next batch while this one runs
+        if (b0 + bs < images.length) {
+          next = this.pixelsOf(images.slice(b0 + bs, b0 + 2 * bs));
+          next.catch(() => undefined); // surfaced when awaited
+        }
+        let values: Float32Array[];
+        try {
+          values = (await Promise.all(feats.map((f) => f.read()))) as Float32Array[];
+        } finally {
+          feats.forEach((f) => f.dispose());
+        }
+        const features: Float32Array[] = [];
+        for (let b = 0; b < B; b++) {
+          const one = new Float32Array(M * D);
+          for (let m = 0; m < M; m++) one.set(values[m].subarray(b * D, (b + 1) * D), m * D);
+          features.push(one);
+        }
+        opts.onProgress?.(b0 + B, images.length);
+        yield { start: b0, features };
       }
-      for (let b = 0; b < B; b++) {
-        const one = new Float32Array(M * D);
-        for (let m = 0; m < M; m++) one.set(values[m].subarray(b * D, (b + 1) * D), m * D);
-        result.push(one);
-      }
-      opts.onProgress?.(b0 + B, images.length);
+    } finally {
+      await next?.catch(() => undefined); // no decode left running behind an early exit
     }
-    return result;
   }
 
   /** Frees the weights (idempotent). */
@@ -414,5 +430,3 @@ export class ImageEncoder {
     this.arena.release();
   }
 }
-
-export { numPatches, tokensPerImage };

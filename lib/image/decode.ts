@@ -2,7 +2,15 @@
 // palette images expanded, alpha dropped (as PIL's convert("RGB"), which Hugging Face's
 // processors use: no compositing, no EXIF rotation). Errors name the file.
 import * as fs from 'fs';
-import sharp from 'sharp';
+import type SharpModule from 'sharp';
+
+/** sharp (and libvips) load on the first image, not when the library is required. */
+let sharpModule: typeof SharpModule | undefined;
+function sharp(input: Buffer, opts?: SharpModule.SharpOptions): SharpModule.Sharp {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  sharpModule ??= require('sharp') as typeof SharpModule;
+  return sharpModule(input, opts);
+}
 
 /** An 8-bit RGB image: data (H, W, 3) row-major, interleaved. */
 export interface RgbImage {

@@ -8,6 +8,8 @@ import { RgbImage, checkRgbImage } from './decode';
 import { PIL_RESAMPLE, Resample, resizeRgb } from './resample';
 
 export const PREPROCESSOR_CONFIG = 'preprocessor_config.json';
+/** the largest image side a preprocessor config may ask for */
+const MAX_SIDE = 16384;
 
 export const CLIP_MEAN: [number, number, number] = [0.48145466, 0.4578275, 0.40821073];
 export const CLIP_STD: [number, number, number] = [0.26862954, 0.26130258, 0.27577711];
@@ -68,7 +70,8 @@ export function readPreprocessConfig(dir: string, family: 'clip' | 'vit', imageS
   if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new Error(`${file} is not a JSON object`);
   const bad = (k: string, want: string) => new Error(`${file}: key "${k}" must be ${want}, got ${JSON.stringify(o[k])}`);
   const has = (k: string) => o[k] !== undefined && o[k] !== null;
-  const posInt = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
+  // sizes are bounded so that a bad file cannot make a resize allocate gigabytes
+  const posInt = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v > 0 && v <= MAX_SIDE;
   const flag = (k: string): boolean | undefined => {
     if (!has(k)) return undefined;
     if (typeof o[k] !== 'boolean') throw bad(k, 'true or false');
@@ -82,7 +85,7 @@ export function readPreprocessConfig(dir: string, family: 'clip' | 'vit', imageS
       if (posInt(s.shortest_edge) && s.height === undefined) return { shortestEdge: s.shortest_edge as number };
       if (posInt(s.height) && posInt(s.width)) return { height: s.height as number, width: s.width as number };
     }
-    throw bad(k, 'a positive integer, {"shortest_edge": n} or {"height": h, "width": w}');
+    throw bad(k, `a positive integer up to ${MAX_SIDE}, {"shortest_edge": n} or {"height": h, "width": w}`);
   };
   const triple = (k: string): [number, number, number] => {
     const v = o[k];
@@ -105,7 +108,7 @@ export function readPreprocessConfig(dir: string, family: 'clip' | 'vit', imageS
   }
   if (has('crop_size')) {
     const c = size2('crop_size');
-    if (!('height' in c)) throw bad('crop_size', 'a positive integer or {"height": h, "width": w}');
+    if (!('height' in c)) throw bad('crop_size', `a positive integer up to ${MAX_SIDE} or {"height": h, "width": w}`);
     cfg.crop = c;
   }
   const doCrop = flag('do_center_crop');
