@@ -138,8 +138,9 @@ export class AdapterGraph {
     const tokens = native.fromArray(batch.tokens, [N]);
     const positions = native.fromArray(batch.positions, [N]);
     const segments = native.fromArray(batch.segments, [batch.segments.length]);
+    if (grads && images && !images.dIp)
+      throw new Error('AdapterGraph: gradients asked for, but the image prompts were built without them (withGrad false)');
     const seg = this.segmentPrompts(batch, images);
-    if (seg && grads && !seg.images.dIp) throw new Error('AdapterGraph: gradients asked for, but the image prompts were built without them (withGrad false)');
     const promptKV = this.promptKeysValues(seg);
     const saved: Saved[] = [];
     const live: Tensor[] = [tokens, positions, segments, ...promptKV.flatMap((p) => [p.pk, p.pv])];
