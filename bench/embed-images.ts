@@ -143,7 +143,13 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
   const gate = new IdleGate(args.waitIdle);
   const rows: string[][] = [];
   const flops = flopsPerImage();
-  const row = (what: string, s: number) => [what, (B / s).toFixed(2), (s * 1000).toFixed(0), ((flops * B) / s / 1e9).toFixed(1)];
+  const row = (what: string, s: number, cpu?: number) => [
+    what,
+    (B / s).toFixed(2),
+    (s * 1000).toFixed(0),
+    ((flops * B) / s / 1e9).toFixed(1),
+    cpu === undefined ? '' : (cpu / B).toFixed(3),
+  ];
 
   const env = bestTorchEnv(args.threads);
   /** One PyTorch process: both configurations once each, after its own warm-up. */
@@ -157,13 +163,15 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
     });
     const last = (r.stdout ?? '').trim().split('\n').pop() ?? '';
     if (r.status !== 0 || !last.startsWith('{')) throw new Error(`${TORCH_SCRIPT} failed (status ${r.status}): ${(r.stderr ?? '').slice(-1500)}`);
-    return JSON.parse(last) as { torch: string; blas: string; configs: Record<string, { seconds: number }>; features: number[][] };
+    return JSON.parse(last) as { torch: string; blas: string; configs: Record<string, { seconds: number; cpu_seconds: number }>; features: number[][] };
   };
 
   const enc = await ImageEncoder.load(dir, { device: args.device, dtype: args.dtype });
   let ours: Float32Array | undefined;
   const oursTimes: number[] = [];
+  const oursCpu: number[] = [];
   const torchTimes: Record<string, number[]> = { hf: [], fastpath: [] };
+  const torchCpu: Record<string, number[]> = { hf: [], fastpath: [] };
   let torchInfo: ReturnType<typeof torchRun> | undefined;
   try {
     // warm-up on 2 images, then the timed batches, alternating with PyTorch's (the machine's load
@@ -175,24 +183,30 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
       await gate.wait();
       log(`embed-images bench: ours, batch ${B} (run ${r + 1}/${args.runs}) ...`);
       const t0 = now();
+      const c0 = process.cpuUsage();
       const x = native.fromArray(pixels, [B, 3, S, S], 'f32', args.device);
       const [f] = enc.forward(x);
       ours = (await f.read()) as Float32Array;
       oursTimes.push(now() - t0);
+      const c = process.cpuUsage(c0);
+      oursCpu.push((c.user + c.system) / 1e6);
       [x, f].forEach((t) => t.dispose());
       if (args.torch) {
         await gate.wait();
         log(`embed-images bench: PyTorch (${describeEnv(env)}) (run ${r + 1}/${args.runs}) ...`);
         torchInfo = torchRun();
-        for (const k of Object.keys(torchTimes)) torchTimes[k].push(torchInfo.configs[k].seconds);
+        for (const k of Object.keys(torchTimes)) {
+          torchTimes[k].push(torchInfo.configs[k].seconds);
+          torchCpu[k].push(torchInfo.configs[k].cpu_seconds);
+        }
       }
     }
     const oursS = Math.min(...oursTimes);
     const caps = native.capabilities();
-    rows.push(row(args.device === 'cuda' ? `llama-adapter (cuda, ${caps.cuda.gemm}, ${args.dtype} weights)` : `llama-adapter (${args.threads} threads, ${caps.blas}, ${args.dtype} weights)`, oursS));
+    rows.push(row(args.device === 'cuda' ? `llama-adapter (cuda, ${caps.cuda.gemm}, ${args.dtype} weights)` : `llama-adapter (${args.threads} threads, ${caps.blas}, ${args.dtype} weights)`, oursS, Math.min(...oursCpu)));
     if (torchInfo) {
-      rows.push(row(`PyTorch ${torchInfo.torch} float32, HF-style ops (quick_gelu)`, Math.min(...torchTimes.hf)));
-      rows.push(row('PyTorch, nn.TransformerEncoderLayer fast path (gelu)', Math.min(...torchTimes.fastpath)));
+      rows.push(row(`PyTorch ${torchInfo.torch} float32, HF-style ops (quick_gelu)`, Math.min(...torchTimes.hf), Math.min(...torchCpu.hf)));
+      rows.push(row('PyTorch, nn.TransformerEncoderLayer fast path (gelu)', Math.min(...torchTimes.fastpath), Math.min(...torchCpu.fastpath)));
     }
 
     // end to end: decode + preprocess real photos (JPEG crops of the shared test images) + forward
@@ -218,7 +232,7 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
     t0 = now();
     await enc.pixelsOf(files);
     const prep = now() - t0;
-    rows.push([`(of which decode + preprocess alone, JS main thread)`, (B / prep).toFixed(1), (prep * 1000).toFixed(0), '']);
+    rows.push([`(of which decode + preprocess alone, JS main thread)`, (B / prep).toFixed(1), (prep * 1000).toFixed(0), '', '']);
   } finally {
     enc.dispose();
   }
@@ -229,8 +243,12 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
       `${(S / SHAPE.patch_size) ** 2 + 1} tokens, ${SHAPE.num_hidden_layers} layers of ${SHAPE.hidden_size}, ` +
       `${(flops / 1e9).toFixed(2)} GFLOP per image; batch ${B}; the best of ${args.runs} timed run(s) each (ours after a 2-image warm-up, ` +
       `PyTorch's after its own), ours and PyTorch's alternating.`,
-    'images/s and ms are for the whole batch, pixels (already preprocessed) to features; the embed() row adds decoding and resizing.',
+    'images/s and ms are for the whole batch, pixels (already preprocessed) to features; the embed() row adds decoding and resizing. ' +
+      'CPU s/image: the process\'s CPU time (user + system, all threads; the least over the runs) per image: what the work cost, ' +
+      'less sensitive than wall time to other processes on the machine (spinning threads count too).',
     `Every run, images/s: ours ${fmt(oursTimes)}` + (torchInfo ? `; PyTorch HF-style ${fmt(torchTimes.hf)}; fast path ${fmt(torchTimes.fastpath)}.` : '.'),
+    `Every run, CPU s/image: ours ${oursCpu.map((c) => (c / B).toFixed(3)).join(', ')}` +
+      (torchInfo ? `; PyTorch HF-style ${torchCpu.hf.map((c) => (c / B).toFixed(3)).join(', ')}; fast path ${torchCpu.fastpath.map((c) => (c / B).toFixed(3)).join(', ')}.` : '.'),
   ];
   if (torchInfo) {
     const best = Math.min(...torchTimes.hf, ...torchTimes.fastpath);
@@ -246,8 +264,8 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
   notes.push(gate.note(), `Load average at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}.`);
   return formatTable({
     title: `Image encoder throughput, CLIP ViT-${args.shape} shape, batch ${B}, ${args.device === 'cuda' ? 'CUDA' : 'CPU'}`,
-    columns: ['engine', 'images/s', 'ms per batch', 'GFLOP/s'],
-    align: ['l', 'r', 'r', 'r'],
+    columns: ['engine', 'images/s', 'ms per batch', 'GFLOP/s', 'CPU s/image'],
+    align: ['l', 'r', 'r', 'r', 'r'],
     rows,
     notes,
   });
