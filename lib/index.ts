@@ -39,7 +39,7 @@ export type { RgbImage, PreprocessConfig } from './image';
 export { EncoderGraph } from './encoder/train';
 // --- classify: zero-init gated prompts + a linear head for image classification (SPEC §9) ---
 export { Classifier, headForward, headBackward } from './model/classifier';
-export type { ClassifierConfig, ClassifierValues, EncoderDims, GateInit } from './model/classifier';
+export type { ClassifierConfig, ClassifierValues, EncoderDims } from './model/classifier';
 export { ClassifyTrainer, classifyLogits, scoreImages, openClassifier, topK } from './tasks/classify';
 export type { ClassifyStepMetrics, ClassifyEval, ClassifyTrainResult } from './tasks/classify';
 export { ClassifyEncoder } from './tasks/classify-encoder';
@@ -57,3 +57,10 @@ export { extractChoice, choiceAccuracy } from './eval/choice';
 export { scienceqaTable, scienceqaGroups, SCIENCEQA_COLUMNS } from './eval/scienceqa';
 export { tokenizeCaption, bleu, ciderD, captionScores } from './eval/caption';
 // --- end mm-data ---
+// --- mm-train: the image-conditioned adapter (SPEC §8) ---
+export { ImagePromptStep } from './model/image-prompts';
+export type { GateInit, ImageProjConfig, ImageProjTensors } from './model/adapter';
+export { FeaturesFileSource, EncoderSource, projConfigFor, parseFeatureLayers } from './train/image-features';
+export type { ImageFeatureSource } from './train/image-features';
+export { imagePromptsFor, openImageSource } from './train/trainer';
+// --- end mm-train ---

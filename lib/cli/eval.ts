@@ -21,6 +21,9 @@ import { openClassifier, scoreImages } from '../tasks/classify';
 import { deviceFlags } from './classify';
 import { Flags, numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
 import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
+import { imageFlagSpec, imageFlagUsage, openAdapterImages } from './image-flags';
+import { checkImages } from '../data/dataset';
+import { ImageFeatureSource } from '../train/image-features';
 
 export const METRICS = ['loss', ...GENERATIVE_METRICS] as const;
 export type Metric = (typeof METRICS)[number];
@@ -39,7 +42,8 @@ file>, "tokens": <their count>}. The other metrics generate a greedy answer per 
   caption    {"BLEU-4", "CIDEr-D", "BLEU-1".."BLEU-3", "images"}: one greedy caption per image
              against all of its records' outputs (pycocoevalcap's definitions; tokenisation in the
              README)
-Without --adapter: the frozen model. This command is text-only: records' images are not seen.
+Without --adapter: the frozen model. With an image-conditioned adapter (--image-features or
+--encoder), each record's image conditions its prompts (SPEC §8); records without one use P_l.
 
   --model PATH         llama2.c .bin file, Hugging Face folder or Meta .pth folder (params.json)
   --tokenizer PATH     tokenizer.model or tokenizer.bin (default: found beside the model)
@@ -56,6 +60,7 @@ Without --adapter: the frozen model. This command is text-only: records' images 
                        {"index", "name", "prediction", "correct"?}
   --batch-size N       loss: examples per forward pass (default 8)
   --max-seq-len N      loss: truncate examples to this many tokens (default 512)
+${imageFlagUsage}
 ${modelFlagUsage}
 
 --task classify prints {"accuracy": <share classified right>, "loss": <mean cross-entropy>,
@@ -77,14 +82,14 @@ export const evalFlagSpec = {
   'batch-size': { type: 'string' },
   'max-seq-len': { type: 'string' },
   task: { type: 'string' },
-  encoder: { type: 'string' },
-  'image-root': { type: 'string' },
+  ...imageFlagSpec,
 } as const;
 
-/** Greedy text-only generation (temperature 0, to EOS) of a record's prompt (SPEC §3 template). */
-export function textGenerator(model: Llama, tokenizer: Tokenizer, adapter: Adapter | undefined, maxTokens: number): GenerateFn {
+/** Greedy generation (temperature 0, to EOS) of a record's prompt (SPEC §3 template); with `images`
+ *  (an image-conditioned adapter), the prompts of the record's image (SPEC §8), computed once per record. */
+export function textGenerator(model: Llama, tokenizer: Tokenizer, adapter: Adapter | undefined, maxTokens: number, images?: ImageFeatureSource): GenerateFn {
   return async (record) => {
-    model.setAdapter(adapter);
+    model.setAdapter(adapter, images && record.image !== undefined ? { imageFeatures: await images.get(record.image) } : {});
     let text = '';
     try {
       for await (const piece of generate(model, tokenizer, promptOf(record), { temperature: 0, maxTokens })) text += piece;
@@ -124,26 +129,33 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
 
   const ds = loadDataset(dataPath, { format, split }); // fail on bad data before loading the model
   const { model, tokenizer, adapter, close } = await openModel(values, usage);
+  let images: ImageFeatureSource | undefined;
   try {
+    images = await openAdapterImages(values, adapter, stringFlag(values, 'adapter'), dataPath, model.device, ds.imageRoot);
+    if (images) checkImages(ds, images.imageSource);
     if (metric === 'loss') {
+      const withImages = ds.records.filter((r) => r.image !== undefined).length;
+      if (withImages && !images)
+        process.stderr.write(`note: ${withImages} of ${ds.records.length} records have an image; without an image-conditioned adapter they are not seen\n`);
       const { examples } = tokenizeRecords(tokenizer, ds.records, {
         maxSeqLen: Math.min(maxSeqLen, model.config.maxSeqLen),
         source: dataPath,
         warn: (m) => process.stderr.write(m + '\n'),
       });
       if (!examples.length) throw new Error(`${dataPath}: no example has a target token`);
-      const r = await evaluateLoss(model, adapter, examples, batchSize);
+      const r = await evaluateLoss(model, adapter, examples, batchSize, images);
       out.write(JSON.stringify({ loss: r.loss, tokens: r.tokens }) + '\n');
       return;
     }
     const withImages = ds.records.filter((r) => r.image !== undefined).length;
-    if (withImages)
+    if (withImages && !images)
       process.stderr.write(`note: ${withImages} of ${ds.records.length} records have an image; this text-only evaluation does not see them\n`);
-    const gen = textGenerator(model, tokenizer, adapter, maxTokens);
+    const gen = textGenerator(model, tokenizer, adapter, maxTokens, images);
     const { summary, predictions } = await evaluateGenerative(metric as GenerativeMetric, ds, gen, { onProgress: progressLine(metric) });
     if (predictionsPath !== undefined) writePredictions(predictionsPath, predictions);
     out.write(JSON.stringify(summary) + '\n');
   } finally {
+    images?.close();
     close();
   }
 }

@@ -5,6 +5,7 @@ import { generate } from '../generate/generate';
 import { promptOf } from '../data/alpaca';
 import { numberFlag, parseFlags, stringFlag, UsageError } from './args';
 import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
+import { imageFlagSpec, imageFlagUsage, openAdapterImages } from './image-flags';
 
 export const usage = `Usage: llama-adapter generate --model PATH [--tokenizer PATH] --prompt TEXT [options]
        llama-adapter generate --model PATH --adapter FILE --instruction TEXT [--input TEXT] [options]
@@ -21,6 +22,9 @@ Streams the continuation of the prompt (not the prompt) to stdout.
   --temperature T      0 = greedy (default 0.1)
   --top-p P            nucleus mass in (0, 1] (default 0.75)
   --seed S             sampling seed; the same seed gives the same text (default: random)
+  --image KEY-or-PATH  with an image-conditioned adapter: the image (a key of --image-features, or a
+                       path under --image-root for --encoder); its prompts are computed once
+${imageFlagUsage}
 ${modelFlagUsage}`;
 
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
@@ -35,6 +39,8 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
       temperature: { type: 'string' },
       'top-p': { type: 'string' },
       seed: { type: 'string' },
+      image: { type: 'string' },
+      ...imageFlagSpec,
     },
     usage,
   );
@@ -55,9 +61,21 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
     topP: numberFlag(values, 'top-p', { min: 0, max: 1, minExclusive: true }),
     seed: numberFlag(values, 'seed', { integer: true, min: 0, max: 0xffffffff }),
   };
+  const image = stringFlag(values, 'image');
+  if (image !== undefined && stringFlag(values, 'image-features') === undefined && stringFlag(values, 'encoder') === undefined)
+    throw new UsageError('--image needs --image-features FILE or --encoder DIR (and an image-conditioned --adapter)');
   const { model, tokenizer, adapter, close } = await openModel(values, usage);
   try {
-    model.setAdapter(adapter);
+    const source = await openAdapterImages(values, adapter, stringFlag(values, 'adapter'), undefined, model.device);
+    try {
+      if (source && image !== undefined) {
+        const why = source.check(image);
+        if (why) throw new UsageError(`--image: ${why}`);
+      }
+      model.setAdapter(adapter, source && image !== undefined ? { imageFeatures: await source.get(image) } : {});
+    } finally {
+      source?.close();
+    }
     for await (const piece of generate(model, tokenizer, prompt, opts)) out.write(piece);
     out.write('\n');
   } finally {

@@ -19,7 +19,8 @@ export interface EncoderDims {
   image: number;
 }
 
-export type GateInit = 'zero' | 'random';
+import type { GateInit } from './adapter';
+export type { GateInit };
 
 export interface ClassifierConfig {
   /** adapted top layers; 0 = the head alone (the linear probe) */

@@ -11,8 +11,8 @@ export interface TrainConfig {
    *  head in a frozen image encoder (classify, lib/tasks/classify.ts, SPEC §9) */
   task: 'lm' | 'classify';
   model: string; // task lm
-  encoder?: string; // task classify: a HF ViT or CLIP folder
-  'image-root'?: string; // task classify: where a list's relative image paths start
+  encoder?: string; // a HF ViT or CLIP folder: classify's backbone, or lm's image features (SPEC §8)
+  'image-root'?: string; // where the data's relative image paths start
   'head-only': boolean; // task classify: the linear probe (no prompts, no gates)
   'gate-init': 'zero' | 'random';
   tokenizer?: string;
@@ -28,6 +28,9 @@ export interface TrainConfig {
   'adapter-layers'?: number; // default N - 2 (at least 1), known once the model is loaded
   'adapter-len': number;
   gate: 'per-head' | 'scalar';
+  'image-features'?: string; // task lm: an image-conditioned adapter (SPEC §8)
+  'feature-layers'?: string;
+  'proj-width': number;
   epochs: number;
   'max-steps'?: number;
   'batch-size': number;
@@ -77,8 +80,8 @@ interface Option {
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   task: { kind: 'enum', values: ['lm', 'classify'], help: 'lm: instruction tuning of a LLaMA; classify: image classification on --encoder (default lm)' },
   model: { kind: 'string', help: 'llama2.c .bin file, Hugging Face folder or Meta .pth folder (required for --task lm)' },
-  encoder: { kind: 'string', help: 'classify: Hugging Face ViT or CLIP folder, frozen (required for --task classify)' },
-  'image-root': { kind: 'string', help: "classify: folder a list's image paths are relative to (default: the list's folder)" },
+  encoder: { kind: 'string', help: 'Hugging Face ViT or CLIP folder, frozen: classify\'s backbone (required for --task classify); lm: image features computed by it once per image (SPEC §8)' },
+  'image-root': { kind: 'string', help: "folder the data's image paths are relative to (default: the data file's folder, or where --format puts them)" },
   'head-only': { kind: 'bool', help: 'classify: train the linear head alone (the linear-probe baseline; features computed once)' },
   'gate-init': { kind: 'enum', values: ['zero', 'random'], help: 'gates start at 0 (the paper) or ~ N(0, 1) from --seed (the ablation) (default zero)' },
   tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
@@ -93,6 +96,9 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'adapter-layers': { kind: 'int', min: 1, help: 'adapted top layers L (default: layers - 2, at least 1)' },
   'adapter-len': { kind: 'int', min: 1, max: ADAPTER_MAX_LEN, help: `prompts per adapted layer K (default 10, at most ${ADAPTER_MAX_LEN})` },
   gate: { kind: 'enum', values: ['per-head', 'scalar'], help: 'per-head (the paper) or scalar gates (default per-head)' },
+  'image-features': { kind: 'string', help: 'SPEC §7 features file: an image-conditioned adapter; records\' "image" = tensor names' },
+  'feature-layers': { kind: 'string', help: 'encoder layers of the features, e.g. -1 or -2,-1 (default -1, or the features file\'s)' },
+  'proj-width': { kind: 'int', min: 1, help: 'hidden width R of the image projection (default 128)' },
   epochs: { kind: 'int', min: 1, help: 'passes over the data (default 5)' },
   'max-steps': { kind: 'int', min: 1, help: 'stop after this many optimiser steps (default: epochs)' },
   'batch-size': { kind: 'int', min: 1, help: 'examples per micro-batch, packed without padding (default 4)' },
@@ -107,7 +113,7 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'max-seq-len': { kind: 'int', min: 2, help: 'truncate examples to this many tokens (default 512)' },
   seed: { kind: 'int', min: 0, max: 0xffffffff, help: 'seed of the prompt init, shuffling and split (default 0)' },
   'no-shuffle': { kind: 'bool', help: 'batches in file order' },
-  'init-adapter': { kind: 'string', help: 'start from this adapter file, ours or an official .pth (prompts and gates as they are)' },
+  'init-adapter': { kind: 'string', help: 'start from this adapter file, ours or an official .pth (prompts, gates and image_proj.* as they are)' },
   'eval-every': { kind: 'int', min: 0, help: 'validation loss and a sample every N steps; 0 = off (default 0)' },
   'save-every': { kind: 'int', min: 0, help: 'checkpoint every N steps; 0 = off (default 0)' },
   'keep-last': { kind: 'int', min: 1, help: 'checkpoints kept (default 2)' },
@@ -130,6 +136,7 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
   'val-split': 0,
   'adapter-len': 10,
   gate: 'per-head',
+  'proj-width': 128,
   epochs: 5,
   'batch-size': 4,
   'grad-accum': 8,
@@ -153,11 +160,10 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
 /** --task classify's own defaults: images are batched, not packed. */
 export const classifyDefaults: Partial<TrainConfig> = { 'batch-size': 32, 'grad-accum': 1 };
 
-/** Flags that belong to one task only. (The image-conditioned LLaMA adapter gives --encoder and
- *  --image-root a meaning for --task lm too; where it is merged, they leave classifyOnly and its
- *  own flags join lmOnly.) */
-const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout', 'format', 'split', 'val-data-split'];
-const classifyOnly = ['encoder', 'image-root', 'head-only'];
+/** Flags that belong to one task only (--encoder, --image-root and --gate-init mean something to
+ *  both: the classifier's backbone, or the image-conditioned adapter's features). */
+const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout', 'format', 'split', 'val-data-split', 'image-features', 'feature-layers', 'proj-width'];
+const classifyOnly = ['head-only'];
 
 export function trainFlagSpec(): FlagSpec {
   const spec: FlagSpec = {};
@@ -256,7 +262,6 @@ export function resolveTrainConfig(flags: Flags): TrainConfig {
   if (wrong.length) throw new UsageError(`${wrong.map((k) => `--${k}`).join(', ')} ${wrong.length > 1 ? 'do' : 'does'} not apply to --task ${task}`);
   if (task === 'classify' && cfg.gate !== 'per-head') throw new UsageError('--task classify has per-head gates only');
   // (the LLaMA trainer's random gates come with the image-conditioned adapter's work; until then, refuse)
-  if (task === 'lm' && cfg['gate-init'] === 'random') throw new UsageError('--gate-init random is not available for --task lm in this build');
   if (task === 'classify' && cfg['head-only'] && (given('gate-init') || given('adapter-layers') || given('adapter-len')))
     throw new UsageError('--head-only trains no prompts or gates: drop --gate-init, --adapter-layers and --adapter-len');
   if (cfg['val-data'] && cfg['val-split'] > 0) throw new UsageError('give either --val-data or --val-split, not both');
