@@ -203,6 +203,33 @@ export interface NativeBinding {
   /** f32 <-> bf16 copy */
   convert(x: Tensor, dtype: DType): Tensor;
 
+  // --- image-encoder ops (native/napi/encoder_ops.cpp; ops-encoder) --------------------------
+  // f32 throughout; T rows, C channels; M/N/K as in matmul. Each family's CPU and CUDA bodies
+  // agree within f32 rounding (test/backend-ops.test.ts; CPU vs float64: test/encoder-ops.test.ts).
+  /** x (T, C), w (C), b (C) -> (T, C): (x - mean) / sqrt(var + eps) * w + b (biased variance,
+   *  per row; torch.nn.LayerNorm). */
+  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): Tensor;
+  /** [dx (T, C), dw (C), db (C)] of layerNorm given dy (T, C); dw and db are sums over the rows in
+   *  a fixed order (the same for any thread count). */
+  layerNormBackward(dy: Tensor, x: Tensor, w: Tensor, eps: number): [Tensor, Tensor, Tensor];
+  /** Element-wise, any shape: 'gelu' = exact erf GELU x·Φ(x) (torch.nn.GELU()); 'quick_gelu' =
+   *  x·sigmoid(1.702x) (CLIP). */
+  gelu(x: Tensor, kind: 'gelu' | 'quick_gelu'): Tensor;
+  /** dx of gelu given dy (same shape as x). */
+  geluBackward(dy: Tensor, x: Tensor, kind: 'gelu' | 'quick_gelu'): Tensor;
+  /** x (M, N) += b (N) on every row, in place. */
+  addBias(x: Tensor, b: Tensor): void;
+  /** db (N) = column sums of dy (M, N), in double in a fixed order (deterministic): the bias
+   *  gradient. */
+  biasGrad(dy: Tensor): Tensor;
+  /** dW (N, K) = dyᵀ (N, M) · x (M, K): the weight gradient of matmul(x, W) for a trainable f32 W. */
+  matmulWeightGrad(dy: Tensor, x: Tensor): Tensor;
+  /** images (B, Cin, Hi, Wi) -> (B * (Hi/P) * (Wi/P), Cin * P * P): one row per patch, patches
+   *  row-major over each image's grid, columns in Conv2d weight order (c, ky, kx); Hi and Wi must
+   *  be multiples of P. Patch embedding = matmul(patches, Wpatch reshaped (D, Cin * P * P)). */
+  patches(images: Tensor, patch: number): Tensor;
+  // --- end of image-encoder ops --------------------------------------------------------------
+
   // --- communication (data parallelism: one process per rank; native/comm) -------------------
   // Collectives are queued on the executor in order with the ops (an all-reduce of gradients runs
   // after the backward that wrote them); each waits at most timeoutS for the other ranks, then

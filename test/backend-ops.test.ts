@@ -347,6 +347,101 @@ describeEachBackend(
         });
     });
 
+    // ---- image-encoder ops (ops-encoder): layerNorm, gelu, bias, weight gradient, patches ----
+    // addBias and patches bit-equal; the others f32 1e-5 against the scales named beside them.
+    describe('layerNorm and layerNormBackward', () => {
+      for (const [T, C] of [
+        [1, 1],
+        [1, 9],
+        [3, 7],
+        [17, 32],
+        [64, 24],
+        [130, 33],
+      ])
+        it(`T=${T}, C=${C}`, async () => {
+          const rng = new ref.Rng(T * 100 + C + 7);
+          const x = rng.normals(T * C, 2, 0.3), w = rng.normals(C, 1, 1), bias = rng.normals(C), dy = rng.normals(T * C);
+          const f = await onBoth(b, (on) => n.layerNorm(on.f32(x, [T, C]), on.f32(w, [C]), on.f32(bias, [C]), 1e-5));
+          near(f.got[0]!, f.want[0]!, F32, rowMax(f.want[0]!, C), 'layerNorm');
+          const g = await onBoth(b, (on) => n.layerNormBackward(on.f32(dy, [T, C]), on.f32(x, [T, C]), on.f32(w, [C]), 1e-5));
+          near(g.got[0]!, g.want[0]!, F32, C === 1 ? maxAbs(dy) : rowMax(g.want[0]!, C), 'dx');
+          near(g.got[1]!, g.want[1]!, F32, maxAbs(g.want[1]!), 'dw');
+          near(g.got[2]!, g.want[2]!, F32, maxAbs(g.want[2]!), 'db');
+        });
+    });
+
+    describe('gelu and geluBackward', () => {
+      for (const kind of ['gelu', 'quick_gelu'] as const)
+        for (const shape of [[1], [3, 7], [17, 33], [64, 32]])
+          it(`${kind} [${shape}]`, async () => {
+            const count = shape.reduce((p, s) => p * s, 1);
+            const rng = new ref.Rng(count + kind.length);
+            const x = rng.normals(count, 3), dy = rng.normals(count);
+            const extremes = [0, -0, 1e-8, -1e-8, -0.75, 5, -5, 20, -20, 88, -88, 100, -100, Infinity, NaN];
+            for (let i = 0; i < Math.min(count, extremes.length); i++) x[i] = extremes[i];
+            const f = await onBoth(b, (on) => n.gelu(on.f32(x, shape), kind));
+            near(f.got[0]!, f.want[0]!, F32, 1e-30, kind);
+            const g = await onBoth(b, (on) => n.geluBackward(on.f32(dy, shape), on.f32(x, shape), kind));
+            // the derivative crosses 0 (near x = -0.75 for gelu): there, relative to |dy|
+            near(g.got[0]!, g.want[0]!, F32, Float64Array.from(dy, (v) => 0.1 * Math.abs(v)), `${kind} backward`);
+          });
+    });
+
+    describe('addBias, biasGrad, matmulWeightGrad', () => {
+      for (const [M, N] of [
+        [1, 1],
+        [3, 7],
+        [64, 33],
+        [130, 17],
+      ])
+        it(`addBias (${M}, ${N}): exact; biasGrad: f32 1e-5`, async () => {
+          const rng = new ref.Rng(M * 13 + N);
+          const x = rng.normals(M * N), bias = rng.normals(N), dy = rng.normals(M * N);
+          const a = await onBoth(b, (on) => {
+            const t = on.f32(x, [M, N]);
+            n.addBias(t, on.f32(bias, [N]));
+            return t;
+          });
+          ref.assertEqual(a.got[0]!, a.want[0]!, 'addBias');
+          const g = await onBoth(b, (on) => n.biasGrad(on.f32(dy, [M, N])));
+          near(g.got[0]!, g.want[0]!, F32, maxAbs(g.want[0]!), 'biasGrad');
+        });
+
+      for (const [M, N, K] of [
+        [1, 1, 1],
+        [3, 5, 7],
+        [9, 33, 17],
+        [64, 32, 24],
+        [130, 10, 96],
+        [40, 129, 130],
+      ])
+        it(`matmulWeightGrad, M=${M}, N=${N}, K=${K}`, async () => {
+          const rng = new ref.Rng(M * 7 + N * 3 + K + 1);
+          const dy = rng.normals(M * N), x = rng.normals(M * K);
+          const { got, want } = await onBoth(b, (on) => n.matmulWeightGrad(on.f32(dy, [M, N]), on.f32(x, [M, K])));
+          // dW = dyᵀ x: the scale of element (n, k) is sum_m |dy_mn x_mk|
+          const dyT = new Float32Array(N * M);
+          for (let m = 0; m < M; m++) for (let j = 0; j < N; j++) dyT[j * M + m] = Math.abs(dy[m * N + j]);
+          const xT = new Float32Array(K * M);
+          for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) xT[k * M + m] = Math.abs(x[m * K + k]);
+          near(got[0]!, want[0]!, F32, ref.matmulAbs(dyT, N, M, xT, K), 'matmulWeightGrad');
+        });
+    });
+
+    describe('patches', () => {
+      for (const [B, Cin, H, W, P] of [
+        [1, 1, 1, 1, 1],
+        [2, 3, 4, 6, 2],
+        [3, 2, 15, 10, 5],
+        [2, 3, 32, 16, 16],
+      ])
+        it(`images (${B}, ${Cin}, ${H}, ${W}), P=${P}: exact`, async () => {
+          const img = new ref.Rng(B * 1000 + H * 10 + P).normals(B * Cin * H * W);
+          const { got, want } = await onBoth(b, (on) => n.patches(on.f32(img, [B, Cin, H, W]), P));
+          ref.assertEqual(got[0]!, want[0]!, 'patches');
+        });
+    });
+
     describe('addInPlace, scaleInPlace, sliceRows, convert', () => {
       for (const shape of [[1], [3, 7], [64, 33]])
         it(`addInPlace and scaleInPlace [${shape}]: exact`, async () => {

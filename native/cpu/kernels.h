@@ -84,6 +84,27 @@ double sum_squares(const float* x, int64_t n);
 // x *= s; s = 0 clears (NaN and Inf included)
 void scale_inplace(float* x, int64_t n, float s);
 
+// ---- encoder families (norm.cpp, activation.cpp, matmul.cpp, patches.cpp) -----------------------
+// out (T, C) = (x - mean) / sqrt(var + eps) * w + b per row (biased variance; mean and 1/sqrt in
+// double, rounded to f32)
+void layernorm_forward(float* out, const float* x, const float* w, const float* b, int64_t T, int64_t C, float eps);
+// dx (T, C), dw (C), db (C) of layernorm_forward given dy (T, C); dw, db summed in double over fixed
+// blocks of rows (the same for any thread count)
+void layernorm_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t T,
+                        int64_t C, float eps);
+// out (n) = x Φ(x) (exact, erf), or x sigmoid(1.702 x) when quick; backward: dx (n) given dy
+void gelu_forward(float* out, const float* x, int64_t n, bool quick);
+void gelu_backward(float* dx, const float* dy, const float* x, int64_t n, bool quick);
+// dw (N, K) = dyᵀ (N, M) · x (M, K): the weight gradient of y = x · wᵀ
+void matmul_weight_grad(float* dw, const float* dy, const float* x, int64_t M, int64_t N, int64_t K);
+// x (M, N) += b (N) on every row
+void add_bias(float* x, const float* b, int64_t M, int64_t N);
+// db (N) = column sums of dy (M, N), in double over fixed blocks of rows (thread-count independent)
+void bias_grad(float* db, const float* dy, int64_t M, int64_t N);
+// out (B * Hi/P * Wi/P, Cin * P * P): row (b, gy, gx), column (c, ky, kx) = images (B, Cin, Hi, Wi)
+// [b, c, gy P + ky, gx P + kx]
+void patches(float* out, const float* images, int64_t B, int64_t Cin, int64_t Hi, int64_t Wi, int64_t P);
+
 // e[j] = exp(x[j] * scale - shift) for j < n (e may be x); returns the sum of the e[j] (f32 lanes
 // in a fixed order). Vectorised (AVX2 when the CPU has it; Cephes' expf polynomial, ~2 ulp, results
 // below ~1e-38 flush to 0). The inner loop of softmax rows (attention_gated.cpp, loss.cpp).

@@ -3,8 +3,8 @@
 // same dimension letters). Each launches on cuda::stream() and returns at once; launch errors
 // throw la::Error (runtime.h check_launch). Index arrays (tokens, positions, segments, targets,
 // rows) are device copies of host arrays the op has already checked, so kernels trust them.
-// One source file per op family: elementwise.cu, norm.cu, rope.cu, matmul.cu, attention.cu,
-// attention_gated.cu, loss.cu, optim.cu.
+// One source file per op family: elementwise.cu, norm.cu, activation.cu, rope.cu, matmul.cu,
+// patches.cu, attention.cu, attention_gated.cu, loss.cu, optim.cu.
 #pragma once
 #include <cstdint>
 
@@ -13,9 +13,6 @@ namespace la::cuda {
 // ---- elementwise.cu -------------------------------------------------------------------------
 // out (T, C) = table (V, C)[tokens (T)]; table f32, or bf16 (as uint16_t) when table_bf16
 void embedding_forward(float* out, const void* table, bool table_bf16, const int32_t* tokens, int64_t T, int64_t C);
-// out (n) = silu(a) * b; backward: da, db (n) given dout
-void swiglu_forward(float* out, const float* a, const float* b, int64_t n);
-void swiglu_backward(float* da, float* db, const float* dout, const float* a, const float* b, int64_t n);
 void add_inplace(float* x, const float* y, int64_t n);       // x += y
 void scale_inplace(float* x, int64_t n, float s);            // x *= s; s = 0 clears (NaN and Inf too)
 void f32_to_bf16(uint16_t* out, const float* x, int64_t n);  // round to nearest even, as core/bf16.h
@@ -29,6 +26,22 @@ void scatter_add_rows(float* dst, const int32_t* idx, const float* src, int64_t 
 // out (T, C) = x * w / sqrt(mean(x^2) + eps); backward: dx (T, C) given dy (w frozen: no dw)
 void rmsnorm_forward(float* out, const float* x, const float* w, int64_t T, int64_t C, float eps);
 void rmsnorm_backward(float* dx, const float* dy, const float* x, const float* w, int64_t T, int64_t C, float eps);
+// LayerNorm with bias, exactly as cpu::layernorm_forward / _backward (dw, db in a fixed order)
+void layernorm_forward(float* out, const float* x, const float* w, const float* b, int64_t T, int64_t C, float eps);
+void layernorm_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t T,
+                        int64_t C, float eps);
+
+// ---- activation.cu ----------------------------------------------------------------------------
+// out (n) = silu(a) * b; backward: da, db (n) given dout
+void swiglu_forward(float* out, const float* a, const float* b, int64_t n);
+void swiglu_backward(float* da, float* db, const float* dout, const float* a, const float* b, int64_t n);
+// out (n) = x Φ(x) (exact, erf), or x sigmoid(1.702 x) when quick; backward: dx (n) given dy
+void gelu_forward(float* out, const float* x, int64_t n, bool quick);
+void gelu_backward(float* dx, const float* dy, const float* x, int64_t n, bool quick);
+
+// ---- patches.cu -------------------------------------------------------------------------------
+// out (B * Hi/P * Wi/P, Cin * P * P) = the patches of images (B, Cin, Hi, Wi), as cpu::patches
+void patches(float* out, const float* images, int64_t B, int64_t Cin, int64_t Hi, int64_t Wi, int64_t P);
 
 // ---- rope.cu ----------------------------------------------------------------------------------
 // x (T, H, d) rotated in place at positions pos0 + t (rope_forward) or pos (N) (rope_at; inverse
@@ -42,6 +55,11 @@ void rope_at(float* x, const int32_t* pos, int64_t N, int64_t H, int64_t d, floa
 // y (M, N) = x (M, K) · wᵀ;  dx (M, K) = dy (M, N) · w
 void matmul_forward(float* y, const float* x, const void* w, bool w_bf16, int64_t M, int64_t N, int64_t K);
 void matmul_backward(float* dx, const float* dy, const void* w, bool w_bf16, int64_t M, int64_t N, int64_t K);
+// Trainable f32 weights: dw (N, K) = dyᵀ (N, M) · x (M, K); x (M, N) += b (N) on every row;
+// db (N) = column sums of dy (M, N) in a fixed order (deterministic)
+void matmul_weight_grad(float* dw, const float* dy, const float* x, int64_t M, int64_t N, int64_t K);
+void add_bias(float* x, const float* b, int64_t M, int64_t N);
+void bias_grad(float* db, const float* dy, int64_t M, int64_t N);
 
 // ---- attention.cu (cached inference) ----------------------------------------------------------
 // out (T, H, d): causal attention of q (T, H, d) at positions pos0 + t over caches k, v (S, Hkv, d),

@@ -70,22 +70,6 @@ TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
   return out;
 }
 
-TensorPtr rmsnorm(const TensorPtr& x, const TensorPtr& w, float eps) {
-  const char* op = "rmsnorm";
-  expect_ndim(op, "x", x, 2);
-  expect_ndim(op, "w", w, 1);
-  expect_dtype(op, "x", x, DType::F32);
-  expect_dtype(op, "w", w, DType::F32);
-  LA_CHECK(w->dim(0) == x->dim(1), op, ": w ", w->describe(), " does not match x ", x->describe());
-  LA_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
-  Device dev = expect_same_device(op, {&x, &w});
-  TensorPtr out = empty(x->shape, DType::F32, dev);
-  queue_op(op, {x, w}, {out}, [=] {
-    Kernels{dev}.rmsnorm(out->data<float>(), x->data<float>(), w, x->dim(0), x->dim(1), eps);
-  });
-  return out;
-}
-
 void rope(const TensorPtr& x, int64_t pos0, float theta, bool interleaved) {
   const char* op = "rope";
   expect_ndim(op, "x", x, 3);
@@ -97,21 +81,6 @@ void rope(const TensorPtr& x, int64_t pos0, float theta, bool interleaved) {
   queue_op(op, {x}, {x}, [=] {
     Kernels{x->device}.rope(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved);
   });
-}
-
-TensorPtr matmul(const TensorPtr& x, const TensorPtr& w) {
-  const char* op = "matmul";
-  expect_ndim(op, "x", x, 2);
-  expect_ndim(op, "w", w, 2);
-  expect_dtype(op, "x", x, DType::F32);
-  expect_weight(op, "w", w);
-  LA_CHECK(x->dim(1) == w->dim(1), op, ": x ", x->describe(), " · wᵀ needs w (N, ", x->dim(1), "), got ",
-           w->describe());
-  Device dev = expect_same_device(op, {&x, &w});
-  int64_t M = x->dim(0), N = w->dim(0);
-  TensorPtr y = empty({M, N}, DType::F32, dev);
-  queue_op(op, {x, w}, {y}, [=] { Kernels{dev}.matmul(y->data<float>(), x->data<float>(), w, M); });
-  return y;
 }
 
 void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
@@ -161,19 +130,6 @@ TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, 
     if (K)
       cpu::attention_prompt_add(out->data<float>(), q->data<float>(), pk->data<float>(), pv->data<float>(),
                                 gate->data<float>(), gate->dim(0), T, H, Hkv, d, K);
-  });
-  return out;
-}
-
-TensorPtr swiglu(const TensorPtr& a, const TensorPtr& b) {
-  const char* op = "swiglu";
-  expect_dtype(op, "a", a, DType::F32);
-  expect_dtype(op, "b", b, DType::F32);
-  LA_CHECK(a->shape == b->shape, op, ": a ", a->describe(), " and b ", b->describe(), " differ");
-  Device dev = expect_same_device(op, {&a, &b});
-  TensorPtr out = empty(a->shape, DType::F32, dev);
-  queue_op(op, {a, b}, {out}, [=] {
-    Kernels{dev}.swiglu(out->data<float>(), a->data<float>(), b->data<float>(), a->numel());
   });
   return out;
 }

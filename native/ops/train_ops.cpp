@@ -171,69 +171,6 @@ GatedAttentionGrads gated_attention_backward(const TensorPtr& dout, const Tensor
   return g;
 }
 
-TensorPtr rmsnorm_backward(const TensorPtr& dy, const TensorPtr& x, const TensorPtr& w, float eps) {
-  const char* op = "rmsnormBackward";
-  expect_ndim(op, "x", x, 2);
-  expect_ndim(op, "w", w, 1);
-  expect_dtype(op, "dy", dy, DType::F32);
-  expect_dtype(op, "x", x, DType::F32);
-  expect_dtype(op, "w", w, DType::F32);
-  LA_CHECK(dy->shape == x->shape, op, ": dy ", dy->describe(), " and x ", x->describe(), " differ");
-  LA_CHECK(w->dim(0) == x->dim(1), op, ": w ", w->describe(), " does not match x ", x->describe());
-  LA_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be >= 0, got ", eps);
-  Device dev = expect_same_device(op, {&dy, &x, &w});
-  TensorPtr dx = empty(x->shape, DType::F32, dev);
-  queue_op(op, {dy, x, w}, {dx}, [=] {
-    if (dev == Device::CUDA)
-      return LA_ON_CUDA(cuda::rmsnorm_backward(dx->data<float>(), dy->data<float>(), x->data<float>(), w->data<float>(),
-                                               x->dim(0), x->dim(1), eps));
-    cpu::rmsnorm_backward(dx->data<float>(), dy->data<float>(), x->data<float>(), w->data<float>(), x->dim(0),
-                          x->dim(1), eps);
-  });
-  return dx;
-}
-
-std::pair<TensorPtr, TensorPtr> swiglu_backward(const TensorPtr& dout, const TensorPtr& a, const TensorPtr& b) {
-  const char* op = "swigluBackward";
-  expect_dtype(op, "dout", dout, DType::F32);
-  expect_dtype(op, "a", a, DType::F32);
-  expect_dtype(op, "b", b, DType::F32);
-  LA_CHECK(a->shape == b->shape && dout->shape == a->shape, op, ": dout ", dout->describe(), ", a ", a->describe(),
-           " and b ", b->describe(), " must have the same shape");
-  Device dev = expect_same_device(op, {&dout, &a, &b});
-  TensorPtr da = empty(a->shape, DType::F32, dev), db = empty(a->shape, DType::F32, dev);
-  queue_op(op, {dout, a, b}, {da, db}, [=] {
-    if (dev == Device::CUDA)
-      return LA_ON_CUDA(cuda::swiglu_backward(da->data<float>(), db->data<float>(), dout->data<float>(),
-                                              a->data<float>(), b->data<float>(), a->numel()));
-    cpu::swiglu_backward(da->data<float>(), db->data<float>(), dout->data<float>(), a->data<float>(),
-                         b->data<float>(), a->numel());
-  });
-  return {da, db};
-}
-
-TensorPtr matmul_backward(const TensorPtr& dy, const TensorPtr& w) {
-  const char* op = "matmulBackward";
-  expect_ndim(op, "dy", dy, 2);
-  expect_ndim(op, "w", w, 2);
-  expect_dtype(op, "dy", dy, DType::F32);
-  expect_weight(op, "w", w);
-  LA_CHECK(dy->dim(1) == w->dim(0), op, ": dy ", dy->describe(), " · w needs w (", dy->dim(1), ", K), got ",
-           w->describe());
-  Device dev = expect_same_device(op, {&dy, &w});
-  int64_t M = dy->dim(0), N = w->dim(0), K = w->dim(1);
-  TensorPtr dx = empty({M, K}, DType::F32, dev);
-  queue_op(op, {dy, w}, {dx}, [=] {
-    if (dev == Device::CUDA)
-      LA_ON_CUDA(cuda::matmul_backward(dx->data<float>(), dy->data<float>(), w->raw(), w->dtype == DType::BF16, M, N, K));
-    else if (w->dtype == DType::F32)
-      cpu::matmul_backward(dx->data<float>(), dy->data<float>(), w->data<float>(), M, N, K);
-    else
-      cpu::matmul_backward_bf16(dx->data<float>(), dy->data<float>(), w->data<uint16_t>(), M, N, K);
-  });
-  return dx;
-}
-
 TensorPtr gather_rows(const TensorPtr& x, const TensorPtr& idx) {
   const char* op = "gatherRows";
   expect_ndim(op, "idx", idx, 1);

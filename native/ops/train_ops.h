@@ -11,6 +11,9 @@
 #include <utility>
 
 #include "../core/tensor.h"
+#include "activation.h"  // swiglu_backward
+#include "matmul.h"      // matmul_backward
+#include "norm.h"        // rmsnorm_backward
 
 namespace la::ops {
 
@@ -40,11 +43,6 @@ GatedAttentionGrads gated_attention_backward(const TensorPtr& dout, const Tensor
                                              const TensorPtr& pv, const TensorPtr& gate, const TensorPtr& out,
                                              const TensorPtr& stats);
 
-TensorPtr rmsnorm_backward(const TensorPtr& dy /*(T,C)*/, const TensorPtr& x /*(T,C)*/, const TensorPtr& w /*(C)*/,
-                           float eps);                                                          // -> dx (T,C)
-// -> da, db of out = silu(a) * b
-std::pair<TensorPtr, TensorPtr> swiglu_backward(const TensorPtr& dout, const TensorPtr& a, const TensorPtr& b);
-TensorPtr matmul_backward(const TensorPtr& dy /*(M,N)*/, const TensorPtr& w /*(N,K) f32|bf16*/);  // -> dx (M,K)
 TensorPtr gather_rows(const TensorPtr& x /*(N,...)*/, const TensorPtr& idx /*(M) i32*/);          // -> (M,...)
 void scatter_add_rows(const TensorPtr& dst /*(N,...)*/, const TensorPtr& idx /*(M) i32*/,
                       const TensorPtr& src /*(M,...)*/);  // dst[idx] += src, in place
