@@ -42,3 +42,10 @@ export { extractChoice, choiceAccuracy } from './eval/choice';
 export { scienceqaTable, scienceqaGroups, SCIENCEQA_COLUMNS } from './eval/scienceqa';
 export { tokenizeCaption, bleu, ciderD, captionScores } from './eval/caption';
 // --- end mm-data ---
+// --- vision: image input and image encoders (SPEC §7, §9) ---
+export { ImageEncoder } from './encoder/encoder';
+export type { ImageEncoderOptions, EmbedOptions, ImageInput, EncoderPrompts } from './encoder/encoder';
+export type { EncoderConfig, EncoderWeights, EncoderLayerWeights } from './encoder/config';
+export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess } from './image';
+export type { RgbImage, PreprocessConfig } from './image';
+export { EncoderGraph } from './encoder/train';

@@ -116,6 +116,14 @@ export interface ModelWeights {
   prompts?: (LayerPrompt | null | undefined)[];
 }
 
+// --- attention family (ops-attention) ---
+/** Options of gatedAttention / gatedAttentionBackward. */
+export interface AttentionOptions {
+  /** true (the default): a token sees its segment's tokens up to itself; false: all of them. */
+  causal?: boolean;
+}
+// --- end attention family ---
+
 /** A handle on checked model weights (native.model); it keeps them alive until disposed. */
 export interface ModelHandle {
   readonly layers: number;
@@ -158,21 +166,29 @@ export interface NativeBinding {
    *  `inverse` rotates by -angle, which is rope's backward (and its inverse). At positions
    *  pos0 + t it equals rope(x, pos0, ...) bit for bit. */
   ropeAt(x: Tensor, positions: Tensor, theta: number, layout: RopeLayout, inverse: boolean): void;
-  /** The fused gated split-softmax attention (SPEC §2) over packed sequences, causal within each
-   *  segment. q (N, H, d) and k (N, Hkv, d) already rotated, v (N, Hkv, d); prompt keys/values
-   *  pk, pv (K, Hkv, d) (no RoPE) and the raw gate (H) or (1) (tanh applied inside), or all three
-   *  null for plain attention. Returns [out (N, H, d), stats (N, H, 2): log-sum-exp of the word
-   *  and the prompt scores (scaled by 1/sqrt(d); the prompt one is -Infinity without a prompt),
-   *  kept for the backward]. The offsets must rise (non-decreasing; empty segments are allowed)
-   *  from 0 to N; they are checked when the op runs (a bad one rejects at read()). */
-  gatedAttention(q: Tensor, k: Tensor, v: Tensor, segments: Tensor, pk: Tensor | null, pv: Tensor | null, gate: Tensor | null): [Tensor, Tensor];
-  /** Backward of gatedAttention given dout (N, H, d) and its out and stats: [dq, dk, dv, dpk
-   *  (K, Hkv, d), dpv, dgate (shape of gate: per head, or summed over heads for a scalar gate)];
-   *  the prompt gradients are summed over all tokens, null without a prompt. Deterministic: the
-   *  same inputs give bit-identical gradients for any thread count. */
+  /** The fused gated split-softmax attention (SPEC §2, §8, §9) over packed sequences: causal
+   *  within each segment, or with `{ causal: false }` bidirectional (every token sees every token
+   *  of its own segment: encoders, one segment per image or text). q (N, H, d) and k (N, Hkv, d)
+   *  already rotated, v (N, Hkv, d); prompt keys/values pk, pv (no RoPE) and the raw gate (H) or
+   *  (1) (tanh applied inside), or all three null for plain attention. pk, pv are (K, Hkv, d),
+   *  shared by every segment, or (S, K, Hkv, d): segment s uses pk[s], pv[s] (per-example
+   *  prompts). Returns [out (N, H, d), stats (N, H, 2): log-sum-exp of the word and the prompt
+   *  scores (scaled by 1/sqrt(d); the prompt one is -Infinity without a prompt), kept for the
+   *  backward]. The offsets must rise (non-decreasing; empty segments are allowed) from 0 to N;
+   *  they are checked when the op runs (a bad one rejects at read()). */
+  gatedAttention(
+    q: Tensor, k: Tensor, v: Tensor, segments: Tensor, pk: Tensor | null, pv: Tensor | null, gate: Tensor | null,
+    options?: AttentionOptions,
+  ): [Tensor, Tensor];
+  /** Backward of gatedAttention (the same options) given dout (N, H, d) and its out and stats:
+   *  [dq, dk, dv, dpk, dpv (the shape of pk, pv), dgate (shape of gate: per head, or summed over
+   *  heads for a scalar gate)]; a shared prompt's gradients are summed over all tokens, per-segment
+   *  ones are each segment's own; null without a prompt. Deterministic: the same inputs give
+   *  bit-identical gradients for any thread count. */
   gatedAttentionBackward(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, segments: Tensor,
     pk: Tensor | null, pv: Tensor | null, gate: Tensor | null, out: Tensor, stats: Tensor,
+    options?: AttentionOptions,
   ): [Tensor, Tensor, Tensor, Tensor | null, Tensor | null, Tensor | null];
   /** dx (T, C) of rmsnorm given dy (T, C), its input x and weight w (no dw: w is frozen). */
   rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, eps: number): Tensor;

@@ -13,6 +13,7 @@ const commands: Record<string, () => Command> = {
   eval: () => require('./eval'),
   export: () => require('./export'),
   tokenize: () => require('./tokenize'),
+  'embed-images': () => require('./embed-images'),
 };
 
 const usage = `Usage: llama-adapter <command> [flags]
@@ -23,6 +24,7 @@ Commands:
   eval       loss or accuracy (exact, choice, ScienceQA, caption metrics) of a data file
   export     write an adapter in PEFT's format
   tokenize   print the token ids of a text
+  embed-images  global features of images from a CLIP/ViT encoder (a features file)
 
 Run 'llama-adapter <command> --help' for a command's flags.`;
 

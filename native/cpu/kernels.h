@@ -41,20 +41,21 @@ void swiglu_forward(float* out, const float* a, const float* b, int64_t N);
 void attention_prompt_add(float* out, const float* q, const float* pk, const float* pv, const float* gate, int64_t G,
                           int64_t T, int64_t H, int64_t Hkv, int64_t d, int64_t K);
 
-// The fused gated split-softmax attention (SPEC §2; see attention_gated.cpp): q (N, H, d), k, v
-// (N, Hkv, d), causal within each segment; pk, pv (K, Hkv, d) and gate (G), or all null (plain
-// attention). out (N, H, d), stats (N, H, 2) = log-sum-exp of the word and the prompt scores (-inf
-// without a prompt).
+// The fused gated split-softmax attention (SPEC §2, §8, §9; see attention_gated.cpp): q (N, H, d),
+// k, v (N, Hkv, d), within each segment causal (causal) or bidirectional; pk, pv (K, Hkv, d) shared,
+// or (S, K, Hkv, d) when per_segment, and gate (G), or all null (plain attention). out (N, H, d),
+// stats (N, H, 2) = log-sum-exp of the word and the prompt scores (-inf without a prompt).
 void gated_attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                              const int32_t* seg, int64_t S, const float* pk, const float* pv, const float* gate,
-                             int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K);
-// dq (N, H, d), dk, dv (N, Hkv, d); with a prompt also dpk, dpv (K, Hkv, d) summed over all tokens
-// and dgate (G) (ignored, may be null, without one)
+                             int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K, bool causal,
+                             bool per_segment);
+// dq (N, H, d), dk, dv (N, Hkv, d); with a prompt also dpk, dpv of pk's shape (shared: summed over
+// all tokens; per segment: each segment's own) and dgate (G) (ignored, may be null, without one)
 void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float* dpv, float* dgate,
                               const float* dout, const float* q, const float* k, const float* v, const int32_t* seg,
                               int64_t S, const float* pk, const float* pv, const float* gate, int64_t G,
                               const float* out, const float* stats, int64_t N, int64_t H, int64_t Hkv, int64_t d,
-                              int64_t K);
+                              int64_t K, bool causal, bool per_segment);
 
 // x (N, H, d) rotated in place by per-token positions pos (N) (>= 0), as rope_forward; inverse
 // rotates by -angle (rope's backward)

@@ -73,15 +73,17 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
 // The fused gated split-softmax attention over packed segments, as cpu::gated_attention_forward /
 // _backward (same arguments, same outputs, same stats layout). seg is on the device; seg_host is
 // the same S+1 offsets on the host (already checked), for scheduling. pk, pv, gate null: plain
-// attention (stats' prompt log-sum-exp = -inf; dpk, dpv, dgate ignored).
+// attention (stats' prompt log-sum-exp = -inf; dpk, dpv, dgate ignored). causal: within each
+// segment (else bidirectional); per_segment: pk, pv, dpk, dpv (S, K, Hkv, d), segment s uses pk[s].
 void gated_attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                              const int32_t* seg, const int32_t* seg_host, int64_t S, const float* pk, const float* pv,
-                             const float* gate, int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K);
+                             const float* gate, int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K,
+                             bool causal, bool per_segment);
 void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float* dpv, float* dgate,
                               const float* dout, const float* q, const float* k, const float* v, const int32_t* seg,
                               const int32_t* seg_host, int64_t S, const float* pk, const float* pv, const float* gate,
                               int64_t G, const float* out, const float* stats, int64_t N, int64_t H, int64_t Hkv,
-                              int64_t d, int64_t K);
+                              int64_t d, int64_t K, bool causal, bool per_segment);
 
 // ---- loss.cu ----------------------------------------------------------------------------------
 // loss (1) = sum over rows of -log softmax(logits (M, V))[target] (accumulated in double, in a fixed

@@ -271,6 +271,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_forward_ops(env, exports);
   register_train_ops(env, exports);
   register_encoder_ops(env, exports);
+  register_attention_ops(env, exports);
   register_comm(env, exports);
   return exports;
 }

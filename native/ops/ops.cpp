@@ -101,39 +101,6 @@ void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
   });
 }
 
-TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, int64_t pos0, const TensorPtr& pk,
-                    const TensorPtr& pv, const TensorPtr& gate) {
-  const char* op = "attention";
-  expect_ndim(op, "q", q, 3);
-  expect_ndim(op, "k", k, 3);
-  expect_ndim(op, "v", v, 3);
-  for (auto* t : {&q, &k, &v}) expect_dtype(op, "q, k and v", *t, DType::F32);
-  LA_CHECK(k->shape == v->shape, op, ": k ", k->describe(), " and v ", v->describe(), " differ");
-  int64_t T = q->dim(0), H = q->dim(1), d = q->dim(2), S = k->dim(0), Hkv = k->dim(1);
-  LA_CHECK(k->dim(2) == d, op, ": head size of q ", q->describe(), " and k ", k->describe(), " differ");
-  LA_CHECK(H % Hkv == 0, op, ": heads ", H, " must be a multiple of kv heads ", Hkv);
-  LA_CHECK(pos0 >= 0 && pos0 + T <= S, op, ": positions ", pos0, "..", pos0 + T, " exceed the cache length ", S);
-  int64_t K = check_prompt(op, pk, pv, gate, H, Hkv, d);  // 0: no adapter branch
-  Device dev = expect_same_device(op, {&q, &k, &v, &pk, &pv, &gate});
-  TensorPtr out = empty(q->shape, DType::F32, dev);
-  std::vector<TensorPtr> inputs{q, k, v};
-  if (K) inputs.insert(inputs.end(), {pk, pv, gate});
-  queue_op(op, inputs, {out}, [=] {
-    if (dev == Device::CUDA) {
-      [[maybe_unused]] auto f = [](const TensorPtr& t) { return t ? t->data<float>() : nullptr; };
-      LA_ON_CUDA(cuda::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H,
-                                         Hkv, d, S, pos0, f(pk), f(pv), f(gate), K ? gate->dim(0) : 0, K));
-      return;
-    }
-    cpu::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H, Hkv, d,
-                           pos0);
-    if (K)
-      cpu::attention_prompt_add(out->data<float>(), q->data<float>(), pk->data<float>(), pv->data<float>(),
-                                gate->data<float>(), gate->dim(0), T, H, Hkv, d, K);
-  });
-  return out;
-}
-
 void add_inplace(const TensorPtr& x, const TensorPtr& y) {
   const char* op = "addInPlace";
   expect_dtype(op, "x", x, DType::F32);

@@ -27,11 +27,6 @@ void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorP
 TensorPtr embedding(const TensorPtr& table /*(V,C)*/, const TensorPtr& tokens /*(T) i32*/);     // -> (T,C)
 void rope(const TensorPtr& x /*(T,H,d)*/, int64_t pos0, float theta, bool interleaved);           // in place
 void kv_write(const TensorPtr& cache /*(S,Hkv,d)*/, const TensorPtr& src /*(T,Hkv,d)*/, int64_t pos0);
-// With pk, pv (K,Hkv,d) and gate (H) or (1) (all three or none): adds the adapter branch
-// tanh(gate) * softmax(q pkᵀ / sqrt(d)) pv (no mask, its own softmax; SPEC §2).
-TensorPtr attention(const TensorPtr& q /*(T,H,d)*/, const TensorPtr& k /*(S,Hkv,d)*/,
-                    const TensorPtr& v /*(S,Hkv,d)*/, int64_t pos0, const TensorPtr& pk = nullptr,
-                    const TensorPtr& pv = nullptr, const TensorPtr& gate = nullptr);                // -> (T,H,d)
 // One decoder layer of cached inference, x (T, C) updated in place and the layer's keys/values
 // written to the caches (S, Hkv, d) at pos0..: the whole attention and feed-forward block as one
 // op (decoder.cpp), equal to the op-by-op forward. pk, pv, gate: the adapter branch, as attention().

@@ -14,70 +14,12 @@
 namespace la::ops {
 namespace {
 
-std::vector<TensorPtr> present(std::initializer_list<TensorPtr> ts) {
-  std::vector<TensorPtr> r;
-  for (const TensorPtr& t : ts)
-    if (t) r.push_back(t);
-  return r;
-}
-
-// Segment offsets (S+1): checked in the body, where their values are known.
-void check_segments(const int32_t* seg, int64_t S, int64_t N) {
-  LA_CHECK(seg[0] == 0, "segments[0] must be 0, got ", seg[0]);
-  for (int64_t s = 0; s < S; s++)
-    LA_CHECK(seg[s + 1] >= seg[s], "segments must be non-decreasing, but segments[", s + 1, "] = ", seg[s + 1],
-             " < segments[", s, "] = ", seg[s]);
-  LA_CHECK(seg[S] == N, "segments[", S, "] (the last offset) must equal the token count ", N, ", got ", seg[S]);
-}
-
 void check_indices(const char* what, const int32_t* idx, int64_t M, int64_t bound) {
   for (int64_t m = 0; m < M; m++)
     LA_CHECK(idx[m] >= 0 && idx[m] < bound, what, "[", m, "] = ", idx[m], " is outside [0, ", bound, ")");
 }
 
-// Common shape checks of the fused attention and its backward; returns K (0 without a prompt).
-int64_t check_gated(const char* op, const TensorPtr& q, const TensorPtr& k, const TensorPtr& v,
-                    const TensorPtr& segments, const TensorPtr& pk, const TensorPtr& pv, const TensorPtr& gate) {
-  expect_ndim(op, "q", q, 3);
-  expect_ndim(op, "k", k, 3);
-  expect_ndim(op, "v", v, 3);
-  expect_dtype(op, "q", q, DType::F32);
-  expect_dtype(op, "k", k, DType::F32);
-  expect_dtype(op, "v", v, DType::F32);
-  LA_CHECK(k->shape == v->shape, op, ": k ", k->describe(), " and v ", v->describe(), " differ");
-  int64_t N = q->dim(0), H = q->dim(1), d = q->dim(2), Hkv = k->dim(1);
-  LA_CHECK(k->dim(0) == N, op, ": k ", k->describe(), " must have the ", N, " tokens of q ", q->describe());
-  LA_CHECK(k->dim(2) == d, op, ": head size of q ", q->describe(), " and k ", k->describe(), " differ");
-  LA_CHECK(H % Hkv == 0, op, ": heads ", H, " must be a multiple of kv heads ", Hkv);
-  expect_ndim(op, "segments", segments, 1);
-  expect_dtype(op, "segments", segments, DType::I32);
-  LA_CHECK(segments->dim(0) >= 2, op, ": segments must hold S+1 >= 2 offsets, got ", segments->describe());
-  int64_t K = check_prompt(op, pk, pv, gate, H, Hkv, d);
-  Device dev = expect_same_device(op, {&q, &k, &v, &pk, &pv, &gate});
-  expect_index_device(op, "segments", segments, dev);
-  return K;
-}
-
 }  // namespace
-
-int64_t check_prompt(const char* op, const TensorPtr& pk, const TensorPtr& pv, const TensorPtr& gate, int64_t H,
-                     int64_t Hkv, int64_t d) {
-  if (!pk && !pv && !gate) return 0;
-  LA_CHECK(pk && pv && gate, op,
-           ": the prompt keys pk, values pv and gate come together (all tensors, or all null); got ",
-           pk ? "pk" : "no pk", ", ", pv ? "pv" : "no pv", ", ", gate ? "gate" : "no gate");
-  expect_ndim(op, "pk", pk, 3);
-  expect_ndim(op, "pv", pv, 3);
-  expect_dtype(op, "pk", pk, DType::F32);
-  expect_dtype(op, "pv", pv, DType::F32);
-  expect_dtype(op, "gate", gate, DType::F32);
-  LA_CHECK(pk->shape == pv->shape, op, ": pk ", pk->describe(), " and pv ", pv->describe(), " differ");
-  LA_CHECK(pk->dim(1) == Hkv && pk->dim(2) == d, op, ": pk ", pk->describe(), " must be (K, ", Hkv, ", ", d,
-           ") to match the kv heads and head size");
-  LA_CHECK(gate->ndim() == 1 && (gate->dim(0) == H || gate->dim(0) == 1), op, ": gate must be (", H,
-           ") (per head) or (1) (scalar), got ", gate->describe());
-  return pk->dim(0);
-}
 
 void rope_at(const TensorPtr& x, const TensorPtr& positions, float theta, bool interleaved, bool inverse) {
   const char* op = "ropeAt";
@@ -101,74 +43,6 @@ void rope_at(const TensorPtr& x, const TensorPtr& positions, float theta, bool i
                                       interleaved, inverse));
     cpu::rope_at(x->data<float>(), pos, x->dim(0), x->dim(1), x->dim(2), theta, interleaved, inverse);
   });
-}
-
-GatedAttentionResult gated_attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v,
-                                     const TensorPtr& segments, const TensorPtr& pk, const TensorPtr& pv,
-                                     const TensorPtr& gate) {
-  const char* op = "gatedAttention";
-  int64_t K = check_gated(op, q, k, v, segments, pk, pv, gate);
-  int64_t N = q->dim(0), H = q->dim(1), d = q->dim(2), Hkv = k->dim(1), S = segments->dim(0) - 1;
-  Device dev = q->device;
-  GatedAttentionResult r{empty(q->shape, DType::F32, dev), empty({N, H, 2}, DType::F32, dev)};
-  TensorPtr out = r.out, stats = r.stats;
-  queue_op(op, present({q, k, v, segments, pk, pv, gate}), {out, stats}, [=] {
-    Indices index(segments, dev);
-    const int32_t* seg = index.host();
-    check_segments(seg, S, N);
-    if (dev == Device::CUDA)
-      return LA_ON_CUDA(cuda::gated_attention_forward(
-          out->data<float>(), stats->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(),
-          index.on_device(), seg, S, pk ? pk->data<float>() : nullptr, pv ? pv->data<float>() : nullptr,
-          gate ? gate->data<float>() : nullptr, gate ? gate->dim(0) : 0, N, H, Hkv, d, K));
-    cpu::gated_attention_forward(out->data<float>(), stats->data<float>(), q->data<float>(), k->data<float>(),
-                                 v->data<float>(), seg, S, pk ? pk->data<float>() : nullptr,
-                                 pv ? pv->data<float>() : nullptr, gate ? gate->data<float>() : nullptr,
-                                 gate ? gate->dim(0) : 0, N, H, Hkv, d, K);
-  });
-  return r;
-}
-
-GatedAttentionGrads gated_attention_backward(const TensorPtr& dout, const TensorPtr& q, const TensorPtr& k,
-                                             const TensorPtr& v, const TensorPtr& segments, const TensorPtr& pk,
-                                             const TensorPtr& pv, const TensorPtr& gate, const TensorPtr& out,
-                                             const TensorPtr& stats) {
-  const char* op = "gatedAttentionBackward";
-  int64_t K = check_gated(op, q, k, v, segments, pk, pv, gate);
-  int64_t N = q->dim(0), H = q->dim(1), d = q->dim(2), Hkv = k->dim(1), S = segments->dim(0) - 1;
-  expect_dtype(op, "dout", dout, DType::F32);
-  expect_dtype(op, "out", out, DType::F32);
-  expect_dtype(op, "stats", stats, DType::F32);
-  expect_shape(op, "dout", dout, q->shape, "the shape of q");
-  expect_shape(op, "out", out, q->shape, "the shape of q");
-  expect_shape(op, "stats", stats, {N, H, 2}, "tokens, heads, 2");
-  Device dev = expect_same_device(op, {&q, &dout, &out, &stats});
-  GatedAttentionGrads g;
-  g.dq = empty(q->shape, DType::F32, dev);
-  g.dk = empty(k->shape, DType::F32, dev);
-  g.dv = empty(v->shape, DType::F32, dev);
-  if (K) {
-    g.dpk = empty(pk->shape, DType::F32, dev);
-    g.dpv = empty(pv->shape, DType::F32, dev);
-    g.dgate = empty(gate->shape, DType::F32, dev);
-  }
-  GatedAttentionGrads o = g;
-  queue_op(op, present({dout, q, k, v, segments, pk, pv, gate, out, stats}),
-           present({o.dq, o.dk, o.dv, o.dpk, o.dpv, o.dgate}), [=] {
-             Indices index(segments, dev);
-             const int32_t* seg = index.host();
-             check_segments(seg, S, N);
-             auto f = [](const TensorPtr& t) { return t ? t->data<float>() : nullptr; };
-             if (dev == Device::CUDA)
-               return LA_ON_CUDA(cuda::gated_attention_backward(
-                   f(o.dq), f(o.dk), f(o.dv), f(o.dpk), f(o.dpv), f(o.dgate), f(dout), f(q), f(k), f(v),
-                   index.on_device(), seg, S, f(pk), f(pv), f(gate), gate ? gate->dim(0) : 0, f(out), f(stats), N, H,
-                   Hkv, d, K));
-             cpu::gated_attention_backward(f(o.dq), f(o.dk), f(o.dv), f(o.dpk), f(o.dpv), f(o.dgate), f(dout), f(q),
-                                           f(k), f(v), seg, S, f(pk), f(pv), f(gate), gate ? gate->dim(0) : 0,
-                                           f(out), f(stats), N, H, Hkv, d, K);
-           });
-  return g;
 }
 
 TensorPtr gather_rows(const TensorPtr& x, const TensorPtr& idx) {
