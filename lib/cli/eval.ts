@@ -2,6 +2,7 @@
 //                    [--split S] [--metric loss|exact|choice|scienceqa|caption] [--max-tokens N] ...
 //   loss (default) -> {"loss": mean cross-entropy over all target tokens of the file, "tokens": their count}
 //   others         -> {"metric": ..., "accuracy" or the metric's figures, "examples": records}
+import * as squad from './squad';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as nodePath from 'path';
@@ -20,6 +21,7 @@ export const METRICS = ['loss', ...GENERATIVE_METRICS] as const;
 export type Metric = (typeof METRICS)[number];
 
 export const usage = `Usage: llama-adapter eval --model PATH --data FILE [--adapter FILE] [--metric M] [flags]
+       llama-adapter eval --task squad --encoder DIR --data FILE [--adapter FILE]  (--task squad --help)
 
 --metric loss (the default) prints {"loss": <mean cross-entropy over all target tokens of the
 file>, "tokens": <their count>}. The other metrics generate a greedy answer per record (temperature
@@ -78,6 +80,7 @@ export function textGenerator(model: Llama, tokenizer: Tokenizer, adapter: Adapt
 }
 
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
+  if (squad.wantsSquad(argv)) return squad.evaluate(argv, out); // --task squad: extractive QA on a text encoder (lib/cli/squad.ts)
   const { values } = parseFlags(argv, { ...evalFlagSpec }, usage);
   if (values.help) {
     out.write(usage + '\n');

@@ -14,6 +14,7 @@ const commands: Record<string, () => Command> = {
   export: () => require('./export'),
   tokenize: () => require('./tokenize'),
   'embed-images': () => require('./embed-images'),
+  answer: () => require('./squad'),
 };
 
 const usage = `Usage: llama-adapter <command> [flags]
@@ -25,6 +26,7 @@ Commands:
   export     write an adapter in PEFT's format
   tokenize   print the token ids of a text
   embed-images  global features of images from a CLIP/ViT encoder (a features file)
+  answer     the answer span of a context for a question (RoBERTa/BERT extractive QA, SQuAD)
 
 Run 'llama-adapter <command> --help' for a command's flags.`;
 
