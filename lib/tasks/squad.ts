@@ -350,6 +350,59 @@ export interface SquadStep {
   ms: number;
 }
 
+/** Adam moments (m, v) of each trainable tensor, in SquadParams order. */
+export function newMoments(p: SquadParams): Tensor[][] {
+  return [...p.prompts, ...p.gates, p.headW, p.headB].map((t) => [native.zeros([...t.shape], 'f32', t.device), native.zeros([...t.shape], 'f32', t.device)]);
+}
+
+/**
+ * One optimiser step on the windows `part`: forward (prompts in the top L layers when `graph`),
+ * the span loss, the backward to the head, gates and prompts, AdamW (`step` counts from 1).
+ */
+export async function squadStep(
+  enc: TextEncoder, p: SquadParams, graph: TextEncoderGraph | null, moments: Tensor[][], part: SquadFeature[], step: number, lr: number, weightDecay: number,
+): Promise<{ loss: number; gradNorm: number; tokens: number }> {
+  const c = enc.config;
+  const trainable = [...p.prompts, ...p.gates, p.headW, p.headB];
+  const batch = batchOf(part);
+  const idx = new TextBatchIndex(batch, c);
+  const hidden = graph ? graph.forward(idx, { prompts: p.prompts, gates: p.gates }) : enc.forward(idx);
+  const logits = spanLogits(hidden, { w: p.headW, b: p.headB }); // (N, 2)
+  const lv = (await logits.read()) as Float32Array;
+  logits.dispose();
+  const { loss, dlogits } = spanLoss(lv, batch.offsets, part);
+  if (!Number.isFinite(loss)) {
+    graph?.release();
+    [hidden, idx].forEach((t) => t.dispose());
+    throw new Error(`step ${step}: the loss is not finite (${loss}); lower --lr`);
+  }
+  const dl = native.fromArray(dlogits, [batch.ids.length, 2], 'f32', enc.device);
+  const grads = trainable.map((t) => native.zeros([...t.shape], 'f32', enc.device));
+  const nL = p.prompts.length;
+  const gW = native.matmulWeightGrad(dl, hidden); // (2, C)
+  const gB = native.biasGrad(dl); // (2)
+  native.addInPlace(grads[2 * nL], gW);
+  native.addInPlace(grads[2 * nL + 1], gB);
+  gW.dispose();
+  gB.dispose();
+  if (graph) {
+    const dH = native.matmulBackward(dl, p.headW); // (N, C)
+    graph.backward(dH, { prompts: grads.slice(0, nL), gates: grads.slice(nL, 2 * nL) });
+    dH.dispose();
+  }
+  hidden.dispose();
+  dl.dispose();
+  idx.dispose();
+  const sq = grads.map((g) => native.sumSquares(g));
+  const norms = (await Promise.all(sq.map((t) => t.read()))) as Float32Array[];
+  sq.forEach((t) => t.dispose());
+  const gradNorm = Math.sqrt(norms.reduce((a, v) => a + v[0], 0));
+  trainable.forEach((t, i) => native.adamw(t, grads[i], moments[i][0], moments[i][1], step, lr, 0.9, 0.999, 1e-8, weightDecay));
+  grads.forEach((g) => g.dispose());
+  await native.synchronize();
+  return { loss, gradNorm, tokens: batch.ids.length };
+}
+
 /**
  * Trains the prompts, gates and head on `data`; calls `onStep` after every optimiser step. Returns
  * the trained parameters (the caller saves and disposes them).
@@ -362,8 +415,7 @@ export async function trainSquad(
   if (o.maxSeqLen > c.maxTokens) throw new RangeError(`--max-seq-len ${o.maxSeqLen} is above the ${c.maxTokens} positions of ${enc.dir}`);
   const features = makeFeatures(data.examples, enc.tokenizer, o);
   const p = await initParams(enc, o.layers, o.promptLen, o.gateInit, o.seed);
-  const trainable = [...p.prompts, ...p.gates, p.headW, p.headB];
-  const moments = trainable.map((t) => [native.zeros([...t.shape], 'f32', enc.device), native.zeros([...t.shape], 'f32', enc.device)]);
+  const moments = newMoments(p);
   const graph = o.layers > 0 ? new TextEncoderGraph(enc, o.layers) : null;
   const stepsPerEpoch = Math.ceil(features.length / o.batchSize);
   const totalSteps = Math.min(o.maxSteps ?? Infinity, stepsPerEpoch * o.epochs);
@@ -382,40 +434,9 @@ export async function trainSquad(
         }
       }
       const part = order.slice(within * o.batchSize, (within + 1) * o.batchSize).map((i) => features[i]);
-      const batch = batchOf(part);
-      const idx = new TextBatchIndex(batch, c);
-      const hidden = graph ? graph.forward(idx, { prompts: p.prompts, gates: p.gates }) : enc.forward(idx);
-      const logits = spanLogits(hidden, { w: p.headW, b: p.headB }); // (N, 2)
-      const lv = (await logits.read()) as Float32Array;
-      logits.dispose();
-      const { loss, dlogits } = spanLoss(lv, batch.offsets, part);
-      if (!Number.isFinite(loss)) throw new Error(`step ${step + 1}: the loss is not finite (${loss}); lower --lr`);
-      const dl = native.fromArray(dlogits, [batch.ids.length, 2], 'f32', enc.device);
-      const grads = trainable.map((t) => native.zeros([...t.shape], 'f32', enc.device));
-      const nL = p.prompts.length;
-      const gW = native.matmulWeightGrad(dl, hidden); // (2, C)
-      const gB = native.biasGrad(dl); // (2)
-      native.addInPlace(grads[2 * nL], gW);
-      native.addInPlace(grads[2 * nL + 1], gB);
-      gW.dispose();
-      gB.dispose();
-      if (graph) {
-        const dH = native.matmulBackward(dl, p.headW); // (N, C)
-        graph.backward(dH, { prompts: grads.slice(0, nL), gates: grads.slice(nL, 2 * nL) });
-        dH.dispose();
-      }
-      hidden.dispose();
-      dl.dispose();
-      idx.dispose();
-      const sq = grads.map((g) => native.sumSquares(g));
-      const norms = (await Promise.all(sq.map((t) => t.read()))) as Float32Array[];
-      sq.forEach((t) => t.dispose());
-      const gradNorm = Math.sqrt(norms.reduce((a, v) => a + v[0], 0));
       const lr = learningRate(step, { peakLr: o.lr, totalSteps, warmupSteps: o.warmupSteps, kind: 'cosine' });
-      trainable.forEach((t, i) => native.adamw(t, grads[i], moments[i][0], moments[i][1], step + 1, lr, 0.9, 0.999, 1e-8, o.weightDecay));
-      grads.forEach((g) => g.dispose());
-      await native.synchronize();
-      onStep({ step: step + 1, totalSteps, epoch, loss, lr, grad_norm: gradNorm, windows: part.length, tokens: batch.ids.length, ms: Date.now() - t0 });
+      const { loss, gradNorm, tokens } = await squadStep(enc, p, graph, moments, part, step + 1, lr, o.weightDecay);
+      onStep({ step: step + 1, totalSteps, epoch, loss, lr, grad_norm: gradNorm, windows: part.length, tokens, ms: Date.now() - t0 });
     }
   } catch (e) {
     graph?.release();
