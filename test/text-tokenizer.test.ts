@@ -1,7 +1,8 @@
 // The RoBERTa (byte-level BPE) and BERT (WordPiece) tokenizers against the ids and character
 // offsets of tools/reference/text_tokenizer_reference.py (an independent Python implementation of
 // GPT-2's encoder.py and BERT's tokenization.py) on vocabularies built from real text, with
-// vocab.json + merges.txt, tokenizer.json, and vocab.txt + tokenizer_config.json (cased/uncased).
+// vocab.json + merges.txt, tokenizer.json, and vocab.txt + tokenizer_config.json (cased/uncased);
+// and the ids against Hugging Face's own tokenizers.js (tools/reference/tokenizers_js_check.js).
 import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -43,6 +44,14 @@ describe('text tokenizers against the reference implementation', () => {
       expect(tokens).to.be.above(100);
     });
   }
+
+  for (const name of Object.keys(golden.tokenizersJs.folders))
+    it(`${name}: ids and the pair encoding equal Hugging Face's tokenizers.js (${golden.tokenizersJs.package})`, () => {
+      const t = golden.tokenizersJs.folders[name];
+      const tok = loadTextTokenizer(path.join(dir, name), name.startsWith('roberta') ? 'roberta' : 'bert');
+      golden.strings.forEach((s: string, i: number) => expect(tok.encode(s).ids, `string ${i}`).to.deep.equal(t.ids[i]));
+      expect(tok.pair(tok.encode('Hello world').ids, tok.encode('free software').ids).ids).to.deep.equal(t.pairHelloWorldFreeSoftware);
+    });
 
   it('pairs: <s> a </s></s> b </s> for RoBERTa, [CLS] a [SEP] b [SEP] with token types for BERT', () => {
     const r = loadTextTokenizer(path.join(dir, 'roberta'), 'roberta');

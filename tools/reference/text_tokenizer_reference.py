@@ -15,7 +15,7 @@ The vocabularies are made here from real text, the GNU GPL v3 as Debian ships it
 (/usr/share/common-licenses/GPL-3, package base-files): a BPE of 400 merges on the GPT-2
 pre-tokens, and a WordPiece vocabulary of the corpus' frequent words plus every character alone and
 as "##c", and frequent word suffixes. Writes test/golden/text-tokenizers/{roberta,roberta-json,
-bert-uncased,bert-cased}/ and golden.json: for each folder and test string, the ids and the offsets
+bert-uncased,bert-cased,bert-json}/ and golden.json: for each folder and test string, the ids and the offsets
 (in Unicode code points, as Python counts them).
 
 Usage (from the repository root; < 5 s, byte-identical between runs):
@@ -297,11 +297,23 @@ def main():
         d = os.path.join(args.outdir, name)
         os.makedirs(d, exist_ok=True)
         if as_json:
-            tj = {'version': '1.0', 'model': {'type': 'BPE', 'vocab': vocab, 'merges': [f'{a} {b}' for a, b in merges]},
-                  'pre_tokenizer': {'type': 'ByteLevel', 'add_prefix_space': False, 'trim_offsets': True},
-                  'post_processor': {'type': 'RobertaProcessing', 'trim_offsets': True, 'add_prefix_space': False}}
+            # a complete tokenizer.json as Hugging Face's tokenizers saves RoBERTa's
+            added = [{'id': vocab[t], 'content': t, 'single_word': False, 'lstrip': t == '<mask>', 'rstrip': False,
+                      'normalized': False, 'special': True} for t in ('<s>', '<pad>', '</s>', '<unk>', '<mask>')]
+            tj = {'version': '1.0', 'truncation': None, 'padding': None, 'added_tokens': added, 'normalizer': None,
+                  'pre_tokenizer': {'type': 'ByteLevel', 'add_prefix_space': False, 'trim_offsets': True, 'use_regex': True},
+                  'post_processor': {'type': 'RobertaProcessing', 'sep': ['</s>', 2], 'cls': ['<s>', 0],
+                                     'trim_offsets': True, 'add_prefix_space': False},
+                  'decoder': {'type': 'ByteLevel', 'add_prefix_space': True, 'trim_offsets': True, 'use_regex': True},
+                  'model': {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuing_subword_prefix': '',
+                            'end_of_word_suffix': '', 'fuse_unk': False, 'byte_fallback': False, 'vocab': vocab,
+                            'merges': [f'{a} {b}' for a, b in merges]}}
             with open(os.path.join(d, 'tokenizer.json'), 'w', encoding='utf-8') as f:
                 json.dump(tj, f, ensure_ascii=False)
+            with open(os.path.join(d, 'tokenizer_config.json'), 'w') as f:
+                json.dump({'tokenizer_class': 'RobertaTokenizer', 'bos_token': '<s>', 'eos_token': '</s>', 'sep_token': '</s>',
+                           'cls_token': '<s>', 'unk_token': '<unk>', 'pad_token': '<pad>', 'mask_token': '<mask>',
+                           'add_prefix_space': False, 'model_max_length': 512}, f)
         else:
             with open(os.path.join(d, 'vocab.json'), 'w', encoding='utf-8') as f:
                 json.dump(vocab, f, ensure_ascii=False)
@@ -319,6 +331,33 @@ def main():
         with open(os.path.join(d, 'tokenizer_config.json'), 'w') as f:
             json.dump({'do_lower_case': lower, 'tokenizer_class': 'BertTokenizer'}, f)
         v = {t: i for i, t in enumerate(vlist)}
+        if lower:
+            # the same vocabulary as a complete tokenizer.json (as Hugging Face saves bert-base-uncased's)
+            dj = os.path.join(args.outdir, 'bert-json')
+            os.makedirs(dj, exist_ok=True)
+            sp = lambda t: {'id': t, 'ids': [v[t]], 'tokens': [t]}
+            seq = lambda name, ty: {'Sequence': {'id': name, 'type_id': ty}}
+            spt = lambda t, ty: {'SpecialToken': {'id': t, 'type_id': ty}}
+            tj = {'version': '1.0', 'truncation': None, 'padding': None,
+                  'added_tokens': [{'id': v[t], 'content': t, 'single_word': False, 'lstrip': False, 'rstrip': False,
+                                    'normalized': False, 'special': True} for t in ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')],
+                  'normalizer': {'type': 'BertNormalizer', 'clean_text': True, 'handle_chinese_chars': True,
+                                 'strip_accents': None, 'lowercase': True},
+                  'pre_tokenizer': {'type': 'BertPreTokenizer'},
+                  'post_processor': {'type': 'TemplateProcessing',
+                                     'single': [spt('[CLS]', 0), seq('A', 0), spt('[SEP]', 0)],
+                                     'pair': [spt('[CLS]', 0), seq('A', 0), spt('[SEP]', 0), seq('B', 1), spt('[SEP]', 1)],
+                                     'special_tokens': {'[CLS]': sp('[CLS]'), '[SEP]': sp('[SEP]')}},
+                  'decoder': {'type': 'WordPiece', 'prefix': '##', 'cleanup': True},
+                  'model': {'type': 'WordPiece', 'unk_token': '[UNK]', 'continuing_subword_prefix': '##',
+                            'max_input_chars_per_word': 100, 'vocab': v}}
+            with open(os.path.join(dj, 'tokenizer.json'), 'w', encoding='utf-8') as f:
+                json.dump(tj, f, ensure_ascii=False)
+            with open(os.path.join(dj, 'tokenizer_config.json'), 'w') as f:
+                json.dump({'do_lower_case': True, 'tokenizer_class': 'BertTokenizer', 'cls_token': '[CLS]', 'sep_token': '[SEP]',
+                           'pad_token': '[PAD]', 'unk_token': '[UNK]', 'mask_token': '[MASK]', 'model_max_length': 512}, f)
+            golden['folders']['bert-json'] = {'kind': 'wordpiece', 'vocabSize': len(vlist),
+                                              'cases': [dict(zip(('ids', 'offsets'), wordpiece_encode(s, v, True))) for s in STRINGS]}
         golden['folders'][name] = {'kind': 'wordpiece', 'vocabSize': len(vlist),
                                    'cases': [dict(zip(('ids', 'offsets'), wordpiece_encode(s, v, lower))) for s in STRINGS]}
     with open(os.path.join(args.outdir, 'golden.json'), 'w', encoding='utf-8') as f:
