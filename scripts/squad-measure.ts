@@ -5,10 +5,11 @@
 //            paragraph of 150..1500 characters is a context; up to two sentences of it become cloze
 //            questions (a word of >= 5 letters replaced by "what", the word the answer); contexts are
 //            split 85/15 into train / held-out eval by a seeded shuffle
-//   encoder: a random-initialised RoBERTa (weights ~ N(0, 0.02), lib/text/random-folder.ts) with the
+//   encoder: a random-initialised RoBERTa (matrices ~ N(0, 1/fan_in), embeddings N(0, 1); --init-bert:
+//            N(0, 0.02) everywhere; lib/text/random-folder.ts) with the
 //            byte-level BPE of test/golden/text-tokenizers/roberta (400 merges learnt on GPL-3)
 //   runs:    zero-init gated prompts, head only, random-init gates (same seed, steps, lr)
-// Usage: node dist/scripts/squad-measure.js OUT [--steps N] [--layers L] [--threads T]
+// Usage: node dist/scripts/squad-measure.js OUT [--steps N] [--layers L] [--threads T] [--init-bert]
 // Writes OUT/{train,eval}.json, OUT/encoder/, OUT/<run>/ and prints one JSON summary.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -64,6 +65,7 @@ async function main(): Promise<void> {
   const flag = (n: string, d: number) => (args.includes(n) ? Number(args[args.indexOf(n) + 1]) : d);
   const steps = flag('--steps', 120);
   const layers = flag('--layers', 4);
+  const init = args.includes('--init-bert') ? ('bert' as const) : ('fan-in' as const);
   if (args.includes('--threads')) native.setThreads(flag('--threads', 2));
   fs.mkdirSync(out, { recursive: true });
   const { train, eval: ev, counts } = buildClozeSquad(7);
@@ -72,7 +74,7 @@ async function main(): Promise<void> {
   const encDir = path.join(out, 'encoder');
   writeRandomTextFolder(encDir, {
     family: 'roberta', tokenizerDir: path.join(__dirname, '..', '..', 'test', 'golden', 'text-tokenizers', 'roberta'),
-    hidden: 128, layers: 4, heads: 4, ffn: 512, maxTokens: 192, qaHead: false, seed: 11,
+    hidden: 128, layers: 4, heads: 4, ffn: 512, maxTokens: 192, qaHead: false, seed: 11, init,
   });
   const enc = await TextEncoder.load(encDir, { device: 'cpu' });
   const trainData = loadSquad(path.join(out, 'train.json'));
@@ -108,7 +110,7 @@ async function main(): Promise<void> {
     process.stderr.write(JSON.stringify(results[results.length - 1]) + '\n');
   }
   enc.dispose();
-  process.stdout.write(JSON.stringify({ data: counts, encoder: 'random-init RoBERTa 4x128, 4 heads, ffn 512 (seed 11)', windows: win, results }, null, 1) + '\n');
+  process.stdout.write(JSON.stringify({ data: counts, encoder: `random-init RoBERTa 4x128, 4 heads, ffn 512 (seed 11, init ${init})`, windows: win, results }, null, 1) + '\n');
 }
 
 if (require.main === module)

@@ -1,6 +1,6 @@
 // A random-initialised RoBERTa or BERT folder in Hugging Face layout, for tests, the SQuAD
 // measurement and benchmarks: config.json, model.safetensors (weights ~ N(0, 0.02) as BERT's
-// initializer_range, LayerNorms 1/0, biases 0) and the tokenizer files copied from `tokenizerDir`.
+// initializer_range, or scaled by fan-in; LayerNorms 1/0, biases 0) and the tokenizer files copied from `tokenizerDir`.
 import * as fs from 'fs';
 import * as nodePath from 'path';
 import { Random } from '../generate/random';
@@ -20,6 +20,10 @@ export interface RandomTextFolderOptions {
   /** write qa_outputs (a *ForQuestionAnswering folder) */
   qaHead: boolean;
   seed: number;
+  /** 'bert': every matrix ~ N(0, 0.02) (BERT's initializer_range; the attention and feed-forward
+   *  branches are then ~50x smaller than the residual: a nearly transparent encoder); 'fan-in':
+   *  matrices ~ N(0, 1 / fan_in), embeddings ~ N(0, 1), so that every branch matters. Default 'bert'. */
+  init?: 'bert' | 'fan-in';
 }
 
 export function writeRandomTextFolder(dir: string, o: RandomTextFolderOptions): void {
@@ -35,7 +39,8 @@ export function writeRandomTextFolder(dir: string, o: RandomTextFolderOptions): 
     () => Float32Array.from({ length: n }, () => s * Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next()));
   const tensors: SafetensorsTensor[] = [];
   const add = (name: string, shape: number[], data: () => Float32Array) => tensors.push({ name, dtype: 'F32', shape, data });
-  const n = (shape: number[]) => normal(shape.reduce((a, b) => a * b, 1), 0.02);
+  const fanIn = o.init === 'fan-in';
+  const n = (shape: number[]) => normal(shape.reduce((a, b) => a * b, 1), !fanIn ? 0.02 : shape.length === 2 && shape[0] !== V && shape[0] !== P && shape[0] !== Y && shape[0] !== 2 ? 1 / Math.sqrt(shape[1]) : 1);
   const fill = (len: number, v: number) => () => new Float32Array(len).fill(v);
   const p = o.qaHead ? `${o.family}.` : '';
   add(`${p}embeddings.word_embeddings.weight`, [V, C], n([V, C]));
