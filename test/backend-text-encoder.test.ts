@@ -1,6 +1,7 @@
 // The text encoder (BERT/RoBERTa, post-norm) on every backend (CUDA on the emulator in CI): last
 // hidden states and prompted ones against the float64 references of test/golden/text-encoders, and
-// the training graph's gradients against the CPU of the same binding.
+// the training graph's gradients and three whole SQuAD steps (forward, span loss, backward, AdamW)
+// against the CPU of the same binding.
 //
 // Tolerances: hidden states within 5e-5 of the float64 reference (as on the CPU); gradients within
 // 1e-4 of the CPU's, relative to each tensor's largest element.
@@ -10,6 +11,10 @@ import * as path from 'path';
 import type { Tensor } from '../lib/native';
 import * as lib from '../lib/native';
 import { TextBatchIndex, TextEncoder, TextEncoderGraph } from '../lib/text/encoder';
+import * as os from 'os';
+import { writeRandomTextFolder } from '../lib/text/random-folder';
+import { loadSquad } from '../lib/data/squad';
+import { disposeParams, initParams, makeFeatures, newMoments, paramValues, squadStep } from '../lib/tasks/squad';
 import { describeEachBackend, withBinding } from './util/backends';
 import { repoRoot } from './util/paths';
 
@@ -73,5 +78,45 @@ describeEachBackend(
           const cpu = await runOn('cpu');
           here.grads.forEach((x, i) => expect(maxDiff(x, cpu.grads[i]), `gradient ${i}`).to.be.at.most(1e-4 * maxAbs(cpu.grads[i]) + 1e-7));
         }));
+  
+    it('three SQuAD training steps: losses and parameters as on the CPU', async () =>
+      withBinding(b.binding, async () => {
+        const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'squad-backend-'));
+        try {
+          const dir = path.join(tmp, 'enc');
+          writeRandomTextFolder(dir, {
+            family: 'roberta', tokenizerDir: path.join(repoRoot, 'test', 'golden', 'text-tokenizers', 'roberta'),
+            hidden: 32, layers: 2, heads: 4, ffn: 64, maxTokens: 48, qaHead: true, seed: 2, init: 'fan-in',
+          });
+          const context = 'The licenses for most software are designed to take away your freedom to share and change the works.';
+          const qas = ['software', 'freedom', 'works'].map((w, i) => ({ id: `q${i}`, question: `Which ${w}?`, answers: [{ text: w, answer_start: context.indexOf(w) }] }));
+          fs.writeFileSync(path.join(tmp, 'd.json'), JSON.stringify({ data: [{ paragraphs: [{ context, qas }] }] }));
+          const data = loadSquad(path.join(tmp, 'd.json'));
+          const runOn = async (device: 'cpu' | 'cuda') => {
+            const enc = await TextEncoder.load(dir, { device });
+            const feats = makeFeatures(data.examples, enc.tokenizer!, { maxSeqLen: 24, docStride: 4, maxQueryLen: 8 });
+            const prm = await initParams(enc, 2, 3, 'random', 1);
+            const moments = newMoments(prm);
+            const graph = new TextEncoderGraph(enc, 2);
+            const losses: number[] = [];
+            for (let s = 0; s < 3; s++) losses.push((await squadStep(enc, prm, graph, moments, feats.slice(0, 4), s + 1, 1e-2, 0.02)).loss);
+            const values = await paramValues(prm);
+            moments.flat().forEach((x) => x.dispose());
+            disposeParams(prm);
+            enc.dispose();
+            return { losses, values };
+          };
+          const here = await runOn(b.device);
+          expect(here.losses[2]).to.be.below(here.losses[0]);
+          if (b.device === 'cpu') return;
+          const cpu = await runOn('cpu');
+          here.losses.forEach((l, i) => expect(Math.abs(l - cpu.losses[i])).to.be.below(1e-5 * Math.abs(cpu.losses[i])));
+          // not the head's bias (the last): its gradient, a sum of (softmax - one-hot) over each window,
+          // is 0 up to rounding, which Adam's normalisation turns into steps of +-lr on either device
+          here.values.slice(0, -1).forEach((v, i) => expect(maxDiff(v, cpu.values[i]), `parameter ${i}`).to.be.at.most(1e-4 * maxAbs(cpu.values[i]) + 1e-7));
+        } finally {
+          fs.rmSync(tmp, { recursive: true, force: true });
+        }
+      }));
   },
 );

@@ -161,7 +161,9 @@ export async function train(argv: string[], out: NodeJS.WritableStream = process
       batchSize: numberFlag(v, 'batch-size', { integer: true, min: 1 }) ?? 16, lr: numberFlag(v, 'lr', { min: 0, minExclusive: true }) ?? 5e-3,
       weightDecay: numberFlag(v, 'weight-decay', { min: 0 }) ?? 0.02, warmupSteps: 0, seed: numberFlag(v, 'seed', { integer: true, min: 0, max: 2 ** 32 - 1 }) ?? 0,
     };
-    const feats = makeFeatures(data.examples, enc.tokenizer!, win).length;
+    process.stderr.write(`squad: tokenizing ${data.examples.length} questions of ${dataPath}\n`);
+    const windows = makeFeatures(data.examples, enc.tokenizer!, win);
+    const feats = windows.length;
     const total = Math.min(opts.maxSteps ?? Infinity, Math.ceil(feats / opts.batchSize) * opts.epochs);
     opts.warmupSteps = numberFlag(v, 'warmup-steps', { integer: true, min: 0 }) ?? Math.floor(total / 10);
     process.stderr.write(
@@ -178,7 +180,7 @@ export async function train(argv: string[], out: NodeJS.WritableStream = process
         fs.appendFileSync(metricsPath, JSON.stringify(s) + '\n');
         if (s.step === 1 || s.step % 10 === 0 || s.step === s.totalSteps)
           process.stderr.write(`step ${s.step}/${s.totalSteps} | loss ${s.loss.toFixed(4)} | norm ${s.grad_norm.toFixed(4)} | lr ${s.lr.toExponential(2)} | ${s.ms} ms | ${Math.round((s.tokens * 1000) / Math.max(1, s.ms))} tok/s\n`);
-      });
+      }, windows);
       saveSquadAdapter(adapterPath, params, enc, { ...win, layers, promptLen: opts.promptLen, v2: data.v2 }, await paramValues(params));
     } catch (e) {
       if (!params) removeEmptyDirs(made);

@@ -404,16 +404,18 @@ export async function squadStep(
 }
 
 /**
- * Trains the prompts, gates and head on `data`; calls `onStep` after every optimiser step. Returns
- * the trained parameters (the caller saves and disposes them).
+ * Trains the prompts, gates and head on `data` (its windows, when the caller made them already);
+ * calls `onStep` after every optimiser step. Returns the trained parameters (the caller saves and
+ * disposes them).
  */
 export async function trainSquad(
-  enc: TextEncoder, data: SquadData, o: SquadTrainOptions, onStep: (s: SquadStep) => void,
+  enc: TextEncoder, data: SquadData, o: SquadTrainOptions, onStep: (s: SquadStep) => void, windows?: SquadFeature[],
 ): Promise<SquadParams> {
   if (!enc.tokenizer) throw new Error('trainSquad: the encoder was loaded without its tokenizer');
   const c = enc.config;
   if (o.maxSeqLen > c.maxTokens) throw new RangeError(`--max-seq-len ${o.maxSeqLen} is above the ${c.maxTokens} positions of ${enc.dir}`);
-  const features = makeFeatures(data.examples, enc.tokenizer, o);
+  const features = windows ?? makeFeatures(data.examples, enc.tokenizer, o);
+  if (!features.length) throw new Error(`${data.path}: no training windows`);
   const p = await initParams(enc, o.layers, o.promptLen, o.gateInit, o.seed);
   const moments = newMoments(p);
   const graph = o.layers > 0 ? new TextEncoderGraph(enc, o.layers) : null;

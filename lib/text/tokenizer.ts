@@ -349,12 +349,14 @@ export function loadTextTokenizer(dir: string, family: 'roberta' | 'bert'): Text
   }
   if (fs.existsSync(p('tokenizer.json'))) {
     const file = p('tokenizer.json');
-    const j = readJson(file) as { model?: { type?: string; vocab?: unknown; merges?: unknown; unk_token?: string; continuing_subword_prefix?: string; max_input_chars_per_word?: number }; normalizer?: { lowercase?: boolean; strip_accents?: boolean | null } | null };
+    const j = readJson(file) as { pre_tokenizer?: { add_prefix_space?: boolean } | null; model?: { type?: string; vocab?: unknown; merges?: unknown; unk_token?: string; continuing_subword_prefix?: string; max_input_chars_per_word?: number }; normalizer?: { lowercase?: boolean; strip_accents?: boolean | null } | null };
     const model = j?.model;
     if (!model || typeof model !== 'object') throw new Error(`${file}: no "model" object`);
     const vocab = vocabFromObject(model.vocab, `${file} model.vocab`);
     if (family === 'roberta') {
       if (model.type !== 'BPE' || !Array.isArray(model.merges)) throw new Error(`${file}: expected a BPE model with merges for a RoBERTa folder, got ${JSON.stringify(model.type)}`);
+      if (j.pre_tokenizer?.add_prefix_space === true || tcfg.add_prefix_space === true)
+        throw new Error(`${file}: add_prefix_space = true is not supported (RoBERTa's own tokenizers have it false)`);
       return new ByteBpeTokenizer(vocab, mergesFrom(model.merges, `${file} model.merges`), file);
     }
     if (model.type !== 'WordPiece') throw new Error(`${file}: expected a WordPiece model for a BERT folder, got ${JSON.stringify(model.type)}`);
@@ -371,6 +373,7 @@ export function loadTextTokenizer(dir: string, family: 'roberta' | 'bert'): Text
   if (family === 'roberta') {
     for (const f of ['vocab.json', 'merges.txt'])
       if (!fs.existsSync(p(f))) throw new Error(`${dir}: no tokenizer.json and no ${f} (a RoBERTa folder ships vocab.json + merges.txt or tokenizer.json)`);
+    if (tcfg.add_prefix_space === true) throw new Error(`${p('tokenizer_config.json')}: add_prefix_space = true is not supported (RoBERTa's own tokenizers have it false)`);
     const vocab = vocabFromObject(readJson(p('vocab.json')), p('vocab.json'));
     const lines = fs.readFileSync(p('merges.txt'), 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#version'));
     return new ByteBpeTokenizer(vocab, mergesFrom(lines.map((l) => l.replace(/\r$/, '')), p('merges.txt')), p('vocab.json'));
