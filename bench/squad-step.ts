@@ -13,7 +13,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { native } from '../lib/native';
 import { writeRandomTextFolder } from '../lib/text/random-folder';
-import { TextBatchIndex, TextEncoder, TextEncoderGraph } from '../lib/text/encoder';
+import { TextBatchIndex, TextEncoderModel, TextEncoderGraph } from '../lib/text/encoder';
 import { loadSquad } from '../lib/data/squad';
 import { batchOf, initParams, makeFeatures, newMoments, paramValues, squadStep, disposeParams } from '../lib/tasks/squad';
 import { buildClozeSquad } from '../scripts/squad-measure';
@@ -38,7 +38,7 @@ async function main(): Promise<void> {
     family: 'roberta', tokenizerDir: path.join(__dirname, '..', '..', 'test', 'golden', 'text-tokenizers', 'roberta'),
     hidden: C, layers: nLayers, heads: C / 64, ffn: 4 * C, maxTokens: 192, qaHead: true, seed: 5,
   });
-  const enc = await TextEncoder.load(encDir, { device: 'cpu' });
+  const enc = await TextEncoderModel.load(encDir, { device: 'cpu' });
   const data = loadSquad(path.join(out, 'train.json'));
   const feats = makeFeatures(data.examples, enc.tokenizer!, { maxSeqLen: 192, docStride: 64, maxQueryLen: 64 });
   const batches = Array.from({ length: steps + 2 }, (_, s) => feats.slice(s * B, (s + 1) * B));

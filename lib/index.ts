@@ -50,7 +50,7 @@ export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess }
 export type { RgbImage, PreprocessConfig } from './image';
 export { EncoderGraph } from './encoder/train';
 // --- roberta: text encoders (BERT/RoBERTa), their tokenizers, extractive QA (SPEC §9) ---
-export { TextEncoder, TextEncoderGraph, TextBatchIndex, spanLogits } from './text/encoder';
+export { TextEncoderModel, TextEncoderGraph, TextBatchIndex, spanLogits } from './text/encoder';
 export type { TextBatch, TextEncoderOptions } from './text/encoder';
 export type { TextEncoderConfig, TextEncoderWeights } from './text/config';
 export { loadTextTokenizer, ByteBpeTokenizer, WordPieceTokenizer } from './text/tokenizer';

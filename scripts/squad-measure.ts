@@ -16,7 +16,7 @@ import * as path from 'path';
 import { native } from '../lib/native';
 import { Random } from '../lib/generate/random';
 import { writeRandomTextFolder } from '../lib/text/random-folder';
-import { TextEncoder } from '../lib/text/encoder';
+import { TextEncoderModel } from '../lib/text/encoder';
 import { loadSquad } from '../lib/data/squad';
 import { evaluateSquad, trainSquad, disposeParams, SquadStep } from '../lib/tasks/squad';
 
@@ -76,7 +76,7 @@ async function main(): Promise<void> {
     family: 'roberta', tokenizerDir: path.join(__dirname, '..', '..', 'test', 'golden', 'text-tokenizers', 'roberta'),
     hidden: 128, layers: 4, heads: 4, ffn: 512, maxTokens: 192, qaHead: false, seed: 11, init,
   });
-  const enc = await TextEncoder.load(encDir, { device: 'cpu' });
+  const enc = await TextEncoderModel.load(encDir, { device: 'cpu' });
   const trainData = loadSquad(path.join(out, 'train.json'));
   const evalData = loadSquad(path.join(out, 'eval.json'));
   const win = { maxSeqLen: 192, docStride: 64, maxQueryLen: 64 };

@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { Tensor } from '../lib/native';
 import * as lib from '../lib/native';
-import { TextBatchIndex, TextEncoder, TextEncoderGraph } from '../lib/text/encoder';
+import { TextBatchIndex, TextEncoderModel, TextEncoderGraph } from '../lib/text/encoder';
 import * as os from 'os';
 import { writeRandomTextFolder } from '../lib/text/random-folder';
 import { loadSquad } from '../lib/data/squad';
@@ -46,7 +46,7 @@ describeEachBackend(
           const [L, K, C] = p.shape as number[];
           const H = p.gateShape[1];
           const runOn = async (device: 'cpu' | 'cuda') => {
-            const enc = await TextEncoder.load(path.join(goldenDir, name), { device, tokenizer: false });
+            const enc = await TextEncoderModel.load(path.join(goldenDir, name), { device, tokenizer: false });
             const made: Tensor[] = [];
             const t = (x: Tensor) => (made.push(x), x);
             const idx = new TextBatchIndex({ ids: Int32Array.from(g.ids), types: Int32Array.from(g.types), offsets }, enc.config);
@@ -93,7 +93,7 @@ describeEachBackend(
           fs.writeFileSync(path.join(tmp, 'd.json'), JSON.stringify({ data: [{ paragraphs: [{ context, qas }] }] }));
           const data = loadSquad(path.join(tmp, 'd.json'));
           const runOn = async (device: 'cpu' | 'cuda') => {
-            const enc = await TextEncoder.load(dir, { device });
+            const enc = await TextEncoderModel.load(dir, { device });
             const feats = makeFeatures(data.examples, enc.tokenizer!, { maxSeqLen: 24, docStride: 4, maxQueryLen: 8 });
             const prm = await initParams(enc, 2, 3, 'random', 1);
             const moments = newMoments(prm);

@@ -8,7 +8,7 @@ import * as path from 'path';
 import { normalizeAnswer, exactMatchScore, f1Score, squadMetrics } from '../lib/eval/squad';
 import { loadSquad, SquadExample } from '../lib/data/squad';
 import { loadTextTokenizer } from '../lib/text/tokenizer';
-import { TextEncoder } from '../lib/text/encoder';
+import { TextEncoderModel } from '../lib/text/encoder';
 import { writeRandomTextFolder } from '../lib/text/random-folder';
 import {
   decodeAnswer, disposeParams, frozenParams, initParams, makeFeatures, scoreFeatures, spanLoss, SquadFeature,
@@ -208,7 +208,7 @@ describe('SQuAD on a tiny random RoBERTa: g = 0 and the commands', function () {
   after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it('prompts with gates 0 and the checkpoint head give the frozen model logits exactly', async () => {
-    const enc = await TextEncoder.load(qaDir, { device: 'cpu' });
+    const enc = await TextEncoderModel.load(qaDir, { device: 'cpu' });
     const data = loadSquad(dataPath);
     const feats = makeFeatures(data.examples, enc.tokenizer!, { maxSeqLen: 48, docStride: 16, maxQueryLen: 16 });
     const frozen = await frozenParams(enc);

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { native } from '../lib/native';
-import { TextBatchIndex, TextEncoder, TextEncoderGraph, spanLogits } from '../lib/text/encoder';
+import { TextBatchIndex, TextEncoderModel, TextEncoderGraph, spanLogits } from '../lib/text/encoder';
 import { Random } from '../lib/generate/random';
 import { repoRoot } from './util/paths';
 
@@ -47,10 +47,10 @@ function promptTensors(key: string, C: number, H: number) {
 for (const name of Object.keys(golden.folders))
   describe(`text encoder ${name} against the float64 reference`, () => {
     const g = golden.folders[name];
-    let enc: TextEncoder;
+    let enc: TextEncoderModel;
     let idx: TextBatchIndex;
     before(async () => {
-      enc = await TextEncoder.load(path.join(goldenDir, name), { device: 'cpu', tokenizer: false });
+      enc = await TextEncoderModel.load(path.join(goldenDir, name), { device: 'cpu', tokenizer: false });
       idx = new TextBatchIndex({ ids: Int32Array.from(g.ids), types: Int32Array.from(g.types), offsets }, enc.config);
     });
     after(() => {
@@ -79,7 +79,7 @@ for (const name of Object.keys(golden.folders))
     });
 
     it('bf16 storage of the matrices stays close to the reference', async () => {
-      const e2 = await TextEncoder.load(path.join(goldenDir, name), { device: 'cpu', tokenizer: false, dtype: 'bf16' });
+      const e2 = await TextEncoderModel.load(path.join(goldenDir, name), { device: 'cpu', tokenizer: false, dtype: 'bf16' });
       const h = e2.forward(idx);
       expect(maxDiff((await h.read()) as Float32Array, floats(g.hidden))).to.be.below(0.15);
       h.dispose();
@@ -110,12 +110,12 @@ for (const name of Object.keys(golden.folders))
 for (const name of ['roberta-qa-f32', 'bert-f32'])
   describe(`text encoder training graph (post-norm backward): ${name}`, () => {
     const g = golden.folders[name];
-    let enc: TextEncoder;
+    let enc: TextEncoderModel;
     let idx: TextBatchIndex;
     const K = 3;
     const L = 2;
     before(async () => {
-      enc = await TextEncoder.load(path.join(goldenDir, name), { device: 'cpu', tokenizer: false });
+      enc = await TextEncoderModel.load(path.join(goldenDir, name), { device: 'cpu', tokenizer: false });
       idx = new TextBatchIndex({ ids: Int32Array.from(g.ids), types: Int32Array.from(g.types), offsets }, enc.config);
     });
     after(() => {
@@ -195,29 +195,29 @@ describe('text encoder loading errors', () => {
     copyFolder('roberta-qa-f32');
     editConfig((c) => (c.intermediate_size = 20));
     let err: Error | undefined;
-    await TextEncoder.load(tmp, { device: 'cpu', tokenizer: false }).catch((e) => (err = e));
+    await TextEncoderModel.load(tmp, { device: 'cpu', tokenizer: false }).catch((e) => (err = e));
     expect(err?.message).to.match(/roberta\.encoder\.layer\.0\.intermediate\.dense\.weight has shape \[24, 16\] but config\.json implies \[20, 16\]/);
   });
   it('sizes above the bounds, other architectures and missing tensors are clear errors', async () => {
     copyFolder('bert-qa-bf16');
     editConfig((c) => (c.vocab_size = 2 ** 30));
-    await TextEncoder.load(tmp, { device: 'cpu', tokenizer: false }).then(
+    await TextEncoderModel.load(tmp, { device: 'cpu', tokenizer: false }).then(
       () => expect.fail('loaded'),
       (e) => expect(e.message).to.match(/vocab_size 1073741824 is above the supported maximum/),
     );
     editConfig((c) => ((c.vocab_size = 40), (c.architectures = ['GPT2LMHeadModel']), (c.model_type = 'gpt2')));
-    await TextEncoder.load(tmp, { device: 'cpu', tokenizer: false }).then(
+    await TextEncoderModel.load(tmp, { device: 'cpu', tokenizer: false }).then(
       () => expect.fail('loaded'),
       (e) => expect(e.message).to.match(/not a text encoder this project loads/),
     );
     editConfig((c) => ((c.architectures = ['BertForQuestionAnswering']), (c.num_hidden_layers = 3)));
-    await TextEncoder.load(tmp, { device: 'cpu', tokenizer: false }).then(
+    await TextEncoderModel.load(tmp, { device: 'cpu', tokenizer: false }).then(
       () => expect.fail('loaded'),
       (e) => expect(e.message).to.match(/missing tensor bert\.encoder\.layer\.2\.attention\.self\.query\.weight/),
     );
   });
   it('a batch with an id outside the vocabulary or a text longer than the positions is refused', async () => {
-    const enc = await TextEncoder.load(path.join(goldenDir, 'roberta-f16'), { device: 'cpu', tokenizer: false });
+    const enc = await TextEncoderModel.load(path.join(goldenDir, 'roberta-f16'), { device: 'cpu', tokenizer: false });
     expect(() => new TextBatchIndex({ ids: Int32Array.from([1, 40]), types: new Int32Array(2), offsets: [0, 2] }, enc.config)).to.throw(/token 1 has id 40, outside the vocabulary of 40/);
     expect(() => new TextBatchIndex({ ids: new Int32Array(13), types: new Int32Array(13), offsets: [0, 13] }, enc.config)).to.throw(/13 tokens, the encoder takes at most 12/);
     expect(() => new TextBatchIndex({ ids: new Int32Array(2), types: Int32Array.from([0, 1]), offsets: [0, 2] }, enc.config)).to.throw(/type 1, the encoder has 1/);

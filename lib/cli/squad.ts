@@ -4,7 +4,7 @@ import * as nodePath from 'path';
 import { resolveDevice } from '../device';
 import { loadSquad } from '../data/squad';
 import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
-import { TextEncoder } from '../text/encoder';
+import { TextEncoderModel } from '../text/encoder';
 import {
   SquadParams, WindowOptions, adapterPathIn, decodeAnswer, disposeParams, evaluateSquad, frozenParams, loadSquadAdapter,
   makeFeatures, paramValues, saveSquadAdapter, scoreFeatures, trainSquad,
@@ -105,12 +105,12 @@ function windowOptions(v: Flags, defaults?: WindowOptions): WindowOptions {
   };
 }
 
-async function openEncoder(v: Flags, usage: string): Promise<TextEncoder> {
+async function openEncoder(v: Flags, usage: string): Promise<TextEncoderModel> {
   const dir = requireString(v, 'encoder', usage);
   const dtype = stringFlag(v, 'dtype') ?? 'f32';
   if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
   const device = resolveDevice(stringFlag(v, 'device') as never, '--device');
-  return TextEncoder.load(dir, { device, dtype });
+  return TextEncoderModel.load(dir, { device, dtype });
 }
 
 function checkTask(v: Flags): void {
@@ -199,7 +199,7 @@ export async function train(argv: string[], out: NodeJS.WritableStream = process
   }
 }
 
-async function paramsFor(enc: TextEncoder, v: Flags): Promise<{ params: SquadParams; win: WindowOptions; v2: boolean }> {
+async function paramsFor(enc: TextEncoderModel, v: Flags): Promise<{ params: SquadParams; win: WindowOptions; v2: boolean }> {
   const a = stringFlag(v, 'adapter');
   if (a !== undefined) {
     const { params, info } = loadSquadAdapter(a, enc);

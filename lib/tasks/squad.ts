@@ -14,7 +14,7 @@ import { readSafetensorsHeader, writeSafetensors } from '../model/safetensors';
 import { learningRate } from '../train/schedule';
 import { SquadData, SquadExample } from '../data/squad';
 import { squadMetrics } from '../eval/squad';
-import { TextBatchIndex, TextEncoder, TextEncoderGraph, spanLogits } from '../text/encoder';
+import { TextBatchIndex, TextEncoderModel, TextEncoderGraph, spanLogits } from '../text/encoder';
 import type { TextTokenizer } from '../text/tokenizer';
 
 /** The longest answer decoded, in tokens (SPEC §9). */
@@ -116,7 +116,7 @@ export function disposeParams(p: SquadParams): void {
 
 /** Fresh parameters: prompts ~ N(0, 1), gates 0 (or N(0, 1) with gateInit 'random'), the
  *  checkpoint's qa_outputs as the head when it has one, else a zero head. */
-export async function initParams(enc: TextEncoder, L: number, K: number, gateInit: 'zero' | 'random', seed: number): Promise<SquadParams> {
+export async function initParams(enc: TextEncoderModel, L: number, K: number, gateInit: 'zero' | 'random', seed: number): Promise<SquadParams> {
   const c = enc.config;
   const rng = new Random(seed);
   const normal = (n: number) =>
@@ -140,13 +140,13 @@ export async function initParams(enc: TextEncoder, L: number, K: number, gateIni
 }
 
 /** The checkpoint's own head, no prompts: the frozen model as downloaded. */
-export async function frozenParams(enc: TextEncoder): Promise<SquadParams> {
+export async function frozenParams(enc: TextEncoderModel): Promise<SquadParams> {
   if (!enc.weights.qa)
     throw new Error(`${enc.dir} has no QA head (qa_outputs; a ${enc.config.architecture}): pass --adapter, or use a *ForQuestionAnswering folder`);
   return initParams(enc, 0, 1, 'zero', 0);
 }
 
-export function saveSquadAdapter(path: string, p: SquadParams, enc: TextEncoder, info: SquadAdapterInfo, values: Float32Array[]): void {
+export function saveSquadAdapter(path: string, p: SquadParams, enc: TextEncoderModel, info: SquadAdapterInfo, values: Float32Array[]): void {
   const c = enc.config;
   const L = p.prompts.length;
   const tensors = [
@@ -174,7 +174,7 @@ export async function paramValues(p: SquadParams): Promise<Float32Array[]> {
 }
 
 /** Loads a SQuAD adapter file for `enc`; errors name the file and what does not match. */
-export function loadSquadAdapter(path: string, enc: TextEncoder): { params: SquadParams; info: SquadAdapterInfo } {
+export function loadSquadAdapter(path: string, enc: TextEncoderModel): { params: SquadParams; info: SquadAdapterInfo } {
   const c = enc.config;
   const h = readSafetensorsHeader(path);
   const m = h.metadata;
@@ -229,7 +229,7 @@ export function batchOf(fs2: SquadFeature[]): { ids: Int32Array; types: Int32Arr
 
 /** Start/end logits of every feature: per feature a Float32Array (T, 2). */
 export async function scoreFeatures(
-  enc: TextEncoder, p: SquadParams, features: SquadFeature[], batchSize: number, onProgress?: (done: number, total: number) => void,
+  enc: TextEncoderModel, p: SquadParams, features: SquadFeature[], batchSize: number, onProgress?: (done: number, total: number) => void,
 ): Promise<Float32Array[]> {
   const out: Float32Array[] = [];
   const prompts = p.prompts.length ? { prompts: p.prompts, gates: p.gates } : undefined;
@@ -282,7 +282,7 @@ export function decodeAnswer(ex: SquadExample, feats: SquadFeature[], logits: Fl
 
 /** Predictions for every question of `data` and the metrics against its gold answers. */
 export async function evaluateSquad(
-  enc: TextEncoder, p: SquadParams, data: SquadData, win: WindowOptions, v2: boolean, batchSize: number,
+  enc: TextEncoderModel, p: SquadParams, data: SquadData, win: WindowOptions, v2: boolean, batchSize: number,
   onProgress?: (done: number, total: number) => void,
 ): Promise<{ exact_match: number; f1: number; total: number; predictions: Map<string, string> }> {
   const features = makeFeatures(data.examples, enc.tokenizer!, win);
@@ -360,7 +360,7 @@ export function newMoments(p: SquadParams): Tensor[][] {
  * the span loss, the backward to the head, gates and prompts, AdamW (`step` counts from 1).
  */
 export async function squadStep(
-  enc: TextEncoder, p: SquadParams, graph: TextEncoderGraph | null, moments: Tensor[][], part: SquadFeature[], step: number, lr: number, weightDecay: number,
+  enc: TextEncoderModel, p: SquadParams, graph: TextEncoderGraph | null, moments: Tensor[][], part: SquadFeature[], step: number, lr: number, weightDecay: number,
 ): Promise<{ loss: number; gradNorm: number; tokens: number }> {
   const c = enc.config;
   const trainable = [...p.prompts, ...p.gates, p.headW, p.headB];
@@ -409,7 +409,7 @@ export async function squadStep(
  * disposes them).
  */
 export async function trainSquad(
-  enc: TextEncoder, data: SquadData, o: SquadTrainOptions, onStep: (s: SquadStep) => void, windows?: SquadFeature[],
+  enc: TextEncoderModel, data: SquadData, o: SquadTrainOptions, onStep: (s: SquadStep) => void, windows?: SquadFeature[],
 ): Promise<SquadParams> {
   if (!enc.tokenizer) throw new Error('trainSquad: the encoder was loaded without its tokenizer');
   const c = enc.config;

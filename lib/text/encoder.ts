@@ -190,7 +190,7 @@ export interface TextEncoderOptions {
   tokenizer?: boolean;
 }
 
-export class TextEncoder {
+export class TextEncoderModel {
   private disposed = false;
 
   private constructor(
@@ -203,10 +203,10 @@ export class TextEncoder {
   ) {}
 
   /** Loads a Hugging Face RoBERTa or BERT folder (config.json + safetensors, and its tokenizer). */
-  static async load(dir: string, opts: TextEncoderOptions = {}): Promise<TextEncoder> {
+  static async load(dir: string, opts: TextEncoderOptions = {}): Promise<TextEncoderModel> {
     if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
-      throw new RangeError(`TextEncoder.load: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
-    const device = resolveDevice(opts.device, 'TextEncoder.load: device');
+      throw new RangeError(`TextEncoderModel.load: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
+    const device = resolveDevice(opts.device, 'TextEncoderModel.load: device');
     let st: fs.Stats;
     try {
       st = fs.statSync(dir);
@@ -248,11 +248,11 @@ export class TextEncoder {
         throw new Error(`failed to load ${dir} onto ${device}: ${(e as Error).message}`);
       }
     } else arena.closeMappings();
-    return new TextEncoder(dir, config, weights, tokenizer, device, arena);
+    return new TextEncoderModel(dir, config, weights, tokenizer, device, arena);
   }
 
   private check(): void {
-    if (this.disposed) throw new Error('TextEncoder: used after dispose()');
+    if (this.disposed) throw new Error('TextEncoderModel: used after dispose()');
   }
 
   /** The embeddings (N, C) of a batch: LN(word + position + token type). */
@@ -320,7 +320,7 @@ export class TextEncoderGraph {
   private saved: { act: PostNormActivations; kv: PromptKV }[] = [];
   private idx?: TextBatchIndex;
 
-  constructor(readonly encoder: TextEncoder, readonly L: number) {
+  constructor(readonly encoder: TextEncoderModel, readonly L: number) {
     const n = encoder.config.nLayers;
     if (!Number.isInteger(L) || L < 1 || L > n) throw new RangeError(`TextEncoderGraph: adapted layers must be 1..${n}, got ${L}`);
   }
