@@ -1,12 +1,12 @@
 // SQuAD training-step throughput (issue 14) on the CPU: the same batches as bench/torch_squad_step.py
 // (PyTorch float32, padded batches with an attention mask, autograd), and the cost of packing vs
 // padding in this engine.
-//   encoder: random-init RoBERTa with a QA head (lib/text/random-folder.ts), --hidden/--layers
+//   encoder: random-init RoBERTa with a QA head (lib/text/random-folder.ts, fan-in scaled), --hidden/--layers
 //   data:    the cloze SQuAD set of scripts/squad-measure.ts (Debian's licence texts), windows of
 //            --max-seq-len 192 tokens, stride 64, in file order, --batch windows per step
 //   trained: prompts (K = 10) + random-init gates in the top --adapt layers and the span head
-// Usage: node dist/bench/squad-step.js OUT [--hidden 256] [--layers 4] [--adapt 4] [--batch 16]
-//        [--steps 10] [--threads 2]
+// Usage: node dist/bench/squad-step.js OUT [--hidden 256] [--heads C/64] [--layers 4] [--adapt 4]
+//        [--batch 16] [--steps 10] [--max-seq-len 192] [--threads 2]
 // Writes OUT/batches.json (ids, types, offsets, targets, the initial parameters) for the PyTorch
 // script and prints {"ms_per_step", "tokens_per_s", losses, packed vs padded forward ms}.
 import * as fs from 'fs';
@@ -29,6 +29,8 @@ async function main(): Promise<void> {
   const B = flag('--batch', 16);
   const steps = flag('--steps', 10);
   const threads = flag('--threads', 2);
+  const heads = flag('--heads', Math.max(1, C / 64));
+  const maxSeqLen = flag('--max-seq-len', 192);
   native.setThreads(threads);
   fs.mkdirSync(out, { recursive: true });
   const { train } = buildClozeSquad(7);
@@ -36,11 +38,11 @@ async function main(): Promise<void> {
   const encDir = path.join(out, 'encoder');
   writeRandomTextFolder(encDir, {
     family: 'roberta', tokenizerDir: path.join(__dirname, '..', '..', 'test', 'golden', 'text-tokenizers', 'roberta'),
-    hidden: C, layers: nLayers, heads: C / 64, ffn: 4 * C, maxTokens: 192, qaHead: true, seed: 5,
+    hidden: C, layers: nLayers, heads, ffn: 4 * C, maxTokens: maxSeqLen, qaHead: true, seed: 5, init: 'fan-in',
   });
   const enc = await TextEncoderModel.load(encDir, { device: 'cpu' });
   const data = loadSquad(path.join(out, 'train.json'));
-  const feats = makeFeatures(data.examples, enc.tokenizer!, { maxSeqLen: 192, docStride: 64, maxQueryLen: 64 });
+  const feats = makeFeatures(data.examples, enc.tokenizer!, { maxSeqLen, docStride: Math.floor(maxSeqLen / 3), maxQueryLen: Math.min(64, Math.floor(maxSeqLen / 3)) });
   const batches = Array.from({ length: steps + 2 }, (_, s) => feats.slice(s * B, (s + 1) * B));
   const p = await initParams(enc, L, 10, 'random', 0);
   const init = await paramValues(p);
@@ -93,7 +95,7 @@ async function main(): Promise<void> {
   disposeParams(p);
   enc.dispose();
   process.stdout.write(JSON.stringify({
-    engine: 'llama-adapter CPU', threads, encoder: `random-init RoBERTa ${nLayers}x${C}, ${C / 64} heads`, adapt: L, batch: B, steps,
+    engine: 'llama-adapter CPU', threads, encoder: `random-init RoBERTa ${nLayers}x${C}, ${heads} heads`, adapt: L, batch: B, steps,
     ms_per_step: ms / steps, tokens_per_s: (tokens * 1000) / ms, losses, grad_norms: norms,
     forward: { packed, padded },
   }, null, 1) + '\n');

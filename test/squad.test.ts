@@ -11,8 +11,10 @@ import { loadTextTokenizer } from '../lib/text/tokenizer';
 import { TextEncoderModel } from '../lib/text/encoder';
 import { writeRandomTextFolder } from '../lib/text/random-folder';
 import {
-  decodeAnswer, disposeParams, frozenParams, initParams, makeFeatures, scoreFeatures, spanLoss, SquadFeature,
+  decodeAnswer, disposeParams, frozenParams, initParams, makeFeatures, newMoments, scoreFeatures, spanLoss, squadStep, SquadFeature,
 } from '../lib/tasks/squad';
+import { native } from '../lib/native';
+import { TextEncoderGraph } from '../lib/text/encoder';
 import { main } from '../lib/cli/main';
 import { repoRoot } from './util/paths';
 
@@ -274,5 +276,42 @@ describe('SQuAD on a tiny random RoBERTa: g = 0 and the commands', function () {
     const wrongAdapter = await capture(['eval', '--task', 'squad', '--encoder', baseDir, '--device', 'cpu', '--data', dataPath, '--adapter', path.join(qaDir, 'model.safetensors')]);
     expect(wrongAdapter.code).to.equal(1);
     expect(wrongAdapter.err).to.match(/not a SQuAD adapter/);
+  });
+});
+
+describe('SQuAD training steps against PyTorch float32', () => {
+  it('five steps (forward, span loss, post-norm backward, AdamW) give the losses of bench/torch_squad_step.py', async () => {
+    // test/golden/squad-step: written by bench/squad-step.ts (a random RoBERTa 2x32 with a QA head,
+    // 5 batches of 4 windows of the cloze set) and bench/torch_squad_step.py (autograd, padded)
+    const dir = path.join(repoRoot, 'test', 'golden', 'squad-step');
+    const job = JSON.parse(fs.readFileSync(path.join(dir, 'batches.json'), 'utf8'));
+    const torch = JSON.parse(fs.readFileSync(path.join(dir, 'torch.json'), 'utf8'));
+    const enc = await TextEncoderModel.load(path.join(dir, 'encoder'), { device: 'cpu' });
+    const C = enc.config.dim;
+    const H = enc.config.nHeads;
+    const L = job.adapt;
+    const v = job.params.map((a: number[]) => Float32Array.from(a));
+    const p = {
+      prompts: Array.from({ length: L }, (_, l) => native.fromArray(v[l], [job.K, C])),
+      gates: Array.from({ length: L }, (_, l) => native.fromArray(v[L + l], [H])),
+      headW: native.fromArray(v[2 * L], [2, C]),
+      headB: native.fromArray(v[2 * L + 1], [2]),
+    };
+    const graph = new TextEncoderGraph(enc, L);
+    const moments = newMoments(p);
+    const losses: number[] = [];
+    for (const [s, b] of (job.batches as { ids: number[]; types: number[]; offsets: number[]; start: number[]; end: number[] }[]).entries()) {
+      const feats = b.start.map((_, w) => ({
+        example: 0, ids: Int32Array.from(b.ids.slice(b.offsets[w], b.offsets[w + 1])), types: Int32Array.from(b.types.slice(b.offsets[w], b.offsets[w + 1])),
+        ctxStart: 0, ctxEnd: 0, offsets: [], startPos: b.start[w], endPos: b.end[w],
+      }));
+      losses.push((await squadStep(enc, p, graph, moments, feats, s + 1, job.lr, job.weightDecay)).loss);
+    }
+    expect(losses.length).to.equal(torch.losses.length);
+    losses.forEach((l, i) => expect(Math.abs(l - torch.losses[i]), `step ${i + 1}: ${l} vs ${torch.losses[i]}`).to.be.below(2e-5 * Math.abs(l)));
+    expect(losses[4]).to.be.below(losses[0]);
+    moments.flat().forEach((t) => t.dispose());
+    disposeParams(p);
+    enc.dispose();
   });
 });
