@@ -132,6 +132,10 @@ describe('SQuAD data and windows', () => {
       expect(holding).to.be.at.least(1);
       expect(fs2[fs2.length - 1].offsets[fs2[fs2.length - 1].offsets.length - 1][1]).to.equal(CONTEXT.length); // up to the final "."
       expect(() => makeFeatures([ex], tok, { maxSeqLen: 20, docStride: 19, maxQueryLen: 64 })).to.throw(/--doc-stride 19 must be below/);
+      // v2.0: an unanswerable question points at CLS in every window
+      const none = makeFeatures([{ ...ex, answers: [], isImpossible: true }], tok, win);
+      expect(none.length).to.equal(fs2.length);
+      expect(none.every((f) => f.startPos === 0 && f.endPos === 0)).to.equal(true);
     });
 });
 
