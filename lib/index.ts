@@ -64,3 +64,14 @@ export { FeaturesFileSource, EncoderSource, projConfigFor, parseFeatureLayers } 
 export type { ImageFeatureSource } from './train/image-features';
 export { imagePromptsFor, openImageSource } from './train/trainer';
 // --- end mm-train ---
+// --- roberta: text encoders (BERT/RoBERTa), their tokenizers, extractive QA (SPEC §9) ---
+export { TextEncoderModel, TextEncoderGraph, TextBatchIndex, spanLogits } from './text/encoder';
+export type { TextBatch, TextEncoderOptions } from './text/encoder';
+export type { TextEncoderConfig, TextEncoderWeights } from './text/config';
+export { loadTextTokenizer, ByteBpeTokenizer, WordPieceTokenizer } from './text/tokenizer';
+export type { TextTokenizer, Encoding } from './text/tokenizer';
+export { loadSquad } from './data/squad';
+export type { SquadData, SquadExample } from './data/squad';
+export { squadMetrics, normalizeAnswer, exactMatchScore, f1Score } from './eval/squad';
+export { trainSquad, evaluateSquad, decodeAnswer, makeFeatures, loadSquadAdapter, saveSquadAdapter } from './tasks/squad';
+// --- end roberta ---

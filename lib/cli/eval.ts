@@ -19,6 +19,7 @@ import { loadClassifyData } from '../data/classify';
 import { ClassifyEncoder } from '../tasks/classify-encoder';
 import { openClassifier, scoreImages } from '../tasks/classify';
 import { deviceFlags } from './classify';
+import * as squad from './squad';
 import { Flags, numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
 import { modelFlagSpec, modelFlagUsage, openModel } from './model-flags';
 import { imageFlagSpec, imageFlagUsage, openAdapterImages } from './image-flags';
@@ -30,6 +31,7 @@ export type Metric = (typeof METRICS)[number];
 
 export const usage = `Usage: llama-adapter eval --model PATH --data FILE [--adapter FILE] [--metric M] [flags]
        llama-adapter eval --task classify --encoder DIR --data D [--adapter FILE] [flags]
+       llama-adapter eval --task squad --encoder DIR --data FILE [--adapter FILE]  (--task squad --help)
 
 --metric loss (the default) prints {"loss": <mean cross-entropy over all target tokens of the
 file>, "tokens": <their count>}. The other metrics generate a greedy answer per record (temperature
@@ -101,6 +103,7 @@ export function textGenerator(model: Llama, tokenizer: Tokenizer, adapter: Adapt
 }
 
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
+  if (squad.wantsSquad(argv)) return squad.evaluate(argv, out); // --task squad: extractive QA on a text encoder (lib/cli/squad.ts)
   const { values } = parseFlags(argv, { ...evalFlagSpec }, usage);
   if (values.help) {
     out.write(usage + '\n');

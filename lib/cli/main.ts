@@ -15,6 +15,7 @@ const commands: Record<string, () => Command> = {
   export: () => require('./export'),
   tokenize: () => require('./tokenize'),
   'embed-images': () => require('./embed-images'),
+  answer: () => require('./squad'),
 };
 
 const usage = `Usage: llama-adapter <command> [flags]
@@ -29,6 +30,7 @@ Commands:
   export     write an adapter in PEFT's format or the official .pth layout
   tokenize   print the token ids of a text
   embed-images  global features of images from a CLIP/ViT encoder (a features file)
+  answer     the answer span of a context for a question (RoBERTa/BERT extractive QA, SQuAD)
 
 Run 'llama-adapter <command> --help' for a command's flags.`;
 

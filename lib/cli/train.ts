@@ -1,4 +1,5 @@
 // llama-adapter train --model M --data D --out DIR [flags]  (see lib/train/config.ts)
+import * as squad from './squad';
 import { parseFlags, UsageError } from './args';
 import { attachProgress } from './progress';
 import { resolveTrainConfig, trainFlagSpec, trainUsage } from '../train/config';
@@ -8,9 +9,12 @@ import { native } from '../native';
 import { resolveDevice } from '../device';
 import { ClassifyTrainer } from '../tasks/classify';
 
-export const usage = trainUsage();
+export const usage = `${trainUsage()}
+
+Extractive QA on a RoBERTa/BERT encoder: llama-adapter train --task squad --help`;
 
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
+  if (squad.wantsSquad(argv)) return squad.train(argv, out); // --task squad: extractive QA on a text encoder (lib/cli/squad.ts)
   const { values, positionals } = parseFlags(argv, trainFlagSpec(), usage);
   if (values.help) {
     out.write(usage + '\n');
