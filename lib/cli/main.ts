@@ -22,10 +22,10 @@ const usage = `Usage: llama-adapter <command> [flags]
 
 Commands:
   train      fine-tune a LLaMA-Adapter on instruction data (--task classify: prompts and a
-             head in a frozen image encoder)
+             head in a frozen image encoder; --task squad: in a RoBERTa/BERT encoder)
   generate   stream a continuation of a prompt (optionally with an adapter)
   eval       loss or accuracy (exact, choice, ScienceQA, caption metrics) of a data file
-             (--task classify: accuracy and loss of labelled images)
+             (--task classify: accuracy and loss of labelled images; --task squad: EM and F1)
   classify   the top classes of images under an image encoder's classifier or adapter
   export     write an adapter in PEFT's format or the official .pth layout
   tokenize   print the token ids of a text
