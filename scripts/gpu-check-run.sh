@@ -4,9 +4,10 @@
 # device tool, from the repository root:   bash .gpu-check/run.sh     with carry [".gpu-check"].
 #
 # One call of at most 10 minutes: every phase runs under `timeout` with its own budget, taken from
-# what is left of GPU_CHECK_BUDGET (default 540 s) after a reserve for the phases that follow, so a
-# slow phase is cut and the later ones still run; a phase with too little time left is skipped and
-# says so. The report runs last, whatever happened before it.
+# what is left of GPU_CHECK_BUDGET (default 540 s) after the shares of the phases that follow (each
+# phase's least useful time, SHARE below), so a slow phase is cut and the later ones still run; a
+# phase with too little time left is skipped and says so. A failed build skips to the report, which
+# runs last, whatever happened before it.
 #
 #   env       the machine (GPU, nvcc, cmake), cuBLASLt and NCCL found in python3's nvidia wheels
 #   node      the carried node binary, unpacked (xz, or python3's lzma)
@@ -20,6 +21,8 @@
 #             of host tensors (scripts/nccl-check.ts); nccl-gpu: the same all-reduce of GPU tensors
 #   gemm-lt, gemm-own   GEMM rates at the 7B shapes: cuBLASLt, then our own kernel
 #   ours7b    the random-weight 7B benchmark (bench/gpu-7b.ts train): steps, MFU, memory, decode
+#   clip      the CLIP ViT-L/14 image encoder, random bf16 weights, batch 32 (bench/gpu-mm.ts encode)
+#   mm7b      the 7B image-conditioned step on CLIP ViT-L/14 features (bench/gpu-mm.ts train)
 #   torch     go: PEFT's timed steps, GEMM and decode (the GPU is ours no more)
 #   report    one table: stdout, $OUT/gpu-check.md, $OUT/gpu-check.json (+ gpu-check.log, build.log,
 #             tests.log, torch.log: six files, of the eight that may come back)
@@ -234,38 +237,61 @@ main() {
   cpus=$(nproc)
   export JOBS=${GPU_CHECK_JOBS:-$((cpus > 4 && NO_GPU == 0 ? cpus - 2 : cpus))}
 
-  local gpu_phases="tests parity nccl nccl-gpu gemm-lt gemm-own ours7b torch"
-  # the device builds with 14 jobs in a few minutes; a machine without a GPU (the dry run) may be
-  # slower, and there the build is all there is to time
-  local build_cap=330
-  [ $NO_GPU = 1 ] && build_cap=$((BUDGET - 40))
-  if run_phase build $build_cap 30 30 bash "$SELF" --phase build; then
-    run_phase info 30 5 20 node "$ROOT/dist/scripts/gpu-check-device.js" info --json "$RES/info.json"
+  local gpu_phases="tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b torch"
+  # Every phase after the build keeps a share of the budget (its least useful time, which the phases
+  # before it may not eat into), then gets what those leave, up to its own cap. TAIL: PyTorch's timed
+  # part (60 s) and the report (15 s).
+  local -A SHARE=([info]=5 [tests]=15 [parity]=10 [nccl]=10 [nccl-gpu]=10 [gemm-lt]=15 [gemm-own]=15 [ours7b]=45 [clip]=20 [mm7b]=35)
+  local ORDER="info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b" TAIL=75
+  # reserve NAME: the shares of the phases after NAME, and the tail
+  reserve() {
+    local r=$TAIL seen=0 p
+    for p in $ORDER; do
+      [ $seen = 1 ] && r=$((r + SHARE[$p]))
+      [ "$p" = "$1" ] && seen=1
+    done
+    echo $r
+  }
+  # budget NAME CAP: what NAME may use now (run_phase applies the same rule)
+  budget() {
+    local t=$(($(left) - $(reserve "$1")))
+    echo $((t < $2 ? t : $2))
+  }
+  # the device builds with 14 jobs in a few minutes: up to 330 s, less the shares of everything
+  # after it (about 275 s of a 540 s budget); a machine without a GPU (the dry run) may be slower,
+  # and there the build is all there is to time
+  local build_cap=330 build_reserve=$(($(reserve info) + SHARE[info]))
+  [ $NO_GPU = 1 ] && build_cap=$((BUDGET - 40)) build_reserve=30
+  if run_phase build $build_cap 30 $build_reserve bash "$SELF" --phase build; then
+    run_phase info 30 5 "$(reserve info)" node "$ROOT/dist/scripts/gpu-check-device.js" info --json "$RES/info.json"
     if [ $NO_GPU = 1 ]; then
       not_run "not run (no GPU)" $gpu_phases
     else
-      # reserved for the 7B benchmark (>= 60 s), PEFT's timed part (60 s) and the report (15 s)
-      local R=135 dev="$ROOT/dist/scripts/gpu-check-device.js" b7="$ROOT/dist/bench/gpu-7b.js"
-      run_phase tests 120 20 $R bash "$SELF" --phase tests
-      run_phase parity 60 10 $R node "$dev" parity --json "$RES/parity.json"
-      run_phase nccl 45 10 $R node "$ROOT/dist/scripts/nccl-check.js" --json "$RES/nccl.json"
-      run_phase nccl-gpu 30 10 $R node "$dev" nccl-gpu --json "$RES/nccl-gpu.json"
+      local dev="$ROOT/dist/scripts/gpu-check-device.js" b7="$ROOT/dist/bench/gpu-7b.js" bmm="$ROOT/dist/bench/gpu-mm.js" t
+      run_phase tests 120 15 "$(reserve tests)" bash "$SELF" --phase tests
+      run_phase parity 60 10 "$(reserve parity)" node "$dev" parity --json "$RES/parity.json"
+      run_phase nccl 45 10 "$(reserve nccl)" node "$ROOT/dist/scripts/nccl-check.js" --json "$RES/nccl.json"
+      run_phase nccl-gpu 30 10 "$(reserve nccl-gpu)" node "$dev" nccl-gpu --json "$RES/nccl-gpu.json"
       # each GEMM run stops timing 10 s before its phase ends, keeping what it measured
-      local tg=$(($(left) - R))
-      [ $tg -gt 45 ] && tg=45
-      run_phase gemm-lt 45 15 $R node "$b7" gemm --budget $((tg - 10)) --json "$RES/gemm-lt.json"
-      tg=$(($(left) - R))
-      [ $tg -gt 45 ] && tg=45
-      run_phase gemm-own 45 15 $R env LLAMA_ADAPTER_GEMM=own node "$b7" gemm --budget $((tg - 10)) --json "$RES/gemm-own.json"
-      # the benchmark: what is left but PEFT's part and the report; its own budget ends 15 s sooner
-      local t7=$(($(left) - 75))
-      [ $t7 -gt 240 ] && t7=240
-      run_phase ours7b 240 45 75 node "$b7" train --batches "$HERE/data/batches-7b.json" --budget $((t7 - 15)) --json "$RES/ours7b.json"
+      t=$(budget gemm-lt 45)
+      run_phase gemm-lt 45 15 "$(reserve gemm-lt)" node "$b7" gemm --budget $((t - 10)) --json "$RES/gemm-lt.json"
+      t=$(budget gemm-own 45)
+      run_phase gemm-own 45 15 "$(reserve gemm-own)" env LLAMA_ADAPTER_GEMM=own node "$b7" gemm --budget $((t - 10)) --json "$RES/gemm-own.json"
+      # the 7B benchmark: what is left but the image phases' shares, PyTorch's part and the report;
+      # its own budget ends 15 s sooner
+      t=$(budget ours7b 240)
+      run_phase ours7b 240 45 "$(reserve ours7b)" node "$b7" train --batches "$HERE/data/batches-7b.json" --budget $((t - 15)) --json "$RES/ours7b.json"
+      # CLIP ViT-L/14 image encoder, bf16, batch 32 (issue 10); its runs stop 5 s before the phase ends
+      t=$(budget clip 40)
+      run_phase clip 40 20 "$(reserve clip)" node "$bmm" encode --shape L/14 --dtype bf16 --batch 32 --runs 5 --budget $((t - 5)) --json "$RES/clip.json"
+      # the image-conditioned 7B step on CLIP ViT-L/14 features (issue 11), B = 4 and 16
+      t=$(budget mm7b 60)
+      run_phase mm7b 60 35 "$(reserve mm7b)" node "$bmm" train --batches "$HERE/data/batches-7b.json" --micro 4,16 --steps 3 --budget $((t - 5)) --json "$RES/mm7b.json"
     fi
   elif [ $NO_GPU = 1 ]; then
     not_run "not run (no GPU)" info $gpu_phases
   else
-    not_run "not run (the build failed)" info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b
+    not_run "not run (the build failed)" info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b
   fi
 
   if [ -n "$torch_pid" ]; then

@@ -22,9 +22,10 @@
 //   manifest.json    what was prepared, when, from which commit, the sizes
 // There, run.sh unpacks node, builds the addon with nvcc (CMake, sm_90) in a temp dir, finds
 // cuBLASLt and NCCL in python3's nvidia wheels (LLAMA_ADAPTER_CUBLASLT, LLAMA_ADAPTER_NCCL), runs the
-// GPU op tests, the cpu-vs-cuda parity check, NCCL with one rank, the 7B benchmark (bench/gpu-7b.ts)
-// and PyTorch + PEFT on the same batches (bench/torch_peft_step.py), and prints one table, also
-// written to $OUT/gpu-check.md and $OUT/gpu-check.json.
+// GPU op tests, the cpu-vs-cuda parity check, NCCL with one rank, the 7B benchmark (bench/gpu-7b.ts),
+// the CLIP ViT-L/14 encoder and the 7B image-conditioned step (bench/gpu-mm.ts), and PyTorch + PEFT
+// on the same batches (bench/torch_peft_step.py), and prints one table, also written to
+// $OUT/gpu-check.md and $OUT/gpu-check.json.
 //
 //   node dist/scripts/gpu-check.js [--dry-run] [--keep] [--steps N]
 //   node dist/scripts/gpu-check.js report --results DIR --out DIR [--prepared DIR] [--no-gpu]
@@ -331,7 +332,7 @@ export function formatMarkdown(t: ReportTable, title: string): string {
 }
 
 /** run.sh's phases in the order they run */
-const PHASES = ['env', 'node', 'build', 'info', 'tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'torch'];
+export const PHASES = ['env', 'node', 'build', 'info', 'tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'clip', 'mm7b', 'torch'];
 const phaseRank = (p: string) => (PHASES.indexOf(p) + PHASES.length + 1) % (PHASES.length + 1);
 
 const GIB = 2 ** 30;
@@ -359,6 +360,8 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   const gemmLt = r('gemm-lt');
   const gemmOwn = r('gemm-own');
   const ours = r('ours7b');
+  const clip = r('clip');
+  const mm = r('mm7b');
   const torch = r('torch');
 
   /** what a cell says when its phase gave no figure */
@@ -419,6 +422,24 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
     dec(torch?.decode, torch, 'torch'),
     ours?.decode && torch?.decode ? `${(ours.decode.tokPerS / torch.decode.tokPerS).toFixed(2)}x` : '–',
   ]);
+
+  // the image phases (bench/gpu-mm.ts): ours only, on the same GPU
+  const enc = clip?.encode as Json | undefined;
+  rows.push([
+    `CLIP ViT-L/14 image encoder, bf16, 224x224, batch ${enc?.batch ?? 32}: images/s (TFLOP/s), peak GPU memory`,
+    enc ? `${f1(enc.imagesPerS)} images/s (${f0(enc.tflops)}), ${f1(enc.peakBytes / GIB)} GiB` : why('clip', clip?.errors, clip?.skipped, 'encode'),
+    '–',
+    '–',
+  ]);
+  for (const B of [4, 16]) {
+    const m = (mm?.train as Json[] | undefined)?.find((t) => t.B === B);
+    rows.push([
+      `B=${B}: 7B + CLIP ViT-L/14 features, image-conditioned step: tok/s (ms/step), peak GPU memory`,
+      m ? `${f0(m.tokPerS)} (${f1(m.msPerStep)} ms), ${f1(m.peakBytes / GIB)} GiB` : why('mm7b', mm?.errors, mm?.skipped, `B=${B}`),
+      '–',
+      '–',
+    ]);
+  }
 
   // GEMM: per shape, M = 4096 forward / backward TFLOP/s and M = 1 weight-read TB/s
   const g = (json: Json | undefined, name: string, M: number, op: string) =>
@@ -511,6 +532,10 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
       'one warm-up step on the longest, then the timed steps, each on its own batch; tok/s counts real (unpadded) tokens.',
     `MFU = model FLOPs per step / step time / ${(H200.bf16Flops / 1e12).toFixed(1)} TFLOP/s (H200 SXM dense bf16, datasheet), the same count for both sides: ${ADAPTER_STEP_FLOPS_FORMULA}.`,
     `Peak memory: native.cudaMemory().peak (ours) and torch.cuda.max_memory_allocated() (PyTorch) over the warm-up and timed steps, the weights included.`,
+    'Image phases (bench/gpu-mm.ts, ours only): the CLIP ViT-L/14 vision tower (24 layers of 1024, 257 tokens, projection 768) with random weights ' +
+      'made on the GPU (matrices bf16), random normalised pixels, best of its runs after a warm-up batch, pixels uploaded to features read back; ' +
+      'the image-conditioned step (SPEC §8) on the same Alpaca micro-batches with one image per example: random CLIP ViT-L/14-size features ' +
+      '(1024), projection R = 128, per-segment prompts, L = 30, K = 10, AdamW on prompts, gates and projection, one warm-up step then 3 timed.',
     `Decode: greedy, batch 1, with the adapter, timed from the first generated token; bound = 4.8 TB/s / ${(decodeWeightBytes(LLAMA_7B, 2) / 1e9).toFixed(2)} GB of weights per token (KV cache not counted).`,
     'GEMM: TF = TFLOP/s (2·M·N·K / time) at M = 4096 rows, forward y = x·wᵀ / backward dx = dy·w; M=1 = weight bytes read per second. ' +
       'Ours: x f32, w bf16 (engine per capabilities().cuda.gemm: the default engine, then LLAMA_ADAPTER_GEMM=own); PyTorch: torch.matmul with bf16 x.',
@@ -524,7 +549,7 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   if (errors.length) notes.push(`Errors: ${errors.join(' | ')}.`);
   const title = `GPU check: LLaMA-Adapter at the LLaMA-7B shape, ours vs PyTorch + PEFT — ${gpuName}`;
   const table = { columns: ['', 'ours (llama-adapter, CUDA)', 'PyTorch + PEFT AdaptionPrompt', 'ours / PyTorch'], rows, notes };
-  const json = { date: new Date().toISOString(), dryRun: noGpu, prepared: manifest, phases, env, info, parity, nccl, ncclGpu, gemm: { lt: gemmLt, own: gemmOwn }, ours, torch, table };
+  const json = { date: new Date().toISOString(), dryRun: noGpu, prepared: manifest, phases, env, info, parity, nccl, ncclGpu, gemm: { lt: gemmLt, own: gemmOwn }, ours, clip, mm7b: mm, torch, table };
   return { table, json, title };
 }
 

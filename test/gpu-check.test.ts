@@ -1,15 +1,21 @@
 // The GPU check's arithmetic and its no-GPU report (no GPU needed): the FLOP count behind MFU and the
 // bytes behind the decode bound against hand counts, the packing of its batches, the node_modules it
-// carries, and a report of a run without a GPU that must show no figure at all in the GPU columns.
+// carries, a report of a run without a GPU that must show no figure at all in the GPU columns, and
+// the image phases' device program (bench/gpu-mm.ts) run at a tiny shape on the CPU.
 import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { adapterStepFlops, decodeWeightBytes, LLAMA_7B, ModelShape } from '../bench/flops';
 import { packJson } from '../bench/gpu-7b';
+import { CLIP_TINY, encoderFlopsPerImage, main as gpuMm, randomEncoderWeights } from '../bench/gpu-mm';
+import { encoderTensors, EncoderLayerWeights } from '../lib/encoder/config';
+import { ImageEncoder } from '../lib/encoder/encoder';
+import { writeSafetensors, SafetensorsTensor } from '../lib/model/safetensors';
+import { native, Tensor } from '../lib/native';
 import { stepFlops } from '../bench/train-step';
 import { LlamaConfig } from '../lib/model/config';
-import { buildReport, packageClosure, RUNTIME_PACKAGES } from '../scripts/gpu-check';
+import { buildReport, packageClosure, PHASES, RUNTIME_PACKAGES } from '../scripts/gpu-check';
 import { repoRoot } from './util/paths';
 
 // C = 8, F = 12, 3 layers, H = 2 (d = 4), Hkv = 1 (Ckv = 4), V = 10
@@ -81,10 +87,17 @@ describe('gpu check: FLOPs, bytes, batches, report', () => {
       const res = path.join(dir, 'results');
       fs.mkdirSync(res);
       for (const p of ['env', 'node', 'build', 'info']) fs.writeFileSync(path.join(res, `${p}.status`), 'ok');
-      for (const p of ['tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'torch'])
+      for (const p of ['tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'clip', 'mm7b', 'torch'])
         fs.writeFileSync(path.join(res, `${p}.status`), 'not run (no GPU)');
       const { table, json } = buildReport(res, dir, true);
       expect(table.rows.length).to.be.greaterThan(10);
+      // the image phases have their rows too
+      const labels = table.rows.map((r) => r[0]);
+      expect(labels.filter((l) => /CLIP ViT-L\/14 image encoder/.test(l))).to.have.length(1);
+      expect(labels.filter((l) => /image-conditioned step/.test(l))).to.deep.equal([
+        'B=4: 7B + CLIP ViT-L/14 features, image-conditioned step: tok/s (ms/step), peak GPU memory',
+        'B=16: 7B + CLIP ViT-L/14 features, image-conditioned step: tok/s (ms/step), peak GPU memory',
+      ]);
       for (const row of table.rows) {
         for (const cell of row.slice(1)) expect(cell === 'not run (no GPU)' || cell === '–', `${row[0]}: ${cell}`).to.equal(true);
       }
@@ -92,6 +105,151 @@ describe('gpu check: FLOPs, bytes, batches, report', () => {
       expect(table.notes[0]).to.match(/^DRY RUN without a GPU/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("run.sh's GPU phases are the report's, in order, and a failed build lists them all as not run", () => {
+    const sh = fs.readFileSync(path.join(repoRoot, 'scripts', 'gpu-check-run.sh'), 'utf8');
+    const gpu = sh.match(/local gpu_phases="([^"]+)"/)![1].split(' ');
+    expect(gpu).to.deep.equal(PHASES.slice(PHASES.indexOf('info') + 1));
+    const failed = sh.match(/not_run "not run \(the build failed\)" ([^\n]+)/)![1].split(' ');
+    expect(failed).to.deep.equal(['info', ...gpu.filter((p) => p !== 'torch')]);
+    // every phase after the build has a share of the budget, in the order they run
+    const order = sh.match(/local ORDER="([^"]+)"/)![1].split(' ');
+    expect(order).to.deep.equal(['info', ...gpu.filter((p) => p !== 'torch')]);
+    const shares = sh.match(/local -A SHARE=\(([^)]+)\)/)![1];
+    for (const p of order) expect(shares, p).to.match(new RegExp(`\\[${p}\\]=\\d+`));
+  });
+});
+
+describe('gpu check: the image phases at a tiny shape on the CPU (bench/gpu-mm.ts)', () => {
+  it('encoderFlopsPerImage matches a hand count (C 32, F 64, 2 layers, 28x28 at patch 14, Dp 16)', () => {
+    // N = 4 patches, T = 5 tokens; patches 4·588·32, per layer 5·4·32² + 2·25·32 + 2·5·32·64, projection 32·16
+    expect(encoderFlopsPerImage(CLIP_TINY)).to.equal(2 * (4 * 588 * 32 + 2 * (5 * 4 * 1024 + 2 * 25 * 32 + 2 * 5 * 32 * 64) + 32 * 16));
+  });
+
+  it('ImageEncoder.fromWeights on random weights gives the features of the same weights loaded from a CLIP folder', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-gpu-mm-'));
+    const c = CLIP_TINY;
+    const w = randomEncoderWeights(c, 'f32', 'cpu', 5);
+    const enc = ImageEncoder.fromWeights(c, w, 'cpu');
+    let loaded: ImageEncoder | undefined;
+    const S = c.imageSize;
+    const px = native.randomUniform([3, 3, S, S], 'f32', 'cpu', 11, 2);
+    try {
+      // the same values under Hugging Face's names (what bench/embed-images.ts writes)
+      const val = async (t: Tensor) => (await t.read()) as Float32Array;
+      const p = 'vision_model.';
+      const list: SafetensorsTensor[] = [];
+      const put = async (name: string, shape: readonly number[], t: Tensor) => list.push({ name, dtype: 'F32', shape: [...shape], data: await val(t) });
+      await put(p + 'embeddings.class_embedding', [c.dim], w.cls);
+      await put(p + 'embeddings.patch_embedding.weight', [c.dim, 3, c.patchSize, c.patchSize], w.patchW);
+      await put(p + 'embeddings.position_embedding.weight', w.pos.shape, w.pos);
+      await put(p + 'pre_layrnorm.weight', [c.dim], w.preNorm!.w);
+      await put(p + 'pre_layrnorm.bias', [c.dim], w.preNorm!.b);
+      const names: [keyof EncoderLayerWeights, string][] = [
+        ['ln1w', 'layer_norm1.weight'], ['ln1b', 'layer_norm1.bias'], ['ln2w', 'layer_norm2.weight'], ['ln2b', 'layer_norm2.bias'],
+        ['wq', 'self_attn.q_proj.weight'], ['bq', 'self_attn.q_proj.bias'], ['wk', 'self_attn.k_proj.weight'], ['bk', 'self_attn.k_proj.bias'],
+        ['wv', 'self_attn.v_proj.weight'], ['bv', 'self_attn.v_proj.bias'], ['wo', 'self_attn.out_proj.weight'], ['bo', 'self_attn.out_proj.bias'],
+        ['w1', 'mlp.fc1.weight'], ['b1', 'mlp.fc1.bias'], ['w2', 'mlp.fc2.weight'], ['b2', 'mlp.fc2.bias'],
+      ];
+      for (let l = 0; l < c.nLayers; l++)
+        for (const [k, n] of names) await put(`${p}encoder.layers.${l}.${n}`, w.layers[l][k].shape, w.layers[l][k]);
+      await put(p + 'post_layernorm.weight', [c.dim], w.postNorm.w);
+      await put(p + 'post_layernorm.bias', [c.dim], w.postNorm.b);
+      await put('visual_projection.weight', w.projection!.shape, w.projection!);
+      expect(list.length).to.equal(encoderTensors(w).length);
+      writeSafetensors(path.join(dir, 'model.safetensors'), list);
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
+        architectures: ['CLIPVisionModelWithProjection'], model_type: 'clip_vision_model', hidden_size: c.dim, intermediate_size: c.ffnDim,
+        num_attention_heads: c.nHeads, num_hidden_layers: c.nLayers, image_size: S, patch_size: c.patchSize, projection_dim: c.projectionDim,
+        hidden_act: 'quick_gelu', layer_norm_eps: c.eps, num_channels: 3,
+      }));
+      loaded = await ImageEncoder.load(dir, { device: 'cpu', dtype: 'f32' });
+      const [a] = enc.forward(px);
+      const [b] = loaded.forward(px);
+      const fa = (await a.read()) as Float32Array;
+      const fb = (await b.read()) as Float32Array;
+      [a, b].forEach((t) => t.dispose());
+      expect(fa.length).to.equal(3 * c.projectionDim!);
+      expect(fa.every(Number.isFinite)).to.equal(true);
+      expect(Math.max(...fa.map(Math.abs))).to.be.greaterThan(0.1); // not all zero
+      expect(Array.from(fa)).to.deep.equal(Array.from(fb));
+    } finally {
+      px.dispose();
+      enc.dispose();
+      loaded?.dispose();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('ImageEncoder.fromWeights refuses weights on another device, naming it', () => {
+    const w = randomEncoderWeights(CLIP_TINY, 'f32', 'cpu', 5);
+    try {
+      expect(() => ImageEncoder.fromWeights(CLIP_TINY, w, 'cuda')).to.throw(/every weight must be on cuda, got one \(32, 588\) on cpu/);
+    } finally {
+      encoderTensors(w).forEach((t) => t.dispose());
+    }
+  });
+
+  it('encode and train modes run at the tiny shape on the CPU and report what they measured', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-gpu-mm-'));
+    try {
+      const enc = await gpuMm(['encode', '--shape', 'tiny', '--device', 'cpu', '--batch', '3', '--runs', '2', '--json', path.join(dir, 'clip.json')]);
+      expect(enc.errors).to.deep.equal([]);
+      expect(enc.encode!.batch).to.equal(3);
+      expect(enc.encode!.all).to.have.length(2);
+      expect(enc.encode!.imagesPerS).to.equal(Math.max(...enc.encode!.all));
+      expect(enc.encode!.peakBytes).to.equal(0); // no device memory on the CPU
+      expect(JSON.parse(fs.readFileSync(path.join(dir, 'clip.json'), 'utf8')).encode.imagesPerS).to.equal(enc.encode!.imagesPerS);
+
+      // two micro-batch sizes; B = 2 has steps of 3 + 4 and 3 + 2 tokens, B = 3 is not asked for
+      const ex = (ids: number[]) => ({ ids, labels: [...ids.slice(1), 2].map((y, i) => (i === 0 ? -1 : y)) });
+      const mb = (xs: number[][]) => {
+        const e = xs.map(ex);
+        return { ids: e.map((x) => x.ids), labels: e.map((x) => x.labels) };
+      };
+      const batches = {
+        source: 'by hand',
+        maxSeqLen: 16,
+        decodePrompt: [1, 5],
+        micro: [
+          { B: 2, warmup: mb([[1, 5, 6, 7], [1, 8, 9]]), steps: [mb([[1, 5, 6], [1, 7, 8, 9]]), mb([[1, 11, 12], [1, 13]])] },
+          { B: 3, warmup: mb([[1, 5], [1, 6], [1, 7]]), steps: [mb([[1, 5], [1, 6], [1, 7]])] },
+        ],
+      };
+      fs.writeFileSync(path.join(dir, 'b.json'), JSON.stringify(batches));
+      const tr = await gpuMm(['train', '--shape', 'tiny', '--device', 'cpu', '--batches', path.join(dir, 'b.json'), '--micro', '2', '--steps', '2',
+        '--json', path.join(dir, 'mm.json')]);
+      expect(tr.errors).to.deep.equal([]);
+      expect(tr.shape).to.include({ adapterLayers: 1, adapterLen: 10, featureSize: CLIP_TINY.dim });
+      expect(tr.train).to.have.length(1);
+      const row = tr.train![0];
+      expect(row).to.include({ B: 2, steps: 2, tokens: 12, images: 4, peakBytes: 0 });
+      // small random weights: near-uniform logits over the 32000-token vocabulary at the start
+      expect(row.losses).to.have.length(2);
+      for (const l of row.losses) expect(l).to.be.closeTo(Math.log(32000), 0.5);
+      expect(row.tokPerS).to.be.closeTo(row.tokens / row.seconds, 1e-6 * row.tokPerS);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('gpu-mm refuses bad arguments with a clear error', async () => {
+    for (const [argv, msg] of [
+      [['bogus'], /usage: gpu-mm.js encode\|train/],
+      [['encode', '--shape', '7b'], /--shape expects L\/14 or tiny, got 7b/],
+      [['train', '--shape', 'tiny'], /gpu-mm train needs --batches FILE/],
+      [['train', '--batches', '/nonexistent/b.json', '--device', 'cpu'], /--batches \/nonexistent\/b.json: ENOENT/],
+      [['encode', '--batch', '0'], /--batch expects an integer >= 1, got 0/],
+    ] as [string[], RegExp][]) {
+      let err: Error | undefined;
+      try {
+        await gpuMm(argv);
+      } catch (e) {
+        err = e as Error;
+      }
+      expect(err?.message, argv.join(' ')).to.match(msg);
     }
   });
 });

@@ -17,7 +17,7 @@ import { resolveDevice } from '../device';
 import { LoadArena } from '../model/weights';
 import { HF_CONFIG } from '../model/hf';
 import { decodeImage, checkRgbImage, RgbImage } from '../image/decode';
-import { PreprocessConfig, outputSize, preprocessImage, readPreprocessConfig } from '../image/preprocess';
+import { PreprocessConfig, defaultPreprocess, outputSize, preprocessImage, readPreprocessConfig } from '../image/preprocess';
 import {
   EncoderConfig, EncoderLayerWeights, EncoderWeights, encoderTensors, featureDim, headSize, loadEncoderWeights,
   mapEncoderWeights, tokensPerImage,
@@ -284,6 +284,15 @@ export class ImageEncoder {
       }
     } else arena.closeMappings();
     return new ImageEncoder(dir, config, weights, preprocess, device, arena);
+  }
+
+  /** An encoder over weights already on `device` (e.g. random ones made there by a benchmark, no
+   *  file): it owns them from now on and dispose() releases them. The family's default
+   *  preprocessing; `name` stands for the folder in messages. */
+  static fromWeights(config: EncoderConfig, weights: EncoderWeights, device: Device, name = '(weights in memory)'): ImageEncoder {
+    for (const t of encoderTensors(weights))
+      if (t.device !== device) throw new RangeError(`ImageEncoder.fromWeights: every weight must be on ${device}, got one (${t.shape.join(', ')}) on ${t.device}`);
+    return new ImageEncoder(name, config, weights, defaultPreprocess(config.family, config.imageSize), device, new LoadArena());
   }
 
   /** The size D of one feature vector. */
