@@ -18,7 +18,7 @@
 //         projected image feature (ImagePromptStep, as Trainer.run builds it), forward, backward to
 //         the prompts, gates and projection, AdamW. The batches are gpu-7b's Alpaca micro-batches
 //         (gpu-check.ts writes them); every example gets its own image whose features are random
-//         N(0, 1)-scale values, made on the host once per step as a features file would give them.
+//         (uniform in [-1, 1)), made on the host each step as a features file would give them.
 //         Trained tokens/s and the peak of native.cudaMemory() over the steps (weights included).
 //
 // --shape tiny (and small) exist to run these code paths quickly on the CPU or the CUDA emulator
