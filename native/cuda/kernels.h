@@ -8,6 +8,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../core/tensor.h"
+
 namespace la::cuda {
 
 // ---- elementwise.cu -------------------------------------------------------------------------
@@ -42,6 +44,14 @@ void rope_at(float* x, const int32_t* pos, int64_t N, int64_t H, int64_t d, floa
 // y (M, N) = x (M, K) · wᵀ;  dx (M, K) = dy (M, N) · w
 void matmul_forward(float* y, const float* x, const void* w, bool w_bf16, int64_t M, int64_t N, int64_t K);
 void matmul_backward(float* dx, const float* dy, const void* w, bool w_bf16, int64_t M, int64_t N, int64_t K);
+
+// ---- quant.cu ---------------------------------------------------------------------------------
+// The same with w (N, K) block-quantized as dtype t (core/quant.h), as cpu/quant.cpp; and
+// out (T, C) = table (V, C)[tokens], out (rows, K) = w dequantised.
+void matmul_forward_q(float* y, const float* x, const void* w, DType t, int64_t M, int64_t N, int64_t K);
+void matmul_backward_q(float* dx, const float* dy, const void* w, DType t, int64_t M, int64_t N, int64_t K);
+void embedding_forward_q(float* out, const void* table, DType t, const int32_t* tokens, int64_t T, int64_t C);
+void dequantize_rows(float* out, const void* w, DType t, int64_t rows, int64_t K);
 
 // ---- attention.cu (cached inference) ----------------------------------------------------------
 // out (T, H, d): causal attention of q (T, H, d) at positions pos0 + t over caches k, v (S, Hkv, d),

@@ -1,0 +1,174 @@
+// Frozen-weight products with block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K; core/quant.h),
+// which stay quantized in memory. Few rows (decoding): each weight row is dequantised into a
+// buffer in L1 and dotted with the rows of x, one pass over the (4-8x smaller) weights on all cores;
+// Q8_0 and Q4_K have fused AVX2 dot products that never write the row out. Many rows (prompts,
+// training): a panel of weight rows is dequantised to f32 and handed to sgemm, as the bf16 path.
+#include <algorithm>
+#include <vector>
+
+#include "../core/blas.h"
+#include "../core/parallel.h"
+#include "../core/quant.h"
+#include "kernels.h"
+#include "simd.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define LA_X86 1
+#include <immintrin.h>
+#endif
+
+namespace la::cpu {
+namespace {
+
+constexpr int64_t kSmallM = 8;  // up to this many rows, one pass over w beats sgemm (as matmul.cpp)
+
+#ifdef LA_X86
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+// 8 bytes -> 8 floats (signed or unsigned)
+__attribute__((target("avx2,fma"))) inline __m256 i8x8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+__attribute__((target("avx2,fma"))) inline __m256 u8x8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+
+// dot(x, row) for a Q8_0 row of K values: per block d * sum(q * x)
+__attribute__((target("avx2,fma"))) float dot_q8_0_avx2(const float* x, const uint8_t* row, int64_t K) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < K / 32; b++) {
+    const uint8_t* blk = row + b * 34;
+    const float* xb = x + b * 32;
+    __m256 s = _mm256_mul_ps(i8x8(blk + 2), _mm256_loadu_ps(xb));
+    s = _mm256_fmadd_ps(i8x8(blk + 10), _mm256_loadu_ps(xb + 8), s);
+    s = _mm256_fmadd_ps(i8x8(blk + 18), _mm256_loadu_ps(xb + 16), s);
+    s = _mm256_fmadd_ps(i8x8(blk + 26), _mm256_loadu_ps(xb + 24), s);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(quant_detail::half_at(blk)), s, acc);
+  }
+  return hsum8(acc);
+}
+
+// dot(x, row) for a Q4_K row: per sub-block j of 32, d*sc_j * sum(q * x) - dmin*m_j * sum(x)
+__attribute__((target("avx2,fma"))) float dot_q4_k_avx2(const float* x, const uint8_t* row, int64_t K) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m128i low = _mm_set1_epi8(0x0F);
+  for (int64_t b = 0; b < K / 256; b++) {
+    const uint8_t* blk = row + b * 144;
+    const float* xb = x + b * 256;
+    float d = quant_detail::half_at(blk), dmin = quant_detail::half_at(blk + 2);
+    const uint8_t* q = blk + 16;
+    for (int i = 0; i < 4; i++) {
+      uint8_t sc1, m1, sc2, m2;
+      quant_detail::scale_min_k4(2 * i, blk + 4, &sc1, &m1);
+      quant_detail::scale_min_k4(2 * i + 1, blk + 4, &sc2, &m2);
+      const float* x1 = xb + 64 * i;
+      const float* x2 = x1 + 32;
+      __m256 sq1 = _mm256_setzero_ps(), sq2 = _mm256_setzero_ps(), sx1 = _mm256_setzero_ps(), sx2 = _mm256_setzero_ps();
+      for (int l = 0; l < 32; l += 16) {
+        __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32 * i + l));
+        __m128i lo = _mm_and_si128(v, low), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
+        __m256 a0 = _mm256_loadu_ps(x1 + l), a1 = _mm256_loadu_ps(x1 + l + 8);
+        __m256 b0 = _mm256_loadu_ps(x2 + l), b1 = _mm256_loadu_ps(x2 + l + 8);
+        sq1 = _mm256_fmadd_ps(u8x8(lo), a0, sq1);
+        sq1 = _mm256_fmadd_ps(u8x8(_mm_srli_si128(lo, 8)), a1, sq1);
+        sq2 = _mm256_fmadd_ps(u8x8(hi), b0, sq2);
+        sq2 = _mm256_fmadd_ps(u8x8(_mm_srli_si128(hi, 8)), b1, sq2);
+        sx1 = _mm256_add_ps(sx1, _mm256_add_ps(a0, a1));
+        sx2 = _mm256_add_ps(sx2, _mm256_add_ps(b0, b1));
+      }
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1), sq1, acc);
+      acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * m1), sx1, acc);
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc2), sq2, acc);
+      acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * m2), sx2, acc);
+    }
+  }
+  return hsum8(acc);
+}
+#endif
+
+// out[r] = dot(x_r, w) for R rows of x (stride K) against one quantized row; buf holds K floats.
+void dots_q(float* out, const float* x, int64_t R, const uint8_t* wrow, DType t, int64_t K, float* buf) {
+#ifdef LA_X86
+  if (R == 1 && have_avx2()) {
+    if (t == DType::Q8_0) {
+      out[0] = dot_q8_0_avx2(x, wrow, K);
+      return;
+    }
+    if (t == DType::Q4_K) {
+      out[0] = dot_q4_k_avx2(x, wrow, K);
+      return;
+    }
+  }
+#endif
+  dequant_row(t, wrow, buf, K);
+  dots_f32(out, x, K, R, buf, K);
+}
+
+// Rows [n0, n0 + rows) of w as f32 into panel (rows, K), in parallel.
+void dequant_panel(float* panel, const uint8_t* w, DType t, int64_t n0, int64_t rows, int64_t K) {
+  int64_t rb = row_bytes(t, K);
+  parallel_for(rows, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) dequant_row(t, w + (n0 + r) * rb, panel + r * K, K);
+  });
+}
+
+// Weight rows per dequantised panel: about 4 MiB of f32.
+int64_t panel_rows(int64_t N, int64_t K) { return std::min(N, std::max<int64_t>(64, (int64_t(1) << 20) / K)); }
+
+}  // namespace
+
+void dequantize_rows(float* out, const void* w, DType t, int64_t rows, int64_t K) {
+  dequant_panel(out, static_cast<const uint8_t*>(w), t, 0, rows, K);
+}
+
+void matmul_forward_q(float* y, const float* x, const void* wv, DType t, int64_t M, int64_t N, int64_t K) {
+  const uint8_t* w = static_cast<const uint8_t*>(wv);
+  int64_t rb = row_bytes(t, K);
+  if (M <= kSmallM) {
+    // y (M, N): each weight row is read once, dequantised (or dotted directly) for every row of x.
+    parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
+      std::vector<float> buf(static_cast<size_t>(K));
+      float acc[kSmallM];
+      for (int64_t n = n0; n < n1; n++) {
+        dots_q(acc, x, M, w + n * rb, t, K, buf.data());
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = acc[m];
+      }
+    });
+    return;
+  }
+  // y[:, n0:n0+nb] = x · panelᵀ, one panel of dequantised weight rows at a time.
+  int64_t nb = panel_rows(N, K);
+  std::vector<float> panel(size_t(nb) * K);
+  for (int64_t n0 = 0; n0 < N; n0 += nb) {
+    int64_t rows = std::min(nb, N - n0);
+    dequant_panel(panel.data(), w, t, n0, rows, K);
+    sgemm(false, true, int(M), int(rows), int(K), 1.f, x, int(K), panel.data(), int(K), 0.f, y + n0, int(N));
+  }
+}
+
+void matmul_backward_q(float* dx, const float* dy, const void* wv, DType t, int64_t M, int64_t N, int64_t K) {
+  // dx (M, K) = sum over panels of dy[:, n0:n0+nb] · panel, the first panel overwriting dx.
+  const uint8_t* w = static_cast<const uint8_t*>(wv);
+  int64_t nb = panel_rows(N, K);
+  std::vector<float> panel(size_t(nb) * K);
+  for (int64_t n0 = 0; n0 < N; n0 += nb) {
+    int64_t rows = std::min(nb, N - n0);
+    dequant_panel(panel.data(), w, t, n0, rows, K);
+    sgemm(false, false, int(M), int(K), int(rows), 1.f, dy + n0, int(N), panel.data(), int(K), n0 == 0 ? 0.f : 1.f,
+          dx, int(K));
+  }
+}
+
+void embedding_forward_q(float* out, const void* table, DType t, const int32_t* tokens, int64_t T, int64_t C) {
+  const uint8_t* w = static_cast<const uint8_t*>(table);
+  int64_t rb = row_bytes(t, C);
+  for (int64_t i = 0; i < T; i++) dequant_row(t, w + int64_t(tokens[i]) * rb, out + i * C, C);
+}
+
+}  // namespace la::cpu
