@@ -7,6 +7,7 @@ import { resolveDevice } from '../device';
 import { Checkpoint, LoadArena, LoadOptions, LoadedWeights, allTensors, moveWeights } from './weights';
 import { loadLlama2c } from './llama2c';
 import { HF_CONFIG, loadHf } from './hf';
+import { isGguf, loadGguf } from './gguf';
 import { findTokenizer } from './config';
 
 export { findTokenizer };
@@ -28,7 +29,7 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
   if (isDir && !fs.existsSync(nodePath.join(path, HF_CONFIG)))
     throw new Error(
       `${path} is a directory without ${HF_CONFIG}: expected a Hugging Face model folder ` +
-        `(config.json + model.safetensors) or a llama2.c .bin file`,
+        `(config.json + model.safetensors), a llama2.c .bin file or a GGUF file`,
     );
   if (!isDir && !st.isFile()) throw new Error(`${path} is neither a regular file nor a directory`);
   if (!isDir && /(\.safetensors|\.json)$/.test(path))
@@ -37,7 +38,7 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
   const arena = new LoadArena(opts.mmap === false);
   let loaded: LoadedWeights;
   try {
-    loaded = isDir ? loadHf(path, arena, opts) : loadLlama2c(path, arena, opts);
+    loaded = isDir ? loadHf(path, arena, opts) : isGguf(path) ? loadGguf(path, arena, opts) : loadLlama2c(path, arena, opts);
   } catch (e) {
     arena.release();
     throw e;
@@ -70,7 +71,9 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     arena.closeMappings();
   }
 
-  const tokenizerPath = findTokenizer(isDir ? path : nodePath.dirname(path), config.vocabSize);
+  // A GGUF's own vocabulary comes before any tokenizer file that happens to lie beside it.
+  const tokenizerModel = loaded.tokenizerModel;
+  const tokenizerPath = tokenizerModel ? undefined : findTokenizer(isDir ? path : nodePath.dirname(path), config.vocabSize);
   let disposed = false;
   return {
     config,
@@ -78,6 +81,7 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     format,
     path,
     tokenizerPath,
+    tokenizerModel,
     device,
     dispose(): void {
       if (disposed) return;

@@ -8,7 +8,11 @@
 #pragma once
 #include <cstdint>
 
-#include "../core/tensor.h"
+// (core/tensor.h's enum, declared here: .cu files include this after compat.h, and the emulator's
+// qualifier macros must not meet the standard headers tensor.h pulls in)
+namespace la {
+enum class DType;
+}
 
 namespace la::cuda {
 
