@@ -34,8 +34,10 @@ file>, "tokens": <their count>}. The other metrics generate a greedy answer per 
              README)
 Without --adapter: the frozen model. This command is text-only: records' images are not seen.
 
-  --model PATH         llama2.c .bin file or Hugging Face folder
-  --tokenizer PATH     tokenizer.model or tokenizer.bin (default: found beside the model)
+  --model PATH         llama2.c .bin file, Hugging Face folder or GGUF file (llama;
+                       F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K, quantized weights kept quantized)
+  --tokenizer PATH     tokenizer.model or tokenizer.bin (default: a GGUF's own vocabulary,
+                       else found beside the model)
   --adapter FILE       adapter.safetensors to apply
   --data PATH          the data: an Alpaca JSON list or JSONL file (records may have "image");
                        for --format scienceqa the folder of problems.json and pid_splits.json

@@ -68,8 +68,8 @@ interface Option {
 
 /** Every flag, in the order `--help` lists them. */
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
-  model: { kind: 'string', help: 'llama2.c .bin file or Hugging Face folder (required)' },
-  tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
+  model: { kind: 'string', help: 'llama2.c .bin file, Hugging Face folder or GGUF file (quantized weights stay quantized) (required)' },
+  tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: a GGUF\'s own vocabulary, else found beside the model)' },
   data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says (required)' },
   'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
   'val-split': { kind: 'number', min: 0, max: 1, help: 'fraction of --data held out for validation (default 0)' },
