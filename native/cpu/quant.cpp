@@ -4,6 +4,7 @@
 // Q8_0 and Q4_K have fused AVX2 dot products that never write the row out. Many rows (prompts,
 // training): a panel of weight rows is dequantised to f32 and handed to sgemm, as the bf16 path.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../core/blas.h"
@@ -90,6 +91,60 @@ __attribute__((target("avx2,fma"))) float dot_q4_k_avx2(const float* x, const ui
   }
   return hsum8(acc);
 }
+
+// Decode with Q4_K weights (M = 1), as llama.cpp does it: x is quantized once per product to int8
+// per 32 values (xq, scale xd = amax / 127, round to nearest) and each sub-block's dot is an integer
+// dot product (u8 nibbles x s8: maddubs, then madd into i32), scaled by d * sc * xd in float; the
+// min term uses the exact float sums of x (xs). The only error beyond f32 rounding is x's int8
+// rounding: |error| <= sum_k |w_k| * xd(k) / 2 (the test checks this bound).
+struct Q8x {
+  std::vector<int8_t> q;   // (K)
+  std::vector<float> d;    // (K / 32) scales
+  std::vector<float> sum;  // (K / 32) sums of x
+};
+void quantize_x_q8(const float* x, int64_t K, Q8x& out) {
+  out.q.resize(size_t(K));
+  out.d.resize(size_t(K / 32));
+  out.sum.resize(size_t(K / 32));
+  for (int64_t b = 0; b < K / 32; b++) {
+    float amax = 0, sum = 0;
+    for (int j = 0; j < 32; j++) {
+      amax = std::max(amax, std::fabs(x[32 * b + j]));
+      sum += x[32 * b + j];
+    }
+    float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
+    for (int j = 0; j < 32; j++) out.q[size_t(32 * b + j)] = int8_t(std::nearbyint(x[32 * b + j] * id));
+    out.d[size_t(b)] = d;
+    out.sum[size_t(b)] = sum;
+  }
+}
+
+__attribute__((target("avx2,fma"))) float dot_q4_k_q8_avx2(const Q8x& x, const uint8_t* row, int64_t K) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  float mins = 0;
+  for (int64_t b = 0; b < K / 256; b++) {
+    const uint8_t* blk = row + b * 144;
+    float d = quant_detail::half_at(blk), dmin = quant_detail::half_at(blk + 2);
+    const int8_t* xq = x.q.data() + b * 256;
+    const float* xd = x.d.data() + b * 8;
+    const float* xs = x.sum.data() + b * 8;
+    for (int i = 0; i < 4; i++) {
+      uint8_t sc1, m1, sc2, m2;
+      quant_detail::scale_min_k4(2 * i, blk + 4, &sc1, &m1);
+      quant_detail::scale_min_k4(2 * i + 1, blk + 4, &sc2, &m2);
+      __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * i));
+      __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+      __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i))), ones);
+      __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i + 32))), ones);
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(d * float(sc1) * xd[2 * i]), _mm256_cvtepi32_ps(p1), acc);
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(d * float(sc2) * xd[2 * i + 1]), _mm256_cvtepi32_ps(p2), acc);
+      mins += dmin * (float(m1) * xs[2 * i] + float(m2) * xs[2 * i + 1]);
+    }
+  }
+  return hsum8(acc) - mins;
+}
 #endif
 
 // out[r] = dot(x_r, w) for R rows of x (stride K) against one quantized row; buf holds K floats.
@@ -130,6 +185,16 @@ void dequantize_rows(float* out, const void* w, DType t, int64_t rows, int64_t K
 void matmul_forward_q(float* y, const float* x, const void* wv, DType t, int64_t M, int64_t N, int64_t K) {
   const uint8_t* w = static_cast<const uint8_t*>(wv);
   int64_t rb = row_bytes(t, K);
+#ifdef LA_X86
+  if (M == 1 && t == DType::Q4_K && have_avx2()) {
+    Q8x xq;
+    quantize_x_q8(x, K, xq);
+    parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; n++) y[n] = dot_q4_k_q8_avx2(xq, w + n * rb, K);
+    });
+    return;
+  }
+#endif
   if (M <= kSmallM) {
     // y (M, N): each weight row is read once, dequantised (or dotted directly) for every row of x.
     parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
