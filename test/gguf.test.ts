@@ -21,6 +21,7 @@ import { writeRandomLlama2c } from '../bench/decode';
 import { generateTokens } from '../lib/generate/generate';
 import { makeDemoDataset } from '../lib/data/demo';
 import { dataPath, repoRoot } from './util/paths';
+import { cudaBackend, withBinding } from './util/backends';
 import { stories } from './util/stories';
 
 const cli = path.join(repoRoot, 'dist', 'lib', 'cli', 'main.js');
@@ -117,6 +118,31 @@ describe('GGUF checkpoints', function () {
         const err = relRms(await logits(randomFile(t)), ref);
         if (t === 'F32') expect(err).to.equal(0);
         else expect(err).to.be.below(TOL[t]).and.above(0);
+      });
+  });
+
+  describe('on cuda (a GPU, else the emulator)', () => {
+    for (const t of ['Q4_K', 'Q6_K'] as GgmlTypeName[])
+      it(`a ${t} model's logits (10-token prefill and one decode step) equal the CPU's`, async function () {
+        if (!cudaBackend) this.skip();
+        const b = cudaBackend!;
+        const run = (device: 'cpu' | 'cuda') =>
+          withBinding(b.binding, async () => {
+            const m = await Llama.load(randomFile(t), { device });
+            const c = m.newCache(16);
+            try {
+              const prefill = (await m.forward(IDS, c, { allLogits: true }).read()) as Float32Array;
+              const step = (await m.forward([42], c).read()) as Float32Array;
+              return [prefill, step];
+            } finally {
+              c.dispose();
+              m.dispose();
+            }
+          });
+        const [host, dev] = [await run('cpu'), await run('cuda')];
+        expect(relRms(dev[0], host[0])).to.be.below(1e-5);
+        // the CPU's Q4_K decode rounds x to int8 (llama.cpp's scheme); the GPU's does not
+        expect(relRms(dev[1], host[1])).to.be.below(t === 'Q4_K' ? 5e-2 : 1e-5); // measured 2.2e-2
       });
   });
 
