@@ -5,6 +5,7 @@
 // training): a panel of weight rows is dequantised to f32 and handed to sgemm, as the bf16 path.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../core/blas.h"
@@ -92,56 +93,70 @@ __attribute__((target("avx2,fma"))) float dot_q4_k_avx2(const float* x, const ui
   return hsum8(acc);
 }
 
-// Decode with Q4_K weights (M = 1), as llama.cpp does it: x is quantized once per product to int8
-// per 32 values (xq, scale xd = amax / 127, round to nearest) and each sub-block's dot is an integer
-// dot product (u8 nibbles x s8: maddubs, then madd into i32), scaled by d * sc * xd in float; the
-// min term uses the exact float sums of x (xs). The only error beyond f32 rounding is x's int8
-// rounding: |error| <= sum_k |w_k| * xd(k) / 2 (the test checks this bound).
+// Decode with Q4_K weights (M = 1), as llama.cpp does it (its q8_K activations): x is quantized
+// once per product to int8 per 256 values (xq, scale xd = amax / 127, round to nearest) and a
+// super-block's dot is integer arithmetic: per sub-block, u8 nibbles x s8 (maddubs) summed in
+// pairs with the sub-block's 6-bit scale as the multiplier (madd), accumulated in i32; then one
+// float product d * xd per super-block. The min term uses the integer sums of xq per 32 values.
+// The only error beyond f32 rounding is x's int8 rounding: |error| <= sum_k |w_k| * xd(k) / 2
+// (the test checks this bound).
 struct Q8x {
-  std::vector<int8_t> q;   // (K)
-  std::vector<float> d;    // (K / 32) scales
-  std::vector<float> sum;  // (K / 32) sums of x
+  std::vector<int8_t> q;     // (K)
+  std::vector<float> d;      // (K / 256) scales
+  std::vector<int16_t> sum;  // (K / 32) sums of q (|sum| <= 32 * 127)
 };
 void quantize_x_q8(const float* x, int64_t K, Q8x& out) {
   out.q.resize(size_t(K));
-  out.d.resize(size_t(K / 32));
+  out.d.resize(size_t(K / 256));
   out.sum.resize(size_t(K / 32));
-  for (int64_t b = 0; b < K / 32; b++) {
-    float amax = 0, sum = 0;
-    for (int j = 0; j < 32; j++) {
-      amax = std::max(amax, std::fabs(x[32 * b + j]));
-      sum += x[32 * b + j];
-    }
+  for (int64_t b = 0; b < K / 256; b++) {
+    float amax = 0;
+    for (int j = 0; j < 256; j++) amax = std::max(amax, std::fabs(x[256 * b + j]));
     float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
-    for (int j = 0; j < 32; j++) out.q[size_t(32 * b + j)] = int8_t(std::nearbyint(x[32 * b + j] * id));
+    for (int j = 0; j < 256; j++) out.q[size_t(256 * b + j)] = int8_t(std::nearbyint(x[256 * b + j] * id));
     out.d[size_t(b)] = d;
-    out.sum[size_t(b)] = sum;
+  }
+  for (int64_t s = 0; s < K / 32; s++) {
+    int32_t sum = 0;
+    for (int j = 0; j < 32; j++) sum += out.q[size_t(32 * s + j)];
+    out.sum[size_t(s)] = int16_t(sum);
   }
 }
 
 __attribute__((target("avx2,fma"))) float dot_q4_k_q8_avx2(const Q8x& x, const uint8_t* row, int64_t K) {
   __m256 acc = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0F);
-  const __m256i ones = _mm256_set1_epi16(1);
   float mins = 0;
   for (int64_t b = 0; b < K / 256; b++) {
     const uint8_t* blk = row + b * 144;
-    float d = quant_detail::half_at(blk), dmin = quant_detail::half_at(blk + 2);
+    const float d = quant_detail::half_at(blk) * x.d[size_t(b)], dmin = quant_detail::half_at(blk + 2) * x.d[size_t(b)];
     const int8_t* xq = x.q.data() + b * 256;
-    const float* xd = x.d.data() + b * 8;
-    const float* xs = x.sum.data() + b * 8;
+    // The 8 scales and 8 mins of the 12 packed bytes at once, as 32-bit words (the layout of
+    // scale_min_k4: sub-blocks 0-3 in the low 6 bits of bytes 0-3 / 4-7; 4-7 in the nibbles of
+    // bytes 8-11 with their top 2 bits in the top bits of bytes 0-3 / 4-7).
+    uint32_t u[3], sm[4];
+    std::memcpy(u, blk + 4, 12);
+    sm[0] = u[0] & 0x3f3f3f3fu;                                                 // scales 0-3
+    sm[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);          // scales 4-7
+    sm[2] = u[1] & 0x3f3f3f3fu;                                                 // mins 0-3
+    sm[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);   // mins 4-7
+    const uint8_t* sc = reinterpret_cast<const uint8_t*>(sm);
+    __m256i isum = _mm256_setzero_si256();
     for (int i = 0; i < 4; i++) {
-      uint8_t sc1, m1, sc2, m2;
-      quant_detail::scale_min_k4(2 * i, blk + 4, &sc1, &m1);
-      quant_detail::scale_min_k4(2 * i + 1, blk + 4, &sc2, &m2);
       __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * i));
       __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-      __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i))), ones);
-      __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i + 32))), ones);
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(d * float(sc1) * xd[2 * i]), _mm256_cvtepi32_ps(p1), acc);
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(d * float(sc2) * xd[2 * i + 1]), _mm256_cvtepi32_ps(p2), acc);
-      mins += dmin * (float(m1) * xs[2 * i] + float(m2) * xs[2 * i + 1]);
+      __m256i p1 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i)));
+      __m256i p2 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i + 32)));
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * i])));
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p2, _mm256_set1_epi16(sc[2 * i + 1])));
     }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    // sum_j m_j * (sum of x's int8 values in sub-block j), in 16-bit pairs into 32 bits
+    __m128i mprod = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 8))),
+                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sum.data() + b * 8)));
+    mprod = _mm_add_epi32(mprod, _mm_shuffle_epi32(mprod, 0x4e));
+    mprod = _mm_add_epi32(mprod, _mm_shuffle_epi32(mprod, 0xb1));
+    mins += dmin * float(_mm_cvtsi128_si32(mprod));
   }
   return hsum8(acc) - mins;
 }
