@@ -168,10 +168,12 @@ describeEachBackend(
           expect(y.device).to.equal(b.device);
           const got = (await y.read()) as Float32Array;
           [w, xt, y].forEach((t) => t.dispose());
-          // The CPU's Q4_K decode (M = 1) rounds x to int8 per 256 values, as llama.cpp does: its
-          // error is at most sum_k |w_k| * xd(k) / 2 (xd = the block's max |x| / 127) beyond f32's.
-          const int8x = b.device === 'cpu' && q === 'q4_k' && M === 1;
-          const xd = Float64Array.from({ length: (M * K) / 256 }, (_, i) => Math.max(...x.subarray(256 * i, 256 * i + 256).map(Math.abs)) / 127);
+          // The CPU's Q4_K and Q8_0 decode (M = 1) round x to int8 per 256 (Q4_K) or 32 (Q8_0) values,
+          // as llama.cpp does: the error is at most sum_k |w_k| * xd(k) / 2 (xd = the block's max |x|
+          // / 127) beyond f32's.
+          const int8x = b.device === 'cpu' && (q === 'q4_k' || q === 'q8_0') && M === 1;
+          const xb = q === 'q4_k' ? 256 : 32;
+          const xd = Float64Array.from({ length: (M * K) / xb }, (_, i) => Math.max(...x.subarray(xb * i, xb * i + xb).map(Math.abs)) / 127);
           const want = new Float64Array(M * N), atol = new Float64Array(M * N);
           for (let m = 0; m < M; m++)
             for (let j = 0; j < N; j++) {
@@ -179,7 +181,7 @@ describeEachBackend(
               for (let k = 0; k < K; k++) {
                 s += x[m * K + k] * W[j * K + k];
                 a += Math.abs(x[m * K + k] * W[j * K + k]);
-                e += (Math.abs(W[j * K + k]) * xd[(m * K + k) >> 8]) / 2;
+                e += (Math.abs(W[j * K + k]) * xd[Math.floor((m * K + k) / xb)]) / 2;
               }
               want[m * N + j] = s;
               atol[m * N + j] = 1e-5 * a + (int8x ? 1.01 * e : 0) + 1e-30;

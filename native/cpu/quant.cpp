@@ -1,7 +1,8 @@
 // Frozen-weight products with block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K; core/quant.h),
 // which stay quantized in memory. Few rows (decoding): each weight row is dequantised into a
 // buffer in L1 and dotted with the rows of x, one pass over the (4-8x smaller) weights on all cores;
-// Q8_0 and Q4_K have fused AVX2 dot products that never write the row out. Many rows (prompts,
+// decoding with Q8_0 and Q4_K (M = 1) uses llama.cpp's scheme: x rounded to int8 once per product,
+// integer AVX2 dot products per block. Many rows (prompts,
 // training): a panel of weight rows is dequantised to f32 and handed to sgemm, as the bf16 path.
 #include <algorithm>
 #include <cmath>
@@ -34,63 +35,6 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
-}
-// 8 bytes -> 8 floats (signed or unsigned)
-__attribute__((target("avx2,fma"))) inline __m256 i8x8(const uint8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
-__attribute__((target("avx2,fma"))) inline __m256 u8x8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
-
-// dot(x, row) for a Q8_0 row of K values: per block d * sum(q * x)
-__attribute__((target("avx2,fma"))) float dot_q8_0_avx2(const float* x, const uint8_t* row, int64_t K) {
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < K / 32; b++) {
-    const uint8_t* blk = row + b * 34;
-    const float* xb = x + b * 32;
-    __m256 s = _mm256_mul_ps(i8x8(blk + 2), _mm256_loadu_ps(xb));
-    s = _mm256_fmadd_ps(i8x8(blk + 10), _mm256_loadu_ps(xb + 8), s);
-    s = _mm256_fmadd_ps(i8x8(blk + 18), _mm256_loadu_ps(xb + 16), s);
-    s = _mm256_fmadd_ps(i8x8(blk + 26), _mm256_loadu_ps(xb + 24), s);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(quant_detail::half_at(blk)), s, acc);
-  }
-  return hsum8(acc);
-}
-
-// dot(x, row) for a Q4_K row: per sub-block j of 32, d*sc_j * sum(q * x) - dmin*m_j * sum(x)
-__attribute__((target("avx2,fma"))) float dot_q4_k_avx2(const float* x, const uint8_t* row, int64_t K) {
-  __m256 acc = _mm256_setzero_ps();
-  const __m128i low = _mm_set1_epi8(0x0F);
-  for (int64_t b = 0; b < K / 256; b++) {
-    const uint8_t* blk = row + b * 144;
-    const float* xb = x + b * 256;
-    float d = quant_detail::half_at(blk), dmin = quant_detail::half_at(blk + 2);
-    const uint8_t* q = blk + 16;
-    for (int i = 0; i < 4; i++) {
-      uint8_t sc1, m1, sc2, m2;
-      quant_detail::scale_min_k4(2 * i, blk + 4, &sc1, &m1);
-      quant_detail::scale_min_k4(2 * i + 1, blk + 4, &sc2, &m2);
-      const float* x1 = xb + 64 * i;
-      const float* x2 = x1 + 32;
-      __m256 sq1 = _mm256_setzero_ps(), sq2 = _mm256_setzero_ps(), sx1 = _mm256_setzero_ps(), sx2 = _mm256_setzero_ps();
-      for (int l = 0; l < 32; l += 16) {
-        __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32 * i + l));
-        __m128i lo = _mm_and_si128(v, low), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
-        __m256 a0 = _mm256_loadu_ps(x1 + l), a1 = _mm256_loadu_ps(x1 + l + 8);
-        __m256 b0 = _mm256_loadu_ps(x2 + l), b1 = _mm256_loadu_ps(x2 + l + 8);
-        sq1 = _mm256_fmadd_ps(u8x8(lo), a0, sq1);
-        sq1 = _mm256_fmadd_ps(u8x8(_mm_srli_si128(lo, 8)), a1, sq1);
-        sq2 = _mm256_fmadd_ps(u8x8(hi), b0, sq2);
-        sq2 = _mm256_fmadd_ps(u8x8(_mm_srli_si128(hi, 8)), b1, sq2);
-        sx1 = _mm256_add_ps(sx1, _mm256_add_ps(a0, a1));
-        sx2 = _mm256_add_ps(sx2, _mm256_add_ps(b0, b1));
-      }
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1), sq1, acc);
-      acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * m1), sx1, acc);
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc2), sq2, acc);
-      acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * m2), sx2, acc);
-    }
-  }
-  return hsum8(acc);
 }
 
 // Decode with Q4_K weights (M = 1), as llama.cpp does it (its q8_K activations): x is quantized
@@ -162,20 +106,41 @@ __attribute__((target("avx2,fma"))) float dot_q4_k_q8_avx2(const Q8x& x, const u
 }
 #endif
 
+// Decode with Q8_0 weights (M = 1), as llama.cpp does it: x as int8 per 32 values (its own scale),
+// each block's dot in integers (|w| x sign-adjusted x: maddubs, madd), times d_w * d_x in float.
+// The same error bound as Q4_K's with 32-value blocks of x.
+struct Q8x32 {
+  std::vector<int8_t> q;  // (K)
+  std::vector<float> d;   // (K / 32)
+};
+void quantize_x_q8_32(const float* x, int64_t K, Q8x32& out) {
+  out.q.resize(size_t(K));
+  out.d.resize(size_t(K / 32));
+  for (int64_t b = 0; b < K / 32; b++) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(x[32 * b + j]));
+    float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
+    for (int j = 0; j < 32; j++) out.q[size_t(32 * b + j)] = int8_t(std::nearbyint(x[32 * b + j] * id));
+    out.d[size_t(b)] = d;
+  }
+}
+
+__attribute__((target("avx2,fma"))) float dot_q8_0_q8_avx2(const Q8x32& x, const uint8_t* row, int64_t K) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < K / 32; b++) {
+    const uint8_t* blk = row + b * 34;
+    __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+    __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + 32 * b));
+    // maddubs takes one unsigned operand: |w| and x with w's sign (w = -128 never occurs: |q| <= 127)
+    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w)), ones);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(quant_detail::half_at(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(p), acc);
+  }
+  return hsum8(acc);
+}
+
 // out[r] = dot(x_r, w) for R rows of x (stride K) against one quantized row; buf holds K floats.
 void dots_q(float* out, const float* x, int64_t R, const uint8_t* wrow, DType t, int64_t K, float* buf) {
-#ifdef LA_X86
-  if (R == 1 && have_avx2()) {
-    if (t == DType::Q8_0) {
-      out[0] = dot_q8_0_avx2(x, wrow, K);
-      return;
-    }
-    if (t == DType::Q4_K) {
-      out[0] = dot_q4_k_avx2(x, wrow, K);
-      return;
-    }
-  }
-#endif
   dequant_row(t, wrow, buf, K);
   dots_f32(out, x, K, R, buf, K);
 }
@@ -206,6 +171,14 @@ void matmul_forward_q(float* y, const float* x, const void* wv, DType t, int64_t
     quantize_x_q8(x, K, xq);
     parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; n++) y[n] = dot_q4_k_q8_avx2(xq, w + n * rb, K);
+    });
+    return;
+  }
+  if (M == 1 && t == DType::Q8_0 && have_avx2()) {
+    Q8x32 xq;
+    quantize_x_q8_32(x, K, xq);
+    parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; n++) y[n] = dot_q8_0_q8_avx2(xq, w + n * rb, K);
     });
     return;
   }
