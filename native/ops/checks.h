@@ -23,11 +23,6 @@ inline void expect_shape(const char* op, const char* arg, const TensorPtr& t, co
 inline void expect_weight(const char* op, const char* arg, const TensorPtr& w) {
   LA_CHECK(w->dtype != DType::I32, op, ": ", arg, " must be f32, bf16 or a quantized weight, got ", w->describe());
 }
-// An f32 or bf16 tensor (ops that read or write elements, not whole quantized rows).
-inline void expect_float(const char* op, const char* arg, const TensorPtr& t) {
-  LA_CHECK(t->dtype == DType::F32 || t->dtype == DType::BF16, op, ": ", arg, " must be f32 or bf16, got ",
-           t->describe());
-}
 inline void expect_writable(const char* op, const char* arg, const TensorPtr& t) {
   LA_CHECK(!t->storage->read_only, op, ": ", arg, " ", t->describe(),
            " views a read-only weight file; in-place ops need a tensor of their own (convert() makes a copy)");
