@@ -35,9 +35,9 @@ export function tokenizerMetadata(path: string): [string, GgufMeta][] {
     // llama2.c tokenizer.bin: pieces with '▁' written as ' ', BOS/EOS as "\n<s>\n", "\n</s>\n"
     const v = parseLlama2cVocab(buf);
     pieces = v.pieces.map((raw, i) => {
-      let piece = Buffer.from(raw, 'latin1').toString('utf8').trim() === '<s>' && i === 1 ? '<s>' : Buffer.from(raw, 'latin1').toString('utf8');
-      if (i === 2 && piece.trim() === '</s>') piece = '</s>';
-      piece = piece.replace(/ /g, '\u2581');
+      const text = Buffer.from(raw, 'latin1').toString('utf8');
+      const control = (i === 1 && text.trim() === '<s>') || (i === 2 && text.trim() === '</s>');
+      const piece = control ? text.trim() : text.replace(/ /g, '\u2581');
       const type = i === 0 ? 2 : i === 1 || i === 2 ? 3 : parseBytePiece(piece) >= 0 ? 6 : 1;
       return { piece, score: v.scores[i], type };
     });

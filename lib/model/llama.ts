@@ -85,7 +85,12 @@ export class Llama {
    */
   loadTokenizer(path?: string): Tokenizer {
     if (!path && this.checkpoint.tokenizerModel) {
-      const tokenizer = new SentencePieceTokenizer(this.checkpoint.tokenizerModel);
+      let tokenizer: SentencePieceTokenizer;
+      try {
+        tokenizer = new SentencePieceTokenizer(this.checkpoint.tokenizerModel);
+      } catch (e) {
+        throw new Error(`the tokenizer in ${this.checkpoint.path}'s metadata is not usable: ${(e as Error).message}`);
+      }
       if (tokenizer.vocabSize !== this.config.vocabSize)
         throw new Error(`the tokenizer in ${this.checkpoint.path}'s metadata has ${tokenizer.vocabSize} tokens, the model ${this.config.vocabSize}`);
       return tokenizer;
