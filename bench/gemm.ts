@@ -1,6 +1,6 @@
 // CPU GEMM throughput of native.matmul (y = x · wᵀ, w frozen) at LLaMA shapes, f32 and bf16
 // weights, against the machine's BLAS peak: the best sgemm rate at a large square shape (for
-// M > 8 an f32 native.matmul is one OpenBLAS sgemm call).
+// M > 8 an f32 native.matmul is one sgemm call: OpenBLAS, or the own kernel without it).
 //
 // Each timed call reads a different copy of w, cycling through enough copies to overflow the
 // last-level cache, so that M = 1 (decode) measures weights streamed from DRAM, as in a real
@@ -247,7 +247,7 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
       `BLAS peak = ${peak.gflops.toFixed(1)} GFLOP/s: best f32 sgemm at ${peakSize}x${peakSize}x${peakSize} ` +
         `through native.matmul (${(peak.seconds * 1e3).toFixed(1)} ms); other shapes can beat it by a few %.`,
       `M <= 8 runs the native SIMD dot-product kernel (memory-bound: compare "w GB/s" with the read ` +
-        `bandwidth in the decode table); M > 8 runs OpenBLAS sgemm (bf16 widened to f32 block by block).`,
+        `bandwidth in the decode table); M > 8 runs the CPU GEMM of the title, OpenBLAS sgemm or the own kernel (bf16 widened to f32 block by block).`,
       `Best of >= 3 batches (batches of 0.1 s or more each wait for an idle machine); each call reads another copy of w (working set >= ` +
         `${Math.round(workingSet / 2 ** 20)} MiB > LLC ${Math.round(llc / 2 ** 20)} MiB), so weights come from DRAM.`,
       `Load average at the start: ${loadAtStart.toFixed(2)} on ${os.cpus().length} CPUs. ${gate.note()}`,

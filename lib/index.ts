@@ -32,6 +32,21 @@ export type { WorldOptions } from './train/distributed';
 // --- mm-data: image features files, datasets with images, evaluation metrics ---
 export { FeaturesFile, FeaturesWriter, openFeatures, writeFeatures } from './data/features';
 export type { FeaturesInfo, FeaturesWriterOptions } from './data/features';
+// --- vision: image input and image encoders (SPEC §7, §9) ---
+export { ImageEncoder } from './encoder/encoder';
+export type { ImageEncoderOptions, EmbedOptions, ImageInput, EncoderPrompts } from './encoder/encoder';
+export type { EncoderConfig, EncoderWeights, EncoderLayerWeights } from './encoder/config';
+export { decodeImage, preprocessImage, readPreprocessConfig, defaultPreprocess } from './image';
+export type { RgbImage, PreprocessConfig } from './image';
+export { EncoderGraph } from './encoder/train';
+// --- classify: zero-init gated prompts + a linear head for image classification (SPEC §9) ---
+export { Classifier, headForward, headBackward } from './model/classifier';
+export type { ClassifierConfig, ClassifierValues, EncoderDims } from './model/classifier';
+export { ClassifyTrainer, classifyLogits, scoreImages, openClassifier, topK } from './tasks/classify';
+export type { ClassifyStepMetrics, ClassifyEval, ClassifyTrainResult } from './tasks/classify';
+export { ClassifyEncoder } from './tasks/classify-encoder';
+export { loadClassifyData } from './data/classify';
+export type { ClassifyData, LabeledImage } from './data/classify';
 export { loadDataset, checkImages, defaultImageRoot, DATA_FORMATS } from './data/dataset';
 export type { Dataset, DataFormat, ImageSource, LoadDatasetOptions, CheckImagesOptions } from './data/dataset';
 export { loadScienceQA, scienceqaInstruction, scienceqaOutput } from './data/scienceqa';
@@ -44,3 +59,21 @@ export { extractChoice, choiceAccuracy } from './eval/choice';
 export { scienceqaTable, scienceqaGroups, SCIENCEQA_COLUMNS } from './eval/scienceqa';
 export { tokenizeCaption, bleu, ciderD, captionScores } from './eval/caption';
 // --- end mm-data ---
+// --- mm-train: the image-conditioned adapter (SPEC §8) ---
+export { ImagePromptStep } from './model/image-prompts';
+export type { GateInit, ImageProjConfig, ImageProjTensors } from './model/adapter';
+export { FeaturesFileSource, EncoderSource, projConfigFor, parseFeatureLayers } from './train/image-features';
+export type { ImageFeatureSource } from './train/image-features';
+export { imagePromptsFor, openImageSource } from './train/trainer';
+// --- end mm-train ---
+// --- roberta: text encoders (BERT/RoBERTa), their tokenizers, extractive QA (SPEC §9) ---
+export { TextEncoderModel, TextEncoderGraph, TextBatchIndex, spanLogits } from './text/encoder';
+export type { TextBatch, TextEncoderOptions } from './text/encoder';
+export type { TextEncoderConfig, TextEncoderWeights } from './text/config';
+export { loadTextTokenizer, ByteBpeTokenizer, WordPieceTokenizer } from './text/tokenizer';
+export type { TextTokenizer, Encoding } from './text/tokenizer';
+export { loadSquad } from './data/squad';
+export type { SquadData, SquadExample } from './data/squad';
+export { squadMetrics, normalizeAnswer, exactMatchScore, f1Score } from './eval/squad';
+export { trainSquad, evaluateSquad, decodeAnswer, makeFeatures, loadSquadAdapter, saveSquadAdapter } from './tasks/squad';
+// --- end roberta ---

@@ -41,7 +41,11 @@ export interface FileMapping {
 
 export interface Capabilities {
   version: string;
+  /** the CPU GEMM: "OpenBLAS 0.3.21 (Haswell kernels; /path/libopenblas.so.0, loaded at run time)",
+   *  or "own kernels (why OpenBLAS is not used)" */
   blas: string;
+  /** OpenBLAS's own thread count (0 when it is not in use) */
+  blasThreads: number;
   /** compiled: this build has the CUDA backend; available: a usable GPU is there now (reason says
    *  which, or why not); gemm: the engine of the frozen-weight matmuls ('none' when unavailable) */
   cuda: { compiled: boolean; available: boolean; devices: number; reason: string; gemm: string };
@@ -119,6 +123,14 @@ export interface ModelWeights {
   prompts?: (LayerPrompt | null | undefined)[];
 }
 
+// --- attention family (ops-attention) ---
+/** Options of gatedAttention / gatedAttentionBackward. */
+export interface AttentionOptions {
+  /** true (the default): a token sees its segment's tokens up to itself; false: all of them. */
+  causal?: boolean;
+}
+// --- end attention family ---
+
 /** A handle on checked model weights (native.model); it keeps them alive until disposed. */
 export interface ModelHandle {
   readonly layers: number;
@@ -161,21 +173,29 @@ export interface NativeBinding {
    *  `inverse` rotates by -angle, which is rope's backward (and its inverse). At positions
    *  pos0 + t it equals rope(x, pos0, ...) bit for bit. */
   ropeAt(x: Tensor, positions: Tensor, theta: number, layout: RopeLayout, inverse: boolean): void;
-  /** The fused gated split-softmax attention (SPEC §2) over packed sequences, causal within each
-   *  segment. q (N, H, d) and k (N, Hkv, d) already rotated, v (N, Hkv, d); prompt keys/values
-   *  pk, pv (K, Hkv, d) (no RoPE) and the raw gate (H) or (1) (tanh applied inside), or all three
-   *  null for plain attention. Returns [out (N, H, d), stats (N, H, 2): log-sum-exp of the word
-   *  and the prompt scores (scaled by 1/sqrt(d); the prompt one is -Infinity without a prompt),
-   *  kept for the backward]. The offsets must rise (non-decreasing; empty segments are allowed)
-   *  from 0 to N; they are checked when the op runs (a bad one rejects at read()). */
-  gatedAttention(q: Tensor, k: Tensor, v: Tensor, segments: Tensor, pk: Tensor | null, pv: Tensor | null, gate: Tensor | null): [Tensor, Tensor];
-  /** Backward of gatedAttention given dout (N, H, d) and its out and stats: [dq, dk, dv, dpk
-   *  (K, Hkv, d), dpv, dgate (shape of gate: per head, or summed over heads for a scalar gate)];
-   *  the prompt gradients are summed over all tokens, null without a prompt. Deterministic: the
-   *  same inputs give bit-identical gradients for any thread count. */
+  /** The fused gated split-softmax attention (SPEC §2, §8, §9) over packed sequences: causal
+   *  within each segment, or with `{ causal: false }` bidirectional (every token sees every token
+   *  of its own segment: encoders, one segment per image or text). q (N, H, d) and k (N, Hkv, d)
+   *  already rotated, v (N, Hkv, d); prompt keys/values pk, pv (no RoPE) and the raw gate (H) or
+   *  (1) (tanh applied inside), or all three null for plain attention. pk, pv are (K, Hkv, d),
+   *  shared by every segment, or (S, K, Hkv, d): segment s uses pk[s], pv[s] (per-example
+   *  prompts). Returns [out (N, H, d), stats (N, H, 2): log-sum-exp of the word and the prompt
+   *  scores (scaled by 1/sqrt(d); the prompt one is -Infinity without a prompt), kept for the
+   *  backward]. The offsets must rise (non-decreasing; empty segments are allowed) from 0 to N;
+   *  they are checked when the op runs (a bad one rejects at read()). */
+  gatedAttention(
+    q: Tensor, k: Tensor, v: Tensor, segments: Tensor, pk: Tensor | null, pv: Tensor | null, gate: Tensor | null,
+    options?: AttentionOptions,
+  ): [Tensor, Tensor];
+  /** Backward of gatedAttention (the same options) given dout (N, H, d) and its out and stats:
+   *  [dq, dk, dv, dpk, dpv (the shape of pk, pv), dgate (shape of gate: per head, or summed over
+   *  heads for a scalar gate)]; a shared prompt's gradients are summed over all tokens, per-segment
+   *  ones are each segment's own; null without a prompt. Deterministic: the same inputs give
+   *  bit-identical gradients for any thread count. */
   gatedAttentionBackward(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, segments: Tensor,
     pk: Tensor | null, pv: Tensor | null, gate: Tensor | null, out: Tensor, stats: Tensor,
+    options?: AttentionOptions,
   ): [Tensor, Tensor, Tensor, Tensor | null, Tensor | null, Tensor | null];
   /** dx (T, C) of rmsnorm given dy (T, C), its input x and weight w (no dw: w is frozen). */
   rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, eps: number): Tensor;
@@ -205,6 +225,33 @@ export interface NativeBinding {
   reshape(x: Tensor, shape: number[]): Tensor;
   /** f32 <-> bf16 copy */
   convert(x: Tensor, dtype: DType): Tensor;
+
+  // --- image-encoder ops (native/napi/encoder_ops.cpp; ops-encoder) --------------------------
+  // f32 throughout; T rows, C channels; M/N/K as in matmul. Each family's CPU and CUDA bodies
+  // agree within f32 rounding (test/backend-ops.test.ts; CPU vs float64: test/encoder-ops.test.ts).
+  /** x (T, C), w (C), b (C) -> (T, C): (x - mean) / sqrt(var + eps) * w + b (biased variance,
+   *  per row; torch.nn.LayerNorm). */
+  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): Tensor;
+  /** [dx (T, C), dw (C), db (C)] of layerNorm given dy (T, C); dw and db are sums over the rows in
+   *  a fixed order (the same for any thread count). */
+  layerNormBackward(dy: Tensor, x: Tensor, w: Tensor, eps: number): [Tensor, Tensor, Tensor];
+  /** Element-wise, any shape: 'gelu' = exact erf GELU x·Φ(x) (torch.nn.GELU()); 'quick_gelu' =
+   *  x·sigmoid(1.702x) (CLIP). */
+  gelu(x: Tensor, kind: 'gelu' | 'quick_gelu'): Tensor;
+  /** dx of gelu given dy (same shape as x). */
+  geluBackward(dy: Tensor, x: Tensor, kind: 'gelu' | 'quick_gelu'): Tensor;
+  /** x (M, N) += b (N) on every row, in place. */
+  addBias(x: Tensor, b: Tensor): void;
+  /** db (N) = column sums of dy (M, N), in double in a fixed order (deterministic): the bias
+   *  gradient. */
+  biasGrad(dy: Tensor): Tensor;
+  /** dW (N, K) = dyᵀ (N, M) · x (M, K): the weight gradient of matmul(x, W) for a trainable f32 W. */
+  matmulWeightGrad(dy: Tensor, x: Tensor): Tensor;
+  /** images (B, Cin, Hi, Wi) -> (B * (Hi/P) * (Wi/P), Cin * P * P): one row per patch, patches
+   *  row-major over each image's grid, columns in Conv2d weight order (c, ky, kx); Hi and Wi must
+   *  be multiples of P. Patch embedding = matmul(patches, Wpatch reshaped (D, Cin * P * P)). */
+  patches(images: Tensor, patch: number): Tensor;
+  // --- end of image-encoder ops --------------------------------------------------------------
 
   // --- communication (data parallelism: one process per rank; native/comm) -------------------
   // Collectives are queued on the executor in order with the ops (an all-reduce of gradients runs
@@ -281,8 +328,8 @@ function loadBinding(): NativeBinding {
       `llama-adapter: the native addon could not be loaded (${reason}).\n` +
         `Looked in ${path.join(root, 'build', 'Release')} and ${path.join(root, 'prebuilds', `${os.platform()}-${os.arch()}`)}.\n` +
         'Possible fixes:\n' +
-        '  - build it from source: `npm run build:native` (needs cmake >= 3.18, a C++17 compiler, and\n' +
-        '    optionally OpenBLAS: `apt-get install cmake g++ libopenblas-dev`);\n' +
+        '  - build it from source: `npm run build:native` (needs cmake >= 3.18 and a C++17 compiler:\n' +
+        '    `apt-get install cmake g++`);\n' +
         '  - reinstall the package so that its install step builds it: `npm rebuild llama-adapter`;\n' +
         `  - use a prebuilt binary for ${os.platform()}-${os.arch()} (node ${process.versions.node}, N-API ${process.versions.napi}) under prebuilds/.`,
     );

@@ -21,8 +21,9 @@ if (!fromSource && loads()) {
   if (r.status !== 0) {
     console.error(
       'llama-adapter: building the native addon failed. It needs cmake >= 3.18 and a C++17 compiler\n' +
-        '(apt-get install cmake g++; optional: libopenblas-dev for fast GEMM, openmpi-bin libopenmpi-dev\n' +
-        'for multi-process training, the CUDA toolkit for the GPU backend).',
+        '(apt-get install cmake g++; optional: openmpi-bin libopenmpi-dev for multi-process training, the\n' +
+        'CUDA toolkit for the GPU backend). OpenBLAS needs nothing at build time: installed or not\n' +
+        '(apt-get install libopenblas0), it is loaded at run time when present.',
     );
     process.exit(r.status ?? 1);
   }

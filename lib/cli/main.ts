@@ -11,18 +11,26 @@ const commands: Record<string, () => Command> = {
   train: () => require('./train'),
   generate: () => require('./generate'),
   eval: () => require('./eval'),
+  classify: () => require('./classify'),
   export: () => require('./export'),
   tokenize: () => require('./tokenize'),
+  'embed-images': () => require('./embed-images'),
+  answer: () => require('./squad'),
 };
 
 const usage = `Usage: llama-adapter <command> [flags]
 
 Commands:
-  train      fine-tune a LLaMA-Adapter on instruction data
+  train      fine-tune a LLaMA-Adapter on instruction data (--task classify: prompts and a
+             head in a frozen image encoder; --task squad: in a RoBERTa/BERT encoder)
   generate   stream a continuation of a prompt (optionally with an adapter)
   eval       loss or accuracy (exact, choice, ScienceQA, caption metrics) of a data file
-  export     write an adapter in PEFT's format
+             (--task classify: accuracy and loss of labelled images; --task squad: EM and F1)
+  classify   the top classes of images under an image encoder's classifier or adapter
+  export     write an adapter in PEFT's format or the official .pth layout
   tokenize   print the token ids of a text
+  embed-images  global features of images from a CLIP/ViT encoder (a features file)
+  answer     the answer span of a context for a question (RoBERTa/BERT extractive QA, SQuAD)
 
 Run 'llama-adapter <command> --help' for a command's flags.`;
 

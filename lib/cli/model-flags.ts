@@ -43,7 +43,12 @@ export async function openModel(values: Flags, usage: string): Promise<OpenModel
   const device = resolveDevice(requested, '--device');
   const threads = numberFlag(values, 'threads', { integer: true, min: 1 });
   if (threads) native.setThreads(threads);
-  const model = await Llama.load(modelPath, { dtype, device, mmap: values['no-mmap'] !== true });
+  const model = await Llama.load(modelPath, {
+    dtype,
+    device,
+    mmap: values['no-mmap'] !== true,
+    onProgress: (m) => process.stderr.write(m + '\n'),
+  });
   try {
     const tokenizer = model.loadTokenizer(stringFlag(values, 'tokenizer'));
     const adapterPath = stringFlag(values, 'adapter');

@@ -1,4 +1,5 @@
 // llama-adapter train --model M --data D --out DIR [flags]  (see lib/train/config.ts)
+import * as squad from './squad';
 import { parseFlags, UsageError } from './args';
 import { attachProgress } from './progress';
 import { resolveTrainConfig, trainFlagSpec, trainUsage } from '../train/config';
@@ -6,10 +7,14 @@ import { Trainer } from '../train/trainer';
 import { detectLaunch, initWorld, launchDevices, World } from '../train/distributed';
 import { native } from '../native';
 import { resolveDevice } from '../device';
+import { ClassifyTrainer } from '../tasks/classify';
 
-export const usage = trainUsage();
+export const usage = `${trainUsage()}
+
+Extractive QA on a RoBERTa/BERT encoder: llama-adapter train --task squad --help`;
 
 export async function run(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
+  if (squad.wantsSquad(argv)) return squad.train(argv, out); // --task squad: extractive QA on a text encoder (lib/cli/squad.ts)
   const { values, positionals } = parseFlags(argv, trainFlagSpec(), usage);
   if (values.help) {
     out.write(usage + '\n');
@@ -18,6 +23,17 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'\n\n${usage}`);
   const cfg = resolveTrainConfig(values);
   cfg.device = resolveDevice(cfg.device, '--device'); // fail before starting any process
+  if (cfg.task === 'classify') {
+    const trainer = await ClassifyTrainer.create(cfg, (m) => process.stderr.write(m + '\n'));
+    try {
+      attachProgress(trainer);
+      const r = await trainer.run();
+      out.write(`${r.adapterPath}\n`);
+    } finally {
+      trainer.dispose();
+    }
+    return;
+  }
 
   // data parallelism: --devices N starts N processes of this command under mpirun
   const launch = detectLaunch();

@@ -454,12 +454,14 @@ export interface BatcherOptions {
  * shuffle is false — cut into consecutive batches of batchSize; the last, partial batch is kept.
  * After the last batch of an epoch the Batcher moves on to the next epoch at once, so `epoch`
  * counts completed epochs. state()/restore() give the exact same batch sequence after a resume.
+ * IndexBatcher yields the indices (any kind of example); Batcher packs token examples.
  */
-export class Batcher {
+export class IndexBatcher {
   readonly batchSize: number;
   readonly shuffle: boolean;
   readonly batchesPerEpoch: number;
-  private readonly examples: Example[];
+  /** how many items the batches are drawn from */
+  readonly count: number;
   private rng: Random;
   /** state the current epoch's order was drawn from */
   private epochRngState: number[];
@@ -467,16 +469,16 @@ export class Batcher {
   private epochNo = 0;
   private indexNo = 0;
 
-  constructor(examples: Example[], opts: BatcherOptions) {
+  constructor(count: number, opts: BatcherOptions) {
     const { batchSize, seed, shuffle } = opts;
-    if (!Array.isArray(examples) || examples.length === 0) throw new RangeError('Batcher needs at least one example');
+    if (!Number.isInteger(count) || count < 1) throw new RangeError('Batcher needs at least one example');
     if (!Number.isInteger(batchSize) || batchSize < 1)
       throw new RangeError(`Expected positive integer for batchSize but received ${batchSize}`);
     if (typeof shuffle !== 'boolean') throw new TypeError(`Expected boolean for shuffle but received ${String(shuffle)}`);
-    this.examples = examples;
+    this.count = count;
     this.batchSize = batchSize;
     this.shuffle = shuffle;
-    this.batchesPerEpoch = Math.ceil(examples.length / batchSize);
+    this.batchesPerEpoch = Math.ceil(count / batchSize);
     this.rng = new Random(seed); // validates the seed
     this.epochRngState = u32(this.rng.state());
     this.drawOrder();
@@ -497,10 +499,10 @@ export class Batcher {
     return Array.from(this.order);
   }
 
-  next(): Batch {
+  /** The next batch's item indices (advancing to the next epoch after its last batch). */
+  nextIndices(): Int32Array {
     const start = this.indexNo * this.batchSize;
-    const idx = this.order.subarray(start, Math.min(start + this.batchSize, this.order.length));
-    const batch = packBatch(this.examples, idx);
+    const idx = this.order.slice(start, Math.min(start + this.batchSize, this.order.length));
     this.indexNo++;
     if (this.indexNo === this.batchesPerEpoch) {
       this.epochNo++;
@@ -508,7 +510,7 @@ export class Batcher {
       this.epochRngState = u32(this.rng.state());
       this.drawOrder();
     }
-    return batch;
+    return idx;
   }
 
   state(): BatcherState {
@@ -516,7 +518,7 @@ export class Batcher {
       epoch: this.epochNo,
       index: this.indexNo,
       rng: this.epochRngState.slice(),
-      examples: this.examples.length,
+      examples: this.count,
       batchSize: this.batchSize,
       shuffle: this.shuffle,
     };
@@ -525,8 +527,8 @@ export class Batcher {
   restore(s: BatcherState): void {
     const bad = (why: string): Error => new Error(`cannot restore the data position: ${why}`);
     if (typeof s !== 'object' || s === null) throw bad('not a state object');
-    if (s.examples !== this.examples.length)
-      throw bad(`it was saved for ${s.examples} examples, this run has ${this.examples.length}`);
+    if (s.examples !== this.count)
+      throw bad(`it was saved for ${s.examples} examples, this run has ${this.count}`);
     if (s.batchSize !== this.batchSize) throw bad(`it was saved with batchSize ${s.batchSize}, this run uses ${this.batchSize}`);
     if (s.shuffle !== this.shuffle) throw bad(`it was saved with shuffle ${s.shuffle}, this run uses ${this.shuffle}`);
     if (!Number.isInteger(s.epoch) || s.epoch < 0) throw bad(`invalid epoch ${s.epoch}`);
@@ -544,12 +546,26 @@ export class Batcher {
 
   /** Draws the current epoch's order from `rng` (advancing it), or the list order. */
   private drawOrder(): void {
-    const n = this.examples.length;
+    const n = this.count;
     if (this.shuffle) this.order = permutation(n, this.rng);
     else {
       this.order = new Int32Array(n);
       for (let i = 0; i < n; i++) this.order[i] = i;
     }
+  }
+}
+
+/** Packed micro-batches of token examples, in IndexBatcher's order. */
+export class Batcher extends IndexBatcher {
+  constructor(
+    private readonly examples: Example[],
+    opts: BatcherOptions,
+  ) {
+    super(Array.isArray(examples) ? examples.length : 0, opts);
+  }
+
+  next(): Batch {
+    return packBatch(this.examples, this.nextIndices());
   }
 }
 

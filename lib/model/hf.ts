@@ -13,7 +13,7 @@ export const HF_CONFIG = 'config.json';
 export const HF_SINGLE = 'model.safetensors';
 export const HF_INDEX = 'model.safetensors.index.json';
 
-function readJson(file: string): unknown {
+export function readJson(file: string): unknown {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -89,7 +89,7 @@ export function readHfConfig(dir: string): LlamaConfig {
 }
 
 /** name -> shard file name, for a sharded folder; undefined for a single file. */
-function readIndex(dir: string): Map<string, string> | undefined {
+export function readIndex(dir: string): Map<string, string> | undefined {
   const file = nodePath.join(dir, HF_INDEX);
   if (!fs.existsSync(file)) return undefined;
   const j = readJson(file) as { weight_map?: unknown } | null;

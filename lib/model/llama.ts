@@ -7,6 +7,7 @@ import { LlamaConfig, headSize } from './config';
 import { Checkpoint, LoadOptions } from './weights';
 import { loadCheckpoint } from './load';
 import { Adapter } from './adapter';
+import { ImagePromptStep } from './image-prompts';
 import { loadTokenizer, Tokenizer, SentencePieceTokenizer } from '../tokenizer';
 
 /** An adapted layer's prompt keys/values (K, Hkv, d), computed once when the adapter is attached;
@@ -106,15 +107,18 @@ export class Llama {
   /**
    * Runs every later forward with `adapter`'s gated prompts (SPEC §2); undefined detaches it. An
    * adapter on another device is read through copies on the model's device (made here).
+   * `opts.imageFeatures` (M·D values): an image-conditioned adapter's prompts for that one image,
+   * P_l + I_p (SPEC §8), computed once here; without it such an adapter uses P_l (no image).
    */
-  setAdapter(adapter: Adapter | undefined): void {
+  setAdapter(adapter: Adapter | undefined, opts: { imageFeatures?: Float32Array } = {}): void {
     const c = this.config;
     if (adapter && adapter.disposed) throw new Error('setAdapter: the adapter was disposed; load or create it again');
     if (adapter && (adapter.model.dim !== c.dim || adapter.model.nLayers !== c.nLayers || adapter.model.nHeads !== c.nHeads))
       throw new Error('setAdapter: the adapter was made for a model of another shape');
+    if (opts.imageFeatures && !adapter?.image) throw new Error('setAdapter: image features given for a text-only adapter (it has no image projection)');
     this.releasePrompts();
     this.adapter = adapter;
-    if (adapter) this.promptKV = this.promptsOf(adapter);
+    if (adapter) this.promptKV = this.promptsOf(adapter, opts.imageFeatures);
     this.handle.dispose();
     this.handle = this.makeHandle();
   }
@@ -124,16 +128,33 @@ export class Llama {
     this.promptKV = [];
   }
 
-  /** Each adapted layer's prompt keys/values on the model's device. */
-  private promptsOf(adapter: Adapter): (PromptKV | undefined)[] {
+  /** Each adapted layer's prompt keys/values on the model's device (from P_l + I_p with an image). */
+  private promptsOf(adapter: Adapter, imageFeatures?: Float32Array): (PromptKV | undefined)[] {
     const c = this.config;
     const d = headSize(c);
-    return this.checkpoint.weights.layers.map((lw, n) => {
+    // I_p (C) of the one image, on the adapter's device
+    const image = imageFeatures ? new ImagePromptStep(adapter.image!, ['image'], imageFeatures, false) : undefined;
+    const ip = image ? native.sliceRows(image.ip, 0, 1) : undefined; // (1, C)
+    const ipRow = ip ? native.reshape(ip, [c.dim]) : undefined; // (C)
+    const kv = this.checkpoint.weights.layers.map((lw, n) => {
       const a = adapter.layer(n);
       if (!a) return undefined;
       const K = a.prompt.shape[0];
       const here = adapter.device === this.device;
-      const prompt = here ? a.prompt : native.toDevice(a.prompt, this.device);
+      let prompt = a.prompt; // (K, C)
+      if (ipRow) {
+        // P_l^v = P_l + I_p on every prompt row (a copy: the adapter's prompts stay as they are)
+        const rows = native.fromArray(Int32Array.from({ length: K }, (_, k) => k), [K]);
+        prompt = native.gatherRows(a.prompt, rows); // (K, C)
+        rows.dispose();
+        native.addBias(prompt, ipRow);
+      }
+      const own = prompt !== a.prompt || !here;
+      if (!here) {
+        const moved = native.toDevice(prompt, this.device);
+        if (prompt !== a.prompt) prompt.dispose();
+        prompt = moved;
+      }
       // the prompts' keys and values do not depend on the tokens: once per attach
       const kv = {
         pk: as3d(native.matmul(prompt, lw.wk), K, c.nKvHeads, d),
@@ -141,9 +162,11 @@ export class Llama {
         gate: here ? a.gate : native.toDevice(a.gate, this.device),
         ownGate: !here,
       };
-      if (!here) prompt.dispose();
+      if (own) prompt.dispose();
       return kv;
     });
+    [ipRow, ip, image].forEach((t) => t?.dispose());
+    return kv;
   }
 
   get attachedAdapter(): Adapter | undefined {

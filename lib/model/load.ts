@@ -1,5 +1,5 @@
-// One entry point for every base checkpoint format: a folder with config.json is Hugging Face, a
-// file is llama2.c (v1 by its magic, else v0). Weights are mapped, never read into the JS heap.
+// One entry point for every base checkpoint format: a folder with config.json is Hugging Face, one
+// with params.json is Meta's (consolidated.NN.pth), a file is llama2.c (v1 by its magic, else v0). Weights are mapped, never read into the JS heap.
 import * as fs from 'fs';
 import * as nodePath from 'path';
 import { native, Tensor } from '../native';
@@ -9,6 +9,7 @@ import { loadLlama2c } from './llama2c';
 import { HF_CONFIG, loadHf } from './hf';
 import { isGguf, loadGguf } from './gguf';
 import { findTokenizer } from './config';
+import { META_PARAMS, loadMeta } from './meta';
 
 export { findTokenizer };
 
@@ -16,6 +17,8 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
   if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
     throw new Error(`loadCheckpoint: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
   const device = resolveDevice(opts.device, 'loadCheckpoint: device');
+  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function')
+    throw new Error(`loadCheckpoint: onProgress must be a function`);
   if (opts.mmap !== undefined && typeof opts.mmap !== 'boolean')
     throw new Error(`loadCheckpoint: mmap must be true or false, got ${JSON.stringify(opts.mmap)}`);
   let st: fs.Stats;
@@ -26,19 +29,21 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     throw new Error(code === 'ENOENT' ? `checkpoint not found: ${path} does not exist` : `cannot read checkpoint ${path}: ${(e as Error).message}`);
   }
   const isDir = st.isDirectory();
-  if (isDir && !fs.existsSync(nodePath.join(path, HF_CONFIG)))
+  const isMeta = isDir && !fs.existsSync(nodePath.join(path, HF_CONFIG)) && fs.existsSync(nodePath.join(path, META_PARAMS));
+  if (isDir && !isMeta && !fs.existsSync(nodePath.join(path, HF_CONFIG)))
     throw new Error(
-      `${path} is a directory without ${HF_CONFIG}: expected a Hugging Face model folder ` +
-        `(config.json + model.safetensors), a llama2.c .bin file or a GGUF file`,
+      `${path} is a directory without ${HF_CONFIG} or ${META_PARAMS}: expected a Hugging Face model folder ` +
+        `(config.json + model.safetensors), a Meta folder (params.json + consolidated.00.pth) a llama2.c .bin file or a GGUF file`,
     );
   if (!isDir && !st.isFile()) throw new Error(`${path} is neither a regular file nor a directory`);
   if (!isDir && /(\.safetensors|\.json)$/.test(path))
     throw new Error(`${path}: pass the Hugging Face model folder, not one of its files`);
+  if (!isDir && /\.pth$/.test(path)) throw new Error(`${path}: pass the Meta checkpoint folder (params.json + consolidated.NN.pth), not one of its files`);
 
   const arena = new LoadArena(opts.mmap === false);
   let loaded: LoadedWeights;
   try {
-    loaded = isDir ? loadHf(path, arena, opts) : isGguf(path) ? loadGguf(path, arena, opts) : loadLlama2c(path, arena, opts);
+    loaded = isMeta ? loadMeta(path, arena, opts) : isDir ? loadHf(path, arena, opts) : isGguf(path) ? loadGguf(path, arena, opts) : loadLlama2c(path, arena, opts);
   } catch (e) {
     arena.release();
     throw e;
@@ -71,9 +76,13 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     arena.closeMappings();
   }
 
-  // A GGUF's own vocabulary comes before any tokenizer file that happens to lie beside it.
+  // A GGUF's own vocabulary comes before any tokenizer file that happens to lie beside it;
+  // Meta's downloads keep tokenizer.model beside the model folders (llama/7B, llama/tokenizer.model)
   const tokenizerModel = loaded.tokenizerModel;
-  const tokenizerPath = tokenizerModel ? undefined : findTokenizer(isDir ? path : nodePath.dirname(path), config.vocabSize);
+  const tokenizerPath = tokenizerModel
+    ? undefined
+    : findTokenizer(isDir ? path : nodePath.dirname(path), config.vocabSize) ??
+      (isMeta ? findTokenizer(nodePath.dirname(nodePath.resolve(path)), config.vocabSize) : undefined);
   let disposed = false;
   return {
     config,

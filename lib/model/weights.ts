@@ -26,7 +26,7 @@ export interface LlamaWeights {
   classifier: Tensor;
 }
 
-export type CheckpointFormat = 'llama2c-v0' | 'llama2c-v1' | 'hf' | 'gguf';
+export type CheckpointFormat = 'llama2c-v0' | 'llama2c-v1' | 'hf' | 'meta' | 'gguf';
 
 export interface Checkpoint {
   config: LlamaConfig;
@@ -52,6 +52,9 @@ export interface LoadOptions {
    *  is truncated or rewritten while the model is in use ends the process with SIGBUS; a copy is
    *  immune to that, at the cost of the weights' size in RAM (on the CPU device). */
   mmap?: boolean;
+  /** Told what a long load is doing (merging the model-parallel shards of a Meta folder), at most
+   *  about once a second. */
+  onProgress?: (message: string) => void;
 }
 
 /** Every tensor of `w` once (the classifier is the embedding when tied). */

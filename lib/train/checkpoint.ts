@@ -3,7 +3,7 @@
 // half-written checkpoint, and read back so that a resumed run continues bit for bit.
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Device } from '../native';
+import type { Device, Tensor } from '../native';
 import { Adapter } from '../model/adapter';
 import { LlamaConfig } from '../model/config';
 import { readSafetensorsHeader, writeSafetensors } from '../model/safetensors';
@@ -36,7 +36,15 @@ export function listCheckpoints(out: string): string[] {
     .map((n) => path.join(out, n));
 }
 
-export async function saveCheckpoint(out: string, adapter: Adapter, opt: AdamW, state: RunState, keepLast: number): Promise<string> {
+/** What a checkpoint holds of a run's trainable part: the LLaMA Adapter, or a task's own (the
+ *  image-classification adapter of lib/model/classifier.ts). */
+export interface Checkpointable {
+  save(file: string): Promise<void>;
+  parameters(): Tensor[];
+  dispose(): void;
+}
+
+export async function saveCheckpoint(out: string, adapter: Checkpointable, opt: AdamW, state: RunState, keepLast: number): Promise<string> {
   const dir = path.join(out, stepDirName(state.step));
   const tmp = `${dir}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
@@ -61,9 +69,9 @@ export async function saveCheckpoint(out: string, adapter: Adapter, opt: AdamW, 
   return dir;
 }
 
-export interface LoadedCheckpoint {
+export interface LoadedCheckpoint<A extends Checkpointable = Adapter> {
   dir: string;
-  adapter: Adapter;
+  adapter: A;
   state: RunState;
   /** m and v per parameter, in the optimiser's order */
   moments: { m: Float32Array; v: Float32Array }[];
@@ -72,6 +80,11 @@ export interface LoadedCheckpoint {
 
 /** `device`: where the adapter goes (the model's); the files are device-independent. */
 export function loadCheckpoint(dir: string, model: LlamaConfig, device?: Device): LoadedCheckpoint {
+  return loadCheckpointWith(dir, (file) => Adapter.load(file, model, device));
+}
+
+/** A checkpoint whose adapter file `loadAdapter` reads (and checks against the run's model). */
+export function loadCheckpointWith<A extends Checkpointable>(dir: string, loadAdapter: (file: string) => A): LoadedCheckpoint<A> {
   const stateFile = path.join(dir, 'state.json');
   if (!fs.existsSync(stateFile)) throw new Error(`${dir} is not a checkpoint folder: it has no state.json`);
   let state: RunState;
@@ -82,7 +95,7 @@ export function loadCheckpoint(dir: string, model: LlamaConfig, device?: Device)
   }
   if (!Number.isInteger(state.step) || state.step < 0 || typeof state.data !== 'object')
     throw new Error(`${stateFile} is not a llama-adapter run state`);
-  const adapter = Adapter.load(path.join(dir, 'adapter.safetensors'), model, device);
+  const adapter = loadAdapter(path.join(dir, 'adapter.safetensors'));
   try {
     const optFile = path.join(dir, 'optimizer.safetensors');
     const header = readSafetensorsHeader(optFile);

@@ -7,7 +7,14 @@ import { FlagSpec, Flags, UsageError } from '../cli/args';
 import { ADAPTER_MAX_LEN } from '../model/bounds';
 
 export interface TrainConfig {
-  model: string;
+  /** what is trained: a LLaMA-Adapter on instruction data (lm), or zero-init prompts and a linear
+   *  head in a frozen image encoder (classify, lib/tasks/classify.ts, SPEC §9) */
+  task: 'lm' | 'classify';
+  model: string; // task lm
+  encoder?: string; // a HF ViT or CLIP folder: classify's backbone, or lm's image features (SPEC §8)
+  'image-root'?: string; // where the data's relative image paths start
+  'head-only': boolean; // task classify: the linear probe (no prompts, no gates)
+  'gate-init': 'zero' | 'random';
   tokenizer?: string;
   data: string;
   'val-data'?: string;
@@ -21,6 +28,9 @@ export interface TrainConfig {
   'adapter-layers'?: number; // default N - 2 (at least 1), known once the model is loaded
   'adapter-len': number;
   gate: 'per-head' | 'scalar';
+  'image-features'?: string; // task lm: an image-conditioned adapter (SPEC §8)
+  'feature-layers'?: string;
+  'proj-width': number;
   epochs: number;
   'max-steps'?: number;
   'batch-size': number;
@@ -68,9 +78,14 @@ interface Option {
 
 /** Every flag, in the order `--help` lists them. */
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
-  model: { kind: 'string', help: 'llama2.c .bin file, Hugging Face folder or GGUF file (quantized weights stay quantized) (required)' },
+  task: { kind: 'enum', values: ['lm', 'classify'], help: 'lm: instruction tuning of a LLaMA; classify: image classification on --encoder (default lm)' },
+  model: { kind: 'string', help: 'llama2.c .bin file, Hugging Face folder, Meta .pth folder or GGUF file (quantized weights stay quantized) (required for --task lm)' },
+  encoder: { kind: 'string', help: 'Hugging Face ViT or CLIP folder, frozen: classify\'s backbone (required for --task classify); lm: image features computed by it once per image (SPEC §8)' },
+  'image-root': { kind: 'string', help: "folder the data's image paths are relative to (default: the data file's folder, or where --format puts them)" },
+  'head-only': { kind: 'bool', help: 'classify: train the linear head alone (the linear-probe baseline; features computed once)' },
+  'gate-init': { kind: 'enum', values: ['zero', 'random'], help: 'gates start at 0 (the paper) or ~ N(0, 1) from --seed (the ablation) (default zero)' },
   tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: a GGUF\'s own vocabulary, else found beside the model)' },
-  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says (required)' },
+  data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says; classify: an image-folder tree root/<class>/<file> or a JSON/JSONL list of {"image", "label"} (required)' },
   'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
   'val-split': { kind: 'number', min: 0, max: 1, help: 'fraction of --data held out for validation (default 0)' },
   format: { kind: 'enum', values: ['alpaca', 'scienceqa', 'coco'], help: 'data format: Alpaca JSON/JSONL, ScienceQA folder, COCO captions_*.json (SPEC §8; default alpaca)' },
@@ -81,6 +96,9 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'adapter-layers': { kind: 'int', min: 1, help: 'adapted top layers L (default: layers - 2, at least 1)' },
   'adapter-len': { kind: 'int', min: 1, max: ADAPTER_MAX_LEN, help: `prompts per adapted layer K (default 10, at most ${ADAPTER_MAX_LEN})` },
   gate: { kind: 'enum', values: ['per-head', 'scalar'], help: 'per-head (the paper) or scalar gates (default per-head)' },
+  'image-features': { kind: 'string', help: 'SPEC §7 features file: an image-conditioned adapter; records\' "image" = tensor names' },
+  'feature-layers': { kind: 'string', help: 'encoder layers of the features, e.g. -1 or -2,-1 (default -1, or the features file\'s)' },
+  'proj-width': { kind: 'int', min: 1, help: 'hidden width R of the image projection (default 128)' },
   epochs: { kind: 'int', min: 1, help: 'passes over the data (default 5)' },
   'max-steps': { kind: 'int', min: 1, help: 'stop after this many optimiser steps (default: epochs)' },
   'batch-size': { kind: 'int', min: 1, help: 'examples per micro-batch, packed without padding (default 4)' },
@@ -95,7 +113,7 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'max-seq-len': { kind: 'int', min: 2, help: 'truncate examples to this many tokens (default 512)' },
   seed: { kind: 'int', min: 0, max: 0xffffffff, help: 'seed of the prompt init, shuffling and split (default 0)' },
   'no-shuffle': { kind: 'bool', help: 'batches in file order' },
-  'init-adapter': { kind: 'string', help: 'start from this adapter file (prompts and gates as they are)' },
+  'init-adapter': { kind: 'string', help: 'start from this adapter file, ours or an official .pth (prompts, gates and image_proj.* as they are)' },
   'eval-every': { kind: 'int', min: 0, help: 'validation loss and a sample every N steps; 0 = off (default 0)' },
   'save-every': { kind: 'int', min: 0, help: 'checkpoint every N steps; 0 = off (default 0)' },
   'keep-last': { kind: 'int', min: 1, help: 'checkpoints kept (default 2)' },
@@ -112,9 +130,13 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
 };
 
 export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
+  task: 'lm',
+  'head-only': false,
+  'gate-init': 'zero',
   'val-split': 0,
   'adapter-len': 10,
   gate: 'per-head',
+  'proj-width': 128,
   epochs: 5,
   'batch-size': 4,
   'grad-accum': 8,
@@ -135,6 +157,14 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
   comm: 'auto',
 };
 
+/** --task classify's own defaults: images are batched, not packed. */
+export const classifyDefaults: Partial<TrainConfig> = { 'batch-size': 32, 'grad-accum': 1 };
+
+/** Flags that belong to one task only (--encoder, --image-root and --gate-init mean something to
+ *  both: the classifier's backbone, or the image-conditioned adapter's features). */
+const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout', 'format', 'split', 'val-data-split', 'image-features', 'feature-layers', 'proj-width'];
+const classifyOnly = ['head-only'];
+
 export function trainFlagSpec(): FlagSpec {
   const spec: FlagSpec = {};
   for (const [name, o] of Object.entries(trainOptions)) spec[name] = { type: o.kind === 'bool' ? 'boolean' : 'string' };
@@ -146,7 +176,14 @@ export function trainUsage(): string {
     const flag = `--${name}${o.kind === 'bool' ? '' : o.kind === 'enum' ? ` ${o.values!.join('|')}` : ' X'}`;
     return `  ${flag.padEnd(30)} ${o.help}`;
   });
-  return `Usage: llama-adapter train --model PATH --data FILE --out DIR [flags]\n\nFine-tunes a LLaMA-Adapter on instruction data (the frozen model's weights never change).\n\n${lines.join('\n')}`;
+  return (
+    'Usage: llama-adapter train --model PATH --data FILE --out DIR [flags]\n' +
+    '       llama-adapter train --task classify --encoder DIR --data D --out DIR [flags]\n\n' +
+    "Fine-tunes a LLaMA-Adapter on instruction data (the frozen model's weights never change), or, with\n" +
+    '--task classify, zero-init gated prompts in the top --adapter-layers of a frozen image encoder plus a\n' +
+    'linear head on its final layernorm(h[cls]) (defaults there: --batch-size 32 --grad-accum 1).\n\n' +
+    lines.join('\n')
+  );
 }
 
 function coerce(name: string, raw: unknown, from: string): unknown {
@@ -213,9 +250,20 @@ export function resolveTrainConfig(flags: Flags): TrainConfig {
     if (v === undefined || k === 'config' || k === 'help') continue;
     fromFlags[k] = coerce(k, v, `--${k}`);
   }
-  const cfg = { ...trainDefaults, ...fromFile, ...fromFlags } as TrainConfig;
-  for (const required of ['model', 'data', 'out'] as const)
-    if (!cfg[required]) throw new UsageError(`--${required} is required\n\n${trainUsage()}`);
+  const task = (fromFlags.task ?? fromFile.task ?? trainDefaults.task) as TrainConfig['task'];
+  const defaults = task === 'classify' ? { ...trainDefaults, ...classifyDefaults } : trainDefaults;
+  const cfg = { ...defaults, ...fromFile, ...fromFlags } as TrainConfig;
+  for (const required of ['data', 'out', task === 'classify' ? 'encoder' : 'model'] as const)
+    if (!cfg[required]) throw new UsageError(`--${required} is required${task === 'classify' ? ' with --task classify' : ''}\n\n${trainUsage()}`);
+  // flags of the other task are mistakes, not silently ignored
+  const given = (k: string) => k in fromFlags || k in fromFile;
+  const otherTask = task === 'classify' ? lmOnly : classifyOnly;
+  const wrong = otherTask.filter(given);
+  if (wrong.length) throw new UsageError(`${wrong.map((k) => `--${k}`).join(', ')} ${wrong.length > 1 ? 'do' : 'does'} not apply to --task ${task}`);
+  if (task === 'classify' && cfg.gate !== 'per-head') throw new UsageError('--task classify has per-head gates only');
+  // (the LLaMA trainer's random gates come with the image-conditioned adapter's work; until then, refuse)
+  if (task === 'classify' && cfg['head-only'] && (given('gate-init') || given('adapter-layers') || given('adapter-len')))
+    throw new UsageError('--head-only trains no prompts or gates: drop --gate-init, --adapter-layers and --adapter-len');
   if (cfg['val-data'] && cfg['val-split'] > 0) throw new UsageError('give either --val-data or --val-split, not both');
   if (cfg['val-split'] >= 1) throw new UsageError(`--val-split must be below 1, got ${cfg['val-split']}`);
   if (cfg.resume && cfg.overwrite) throw new UsageError('give either --resume or --overwrite, not both');

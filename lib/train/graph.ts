@@ -7,7 +7,8 @@
 // Shapes: N tokens of the packed micro-batch (S sequences, positions restarting per sequence),
 // C = dim, H heads, Hkv kv heads, d head size, F hidden, K prompts, M target tokens, V vocab.
 import { native, Tensor } from '../native';
-import { Adapter } from '../model/adapter';
+import { Adapter, ImageProjTensors } from '../model/adapter';
+import { ImagePromptStep } from '../model/image-prompts';
 import { headSize } from '../model/config';
 import { Llama } from '../model/llama';
 import { LayerWeights } from '../model/weights';
@@ -18,21 +19,32 @@ export interface PackedBatch {
   labels: Int32Array; // (N) the token predicted at each position, -1 for none
   positions: Int32Array; // (N) restarting at 0 per sequence
   segments: Int32Array; // (S+1) offsets
+  /** (S) each segment's image key (SPEC §8), null for a text-only example */
+  images?: (string | null)[];
 }
 
 /** Accumulators of the adapter gradient, one per parameter tensor (same order as parameters()). */
 export class AdapterGrads {
   readonly prompts: Tensor[]; // per adapted layer (K, C)
   readonly gates: Tensor[]; // per adapted layer (H) or (1)
+  /** the image projection's (fc1, b1, fc2, b2) of an image-conditioned adapter */
+  readonly image?: ImageProjTensors<Tensor>;
 
   /** Zeros on the adapter's device. */
   constructor(adapter: Adapter) {
-    this.prompts = adapter.prompts.map((p) => native.zeros([...p.shape], 'f32', adapter.device));
-    this.gates = adapter.gates.map((g) => native.zeros([...g.shape], 'f32', adapter.device));
+    const zerosLike = (t: Tensor) => native.zeros([...t.shape], 'f32', adapter.device);
+    this.prompts = adapter.prompts.map(zerosLike);
+    this.gates = adapter.gates.map(zerosLike);
+    if (adapter.image) {
+      const p = adapter.image;
+      this.image = { fc1: zerosLike(p.fc1), b1: zerosLike(p.b1), fc2: zerosLike(p.fc2), b2: zerosLike(p.b2) };
+    }
   }
 
+  /** In the order of Adapter.parameters(). */
   all(): Tensor[] {
-    return [...this.prompts, ...this.gates];
+    const p = this.image;
+    return [...this.prompts, ...this.gates, ...(p ? [p.fc1, p.b1, p.fc2, p.b2] : [])];
   }
 
   zero(): void {
@@ -49,6 +61,22 @@ export interface GraphOptions {
   checkpointing?: boolean;
   /** Target rows per LM-head chunk (bounds the (rows, V) logits buffer). */
   headChunk?: number;
+}
+
+/** An adapted layer's prompt keys/values: (K, Hkv, d) shared by the batch, or (S, K, Hkv, d) per
+ *  segment for image-conditioned prompts (then kRows, imageRows map the S·K prompt rows back). */
+interface PromptKV {
+  pk: Tensor;
+  pv: Tensor;
+  gate: Tensor;
+}
+
+/** Per-segment prompts P_l^v = P_l + I_p(segment) (SPEC §8), laid out as S·K rows. */
+interface SegmentPrompts {
+  images: ImagePromptStep;
+  kRows: Tensor; // (S·K) i32: row k of P_l
+  imageRows: Tensor; // (S·K) i32: the segment's row of images.ip
+  S: number;
 }
 
 /** What the backward of an adapted layer needs from its forward. */
@@ -87,9 +115,12 @@ export class AdapterGraph {
 
   /**
    * Forward and backward of one micro-batch. Adds scale · ∂(loss sum)/∂θ to `grads` (when given)
-   * and resolves to the loss sum (nats) and the number of target tokens.
+   * and resolves to the loss sum (nats) and the number of target tokens. `images`: the step's
+   * image prompts, for a batch with images (batch.images) and an image-conditioned adapter; the
+   * gradient w.r.t. I_p is added to images.dIp (ImagePromptStep.backward then takes it to the
+   * projection, once per step).
    */
-  async run(batch: PackedBatch, scale: number, grads?: AdapterGrads): Promise<{ lossSum: number; targets: number }> {
+  async run(batch: PackedBatch, scale: number, grads?: AdapterGrads, images?: ImagePromptStep): Promise<{ lossSum: number; targets: number }> {
     const c = this.model.config;
     const w = this.model.checkpoint.weights;
     const device = this.model.device;
@@ -107,9 +138,13 @@ export class AdapterGraph {
     const tokens = native.fromArray(batch.tokens, [N]);
     const positions = native.fromArray(batch.positions, [N]);
     const segments = native.fromArray(batch.segments, [batch.segments.length]);
-    const promptKV = this.promptKeysValues();
+    if (grads && images && !images.dIp)
+      throw new Error('AdapterGraph: gradients asked for, but the image prompts were built without them (withGrad false)');
+    const seg = this.segmentPrompts(batch, images);
+    const promptKV = this.promptKeysValues(seg);
     const saved: Saved[] = [];
     const live: Tensor[] = [tokens, positions, segments, ...promptKV.flatMap((p) => [p.pk, p.pv])];
+    if (seg) live.push(seg.kRows, seg.imageRows);
     try {
       // --- forward ---------------------------------------------------------------------------
       let x = native.embedding(w.embedding, tokens); // (N, C)
@@ -168,7 +203,7 @@ export class AdapterGraph {
             re.xOut.dispose();
             s = re.saved;
           }
-          const dxIn = this.layerBackward(l, dx, s, positions, segments, promptKV[li], grads, l > first);
+          const dxIn = this.layerBackward(l, dx, s, positions, segments, promptKV[li], grads, l > first, seg);
           disposeAll(Object.values(s));
           saved[li] = undefined as unknown as Saved;
           dx.dispose();
@@ -188,8 +223,29 @@ export class AdapterGraph {
     }
   }
 
-  /** Prompt keys and values of every adapted layer, computed once per step: (K, Hkv, d) each. */
-  private promptKeysValues(): { pk: Tensor; pv: Tensor; gate: Tensor }[] {
+  /** The per-segment prompt layout when the batch has an image and the adapter reads images. */
+  private segmentPrompts(batch: PackedBatch, images?: ImagePromptStep): SegmentPrompts | undefined {
+    const keys = batch.images;
+    if (!keys || keys.every((k) => k === null || k === undefined)) return undefined; // text only: shared prompts
+    if (!this.adapter?.image) return undefined; // a text-only adapter (or none) does not see images
+    if (!images) throw new Error('AdapterGraph: the batch has images; pass the step\'s image prompts (ImagePromptStep)');
+    const S = batch.segments.length - 1;
+    if (keys.length !== S) throw new RangeError(`AdapterGraph: ${keys.length} image keys for ${S} segments`);
+    const K = this.adapter.config.len;
+    const rowOfSegment = images.rowsOf(keys); // (S)
+    const kRows = new Int32Array(S * K);
+    const imageRows = new Int32Array(S * K);
+    for (let s = 0; s < S; s++)
+      for (let k = 0; k < K; k++) {
+        kRows[s * K + k] = k;
+        imageRows[s * K + k] = rowOfSegment[s];
+      }
+    return { images, kRows: native.fromArray(kRows, [S * K]), imageRows: native.fromArray(imageRows, [S * K]), S };
+  }
+
+  /** Prompt keys and values of every adapted layer, computed once per micro-batch: (K, Hkv, d) each,
+   *  or (S, K, Hkv, d) from P_l^v = P_l + I_p of each segment's image (SPEC §8). */
+  private promptKeysValues(seg?: SegmentPrompts): PromptKV[] {
     const c = this.model.config;
     const w = this.model.checkpoint.weights;
     const adapter = this.adapter;
@@ -197,11 +253,21 @@ export class AdapterGraph {
     return adapter.prompts.map((p, l) => {
       const lw = w.layers[adapter.firstLayer + l];
       const K = p.shape[0];
-      return {
-        pk: reshapeOwned(native.matmul(p, lw.wk), [K, c.nKvHeads, this.d]), // no norm, no RoPE
-        pv: reshapeOwned(native.matmul(p, lw.wv), [K, c.nKvHeads, this.d]),
+      let rows = p; // (K, C) or (S·K, C)
+      if (seg) {
+        rows = native.gatherRows(p, seg.kRows); // (S·K, C): P_l per segment
+        const ip = native.gatherRows(seg.images.ip, seg.imageRows); // (S·K, C): I_p per segment (0: no image)
+        native.addInPlace(rows, ip);
+        ip.dispose();
+      }
+      const shape = seg ? [seg.S, K, c.nKvHeads, this.d] : [K, c.nKvHeads, this.d];
+      const kv = {
+        pk: reshapeOwned(native.matmul(rows, lw.wk), shape), // no norm, no RoPE
+        pv: reshapeOwned(native.matmul(rows, lw.wv), shape),
         gate: adapter.gates[l],
       };
+      if (seg) rows.dispose();
+      return kv;
     });
   }
 
@@ -210,7 +276,7 @@ export class AdapterGraph {
     xIn: Tensor,
     positions: Tensor,
     segments: Tensor,
-    prompt?: { pk: Tensor; pv: Tensor; gate: Tensor },
+    prompt?: PromptKV,
   ): { xOut: Tensor; saved: Saved } {
     const c = this.model.config;
     const lw: LayerWeights = this.model.checkpoint.weights.layers[l];
@@ -248,9 +314,10 @@ export class AdapterGraph {
     s: Saved,
     positions: Tensor,
     segments: Tensor,
-    prompt: { pk: Tensor; pv: Tensor; gate: Tensor },
+    prompt: PromptKV,
     grads: AdapterGrads,
     needInput: boolean,
+    seg?: SegmentPrompts,
   ): Tensor | undefined {
     const c = this.model.config;
     const lw = this.model.checkpoint.weights.layers[l];
@@ -273,14 +340,20 @@ export class AdapterGraph {
       dOut, s.q, s.k, s.v, segments, prompt.pk, prompt.pv, prompt.gate, s.out, s.stats,
     );
     dOut.dispose();
-    // prompts: Kp = P Wkᵀ, Vp = P Wvᵀ  =>  dP = dKp Wk + dVp Wv
-    const K = prompt.pk.shape[0];
-    const dpk2 = native.reshape(dpk!, [K, c.nKvHeads * this.d]);
-    const dpv2 = native.reshape(dpv!, [K, c.nKvHeads * this.d]);
-    const dP = native.matmulBackward(dpk2, lw.wk); // (K, C)
+    // prompts: Kp = P Wkᵀ, Vp = P Wvᵀ  =>  dP = dKp Wk + dVp Wv   (rows: K, or S·K per segment)
+    const rows = seg ? seg.S * this.adapter!.config.len : prompt.pk.shape[0];
+    const dpk2 = native.reshape(dpk!, [rows, c.nKvHeads * this.d]);
+    const dpv2 = native.reshape(dpv!, [rows, c.nKvHeads * this.d]);
+    const dP = native.matmulBackward(dpk2, lw.wk); // (rows, C)
     const dPv = native.matmulBackward(dpv2, lw.wv);
-    native.addInPlace(grads.prompts[li], dP);
-    native.addInPlace(grads.prompts[li], dPv);
+    native.addInPlace(dP, dPv);
+    if (seg) {
+      // P_l^v = P_l + I_p: the same gradient goes to the prompt row k and to the segment's image
+      native.scatterAddRows(grads.prompts[li], seg.kRows, dP);
+      native.scatterAddRows(seg.images.dIp!, seg.imageRows, dP);
+    } else {
+      native.addInPlace(grads.prompts[li], dP);
+    }
     native.addInPlace(grads.gates[li], dgate!);
     disposeAll([dpk, dpv, dpk2, dpv2, dP, dPv, dgate]);
     if (!needInput) {

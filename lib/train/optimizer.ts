@@ -24,7 +24,10 @@ export class AdamW {
     readonly params: Tensor[],
     readonly opts: AdamWOptions = paperAdamW,
     saved?: { moments: { m: Float32Array; v: Float32Array }[]; step: number },
+    /** per parameter: whether weight decay applies (default all; SPEC §8 exempts the projection's biases) */
+    readonly decay: boolean[] = params.map(() => true),
   ) {
+    if (decay.length !== params.length) throw new RangeError(`AdamW: ${decay.length} decay flags for ${params.length} parameters`);
     // the moments live beside their parameter
     const init = (i: number, which: 'm' | 'v') =>
       saved
@@ -60,7 +63,9 @@ export class AdamW {
     }
     this.step++;
     const { beta1, beta2, eps, weightDecay } = this.opts;
-    this.params.forEach((p, i) => native.adamw(p, grads[i], this.m[i], this.v[i], this.step, lr, beta1, beta2, eps, weightDecay));
+    this.params.forEach((p, i) =>
+      native.adamw(p, grads[i], this.m[i], this.v[i], this.step, lr, beta1, beta2, eps, this.decay[i] ? weightDecay : 0),
+    );
     return norm;
   }
 

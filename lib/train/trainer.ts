@@ -6,7 +6,7 @@ import * as path from 'path';
 import { native } from '../native';
 import { describeDevice, resolveDevice } from '../device';
 import { Batch, Batcher, Example, splitValidation, tokenizeRecords } from '../data/alpaca';
-import { loadDataset } from '../data/dataset';
+import { checkImages, loadDataset } from '../data/dataset';
 import { generate } from '../generate/generate';
 import { Adapter, AdapterConfig, checkAdapterConfig, defaultAdapterConfig } from '../model/adapter';
 import { Llama } from '../model/llama';
@@ -16,7 +16,9 @@ import { configToYaml, TrainConfig } from './config';
 import { checkRunFolder, clearRun, removeLeftovers, resultSettings, settingMismatches } from './run-folder';
 import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
 import { currentWorld } from './distributed';
-import { AdapterGrads, AdapterGraph } from './graph';
+import { AdapterGrads, AdapterGraph, PackedBatch } from './graph';
+import { ImagePromptStep } from '../model/image-prompts';
+import { FeaturesFileSource, openEncoderSource, ImageFeatureSource, parseFeatureLayers, projConfigFor } from './image-features';
 import { AdamW, NonFiniteError } from './optimizer';
 import { learningRate, peakFromBase, ScheduleOptions } from './schedule';
 
@@ -46,23 +48,69 @@ export interface TrainResult {
   lastEval?: EvalResult;
 }
 
-/** Mean cross-entropy of `examples` (all target tokens) under the model with `adapter`. */
+/**
+ * The image prompts of the images that `batches` name (each image once), or undefined when they
+ * name none. `withGrad`: for a training step (ImagePromptStep.backward after the micro-batches).
+ */
+export async function imagePromptsFor(
+  adapter: Adapter | undefined,
+  source: ImageFeatureSource | undefined,
+  batches: PackedBatch[],
+  withGrad: boolean,
+): Promise<ImagePromptStep | undefined> {
+  const keys = [...new Set(batches.flatMap((b) => (b.images ?? []).filter((k): k is string => typeof k === 'string')))];
+  if (keys.length === 0) return undefined;
+  if (!adapter?.image) throw new Error('the data has images but the adapter is text-only: it has no image projection (image_proj.*)');
+  if (!source) throw new Error('the data has images but no image features were given: pass --image-features FILE or --encoder DIR');
+  const MD = source.M * source.D;
+  const values = new Float32Array(keys.length * MD);
+  for (let i = 0; i < keys.length; i++) values.set(await source.get(keys[i]), i * MD);
+  return new ImagePromptStep(adapter.image, keys, values, withGrad);
+}
+
+/** Mean cross-entropy of `examples` (all target tokens) under the model with `adapter` (and the
+ *  images' features from `images`, for an image-conditioned adapter). */
 export async function evaluateLoss(
   model: Llama,
   adapter: Adapter | undefined,
   examples: Example[],
   batchSize: number,
+  images?: ImageFeatureSource,
 ): Promise<{ loss: number; tokens: number }> {
   const graph = new AdapterGraph(model, adapter);
   let sum = 0;
   let tokens = 0;
   const batcher = new Batcher(examples, { batchSize, seed: 0, shuffle: false });
   for (let b = 0; b < batcher.batchesPerEpoch; b++) {
-    const r = await graph.run(batcher.next(), 1);
-    sum += r.lossSum;
-    tokens += r.targets;
+    const batch = batcher.next();
+    const prompts = await imagePromptsFor(adapter, images, [batch], false);
+    try {
+      const r = await graph.run(batch, 1, undefined, prompts);
+      sum += r.lossSum;
+      tokens += r.targets;
+    } finally {
+      prompts?.dispose();
+    }
   }
   return { loss: tokens ? sum / tokens : NaN, tokens };
+}
+
+/** The image feature source that the flags name (--image-features or --encoder), or undefined. */
+export async function openImageSource(
+  flags: { 'image-features'?: string; encoder?: string; 'image-root'?: string; 'feature-layers'?: string },
+  dataFile: string | undefined,
+  device?: 'cpu' | 'cuda',
+  /** where the data's image paths are relative to when --image-root is not given (default: the data file's folder) */
+  dataRoot?: string,
+): Promise<ImageFeatureSource | undefined> {
+  if (flags['image-features'] && flags.encoder) throw new Error('give either --image-features or --encoder, not both');
+  if (flags['image-features']) return new FeaturesFileSource(flags['image-features']);
+  if (flags.encoder) {
+    const root = flags['image-root'] ?? dataRoot ?? (dataFile ? path.dirname(path.resolve(dataFile)) : process.cwd());
+    return openEncoderSource(flags.encoder, root, parseFeatureLayers(flags['feature-layers']) ?? [-1], device);
+  }
+  if (flags['image-root']) throw new Error('--image-root needs --encoder (it is where the records\' image paths are read)');
+  return undefined;
 }
 
 export class Trainer extends EventEmitter {
@@ -73,6 +121,8 @@ export class Trainer extends EventEmitter {
     readonly train: Example[],
     readonly val: Example[],
     readonly adapterConfig: AdapterConfig,
+    /** the image features of an image-conditioned run (--image-features or --encoder) */
+    readonly images?: ImageFeatureSource,
   ) {
     super();
   }
@@ -85,7 +135,16 @@ export class Trainer extends EventEmitter {
     checkOutputDir(cfg.out, '--out');
     checkRunFolder(cfg);
     if (cfg.threads) native.setThreads(cfg.threads);
-    const model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device, mmap: !cfg['no-mmap'] });
+    // an encoder reads the records' image files: under --image-root, else where the format puts them
+    const dataRoot = cfg.encoder && !cfg['image-root'] ? loadDataset(cfg.data, { format: cfg.format, split: cfg.format === 'scienceqa' ? cfg.split ?? 'train' : undefined }).imageRoot : undefined;
+    const images = await openImageSource(cfg, cfg.data, cfg.device, dataRoot);
+    let model: Llama;
+    try {
+      model = await Llama.load(cfg.model, { dtype: cfg.dtype, device: cfg.device, mmap: !cfg['no-mmap'], onProgress: log });
+    } catch (err) {
+      images?.close();
+      throw err;
+    }
     try {
       const tokenizer = model.loadTokenizer(cfg.tokenizer);
       const adapterConfig: AdapterConfig = {
@@ -93,11 +152,16 @@ export class Trainer extends EventEmitter {
         ...(cfg['adapter-layers'] !== undefined ? { layers: cfg['adapter-layers'] } : {}),
         len: cfg['adapter-len'],
         gate: cfg.gate,
+        ...(images ? { image: projConfigFor(images, cfg['proj-width'], parseFeatureLayers(cfg['feature-layers'])) } : {}),
       };
       checkAdapterConfig(model.config, adapterConfig);
       const maxSeqLen = Math.min(cfg['max-seq-len'], model.config.maxSeqLen);
       const tokenize = (file: string, split: string) => {
-        const ds = loadDataset(file, { format: cfg.format, split: cfg.format === 'scienceqa' ? split : undefined });
+        let ds = loadDataset(file, { format: cfg.format, split: cfg.format === 'scienceqa' ? split : undefined });
+        const withImages = ds.records.filter((r) => r.image !== undefined).length;
+        if (withImages && !images)
+          log(`note: ${withImages} of ${ds.records.length} records of ${file} have an image; a text-only adapter does not see them (--image-features FILE or --encoder DIR trains an image-conditioned one)`);
+        if (images) ds = checkImages(ds, images.imageSource, { warn: log });
         return tokenizeRecords(tokenizer, ds.records, { maxSeqLen, source: ds.source, warn: log }).examples;
       };
       let train = tokenize(cfg.data, cfg.split ?? 'train');
@@ -105,14 +169,30 @@ export class Trainer extends EventEmitter {
       if (cfg['val-data']) val = tokenize(cfg['val-data'], cfg['val-data-split'] ?? 'val');
       else if (cfg['val-split'] > 0) ({ train, val } = splitValidation(train, { valSplit: cfg['val-split'], seed: cfg.seed }));
       if (train.length === 0) throw new Error(`${cfg.data}: no training example is left (all were held out or skipped)`);
+      if (images?.prepare) {
+        // the frozen encoder's features of every image of the run, once
+        const keys = [...train, ...val].flatMap((e) => (e.image !== undefined ? [e.image] : []));
+        let shown = 0;
+        await images.prepare(keys, (done, total) => {
+          if (done === total || done - shown >= Math.max(1, Math.ceil(total / 10))) {
+            shown = done;
+            log(`encoding images: ${done}/${total}`);
+          }
+        });
+      }
       log(
         `device ${describeDevice(model.device)}; ` +
           `model ${cfg.model}: ${model.config.nLayers} layers, dim ${model.config.dim}; adapter: top ${adapterConfig.layers} layers, ` +
-          `${adapterConfig.len} prompts, ${adapterConfig.gate} gate; ${train.length} training and ${val.length} validation examples`,
+          `${adapterConfig.len} prompts, ${adapterConfig.gate} gate, ${cfg['gate-init']} gate init` +
+          (adapterConfig.image
+            ? `, image projection ${adapterConfig.image.featureLayers.length} x ${adapterConfig.image.featureSize} -> ${adapterConfig.image.width} -> ${model.config.dim} from ${images!.describe}`
+            : '') +
+          `; ${train.length} training and ${val.length} validation examples`,
       );
-      return new Trainer(cfg, model, tokenizer, train, val, adapterConfig);
+      return new Trainer(cfg, model, tokenizer, train, val, adapterConfig, images);
     } catch (err) {
       model.dispose();
+      images?.close();
       throw err;
     }
   }
@@ -131,6 +211,8 @@ export class Trainer extends EventEmitter {
       'grad-accum': c['grad-accum'],
       'max-seq-len': c['max-seq-len'],
       seed: c.seed,
+      'gate-init': c['gate-init'],
+      images: c['image-features'] ? path.resolve(c['image-features']) : c.encoder ? path.resolve(c.encoder) : null,
       shuffle: !c['no-shuffle'],
       totalSteps,
       examples: this.train.length,
@@ -210,11 +292,21 @@ export class Trainer extends EventEmitter {
             `--init-adapter ${c['init-adapter']} has ${a.layers} layers, ${a.len} prompts, ${a.gate} gate; the run asks for ${want.layers}, ${want.len}, ${want.gate}`,
           );
         }
+        const why = imageMismatch(c['init-adapter'], a, want);
+        if (why) {
+          adapter.dispose();
+          throw new Error(why);
+        }
       } else {
-        adapter = Adapter.init(this.model.config, this.adapterConfig, c.seed, this.model.device);
+        adapter = Adapter.init(this.model.config, this.adapterConfig, c.seed, this.model.device, c['gate-init']);
       }
       try {
-        opt = new AdamW(adapter.parameters(), { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: c['weight-decay'] }, resumed ? { moments: resumed.moments, step: resumed.optimizerStep } : undefined);
+        opt = new AdamW(
+          adapter.parameters(),
+          { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: c['weight-decay'] },
+          resumed ? { moments: resumed.moments, step: resumed.optimizerStep } : undefined,
+          adapter.decayMask(),
+        );
       } catch (err) {
         adapter.dispose();
         throw err;
@@ -246,7 +338,15 @@ export class Trainer extends EventEmitter {
         let lossSum = 0;
         // the step's loss is the mean over all its target tokens (SPEC §3): one shared denominator
         // (every rank sees the whole global batch, so `targets` is global; each runs its shard)
-        for (const b of micro) lossSum += (await graph.run(dist.shard(b, this.train), targets > 0 ? 1 / targets : 0, grads)).lossSum;
+        // I_p of each image of the step once (every micro-batch reads it); its backward once, below
+        const imagePrompts = await imagePromptsFor(adapter, this.images, micro, true);
+        try {
+          for (const b of micro)
+            lossSum += (await graph.run(dist.shard(b, this.train), targets > 0 ? 1 / targets : 0, grads, imagePrompts)).lossSum;
+          if (imagePrompts) imagePrompts.backward(grads.image!);
+        } finally {
+          imagePrompts?.dispose();
+        }
         lossSum = await dist.reduceStep(grads.all(), lossSum); // sum gradients and losses over the ranks
         const loss = targets > 0 ? lossSum / targets : 0;
         if (step === startStep)
@@ -302,11 +402,12 @@ export class Trainer extends EventEmitter {
 
   /** Validation loss and one greedy sample from the first validation prompt. */
   async evaluate(adapter: Adapter, step: number): Promise<EvalResult> {
-    const { loss, tokens } = await evaluateLoss(this.model, adapter, this.val, this.cfg['batch-size']);
+    const { loss, tokens } = await evaluateLoss(this.model, adapter, this.val, this.cfg['batch-size'], this.images);
     const first = this.val[0];
     if (first.promptLen + 1 >= this.model.config.maxSeqLen) return { step, loss, tokens };
     const prompt = this.tokenizer.decode(Array.from(first.ids.subarray(0, first.promptLen)));
-    this.model.setAdapter(adapter);
+    const image = first.image !== undefined && this.images ? await this.images.get(first.image) : undefined;
+    this.model.setAdapter(adapter, image ? { imageFeatures: image } : undefined);
     let text = '';
     try {
       for await (const piece of generate(this.model, this.tokenizer, prompt, { temperature: 0, maxTokens: 64 })) text += piece;
@@ -318,11 +419,23 @@ export class Trainer extends EventEmitter {
 
   dispose(): void {
     this.model.dispose();
+    this.images?.close();
   }
 }
 
+/** Why an --init-adapter's image projection does not fit the run (or undefined when it does). */
+function imageMismatch(file: string, a: AdapterConfig, want: AdapterConfig): string | undefined {
+  if (!a.image && want.image) return `--init-adapter ${file} is text-only (no image_proj.*) but the run is image-conditioned`;
+  if (a.image && !want.image) return `--init-adapter ${file} is image-conditioned (image_proj.*): pass the run's --image-features FILE or --encoder DIR`;
+  if (a.image && want.image) {
+    const fmt = (p: typeof a.image) => `${p!.featureLayers.length} x ${p!.featureSize} -> ${p!.width}`;
+    if (fmt(a.image) !== fmt(want.image)) return `--init-adapter ${file} has an image projection ${fmt(a.image)}, the run asks for ${fmt(want.image)} (features x size -> --proj-width)`;
+  }
+  return undefined;
+}
+
 /** Drops metric lines after `step` (a resumed run rewrites them). */
-function keepMetricsUpTo(file: string, step: number): void {
+export function keepMetricsUpTo(file: string, step: number): void {
   if (!fs.existsSync(file)) return;
   if (step === 0) return fs.rmSync(file);
   const kept = fs

@@ -4,12 +4,14 @@
 // Dimension letters: N tokens (packed rows), S segments (tokens of segment s are seg[s] .. seg[s+1]-1),
 // L a segment's length, H heads, Hkv kv heads (head h reads kv head h / (H / Hkv)), d head size,
 // K prompt vectors, G gate size (H: per head, or 1: one scalar for all heads). Shapes:
-//   q, dq (N, H, d)   k, v, dk, dv (N, Hkv, d)   pk, pv, dpk, dpv (K, Hkv, d)   gate, dgate (G)
+//   q, dq (N, H, d)   k, v, dk, dv (N, Hkv, d)   gate, dgate (G)
+//   pk, pv, dpk, dpv (K, Hkv, d) shared by all segments, or (S, K, Hkv, d) per segment (SPEC §8)
 //   out, dout (N, H, d)   stats (N, H, 2) = [log-sum-exp of the word scores, of the prompt scores]
 //
 // For query t of head h in segment s, with gamma = tanh(gate[h or 0]) and scale 1/sqrt(d):
 //   A_w = softmax(q_t · k_j * scale, j = seg[s] .. t)       (causal within the segment)
-//   A_p = softmax(q_t · pk_k * scale, k = 0 .. K-1)          (no mask)
+//      or softmax(q_t · k_j * scale, j = seg[s] .. seg[s+1]-1)  (non-causal: the whole segment)
+//   A_p = softmax(q_t · pk_k * scale, k = 0 .. K-1)          (no mask; pk[s] when per segment)
 //   out_t = A_w V_w + gamma * A_p V_p
 // Without a prompt (pk = pv = gate = null) out_t = A_w V_w and the prompt log-sum-exp is -inf.
 //
@@ -26,12 +28,14 @@
 //   forward   (group, head)       -> out, stats rows of its segments
 //   backward  (group, kv head)    -> dk, dv rows of its segments, dq rows of the heads that read the
 //                                    kv head, and a partial dpk, dpv tile; then the tiles are summed
-//                                    in group order, and dgate in double, in token order
+//                                    in group order, and dgate in double, in token order (per-segment
+//                                    prompts: each segment's tile is its own dpk[s], dpv[s] rows)
 //
 // A unit packs a segment's keys and values once into zero-padded tiles (head size padded to dp, a
 // multiple of 8, keys to a multiple of 8; strides kept off multiples of 128 bytes), then walks
-// blocks of kBq queries. The products (S = Q Kᵀ, P V, and backward dout Vᵀ, Pᵀ dout, dSᵀ Q, dS K,
-// and the same against the K prompt keys, packed once per op) run in register-tiled micro-kernels
+// blocks of kBq queries (without the causal mask, every row of a block sees all the segment's
+// keys). The products (S = Q Kᵀ, P V, and backward dout Vᵀ, Pᵀ dout, dSᵀ Q, dS K, and the same
+// against the K prompt keys, packed once per op) run in register-tiled micro-kernels
 // (AVX2+FMA when the CPU has it, plain loops otherwise) over data that stays in L1/L2; softmax rows
 // use a vectorised exp. Causality trims each 4-row group to the keys its last row sees. The T x T
 // probabilities are recomputed from the saved log-sum-exps, never stored.
@@ -511,30 +515,38 @@ std::vector<float> tanh_gate(const float* gate, int64_t G, int64_t H) {
 }
 
 // The prompt keys and values of every kv head, packed once per op: transposed (dp, ldt) for
-// scores, rows (round_up(K, 8), ldr) for products. ldt = key_stride(K).
+// scores, rows (round_up(K, 8), ldr) for products. ldt = key_stride(K). P sets: one shared by all
+// segments, or one per segment (pk, pv (S, K, Hkv, d)); set p starts at pk + p K Hkv d.
 struct PromptTiles {
-  int64_t K = 0, ldt = 0, rows = 0;
-  std::vector<float> kt, vt, kr, vr;  // per kv head, one after another
-  PromptTiles(const float* pk, const float* pv, const Dims& g) {
+  int64_t K = 0, ldt = 0, rows = 0, sets = 0;
+  std::vector<float> kt, vt, kr, vr;  // per (set, kv head), one after another
+  PromptTiles(const float* pk, const float* pv, const Dims& g, int64_t P) {
     if (!pk) return;
     K = g.K;
     ldt = key_stride(K);
     rows = round_up(K, 8);
-    kt.resize(size_t(g.Hkv * g.dp * ldt));
+    sets = P;
+    kt.resize(size_t(P * g.Hkv * g.dp * ldt));
     vt.resize(kt.size());
-    kr.resize(size_t(g.Hkv * rows * g.ldr));
+    kr.resize(size_t(P * g.Hkv * rows * g.ldr));
     vr.resize(kr.size());
-    for (int64_t h = 0; h < g.Hkv; h++) {
-      pack_transposed(&kt[h * g.dp * ldt], ldt, pk + h * g.d, g.ldk, K, g.d, g.dp);
-      pack_transposed(&vt[h * g.dp * ldt], ldt, pv + h * g.d, g.ldk, K, g.d, g.dp);
-      pack_rows(&kr[h * rows * g.ldr], g.ldr, pk + h * g.d, g.ldk, K, rows, g.d);
-      pack_rows(&vr[h * rows * g.ldr], g.ldr, pv + h * g.d, g.ldk, K, rows, g.d);
-    }
+    parallel_for(P * g.Hkv, 8, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; i++) {
+        const float* pki = pk + i / g.Hkv * K * g.ldk + i % g.Hkv * g.d;
+        const float* pvi = pv + i / g.Hkv * K * g.ldk + i % g.Hkv * g.d;
+        pack_transposed(&kt[i * g.dp * ldt], ldt, pki, g.ldk, K, g.d, g.dp);
+        pack_transposed(&vt[i * g.dp * ldt], ldt, pvi, g.ldk, K, g.d, g.dp);
+        pack_rows(&kr[i * rows * g.ldr], g.ldr, pki, g.ldk, K, rows, g.d);
+        pack_rows(&vr[i * rows * g.ldr], g.ldr, pvi, g.ldk, K, rows, g.d);
+      }
+    });
   }
-  const float* kt_of(int64_t kvh, const Dims& g) const { return &kt[kvh * g.dp * ldt]; }
-  const float* vt_of(int64_t kvh, const Dims& g) const { return &vt[kvh * g.dp * ldt]; }
-  const float* kr_of(int64_t kvh, const Dims& g) const { return &kr[kvh * rows * g.ldr]; }
-  const float* vr_of(int64_t kvh, const Dims& g) const { return &vr[kvh * rows * g.ldr]; }
+  // the tiles of segment s's prompt (set 0 when shared), kv head kvh
+  int64_t set_of(int64_t s, int64_t kvh, const Dims& g) const { return (sets > 1 ? s : 0) * g.Hkv + kvh; }
+  const float* kt_of(int64_t s, int64_t kvh, const Dims& g) const { return &kt[set_of(s, kvh, g) * g.dp * ldt]; }
+  const float* vt_of(int64_t s, int64_t kvh, const Dims& g) const { return &vt[set_of(s, kvh, g) * g.dp * ldt]; }
+  const float* kr_of(int64_t s, int64_t kvh, const Dims& g) const { return &kr[set_of(s, kvh, g) * rows * g.ldr]; }
+  const float* vr_of(int64_t s, int64_t kvh, const Dims& g) const { return &vr[set_of(s, kvh, g) * rows * g.ldr]; }
 };
 
 // Per-chunk scratch of a unit walking one segment, sized for the longest segment: ldt = its key
@@ -564,13 +576,14 @@ float max_of(const float* x, int64_t n) { return kernels().max(x, n); }
 
 void gated_attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                              const int32_t* seg, int64_t S, const float* pk, const float* pv, const float* gate,
-                             int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K) {
+                             int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K, bool causal,
+                             bool per_segment) {
   const Kernels& kn = kernels();
   Dims g(N, H, Hkv, d, pk ? K : 0, G);
   const int64_t ldt_max = key_stride(longest_segment(seg, S)), dp = g.dp, ldr = g.ldr;
   std::vector<float> gamma;
   if (pk) gamma = tanh_gate(gate, G, H);
-  const PromptTiles pt(pk, pv, g);
+  const PromptTiles pt(pk, pv, g, per_segment ? S : 1);
   const Groups groups = make_groups(seg, S);
   std::vector<int64_t> units = group_units(groups, seg, H);
   parallel_for(int64_t(units.size()), 1, [&](int64_t u0, int64_t u1) {
@@ -585,13 +598,16 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
         pack_transposed(w.kt.data(), ldt, k + s0 * g.ldk + kvh * d, g.ldk, L, d, dp);
         pack_rows(w.vr.data(), ldr, v + s0 * g.ldk + kvh * d, g.ldk, L, round_up(L, 8), d);
         for (int64_t rel = 0; rel < L; rel += kBq) {
-          int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = rel + R;
+          // keys: those the block's rows see (causal: up to its last row; else the whole segment);
+          // seen: the kernels' mask offset (row r sees keys < seen + r + 1; seen = keys: all)
+          int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = causal ? rel + R : L,
+                  seen = causal ? rel : L;
           pack_rows(w.qb.data(), ldr, q + (s0 + rel) * g.ldq + h * d, g.ldq, R, R4, d);
-          // word branch: S = Q Kᵀ, causal softmax rows, O = P V (normalised below)
-          kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, rel, dp);
+          // word branch: S = Q Kᵀ, softmax rows (masked when causal), O = P V (normalised below)
+          kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, seen, dp);
           for (int64_t r = 0; r < R4; r++) {
             float* row = w.sb.data() + r * ldt;
-            int64_t n = r < R ? rel + r + 1 : 0;
+            int64_t n = r < R ? std::min(keys, seen + r + 1) : 0;
             if (n) {
               float mx = kn.max(row, n) * g.scale;
               float sum = kn.exp_sum(row, row, n, g.scale, mx);
@@ -600,10 +616,10 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
             }
             std::fill(row + n, row + keys, 0.f);  // causal mask (and the padding rows)
           }
-          kn.rowmix(w.ob.data(), ldr, w.sb.data(), ldt, w.vr.data(), ldr, R, keys, rel, dp);
+          kn.rowmix(w.ob.data(), ldr, w.sb.data(), ldt, w.vr.data(), ldr, R, keys, seen, dp);
           // prompt branch: A_p = softmax(Q K_pᵀ), Y_p = A_p V_p
           if (pk) {
-            kn.scores(w.sp.data(), pt.ldt, w.qb.data(), ldr, pt.kt_of(kvh, g), pt.ldt, R, K, K, dp);
+            kn.scores(w.sp.data(), pt.ldt, w.qb.data(), ldr, pt.kt_of(s, kvh, g), pt.ldt, R, K, K, dp);
             for (int64_t r = 0; r < R; r++) {
               float* row = w.sp.data() + r * pt.ldt;
               float mx = kn.max(row, K) * g.scale;
@@ -612,7 +628,7 @@ void gated_attention_forward(float* out, float* stats, const float* q, const flo
               float iv = 1.f / sum;
               for (int64_t j = 0; j < K; j++) row[j] *= iv;
             }
-            kn.rowmix(w.yb.data(), ldr, w.sp.data(), pt.ldt, pt.vr_of(kvh, g), ldr, R, K, K, dp);
+            kn.rowmix(w.yb.data(), ldr, w.sp.data(), pt.ldt, pt.vr_of(s, kvh, g), ldr, R, K, K, dp);
           }
           for (int64_t r = 0; r < R; r++) {
             int64_t t = s0 + rel + r;
@@ -640,12 +656,12 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
                               const float* dout, const float* q, const float* k, const float* v, const int32_t* seg,
                               int64_t S, const float* pk, const float* pv, const float* gate, int64_t G,
                               const float* out, const float* stats, int64_t N, int64_t H, int64_t Hkv, int64_t d,
-                              int64_t K) {
+                              int64_t K, bool causal, bool per_segment) {
   const Kernels& kn = kernels();
   const bool prompt = pk != nullptr;
   Dims g(N, H, Hkv, d, prompt ? K : 0, G);
   const int64_t ldt_max = key_stride(longest_segment(seg, S)), dp = g.dp, ldr = g.ldr;
-  const PromptTiles pt(pk, pv, g);
+  const PromptTiles pt(pk, pv, g, per_segment ? S : 1);
   const int64_t K4 = round_up(std::max<int64_t>(K, 1), 4), ldtp = std::max<int64_t>(8, pt.ldt);
   std::vector<float> gamma, Gp;
   if (prompt) {
@@ -653,7 +669,15 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
     Gp.resize(size_t(N * H));  // (N, H): <dout, Y_p>
   }
   // One pass, units (group of segments, kv head): dk, dv rows of its segments, dq rows of its
-  // heads, and the unit's share of dpk, dpv (partial tiles, summed afterwards in group order).
+  // heads, and the unit's share of dpk, dpv (shared prompt: partial tiles, summed afterwards in
+  // group order; per-segment prompts: each segment's tile, written to its own dpk[s], dpv[s]).
+  const int64_t pstride = K * g.ldk;  // one segment's prompt gradient (K, Hkv, d)
+  if (prompt && per_segment)
+    for (int64_t s = 0; s < S; s++)
+      if (seg[s + 1] == seg[s]) {  // no token: no unit visits it
+        std::fill(dpk + s * pstride, dpk + (s + 1) * pstride, 0.f);
+        std::fill(dpv + s * pstride, dpv + (s + 1) * pstride, 0.f);
+      }
   const Groups groups = make_groups(seg, S);
   std::vector<int64_t> units = group_units(groups, seg, Hkv);
   const int64_t part = prompt ? K4 * ldr : 0;
@@ -670,6 +694,7 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
       for (int64_t s = groups.first[grp]; s < groups.first[grp + 1]; s++) {
         int64_t s0 = seg[s], L = seg[s + 1] - s0;
         if (L == 0) continue;
+        if (prompt && per_segment) std::fill(cpk, cpk + 2 * part, 0.f);
         int64_t ldt = key_stride(L), rows = round_up(L, 8);
         const float* kb = k + s0 * g.ldk + kvh * d;
         const float* vb = v + s0 * g.ldk + kvh * d;
@@ -680,7 +705,8 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
         std::fill(w.dvr.begin(), w.dvr.begin() + rows * ldr, 0.f);
         for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; h++)
           for (int64_t rel = 0; rel < L; rel += kBq) {
-            int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = rel + R, t0 = s0 + rel;
+            int64_t R = std::min(kBq, L - rel), R4 = round_up(R, 4), keys = causal ? rel + R : L,
+                    seen = causal ? rel : L, t0 = s0 + rel;
             pack_rows(w.qb.data(), ldr, q + t0 * g.ldq + h * d, g.ldq, R, R4, d);
             pack_rows(w.ob.data(), ldr, dout + t0 * g.ldq + h * d, g.ldq, R, R4, d);  // dout block
 
@@ -688,8 +714,8 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
             //    dS_p = A_p (dA_p - rowsum(A_p dA_p)) * scale; dq = dS_p K_p, D = <dout, out - gamma Y_p>
             if (prompt) {
               float gm = gamma[h];
-              kn.scores(w.sp.data(), ldtp, w.qb.data(), ldr, pt.kt_of(kvh, g), ldtp, R, K, K, dp);
-              kn.scores(da.data(), ldtp, w.ob.data(), ldr, pt.vt_of(kvh, g), ldtp, R, K, K, dp);
+              kn.scores(w.sp.data(), ldtp, w.qb.data(), ldr, pt.kt_of(s, kvh, g), ldtp, R, K, K, dp);
+              kn.scores(da.data(), ldtp, w.ob.data(), ldr, pt.vt_of(s, kvh, g), ldtp, R, K, K, dp);
               for (int64_t r = 0; r < R4; r++) {
                 float* a = w.sp.data() + r * ldtp;
                 float* ds = da.data() + r * ldtp;
@@ -713,7 +739,7 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
                 std::fill(ds + K, ds + K4, 0.f);
                 std::fill(gr + K, gr + K4, 0.f);
               }
-              kn.rowmix(w.yb.data(), ldr, w.sp.data(), ldtp, pt.vr_of(kvh, g), ldr, R, K, K, dp);  // Y_p
+              kn.rowmix(w.yb.data(), ldr, w.sp.data(), ldtp, pt.vr_of(s, kvh, g), ldr, R, K, K, dp);  // Y_p
               kn.accum(cpk, ldr, da.data(), ldtp, w.qb.data(), ldr, R, K, K, dp);  // dpk += dS_pᵀ Q
               kn.accum(cpv, ldr, ag.data(), ldtp, w.ob.data(), ldr, R, K, K, dp);  // dpv += (gamma A_p)ᵀ dout
               for (int64_t r = 0; r < R; r++) {
@@ -725,7 +751,7 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
                 for (int64_t c = 0; c < d; c++) y[c] = oi[c] - gm * y[c];  // out_w
                 D[r] = dot_f32(doi, y, d);  // as without a prompt: at gamma = 0 the same bits
               }
-              kn.rowmix(w.yb.data(), ldr, da.data(), ldtp, pt.kr_of(kvh, g), ldr, R, K, K, dp);  // dS_p K_p
+              kn.rowmix(w.yb.data(), ldr, da.data(), ldtp, pt.kr_of(s, kvh, g), ldr, R, K, K, dp);  // dS_p K_p
               for (int64_t r = 0; r < R; r++)
                 std::memcpy(dq + ((t0 + r) * H + h) * d, w.yb.data() + r * ldr, size_t(d) * 4);
             } else {
@@ -740,12 +766,12 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
             //    dK += dSᵀ Q, dq += dS K. The kernels read P and dS up to `kfill` columns: zero
             //    everything a row cannot see.
             int64_t kfill = round_up(keys, 4);
-            kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, rel, dp);  // S
-            kn.scores(w.pb.data(), ldt, w.ob.data(), ldr, w.vt.data(), ldt, R, keys, rel, dp);  // dP = dout Vᵀ
+            kn.scores(w.sb.data(), ldt, w.qb.data(), ldr, w.kt.data(), ldt, R, keys, seen, dp);  // S
+            kn.scores(w.pb.data(), ldt, w.ob.data(), ldr, w.vt.data(), ldt, R, keys, seen, dp);  // dP = dout Vᵀ
             for (int64_t r = 0; r < R4; r++) {
               float* P = w.sb.data() + r * ldt;
               float* dS = w.pb.data() + r * ldt;
-              int64_t n = r < R ? rel + r + 1 : 0;
+              int64_t n = r < R ? std::min(keys, seen + r + 1) : 0;
               if (n) {
                 kn.exp_sum(P, P, n, g.scale, stats[((t0 + r) * H + h) * 2]);
                 for (int64_t j = 0; j < n; j++) dS[j] = P[j] * (dS[j] - D[r]) * g.scale;
@@ -753,9 +779,9 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
               std::fill(P + n, P + kfill, 0.f);
               std::fill(dS + n, dS + kfill, 0.f);
             }
-            kn.accum(w.dvr.data(), ldr, w.sb.data(), ldt, w.ob.data(), ldr, R, keys, rel, dp);  // dV += Pᵀ dout
-            kn.accum(w.dkr.data(), ldr, w.pb.data(), ldt, w.qb.data(), ldr, R, keys, rel, dp);  // dK += dSᵀ Q
-            kn.rowmix(w.qb.data(), ldr, w.pb.data(), ldt, w.kr.data(), ldr, R, keys, rel, dp);  // dQ = dS K, into Q's
+            kn.accum(w.dvr.data(), ldr, w.sb.data(), ldt, w.ob.data(), ldr, R, keys, seen, dp);  // dV += Pᵀ dout
+            kn.accum(w.dkr.data(), ldr, w.pb.data(), ldt, w.qb.data(), ldr, R, keys, seen, dp);  // dK += dSᵀ Q
+            kn.rowmix(w.qb.data(), ldr, w.pb.data(), ldt, w.kr.data(), ldr, R, keys, seen, dp);  // dQ = dS K, into Q's
             for (int64_t r = 0; r < R; r++) {
               float* dqi = dq + ((t0 + r) * H + h) * d;
               const float* src = w.qb.data() + r * ldr;
@@ -766,12 +792,17 @@ void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float
           std::memcpy(dk + (s0 + j) * g.ldk + kvh * d, w.dkr.data() + j * ldr, size_t(d) * 4);
           std::memcpy(dv + (s0 + j) * g.ldk + kvh * d, w.dvr.data() + j * ldr, size_t(d) * 4);
         }
+        if (prompt && per_segment)  // this segment's dpk[s], dpv[s] rows of kv head kvh
+          for (int64_t j = 0; j < K; j++) {
+            std::memcpy(dpk + s * pstride + j * g.ldk + kvh * d, cpk + j * ldr, size_t(d) * 4);
+            std::memcpy(dpv + s * pstride + j * g.ldk + kvh * d, cpv + j * ldr, size_t(d) * 4);
+          }
       }
     }
   });
   if (!prompt) return;
   // dpk, dpv: the units' partial tiles summed in group order (the same for any thread count)
-  parallel_for(Hkv, 1, [&](int64_t h0, int64_t h1) {
+  if (!per_segment) parallel_for(Hkv, 1, [&](int64_t h0, int64_t h1) {
     for (int64_t kvh = h0; kvh < h1; kvh++)
       for (int64_t j = 0; j < K; j++) {
         float* opk = dpk + j * g.ldk + kvh * d;

@@ -50,20 +50,21 @@ void swiglu_forward(float* out, const float* a, const float* b, int64_t N);
 void attention_prompt_add(float* out, const float* q, const float* pk, const float* pv, const float* gate, int64_t G,
                           int64_t T, int64_t H, int64_t Hkv, int64_t d, int64_t K);
 
-// The fused gated split-softmax attention (SPEC §2; see attention_gated.cpp): q (N, H, d), k, v
-// (N, Hkv, d), causal within each segment; pk, pv (K, Hkv, d) and gate (G), or all null (plain
-// attention). out (N, H, d), stats (N, H, 2) = log-sum-exp of the word and the prompt scores (-inf
-// without a prompt).
+// The fused gated split-softmax attention (SPEC §2, §8, §9; see attention_gated.cpp): q (N, H, d),
+// k, v (N, Hkv, d), within each segment causal (causal) or bidirectional; pk, pv (K, Hkv, d) shared,
+// or (S, K, Hkv, d) when per_segment, and gate (G), or all null (plain attention). out (N, H, d),
+// stats (N, H, 2) = log-sum-exp of the word and the prompt scores (-inf without a prompt).
 void gated_attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                              const int32_t* seg, int64_t S, const float* pk, const float* pv, const float* gate,
-                             int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K);
-// dq (N, H, d), dk, dv (N, Hkv, d); with a prompt also dpk, dpv (K, Hkv, d) summed over all tokens
-// and dgate (G) (ignored, may be null, without one)
+                             int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K, bool causal,
+                             bool per_segment);
+// dq (N, H, d), dk, dv (N, Hkv, d); with a prompt also dpk, dpv of pk's shape (shared: summed over
+// all tokens; per segment: each segment's own) and dgate (G) (ignored, may be null, without one)
 void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float* dpv, float* dgate,
                               const float* dout, const float* q, const float* k, const float* v, const int32_t* seg,
                               int64_t S, const float* pk, const float* pv, const float* gate, int64_t G,
                               const float* out, const float* stats, int64_t N, int64_t H, int64_t Hkv, int64_t d,
-                              int64_t K);
+                              int64_t K, bool causal, bool per_segment);
 
 // x (N, H, d) rotated in place by per-token positions pos (N) (>= 0), as rope_forward; inverse
 // rotates by -angle (rope's backward)
@@ -92,6 +93,27 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, int64_t step
 double sum_squares(const float* x, int64_t n);
 // x *= s; s = 0 clears (NaN and Inf included)
 void scale_inplace(float* x, int64_t n, float s);
+
+// ---- encoder families (norm.cpp, activation.cpp, matmul.cpp, patches.cpp) -----------------------
+// out (T, C) = (x - mean) / sqrt(var + eps) * w + b per row (biased variance; mean and 1/sqrt in
+// double, rounded to f32)
+void layernorm_forward(float* out, const float* x, const float* w, const float* b, int64_t T, int64_t C, float eps);
+// dx (T, C), dw (C), db (C) of layernorm_forward given dy (T, C); dw, db summed in double over fixed
+// blocks of rows (the same for any thread count)
+void layernorm_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t T,
+                        int64_t C, float eps);
+// out (n) = x Φ(x) (exact, erf), or x sigmoid(1.702 x) when quick; backward: dx (n) given dy
+void gelu_forward(float* out, const float* x, int64_t n, bool quick);
+void gelu_backward(float* dx, const float* dy, const float* x, int64_t n, bool quick);
+// dw (N, K) = dyᵀ (N, M) · x (M, K): the weight gradient of y = x · wᵀ
+void matmul_weight_grad(float* dw, const float* dy, const float* x, int64_t M, int64_t N, int64_t K);
+// x (M, N) += b (N) on every row
+void add_bias(float* x, const float* b, int64_t M, int64_t N);
+// db (N) = column sums of dy (M, N), in double over fixed blocks of rows (thread-count independent)
+void bias_grad(float* db, const float* dy, int64_t M, int64_t N);
+// out (B * Hi/P * Wi/P, Cin * P * P): row (b, gy, gx), column (c, ky, kx) = images (B, Cin, Hi, Wi)
+// [b, c, gy P + ky, gx P + kx]
+void patches(float* out, const float* images, int64_t B, int64_t Cin, int64_t Hi, int64_t Wi, int64_t P);
 
 // e[j] = exp(x[j] * scale - shift) for j < n (e may be x); returns the sum of the e[j] (f32 lanes
 // in a fixed order). Vectorised (AVX2 when the CPU has it; Cephes' expf polynomial, ~2 ulp, results

@@ -1,6 +1,7 @@
-// Frozen-weight matmul y = x · wᵀ. Few rows (decoding) stream the weights once through SIMD dot
-// products on all cores, which is bound by memory bandwidth; many rows go to BLAS sgemm (bf16
-// weights are widened to f32 one block of rows at a time).
+// The matmul family's CPU bodies. Frozen-weight matmul y = x · wᵀ: few rows (decoding) stream the
+// weights once through SIMD dot products on all cores, which is bound by memory bandwidth; many
+// rows go to BLAS sgemm (bf16 weights are widened to f32 one block of rows at a time). Its input
+// gradient; and for trainable f32 weights the weight gradient, the bias add and the bias gradient.
 #include <algorithm>
 #include <vector>
 
@@ -83,6 +84,66 @@ void matmul_forward_bf16(float* y, const float* x, const uint16_t* w, int64_t M,
     });
     sgemm(false, true, int(M), int(rows), int(K), 1.f, x, int(K), block.data(), int(K), 0.f, y + n0, int(N));
   }
+}
+
+// y = x · wᵀ  =>  dx (M, K) = dy (M, N) · w (N, K)
+void matmul_backward(float* dx, const float* dy, const float* w, int64_t M, int64_t N, int64_t K) {
+  sgemm(false, false, int(M), int(K), int(N), 1.f, dy, int(N), w, int(K), 0.f, dx, int(K));
+}
+
+void matmul_backward_bf16(float* dx, const float* dy, const uint16_t* w, int64_t M, int64_t N, int64_t K) {
+  // Widen blocks of about 4 MiB of weight rows (as matmul_forward_bf16), then
+  // dx += dy[:, n0:n0+nb] · w_block, the first block overwriting dx.
+  int64_t nb = std::max<int64_t>(64, (int64_t(1) << 20) / K);
+  std::vector<float> block(size_t(std::min(nb, N)) * K);
+  for (int64_t n0 = 0; n0 < N; n0 += nb) {
+    int64_t rows = std::min(nb, N - n0);
+    parallel_for(rows * K, 1 << 16, [&](int64_t i0, int64_t i1) {
+      const uint16_t* src = w + n0 * K;
+      for (int64_t i = i0; i < i1; i++) block[i] = bf16_to_f32(src[i]);
+    });
+    sgemm(false, false, int(M), int(K), int(rows), 1.f, dy + n0, int(N), block.data(), int(K), n0 == 0 ? 0.f : 1.f,
+          dx, int(K));
+  }
+}
+
+
+// y = x · Wᵀ  =>  dW (N, K) = dyᵀ (N, M) · x (M, K). sgemm splits the output, never the sum over M,
+// between threads, so the result does not depend on the thread count.
+void matmul_weight_grad(float* dw, const float* dy, const float* x, int64_t M, int64_t N, int64_t K) {
+  sgemm(true, false, int(N), int(K), int(M), 1.f, dy, int(N), x, int(K), 0.f, dw, int(K));
+}
+
+void add_bias(float* x, const float* b, int64_t M, int64_t N) {
+  parallel_for(M, std::max<int64_t>(1, 32768 / N), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; m++) {
+      float* xm = x + m * N;
+      for (int64_t n = 0; n < N; n++) xm[n] += b[n];
+    }
+  });
+}
+
+// Column sums in double over fixed blocks of rows (each block in row order, then the blocks in
+// order): the same result for any thread count.
+void bias_grad(float* db, const float* dy, int64_t M, int64_t N) {
+  constexpr int64_t kRowBlock = 64;
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  std::vector<double> partial(size_t(blocks * N));
+  parallel_for(blocks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; k++) {
+      double* p = partial.data() + k * N;
+      std::fill(p, p + N, 0.0);
+      for (int64_t m = k * kRowBlock; m < std::min(M, (k + 1) * kRowBlock); m++)
+        for (int64_t n = 0; n < N; n++) p[n] += dy[m * N + n];
+    }
+  });
+  parallel_for(N, 256, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n++) {
+      double s = 0;
+      for (int64_t k = 0; k < blocks; k++) s += partial[size_t(k * N + n)];
+      db[n] = float(s);
+    }
+  });
 }
 
 }  // namespace la::cpu

@@ -135,15 +135,15 @@ __device__ __forceinline__ void load_rows(float* dst, const float* src, int n, i
   }
 }
 
-// The first token of the segment holding token t: seg[s] <= t < seg[s + 1] (empty segments skipped).
-__device__ __forceinline__ int seg_start(const int32_t* seg, int S, int t) {
+// The segment s holding token t: seg[s] <= t < seg[s + 1] (empty segments skipped).
+__device__ __forceinline__ int seg_index(const int32_t* seg, int S, int t) {
   int lo = 0, hi = S;  // seg[lo] <= t; hi == S or seg[hi] > t
   while (hi - lo > 1) {
     const int mid = (lo + hi) >> 1;
     if (seg[mid] <= t) lo = mid;
     else hi = mid;
   }
-  return seg[lo];
+  return lo;
 }
 
 // One key tile of an online softmax: scores of Qs against Ks (keys key0 + column), masked to the
@@ -200,6 +200,8 @@ struct FwdArgs {
   float* part_ml;  // (chunks, T * H, 2) running max and sum
   const float *q, *k, *v;     // q (T, H, d); k, v (keys, Hkv, d)
   const float *pk, *pv, *gate;  // (K, Hkv, d), (K, Hkv, d), (G); or null
+  int64_t pstride;            // 0: one shared prompt; K Hkv d: pk, pv (S, K, Hkv, d), segment s reads pk[s]
+  bool bidir;                 // training: a row sees its whole segment (not only the keys up to itself)
   const int32_t* seg;         // S + 1 segment offsets (training), or null: every row sees keys from 0
   const FwdItem* items;       // per blockIdx.y; null: the cached-inference grid below
   int nseg, H, Hkv, d, K, G, nh;
@@ -238,7 +240,9 @@ template <int DP, int RM> constexpr size_t forward_smem() {
 // grid (H / nh, items); 16 RM query rows per block (RM = 4: 64-row tiles; RM = 1: 16 rows, for
 // decoding, where a tile holds a few (token, head) rows and the K/V tiles are the cost). With a
 // prompt, chunk 0 first runs the K prompt keys (their own softmax, no mask) and writes
-// tanh(gate) * Y_p into out; the word pass then adds to it (or combine_chunks does).
+// tanh(gate) * Y_p into out; the word pass then adds to it (or combine_chunks does). Per-segment
+// prompts: one prompt pass per segment of the tile, each over the rows of that segment only (the
+// other rows' running max, sum and output stay exactly as they are).
 template <int DP, int RM> __global__ void __launch_bounds__(kThreads, 1) flash_forward(FwdArgs p) {
   constexpr int LD = DP + 4, CD = DP / 16;
   LA_DYNAMIC_SHARED(float, sm);
@@ -261,15 +265,17 @@ template <int DP, int RM> __global__ void __launch_bounds__(kThreads, 1) flash_f
   const int h0 = blockIdx.x * p.nh, kvh = h0 / (p.H / p.Hkv);
   const int64_t ldq = int64_t(p.H) * p.d, ldk = int64_t(p.Hkv) * p.d;
 
-  // row a of this thread: token t0 + tt, head h0 + hh; keys lo .. hi (hi = -1: padding row)
-  int lo[RM], hi[RM], plo[RM], phi[RM];
+  // row a of this thread: token t0 + tt (of segment sid), head h0 + hh; keys lo .. hi (hi = -1:
+  // padding row): causal up to its own position, else to its segment's end
+  int lo[RM], hi[RM], plo[RM], phi[RM], sid[RM];
   bool valid[RM];
   LA_ATTN_UNROLL
   for (int a = 0; a < RM; a++) {
     const int tt = (ty + 16 * a) / p.nh;
     valid[a] = tt < it.nt;
-    hi[a] = valid[a] ? it.qpos0 + tt : -1;
-    lo[a] = valid[a] && p.seg ? seg_start(p.seg, p.nseg, it.t0 + tt) : 0;
+    sid[a] = valid[a] && p.seg ? seg_index(p.seg, p.nseg, it.t0 + tt) : 0;
+    hi[a] = !valid[a] ? -1 : p.bidir ? p.seg[sid[a] + 1] - 1 : it.qpos0 + tt;
+    lo[a] = valid[a] && p.seg ? p.seg[sid[a]] : 0;
     plo[a] = 0;
     phi[a] = valid[a] ? INT_MAX : -1;
   }
@@ -293,13 +299,25 @@ template <int DP, int RM> __global__ void __launch_bounds__(kThreads, 1) flash_f
 
   if (p.pk && it.chunk == 0) {
     reset();
-    for (int j0 = 0; j0 < p.K; j0 += kTile) {
-      __syncthreads();
-      const int n = min(kTile, p.K - j0);
-      load_rows<DP>(Ks, p.pk + j0 * ldk + int64_t(kvh) * p.d, n, p.d, 1, ldk);
-      load_rows<DP>(Vs, p.pv + j0 * ldk + int64_t(kvh) * p.d, n, p.d, 1, ldk);
-      __syncthreads();
-      online_step<DP, RM>(o, m, l, Qs, Ks, Vs, Ps, p.scale, j0, p.K, plo, phi, ty, tx);
+    // the segments of the tile's tokens (per-segment prompts), or the one shared prompt
+    const int sa = p.pstride ? seg_index(p.seg, p.nseg, it.t0) : 0;
+    const int sb = p.pstride ? seg_index(p.seg, p.nseg, it.t0 + it.nt - 1) : 0;
+    for (int s = sa; s <= sb; s++) {
+      if (p.pstride) {
+        if (p.seg[s] == p.seg[s + 1]) continue;  // an empty segment between two others
+        LA_ATTN_UNROLL
+        for (int a = 0; a < RM; a++) phi[a] = valid[a] && sid[a] == s ? INT_MAX : -1;
+      }
+      const float* pks = p.pk + s * p.pstride;
+      const float* pvs = p.pv + s * p.pstride;
+      for (int j0 = 0; j0 < p.K; j0 += kTile) {
+        __syncthreads();
+        const int n = min(kTile, p.K - j0);
+        load_rows<DP>(Ks, pks + j0 * ldk + int64_t(kvh) * p.d, n, p.d, 1, ldk);
+        load_rows<DP>(Vs, pvs + j0 * ldk + int64_t(kvh) * p.d, n, p.d, 1, ldk);
+        __syncthreads();
+        online_step<DP, RM>(o, m, l, Qs, Ks, Vs, Ps, p.scale, j0, p.K, plo, phi, ty, tx);
+      }
     }
     LA_ATTN_UNROLL
     for (int a = 0; a < RM; a++) {

@@ -1,5 +1,5 @@
-// Embedding lookup, SwiGLU, in-place add/scale, bf16 casts and the row gather/scatter: memory-bound
-// ops. Flat ops are grid-stride loops over float4 (or 8 bf16) units when every pointer is 16-byte
+// Embedding lookup, in-place add/scale, bf16 casts and the row gather/scatter: memory-bound ops
+// (SwiGLU lives with the activations, activation.cu). Flat ops are grid-stride loops over float4 (or 8 bf16) units when every pointer is 16-byte
 // aligned (views may not be), with a scalar tail; row ops give each row its own blocks.
 #include <algorithm>
 #include <cmath>
@@ -85,56 +85,6 @@ __global__ void embedding_bf16_kernel(float* __restrict__ out, const uint16_t* _
       dst[u] = bf16_bits_to_f32(src[u]);
     }
   }
-}
-
-// ---- SwiGLU -------------------------------------------------------------------------------------
-// silu(a) * b = a / (1 + exp(-a)) * b, in the CPU body's order.
-__device__ inline float swiglu1(float a, float b) { return a / (1.f + expf(-a)) * b; }
-
-template <bool VEC>
-__global__ void swiglu_forward_kernel(float* __restrict__ out, const float* __restrict__ a,
-                                      const float* __restrict__ b, int64_t n) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x, i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  int64_t done = 0;
-  if (VEC) {
-    const int64_t n4 = n / 4;
-    for (int64_t i = i0; i < n4; i += stride) {
-      float4 x = reinterpret_cast<const float4*>(a)[i], y = reinterpret_cast<const float4*>(b)[i];
-      reinterpret_cast<float4*>(out)[i] = make_float4(swiglu1(x.x, y.x), swiglu1(x.y, y.y), swiglu1(x.z, y.z),
-                                                       swiglu1(x.w, y.w));
-    }
-    done = n4 * 4;
-  }
-  for (int64_t i = done + i0; i < n; i += stride) out[i] = swiglu1(a[i], b[i]);
-}
-
-// s = sigmoid(a): da = dout * b * s * (1 + a * (1 - s)); db = dout * a * s (the CPU body's order).
-__device__ inline void swiglu_grad1(float& da, float& db, float g, float a, float b) {
-  float s = 1.f / (1.f + expf(-a));
-  da = g * b * s * (1.f + a * (1.f - s));
-  db = g * a * s;
-}
-
-template <bool VEC>
-__global__ void swiglu_backward_kernel(float* __restrict__ da, float* __restrict__ db, const float* __restrict__ dout,
-                                       const float* __restrict__ a, const float* __restrict__ b, int64_t n) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x, i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  int64_t done = 0;
-  if (VEC) {
-    const int64_t n4 = n / 4;
-    for (int64_t i = i0; i < n4; i += stride) {
-      float4 g = reinterpret_cast<const float4*>(dout)[i], x = reinterpret_cast<const float4*>(a)[i],
-             y = reinterpret_cast<const float4*>(b)[i], ra, rb;
-      swiglu_grad1(ra.x, rb.x, g.x, x.x, y.x);
-      swiglu_grad1(ra.y, rb.y, g.y, x.y, y.y);
-      swiglu_grad1(ra.z, rb.z, g.z, x.z, y.z);
-      swiglu_grad1(ra.w, rb.w, g.w, x.w, y.w);
-      reinterpret_cast<float4*>(da)[i] = ra;
-      reinterpret_cast<float4*>(db)[i] = rb;
-    }
-    done = n4 * 4;
-  }
-  for (int64_t i = done + i0; i < n; i += stride) swiglu_grad1(da[i], db[i], dout[i], a[i], b[i]);
 }
 
 // ---- add, scale ---------------------------------------------------------------------------------
@@ -325,28 +275,6 @@ void embedding_forward(float* out, const void* table, bool table_bf16, const int
       LA_LAUNCH(grid, threads, 0, embedding_f32_kernel<false>)(out, tf, tokens, C);
   }
   check_launch("embedding_forward");
-}
-
-void swiglu_forward(float* out, const float* a, const float* b, int64_t n) {
-  if (n <= 0) return;
-  const bool vec = aligned16(out) && aligned16(a) && aligned16(b);
-  const unsigned grid = grid_for(vec ? n / 4 : n);
-  if (vec)
-    LA_LAUNCH(grid, kThreads, 0, swiglu_forward_kernel<true>)(out, a, b, n);
-  else
-    LA_LAUNCH(grid, kThreads, 0, swiglu_forward_kernel<false>)(out, a, b, n);
-  check_launch("swiglu_forward");
-}
-
-void swiglu_backward(float* da, float* db, const float* dout, const float* a, const float* b, int64_t n) {
-  if (n <= 0) return;
-  const bool vec = aligned16(da) && aligned16(db) && aligned16(dout) && aligned16(a) && aligned16(b);
-  const unsigned grid = grid_for(vec ? n / 4 : n);
-  if (vec)
-    LA_LAUNCH(grid, kThreads, 0, swiglu_backward_kernel<true>)(da, db, dout, a, b, n);
-  else
-    LA_LAUNCH(grid, kThreads, 0, swiglu_backward_kernel<false>)(da, db, dout, a, b, n);
-  check_launch("swiglu_backward");
 }
 
 void add_inplace(float* x, const float* y, int64_t n) {

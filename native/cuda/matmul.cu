@@ -1,7 +1,9 @@
-// Frozen-weight matmuls on the GPU (kernels.h), fp32 accumulation; cpu/matmul.cpp and
-// cpu/backward.cpp are the reference. w (N, K) is f32, or bf16 bits (uint16_t).
-//   forward   y (M, N) = x (M, K) · wᵀ
-//   backward  dx (M, K) = dy (M, N) · w      (w is frozen: never a weight gradient)
+// The matmul family on the GPU (kernels.h), fp32 accumulation; cpu/matmul.cpp is the reference.
+// w (N, K) is f32, or bf16 bits (uint16_t).
+//   forward          y (M, N) = x (M, K) · wᵀ
+//   backward         dx (M, K) = dy (M, N) · w
+//   weight gradient  dw (N, K) = dyᵀ (N, M) · x (M, K)   (trainable f32 weights only)
+// and the bias add and bias gradient of a trainable linear layer (at the end).
 //
 // Engines, in order:
 //   - forward with M <= 8 (decoding): a matrix-vector kernel streaming w once with 16-byte loads.
@@ -17,6 +19,8 @@
 // weight read in place:
 //   forward   R = M, Nc = N, Kd = K, B[k][n] = w[n * K + k]
 //   backward  R = M, Nc = K, Kd = N, B[k][n] = w[k * K + n]
+//   weight gradient  R = N, Nc = K, Kd = M, A[r][k] = dy[k * N + r] (read transposed), B[k][n] = x[k * K + n]
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -334,12 +338,13 @@ LA_UNROLL
 // 128 x 128 block tile, 8-deep K slices, 256 threads each computing 8 x 8 outputs: rows
 // {ty*4, 64 + ty*4} + 0..3 and columns {tx*4, 64 + tx*4} + 0..3 (split halves keep the shared
 // memory reads conflict-free). Slices are transposed to [k][m] / [k][n] in shared memory, double
-// buffered like the tensor-core kernel.
+// buffered like the tensor-core kernel. kTransA (the weight gradient): A is stored transposed, as
+// (Kd, R) row-major (dy), and loaded like the backward's B, 4 consecutive rows of A at one k.
 constexpr int kFpThreads = 256;
 constexpr int kFpBM = 128, kFpBN = 128, kFpBK = 8;
 constexpr int kFpLd = kFpBM + 4;
 
-template <bool kBack>
+template <bool kBack, bool kTransA = false>
 __global__ void __launch_bounds__(kFpThreads, 2)
     gemm_f32_kernel(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ W, int R, int Nc,
                     int Kd, int tiles_m, int tiles_n, bool vec_a, bool vec_w, bool vec_c) {
@@ -352,15 +357,20 @@ __global__ void __launch_bounds__(kFpThreads, 2)
   const int m0 = tm * kFpBM, n0 = tn * kFpBN;
   const int64_t ldw = kBack ? Nc : Kd;
 
-  // This thread's share of a slice at depth k0, 4 floats: A row m0 + tid/2 at k0 + (tid%2)*4;
-  // B forward: w row n0 + tid/2 at k0 + (tid%2)*4; backward: w row k0 + tid/32 at n0 + (tid%32)*4.
+  // This thread's share of a slice at depth k0, 4 floats: A row m0 + tid/2 at k0 + (tid%2)*4
+  // (kTransA: A rows m0 + (tid%32)*4 at k0 + tid/32); B forward: w row n0 + tid/2 at
+  // k0 + (tid%2)*4; backward: w row k0 + tid/32 at n0 + (tid%32)*4.
   const int a_row = m0 + tid / 2, a_col = (tid % 2) * 4;
-  const float* a_src = A + int64_t(a_row) * Kd + a_col;
+  const int at_k = tid / 32, at_row = m0 + (tid % 32) * 4;
+  const float* a_src = kTransA ? A + int64_t(at_k) * R + at_row : A + int64_t(a_row) * Kd + a_col;
   const int b_row = kBack ? tid / 32 : n0 + tid / 2, b_col = kBack ? n0 + (tid % 32) * 4 : a_col;
   const float* b_src = W + b_row * ldw + b_col;
   float4 ra, rb;
   auto load = [&](int k0) {
-    ra = load4(a_src + k0, a_row < R ? Kd - (k0 + a_col) : 0, vec_a);
+    if (kTransA)
+      ra = load4(a_src + int64_t(k0) * R, k0 + at_k < Kd ? R - at_row : 0, vec_a);
+    else
+      ra = load4(a_src + k0, a_row < R ? Kd - (k0 + a_col) : 0, vec_a);
     if (kBack)
       rb = load4(b_src + k0 * ldw, k0 + b_row < Kd ? Nc - b_col : 0, vec_w);
     else
@@ -368,10 +378,14 @@ __global__ void __launch_bounds__(kFpThreads, 2)
   };
   auto store = [&](int st) {
     const int r = tid / 2;
-    As[st][a_col][r] = ra.x;
-    As[st][a_col + 1][r] = ra.y;
-    As[st][a_col + 2][r] = ra.z;
-    As[st][a_col + 3][r] = ra.w;
+    if (kTransA) {
+      *reinterpret_cast<float4*>(&As[st][at_k][(tid % 32) * 4]) = ra;
+    } else {
+      As[st][a_col][r] = ra.x;
+      As[st][a_col + 1][r] = ra.y;
+      As[st][a_col + 2][r] = ra.z;
+      As[st][a_col + 3][r] = ra.w;
+    }
     if (kBack) {
       *reinterpret_cast<float4*>(&Bs[st][tid / 32][(tid % 32) * 4]) = rb;
     } else {
@@ -458,8 +472,22 @@ void own_gemm(bool back, float* C, const float* A, const void* w, bool w_bf16, i
   }
 }
 
+// The weight gradient's C (N, K) = dyᵀ (N, M) · x (M, K) with our SIMT kernel: A = dy read
+// transposed, B = x read as the backward reads w (B[k][n] = x[k * K + n]).
+void own_weight_grad(float* dw, const float* dy, const float* x, int64_t M, int64_t N, int64_t K) {
+  constexpr int64_t kMaxDim = int64_t(1) << 31;
+  LA_CHECK(M < kMaxDim && N < kMaxDim && K < kMaxDim, "matmul dimensions must be below 2^31 (", M, ", ", N, ", ", K,
+           ")");
+  const int64_t tiles_m = (N + 127) / 128, tiles_n = (K + 127) / 128;
+  LA_CHECK(tiles_m * tiles_n < kMaxDim, "matmul too large (", N, " x ", K, ")");
+  const bool vec_a = N % 4 == 0 && aligned16(dy), vec_w = K % 4 == 0 && aligned16(x), vec_c = K % 4 == 0 && aligned16(dw);
+  LA_LAUNCH(unsigned(tiles_m * tiles_n), kFpThreads, 0, gemm_f32_kernel<true, true>)(
+      dw, dy, x, int(N), int(K), int(M), int(tiles_m), int(tiles_n), vec_a, vec_w, vec_c);
+}
+
 // ---- engine choice ----------------------------------------------------------------------------------
 enum class GemmMode { kAuto, kOwn, kCublasLt };
+enum class Gemm { kForward, kBackward, kWeightGrad };  // the three products of the file's top comment
 
 GemmMode gemm_mode() {
   const char* e = std::getenv("LLAMA_ADAPTER_GEMM");
@@ -527,8 +555,8 @@ struct Api {
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // NVIDIA's recommendation for Hopper
 constexpr size_t kMaxPlans = 256;  // plans kept (descriptors + chosen algo), one per shape
 
-// (M, N, K, w_bf16, backward, alignment of w, of the activation, of the output)
-using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, uint32_t, uint32_t, uint32_t>;
+// (M, N, K, w_bf16, which GEMM, alignment of w, of the activation, of the output)
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, Gemm, uint32_t, uint32_t, uint32_t>;
 struct Plan {
   lt::Desc desc = nullptr;
   lt::Layout a = nullptr, b = nullptr, d = nullptr;
@@ -557,14 +585,15 @@ class CublasLt {
   }
 
   // D = the GEMM of the file's top comment through cuBLASLt; false when it is not used (then our
-  // kernel runs it). act is x (forward) or dy (backward), f32.
-  bool run(bool back, float* out, const float* act, const void* w, bool w_bf16, int64_t M, int64_t N, int64_t K) {
+  // kernel runs it). act is x (forward) or dy (backward, weight gradient), f32; for the weight
+  // gradient w is x (f32).
+  bool run(Gemm kind, float* out, const float* act, const void* w, bool w_bf16, int64_t M, int64_t N, int64_t K) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!usable_ || !ready()) return false;
-    const int64_t act_cols = back ? N : K;
+    const int64_t act_cols = kind == Gemm::kForward ? K : N;
     // bf16 weights take bf16 activations: a fresh (256-byte aligned) copy rounded as core/bf16.h
     const uint32_t align_act = w_bf16 ? 256 : alignment(act);
-    PlanKey key{M, N, K, w_bf16, back, alignment(w), align_act, alignment(out)};
+    PlanKey key{M, N, K, w_bf16, kind, alignment(w), align_act, alignment(out)};
     const Plan* plan = find_plan(key);
     if (!plan) return false;  // cuBLASLt failed (now off) or has no algo for this shape
     Scratch act_bf16(w_bf16 ? size_t(M * act_cols) * 2 : 0);
@@ -577,7 +606,7 @@ class CublasLt {
     lt::Status s = api_.Matmul(handle_, plan->desc, &one, w, plan->a, b, plan->b, &zero, out, plan->d, out, plan->d,
                                &plan->algo, workspace_, workspace_bytes_, stream());
     if (s != lt::kSuccess) {
-      give_up("cublasLtMatmul returned status " + std::to_string(s) + shape(M, N, K, w_bf16, back));
+      give_up("cublasLtMatmul returned status " + std::to_string(s) + shape(M, N, K, w_bf16, kind));
       return false;
     }
     check_launch("cublasLtMatmul");
@@ -659,8 +688,9 @@ class CublasLt {
     return true;
   }
 
-  static std::string shape(int64_t M, int64_t N, int64_t K, bool w_bf16, bool back) {
-    return std::string(" (") + (back ? "backward" : "forward") + " M=" + std::to_string(M) + " N=" +
+  static std::string shape(int64_t M, int64_t N, int64_t K, bool w_bf16, Gemm kind) {
+    const char* what = kind == Gemm::kForward ? "forward" : kind == Gemm::kBackward ? "backward" : "weight gradient";
+    return std::string(" (") + what + " M=" + std::to_string(M) + " N=" +
            std::to_string(N) + " K=" + std::to_string(K) + (w_bf16 ? " bf16" : " f32") + ")";
   }
 
@@ -688,6 +718,8 @@ class CublasLt {
   //             D = y as (N, M) ld N;  m = N, n = M, k = K
   //   backward  dxᵀ (K, M) = wᵀ · dyᵀ:   A = w as (K, N) ld K with op N, B = dy as (N, M) ld N,
   //             D = dx as (K, M) ld K;  m = K, n = M, k = N
+  //   weight gradient  dWᵀ (K, N) = xᵀ · dy:  A = x as (K, M) ld K with op N, B = dy as (N, M) ld N
+  //             with op T, D = dW as (K, N) ld K;  m = K, n = N, k = M
   const Plan* find_plan(const PlanKey& key) {
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second.found ? &it->second : nullptr;
@@ -695,10 +727,16 @@ class CublasLt {
       for (auto& kv : plans_) destroy(kv.second);
       plans_.clear();
     }
-    const auto [M, N, K, w_bf16, back, align_w, align_act, align_out] = key;
+    const auto [M, N, K, w_bf16, kind, align_w, align_act, align_out] = key;
     Plan p;
     const int in_type = w_bf16 ? lt::kR16BF : lt::kR32F;
-    const int32_t op_a = back ? lt::kOpN : lt::kOpT, op_b = lt::kOpN;
+    const int32_t op_a = kind == Gemm::kForward ? lt::kOpT : lt::kOpN;
+    const int32_t op_b = kind == Gemm::kWeightGrad ? lt::kOpT : lt::kOpN;
+    // the stored matrices (rows, cols, ld) in column-major terms, as above
+    const bool fwd = kind == Gemm::kForward, wgrad = kind == Gemm::kWeightGrad;
+    const uint64_t a_rows = uint64_t(K), a_cols = uint64_t(wgrad ? M : N);
+    const uint64_t b_rows = uint64_t(fwd ? K : N), b_cols = uint64_t(M);
+    const uint64_t d_rows = uint64_t(fwd ? N : K), d_cols = uint64_t(wgrad ? N : M);
     const uint64_t ws = workspace_bytes_;
     lt::Preference pref = nullptr;
     std::string failed;
@@ -709,13 +747,9 @@ class CublasLt {
     if (ok(api_.DescCreate(&p.desc, lt::kCompute32F, lt::kR32F), "cublasLtMatmulDescCreate") &&
         ok(api_.DescSetAttribute(p.desc, lt::kDescTransA, &op_a, sizeof op_a), "cublasLtMatmulDescSetAttribute") &&
         ok(api_.DescSetAttribute(p.desc, lt::kDescTransB, &op_b, sizeof op_b), "cublasLtMatmulDescSetAttribute") &&
-        ok(api_.LayoutCreate(&p.a, in_type, uint64_t(K), uint64_t(N), K), "cublasLtMatrixLayoutCreate") &&
-        ok(back ? api_.LayoutCreate(&p.b, in_type, uint64_t(N), uint64_t(M), N)
-                : api_.LayoutCreate(&p.b, in_type, uint64_t(K), uint64_t(M), K),
-           "cublasLtMatrixLayoutCreate") &&
-        ok(back ? api_.LayoutCreate(&p.d, lt::kR32F, uint64_t(K), uint64_t(M), K)
-                : api_.LayoutCreate(&p.d, lt::kR32F, uint64_t(N), uint64_t(M), N),
-           "cublasLtMatrixLayoutCreate") &&
+        ok(api_.LayoutCreate(&p.a, in_type, a_rows, a_cols, int64_t(a_rows)), "cublasLtMatrixLayoutCreate") &&
+        ok(api_.LayoutCreate(&p.b, in_type, b_rows, b_cols, int64_t(b_rows)), "cublasLtMatrixLayoutCreate") &&
+        ok(api_.LayoutCreate(&p.d, lt::kR32F, d_rows, d_cols, int64_t(d_rows)), "cublasLtMatrixLayoutCreate") &&
         ok(api_.PreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate") &&
         ok(api_.PreferenceSetAttribute(pref, lt::kPrefMaxWorkspace, &ws, sizeof ws),
            "cublasLtMatmulPreferenceSetAttribute") &&
@@ -741,7 +775,7 @@ class CublasLt {
     if (pref) api_.PreferenceDestroy(pref);
     if (!failed.empty()) {
       destroy(p);
-      give_up(failed + shape(M, N, K, w_bf16, back));
+      give_up(failed + shape(M, N, K, w_bf16, kind));
       return nullptr;
     }
     if (!p.found) destroy(p);  // keep only the verdict
@@ -761,13 +795,13 @@ class CublasLt {
   std::map<PlanKey, Plan> plans_;
 };
 
-bool cublaslt_gemm(bool back, float* out, const float* act, const void* w, bool w_bf16, int64_t M, int64_t N,
+bool cublaslt_gemm(Gemm kind, float* out, const float* act, const void* w, bool w_bf16, int64_t M, int64_t N,
                    int64_t K) {
-  return CublasLt::get().run(back, out, act, w, w_bf16, M, N, K);
+  return CublasLt::get().run(kind, out, act, w, w_bf16, M, N, K);
 }
 #else
 // The emulator build runs only our kernels.
-bool cublaslt_gemm(bool, float*, const float*, const void*, bool, int64_t, int64_t, int64_t) {
+bool cublaslt_gemm(Gemm, float*, const float*, const void*, bool, int64_t, int64_t, int64_t) {
   LA_CHECK(gemm_mode() != GemmMode::kCublasLt, "LLAMA_ADAPTER_GEMM=cublaslt, but the CUDA emulator build has no cuBLASLt");
   return false;
 }
@@ -786,7 +820,7 @@ void matmul_forward(float* y, const float* x, const void* w, bool w_bf16, int64_
     check_launch("matmul_forward (matrix-vector)");
     return;
   }
-  if (cublaslt_gemm(false, y, x, w, w_bf16, M, N, K)) return;
+  if (cublaslt_gemm(Gemm::kForward, y, x, w, w_bf16, M, N, K)) return;
   own_gemm(false, y, x, w, w_bf16, M, N, K);
   check_launch("matmul_forward");
 }
@@ -794,9 +828,69 @@ void matmul_forward(float* y, const float* x, const void* w, bool w_bf16, int64_
 void matmul_backward(float* dx, const float* dy, const void* w, bool w_bf16, int64_t M, int64_t N, int64_t K) {
   if (M <= 0 || K <= 0) return;
   if (N <= 0) return fill_zero(dx, size_t(M * K) * sizeof(float));
-  if (cublaslt_gemm(true, dx, dy, w, w_bf16, M, N, K)) return;
+  if (cublaslt_gemm(Gemm::kBackward, dx, dy, w, w_bf16, M, N, K)) return;
   own_gemm(true, dx, dy, w, w_bf16, M, K, N);
   check_launch("matmul_backward");
+}
+
+namespace {
+
+// ---- bias ---------------------------------------------------------------------------------------------
+constexpr int kBiasThreads = 256;
+constexpr int64_t kBiasRowBlock = 64;  // rows per partial column sum, as the CPU body
+
+__global__ void add_bias_kernel(float* __restrict__ x, const float* __restrict__ b, int64_t M, int64_t N) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < M * N; i += stride) x[i] += b[i % N];
+}
+
+// grid (column blocks, row blocks): thread n sums column n over its row block in order, in double
+__global__ void bias_columns_kernel(double* __restrict__ partial, const float* __restrict__ dy, int64_t M, int64_t N) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, k = blockIdx.y;
+  if (n >= N) return;
+  const int64_t m1 = (k + 1) * kBiasRowBlock < M ? (k + 1) * kBiasRowBlock : M;
+  double s = 0;
+  for (int64_t m = k * kBiasRowBlock; m < m1; m++) s += dy[m * N + n];
+  partial[k * N + n] = s;
+}
+
+__global__ void bias_reduce_kernel(float* __restrict__ db, const double* __restrict__ partial, int64_t blocks,
+                                   int64_t N) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  double s = 0;
+  for (int64_t k = 0; k < blocks; k++) s += partial[k * N + n];
+  db[n] = float(s);
+}
+
+}  // namespace
+
+void add_bias(float* x, const float* b, int64_t M, int64_t N) {
+  if (M <= 0 || N <= 0) return;
+  const unsigned grid = unsigned(std::max<int64_t>(
+      1, std::min<int64_t>(blocks_for(M * N, kBiasThreads), int64_t(multiprocessors()) * 8)));
+  LA_LAUNCH(grid, kBiasThreads, 0, add_bias_kernel)(x, b, M, N);
+  check_launch("add_bias");
+}
+
+void bias_grad(float* db, const float* dy, int64_t M, int64_t N) {
+  if (N <= 0) return;
+  if (M <= 0) return fill_zero(db, size_t(N) * sizeof(float));
+  const int64_t blocks = (M + kBiasRowBlock - 1) / kBiasRowBlock;
+  Scratch partial(size_t(blocks * N) * sizeof(double));
+  LA_LAUNCH(dim3(blocks_for(N, kBiasThreads), unsigned(blocks)), kBiasThreads, 0, bias_columns_kernel)(
+      partial.as<double>(), dy, M, N);
+  check_launch("bias_grad (column sums)");
+  LA_LAUNCH(blocks_for(N, kBiasThreads), kBiasThreads, 0, bias_reduce_kernel)(db, partial.as<double>(), blocks, N);
+  check_launch("bias_grad");
+}
+
+void matmul_weight_grad(float* dw, const float* dy, const float* x, int64_t M, int64_t N, int64_t K) {
+  if (N <= 0 || K <= 0) return;
+  if (M <= 0) return fill_zero(dw, size_t(N * K) * sizeof(float));
+  if (cublaslt_gemm(Gemm::kWeightGrad, dw, dy, x, false, M, N, K)) return;
+  own_weight_grad(dw, dy, x, M, N, K);
+  check_launch("matmul_weight_grad");
 }
 
 std::string gemm_engine() {

@@ -95,6 +95,7 @@ Napi::Value Capabilities(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("version", LA_STRINGIFY(LA_VERSION));
   o.Set("blas", blas_name());
+  o.Set("blasThreads", blas_threads());
   cuda::DeviceInfo d = cuda::device_info();
   Napi::Object c = Napi::Object::New(env);
   c.Set("compiled", d.compiled);
@@ -289,6 +290,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("fromFile", FromFile);
   register_forward_ops(env, exports);
   register_train_ops(env, exports);
+  register_encoder_ops(env, exports);
+  register_attention_ops(env, exports);
   register_comm(env, exports);
   return exports;
 }

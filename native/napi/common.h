@@ -260,6 +260,8 @@ class WaitWorker : public Napi::AsyncWorker {
 // Each op family's bindings add themselves to the exports.
 void register_forward_ops(Napi::Env env, Napi::Object exports);
 void register_train_ops(Napi::Env env, Napi::Object exports);
+void register_encoder_ops(Napi::Env env, Napi::Object exports);  // encoder_ops.cpp: LayerNorm, GELU, bias, patches
+void register_attention_ops(Napi::Env env, Napi::Object exports);  // attention_ops.cpp
 void register_comm(Napi::Env env, Napi::Object exports);  // comm.cpp: data-parallel collectives
 
 inline void export_fn(Napi::Env env, Napi::Object exports, const char* name, Napi::Function::Callback cb) {

@@ -18,13 +18,6 @@ LA_OP(kvWrite, {
   ops::kv_write(a.tensor(0, "cache"), a.tensor(1, "src"), a.integer(2, "pos0"));
   return info.Env().Undefined();
 })
-LA_OP(attention, {
-  TensorPtr q = a.tensor(0, "q"), k = a.tensor(1, "kCache"), v = a.tensor(2, "vCache");
-  int64_t pos0 = a.integer(3, "pos0");
-  // optional adapter branch: prompt keys/values (K, Hkv, d) and gate (H) or (1)
-  TensorPtr pk = a.optional_tensor(4, "pk"), pv = a.optional_tensor(5, "pv"), gate = a.optional_tensor(6, "gate");
-  return wrap(info.Env(), ops::attention(q, k, v, pos0, pk, pv, gate));
-})
 // A Tensor field of the object `o`, named `where` in errors (a TypeError), or nullptr when the
 // field is null/undefined and `optional`.
 TensorPtr field_tensor(const Args& a, Napi::Object o, const std::string& where, const char* field,
@@ -204,7 +197,6 @@ void register_forward_ops(Napi::Env env, Napi::Object exports) {
   export_fn(env, exports, "rope", rope);
   export_fn(env, exports, "matmul", matmul);
   export_fn(env, exports, "kvWrite", kvWrite);
-  export_fn(env, exports, "attention", attention);
   export_fn(env, exports, "swiglu", swiglu);
   export_fn(env, exports, "decoderLayer", decoderLayer);
   export_fn(env, exports, "addInPlace", addInPlace);

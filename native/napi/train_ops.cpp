@@ -21,22 +21,6 @@ LA_OP(ropeAt, {
   return info.Env().Undefined();
 })
 
-LA_OP(gatedAttention, {
-  TensorPtr q = a.tensor(0, "q"), k = a.tensor(1, "k"), v = a.tensor(2, "v"), seg = a.tensor(3, "segments");
-  TensorPtr pk = a.optional_tensor(4, "pk"), pv = a.optional_tensor(5, "pv"), gate = a.optional_tensor(6, "gate");
-  ops::GatedAttentionResult r = ops::gated_attention(q, k, v, seg, pk, pv, gate);
-  return wrap_all(info.Env(), {r.out, r.stats});
-})
-
-LA_OP(gatedAttentionBackward, {
-  TensorPtr dout = a.tensor(0, "dout"), q = a.tensor(1, "q"), k = a.tensor(2, "k"), v = a.tensor(3, "v"),
-            seg = a.tensor(4, "segments");
-  TensorPtr pk = a.optional_tensor(5, "pk"), pv = a.optional_tensor(6, "pv"), gate = a.optional_tensor(7, "gate");
-  TensorPtr out = a.tensor(8, "out"), stats = a.tensor(9, "stats");
-  ops::GatedAttentionGrads g = ops::gated_attention_backward(dout, q, k, v, seg, pk, pv, gate, out, stats);
-  return wrap_all(info.Env(), {g.dq, g.dk, g.dv, g.dpk, g.dpv, g.dgate});
-})
-
 LA_OP(rmsnormBackward, {
   TensorPtr dy = a.tensor(0, "dy"), x = a.tensor(1, "x"), w = a.tensor(2, "w");
   double eps = a.number(3, "eps");
@@ -94,8 +78,6 @@ LA_OP(scaleInPlace, {
 
 void register_train_ops(Napi::Env env, Napi::Object exports) {
   export_fn(env, exports, "ropeAt", ropeAt);
-  export_fn(env, exports, "gatedAttention", gatedAttention);
-  export_fn(env, exports, "gatedAttentionBackward", gatedAttentionBackward);
   export_fn(env, exports, "rmsnormBackward", rmsnormBackward);
   export_fn(env, exports, "swigluBackward", swigluBackward);
   export_fn(env, exports, "matmulBackward", matmulBackward);

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "../core/error.h"
+#include "attention.h"
 #include "checks.h"
 #include "dispatch.h"
 #include "indices.h"
@@ -119,13 +120,8 @@ void run_layer(const Kernels& k, float* xs, float* scratch, const DecoderWeights
   k.rope(ks, T, Hkv, d, pos0, s.theta, s.interleaved);
   k.copy(f32(k_cache) + pos0 * row, ks, T * row);
   k.copy(f32(v_cache) + pos0 * row, vs, T * row);
-  if (k.dev == Device::CUDA) {
-    LA_ON_CUDA(cuda::attention_forward(os, qs, f32(k_cache), f32(v_cache), T, H, Hkv, d, S, pos0, f32(p.pk),
-                                       f32(p.pv), f32(p.gate), K ? p.gate->dim(0) : 0, K));
-  } else {
-    cpu::attention_forward(os, qs, f32(k_cache), f32(v_cache), T, H, Hkv, d, pos0);
-    if (K) cpu::attention_prompt_add(os, qs, f32(p.pk), f32(p.pv), f32(p.gate), p.gate->dim(0), T, H, Hkv, d, K);
-  }
+  k.attention(os, qs, f32(k_cache), f32(v_cache), T, H, Hkv, d, S, pos0, f32(p.pk), f32(p.pv), f32(p.gate),
+              K ? p.gate->dim(0) : 0, K);
   k.matmul(ps, os, w.wo, T);
   k.add(xs, ps, T * C);
   // feed-forward block: x += W2 (silu(W1 f) * W3 f), f = rmsnorm(x)

@@ -47,6 +47,42 @@ struct Kernels {
     if (dev == Device::CUDA) return LA_ON_CUDA(cuda::rope_forward(x, T, H, d, pos0, theta, interleaved));
     cpu::rope_forward(x, T, H, d, pos0, theta, interleaved);
   }
+
+  // ---- the attention family (ops/attention.cpp, cpu/attention*.cpp, cuda/attention*.cu) ----------
+  // out (T, H, d): causal attention of q at positions pos0 + t over the caches k, v (S, Hkv, d), plus
+  // the adapter branch when K > 0 (pk, pv (K, Hkv, d), gate (G))
+  void attention(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t H, int64_t Hkv,
+                 int64_t d, int64_t S, int64_t pos0, const float* pk, const float* pv, const float* gate, int64_t G,
+                 int64_t K) const {
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::attention_forward(out, q, k, v, T, H, Hkv, d, S, pos0, pk, pv, gate, G, K));
+    cpu::attention_forward(out, q, k, v, T, H, Hkv, d, pos0);
+    if (K) cpu::attention_prompt_add(out, q, pk, pv, gate, G, T, H, Hkv, d, K);
+  }
+  // The fused gated attention over packed segments, seg (S+1) offsets (checked) on the host and
+  // where this device reads them; pk, pv, gate null: plain attention (cpu/kernels.h)
+  void gated_attention(float* out, float* stats, const float* q, const float* k, const float* v, const int32_t* seg,
+                       const int32_t* seg_here, int64_t S, const float* pk, const float* pv, const float* gate,
+                       int64_t G, int64_t N, int64_t H, int64_t Hkv, int64_t d, int64_t K, bool causal,
+                       bool per_segment) const {
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::gated_attention_forward(out, stats, q, k, v, seg_here, seg, S, pk, pv, gate, G, N, H,
+                                                      Hkv, d, K, causal, per_segment));
+    cpu::gated_attention_forward(out, stats, q, k, v, seg, S, pk, pv, gate, G, N, H, Hkv, d, K, causal, per_segment);
+  }
+  void gated_attention_backward(float* dq, float* dk, float* dv, float* dpk, float* dpv, float* dgate,
+                                const float* dout, const float* q, const float* k, const float* v, const int32_t* seg,
+                                const int32_t* seg_here, int64_t S, const float* pk, const float* pv, const float* gate,
+                                int64_t G, const float* out, const float* stats, int64_t N, int64_t H, int64_t Hkv,
+                                int64_t d, int64_t K, bool causal, bool per_segment) const {
+    if (dev == Device::CUDA)
+      return LA_ON_CUDA(cuda::gated_attention_backward(dq, dk, dv, dpk, dpv, dgate, dout, q, k, v, seg_here, seg, S,
+                                                       pk, pv, gate, G, out, stats, N, H, Hkv, d, K, causal,
+                                                       per_segment));
+    cpu::gated_attention_backward(dq, dk, dv, dpk, dpv, dgate, dout, q, k, v, seg, S, pk, pv, gate, G, out, stats, N,
+                                  H, Hkv, d, K, causal, per_segment);
+  }
+
   void copy(float* dst, const float* src, int64_t n) const {
     if (dev == Device::CUDA) return LA_ON_CUDA(cuda::copy_on_device(dst, src, size_t(n) * 4));
     std::memcpy(dst, src, size_t(n) * 4);

@@ -70,22 +70,6 @@ TensorPtr embedding(const TensorPtr& table, const TensorPtr& tokens) {
   return out;
 }
 
-TensorPtr rmsnorm(const TensorPtr& x, const TensorPtr& w, float eps) {
-  const char* op = "rmsnorm";
-  expect_ndim(op, "x", x, 2);
-  expect_ndim(op, "w", w, 1);
-  expect_dtype(op, "x", x, DType::F32);
-  expect_dtype(op, "w", w, DType::F32);
-  LA_CHECK(w->dim(0) == x->dim(1), op, ": w ", w->describe(), " does not match x ", x->describe());
-  LA_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
-  Device dev = expect_same_device(op, {&x, &w});
-  TensorPtr out = empty(x->shape, DType::F32, dev);
-  queue_op(op, {x, w}, {out}, [=] {
-    Kernels{dev}.rmsnorm(out->data<float>(), x->data<float>(), w, x->dim(0), x->dim(1), eps);
-  });
-  return out;
-}
-
 void rope(const TensorPtr& x, int64_t pos0, float theta, bool interleaved) {
   const char* op = "rope";
   expect_ndim(op, "x", x, 3);
@@ -97,21 +81,6 @@ void rope(const TensorPtr& x, int64_t pos0, float theta, bool interleaved) {
   queue_op(op, {x}, {x}, [=] {
     Kernels{x->device}.rope(x->data<float>(), x->dim(0), x->dim(1), x->dim(2), pos0, theta, interleaved);
   });
-}
-
-TensorPtr matmul(const TensorPtr& x, const TensorPtr& w) {
-  const char* op = "matmul";
-  expect_ndim(op, "x", x, 2);
-  expect_ndim(op, "w", w, 2);
-  expect_dtype(op, "x", x, DType::F32);
-  expect_weight(op, "w", w);
-  LA_CHECK(x->dim(1) == w->dim(1), op, ": x ", x->describe(), " · wᵀ needs w (N, ", x->dim(1), "), got ",
-           w->describe());
-  Device dev = expect_same_device(op, {&x, &w});
-  int64_t M = x->dim(0), N = w->dim(0);
-  TensorPtr y = empty({M, N}, DType::F32, dev);
-  queue_op(op, {x, w}, {y}, [=] { Kernels{dev}.matmul(y->data<float>(), x->data<float>(), w, M); });
-  return y;
 }
 
 void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
@@ -130,52 +99,6 @@ void kv_write(const TensorPtr& cache, const TensorPtr& src, int64_t pos0) {
     const int64_t row = src->dim(1) * src->dim(2);
     Kernels{dev}.copy(cache->data<float>() + pos0 * row, src->data<float>(), src->numel());
   });
-}
-
-TensorPtr attention(const TensorPtr& q, const TensorPtr& k, const TensorPtr& v, int64_t pos0, const TensorPtr& pk,
-                    const TensorPtr& pv, const TensorPtr& gate) {
-  const char* op = "attention";
-  expect_ndim(op, "q", q, 3);
-  expect_ndim(op, "k", k, 3);
-  expect_ndim(op, "v", v, 3);
-  for (auto* t : {&q, &k, &v}) expect_dtype(op, "q, k and v", *t, DType::F32);
-  LA_CHECK(k->shape == v->shape, op, ": k ", k->describe(), " and v ", v->describe(), " differ");
-  int64_t T = q->dim(0), H = q->dim(1), d = q->dim(2), S = k->dim(0), Hkv = k->dim(1);
-  LA_CHECK(k->dim(2) == d, op, ": head size of q ", q->describe(), " and k ", k->describe(), " differ");
-  LA_CHECK(H % Hkv == 0, op, ": heads ", H, " must be a multiple of kv heads ", Hkv);
-  LA_CHECK(pos0 >= 0 && pos0 + T <= S, op, ": positions ", pos0, "..", pos0 + T, " exceed the cache length ", S);
-  int64_t K = check_prompt(op, pk, pv, gate, H, Hkv, d);  // 0: no adapter branch
-  Device dev = expect_same_device(op, {&q, &k, &v, &pk, &pv, &gate});
-  TensorPtr out = empty(q->shape, DType::F32, dev);
-  std::vector<TensorPtr> inputs{q, k, v};
-  if (K) inputs.insert(inputs.end(), {pk, pv, gate});
-  queue_op(op, inputs, {out}, [=] {
-    if (dev == Device::CUDA) {
-      [[maybe_unused]] auto f = [](const TensorPtr& t) { return t ? t->data<float>() : nullptr; };
-      LA_ON_CUDA(cuda::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H,
-                                         Hkv, d, S, pos0, f(pk), f(pv), f(gate), K ? gate->dim(0) : 0, K));
-      return;
-    }
-    cpu::attention_forward(out->data<float>(), q->data<float>(), k->data<float>(), v->data<float>(), T, H, Hkv, d,
-                           pos0);
-    if (K)
-      cpu::attention_prompt_add(out->data<float>(), q->data<float>(), pk->data<float>(), pv->data<float>(),
-                                gate->data<float>(), gate->dim(0), T, H, Hkv, d, K);
-  });
-  return out;
-}
-
-TensorPtr swiglu(const TensorPtr& a, const TensorPtr& b) {
-  const char* op = "swiglu";
-  expect_dtype(op, "a", a, DType::F32);
-  expect_dtype(op, "b", b, DType::F32);
-  LA_CHECK(a->shape == b->shape, op, ": a ", a->describe(), " and b ", b->describe(), " differ");
-  Device dev = expect_same_device(op, {&a, &b});
-  TensorPtr out = empty(a->shape, DType::F32, dev);
-  queue_op(op, {a, b}, {out}, [=] {
-    Kernels{dev}.swiglu(out->data<float>(), a->data<float>(), b->data<float>(), a->numel());
-  });
-  return out;
 }
 
 void add_inplace(const TensorPtr& x, const TensorPtr& y) {

@@ -8,6 +8,12 @@
 #include <memory>
 #include <vector>
 
+// The op families in files of their own (declarations, definitions, bodies per family)
+#include "activation.h"
+#include "matmul.h"
+#include "norm.h"
+#include "patches.h"
+
 namespace la::ops {
 
 // Queues `body` on the executor of the tensors' device. If an input is poisoned (its producer
@@ -19,15 +25,8 @@ void queue_op(const char* op, std::vector<TensorPtr> inputs, std::vector<TensorP
 
 
 TensorPtr embedding(const TensorPtr& table /*(V,C)*/, const TensorPtr& tokens /*(T) i32*/);     // -> (T,C)
-TensorPtr rmsnorm(const TensorPtr& x /*(T,C)*/, const TensorPtr& w /*(C)*/, float eps);           // -> (T,C)
 void rope(const TensorPtr& x /*(T,H,d)*/, int64_t pos0, float theta, bool interleaved);           // in place
-TensorPtr matmul(const TensorPtr& x /*(M,K)*/, const TensorPtr& w /*(N,K)*/);                      // -> (M,N)
 void kv_write(const TensorPtr& cache /*(S,Hkv,d)*/, const TensorPtr& src /*(T,Hkv,d)*/, int64_t pos0);
-// With pk, pv (K,Hkv,d) and gate (H) or (1) (all three or none): adds the adapter branch
-// tanh(gate) * softmax(q pkᵀ / sqrt(d)) pv (no mask, its own softmax; SPEC §2).
-TensorPtr attention(const TensorPtr& q /*(T,H,d)*/, const TensorPtr& k /*(S,Hkv,d)*/,
-                    const TensorPtr& v /*(S,Hkv,d)*/, int64_t pos0, const TensorPtr& pk = nullptr,
-                    const TensorPtr& pv = nullptr, const TensorPtr& gate = nullptr);                // -> (T,H,d)
 // One decoder layer of cached inference, x (T, C) updated in place and the layer's keys/values
 // written to the caches (S, Hkv, d) at pos0..: the whole attention and feed-forward block as one
 // op (decoder.cpp), equal to the op-by-op forward. pk, pv, gate: the adapter branch, as attention().
@@ -74,7 +73,6 @@ class Model : public std::enable_shared_from_this<Model> {
   std::vector<TensorPtr> inputs_;  // every weight and prompt tensor
 };
 
-TensorPtr swiglu(const TensorPtr& a /*(T,F)*/, const TensorPtr& b /*(T,F)*/);                     // -> (T,F)
 void add_inplace(const TensorPtr& x, const TensorPtr& y);                                          // x += y
 TensorPtr slice_rows(const TensorPtr& x /*(T,...)*/, int64_t start, int64_t count);               // -> (count,...)
 TensorPtr convert(const TensorPtr& x, DType to);                                                   // f32 <-> bf16

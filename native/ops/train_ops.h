@@ -11,40 +11,15 @@
 #include <utility>
 
 #include "../core/tensor.h"
+#include "activation.h"  // swiglu_backward
+#include "matmul.h"      // matmul_backward
+#include "norm.h"        // rmsnorm_backward
 
 namespace la::ops {
-
-// Checks the adapter prompt arguments of an attention op: all three null (returns 0) or pk, pv
-// (K, Hkv, d) f32 and gate (H) or (1) f32 (returns K).
-int64_t check_prompt(const char* op, const TensorPtr& pk, const TensorPtr& pv, const TensorPtr& gate, int64_t H,
-                     int64_t Hkv, int64_t d);
 
 // x (N, H, d) rotated in place by per-token positions (N) i32 (>= 0); inverse: by -angle
 void rope_at(const TensorPtr& x, const TensorPtr& positions, float theta, bool interleaved, bool inverse);
 
-struct GatedAttentionResult {
-  TensorPtr out;    // (N, H, d)
-  TensorPtr stats;  // (N, H, 2)
-};
-GatedAttentionResult gated_attention(const TensorPtr& q /*(N,H,d)*/, const TensorPtr& k /*(N,Hkv,d)*/,
-                                     const TensorPtr& v /*(N,Hkv,d)*/, const TensorPtr& segments /*(S+1) i32*/,
-                                     const TensorPtr& pk /*(K,Hkv,d) or null*/, const TensorPtr& pv,
-                                     const TensorPtr& gate /*(H) or (1) or null*/);
-
-struct GatedAttentionGrads {
-  TensorPtr dq, dk, dv;      // shapes of q, k, v
-  TensorPtr dpk, dpv, dgate;  // shapes of pk, pv, gate; null without a prompt
-};
-GatedAttentionGrads gated_attention_backward(const TensorPtr& dout, const TensorPtr& q, const TensorPtr& k,
-                                             const TensorPtr& v, const TensorPtr& segments, const TensorPtr& pk,
-                                             const TensorPtr& pv, const TensorPtr& gate, const TensorPtr& out,
-                                             const TensorPtr& stats);
-
-TensorPtr rmsnorm_backward(const TensorPtr& dy /*(T,C)*/, const TensorPtr& x /*(T,C)*/, const TensorPtr& w /*(C)*/,
-                           float eps);                                                          // -> dx (T,C)
-// -> da, db of out = silu(a) * b
-std::pair<TensorPtr, TensorPtr> swiglu_backward(const TensorPtr& dout, const TensorPtr& a, const TensorPtr& b);
-TensorPtr matmul_backward(const TensorPtr& dy /*(M,N)*/, const TensorPtr& w /*(N,K) f32|bf16*/);  // -> dx (M,K)
 TensorPtr gather_rows(const TensorPtr& x /*(N,...)*/, const TensorPtr& idx /*(M) i32*/);          // -> (M,...)
 void scatter_add_rows(const TensorPtr& dst /*(N,...)*/, const TensorPtr& idx /*(M) i32*/,
                       const TensorPtr& src /*(M,...)*/);  // dst[idx] += src, in place

@@ -4,7 +4,8 @@
 // tricks). Layouts follow lib/native.ts (flat row-major arrays); segments are (S+1) offsets.
 //
 //   ropeAt          x (N, H, d), positions (N)                      -> (N, H, d)
-//   gatedAttention  q (N, H, d), k, v (N, Hkv, d), pk, pv (K, Hkv, d), gate (H) | (1) | null
+//   gatedAttention  q (N, H, d), k, v (N, Hkv, d), pk, pv (K, Hkv, d) or per segment (S, K, Hkv, d),
+//                   gate (H) | (1) | null; causal within each segment, or bidirectional
 //   rmsnormBackward dy, x (T, C), w (C)                              -> dx (T, C)
 //   swigluBackward  dout, a, b (n)                                   -> da, db
 //   matmulBackward  dy (M, N), w (N, K)                              -> dx (M, K)
@@ -46,6 +47,8 @@ export interface AttnDims {
   d: number;
   /** prompt length (ignored without a prompt) */
   K: number;
+  /** true (default): query t sees keys seg[s] .. t; false: the whole segment seg[s] .. seg[s+1]-1 */
+  causal?: boolean;
 }
 
 export interface AttnInputs {
@@ -53,10 +56,13 @@ export interface AttnInputs {
   k: Num;
   v: Num;
   segments: Num;
-  /** prompt keys/values (K, Hkv, d) and raw gate (H) or (1); all null for plain attention */
+  /** prompt keys/values (K, Hkv, d), or (S, K, Hkv, d) with perSegment, and raw gate (H) or (1);
+   *  all null for plain attention */
   pk: Num | null;
   pv: Num | null;
   gate: Num | null;
+  /** pk, pv hold one prompt per segment: segment s reads pk[s], pv[s] */
+  perSegment?: boolean;
 }
 
 function softmax(s: number[]): number[] {
@@ -71,11 +77,12 @@ function logSumExp(s: number[]): number {
   return mx + Math.log(s.reduce((a, x) => a + Math.exp(x - mx), 0));
 }
 
-/** Walks every (segment, head, query): the word and prompt scores and probabilities. */
+/** Walks every (segment, head, query): the word and prompt scores and probabilities. `p0` is the
+ *  prompt row of the query's segment: prompt key p of kv head kvh is row p0 + p * Hkv + kvh. */
 function eachQuery(
   dims: AttnDims,
   x: AttnInputs,
-  fn: (t: number, h: number, kvh: number, s0: number, aw: number[], ap: number[], sw: number[], sp: number[]) => void,
+  fn: (t: number, h: number, kvh: number, s0: number, aw: number[], ap: number[], sw: number[], sp: number[], p0: number) => void,
 ): void {
   const { H, Hkv, d } = dims;
   const K = x.pk ? dims.K : 0;
@@ -85,12 +92,14 @@ function eachQuery(
   for (let s = 0; s < S; s++) {
     const s0 = x.segments[s];
     const s1 = x.segments[s + 1];
+    const p0 = x.perSegment ? s * K * Hkv : 0;
     for (let h = 0; h < H; h++) {
       const kvh = Math.floor(h / group);
       for (let t = s0; t < s1; t++) {
         const qo = (t * H + h) * d;
         const sw: number[] = [];
-        for (let j = s0; j <= t; j++) {
+        const last = dims.causal === false ? s1 - 1 : t;
+        for (let j = s0; j <= last; j++) {
           let dot = 0;
           for (let c = 0; c < d; c++) dot += x.q[qo + c] * x.k[(j * Hkv + kvh) * d + c];
           sw.push(dot * scale);
@@ -98,10 +107,10 @@ function eachQuery(
         const sp: number[] = [];
         for (let p = 0; p < K; p++) {
           let dot = 0;
-          for (let c = 0; c < d; c++) dot += x.q[qo + c] * x.pk![(p * Hkv + kvh) * d + c];
+          for (let c = 0; c < d; c++) dot += x.q[qo + c] * x.pk![(p0 + p * Hkv + kvh) * d + c];
           sp.push(dot * scale);
         }
-        fn(t, h, kvh, s0, softmax(sw), K ? softmax(sp) : [], sw, sp);
+        fn(t, h, kvh, s0, softmax(sw), K ? softmax(sp) : [], sw, sp, p0);
       }
     }
   }
@@ -117,14 +126,14 @@ export function gatedAttention(dims: AttnDims, x: AttnInputs): { out: Float64Arr
   const { N, H, Hkv, d } = dims;
   const out = new Float64Array(N * H * d);
   const stats = new Float64Array(N * H * 2);
-  eachQuery(dims, x, (t, h, kvh, s0, aw, ap, sw, sp) => {
+  eachQuery(dims, x, (t, h, kvh, s0, aw, ap, sw, sp, p0) => {
     const o = (t * H + h) * d;
     const g = gammaOf(x.gate, h);
     for (let c = 0; c < d; c++) {
       let y = 0;
       aw.forEach((a, i) => (y += a * x.v[((s0 + i) * Hkv + kvh) * d + c]));
       let yp = 0;
-      ap.forEach((a, p) => (yp += a * x.pv![(p * Hkv + kvh) * d + c]));
+      ap.forEach((a, p) => (yp += a * x.pv![(p0 + p * Hkv + kvh) * d + c]));
       out[o + c] = y + g * yp;
     }
     stats[(t * H + h) * 2] = logSumExp(sw);
@@ -150,10 +159,10 @@ export function gatedAttentionBackward(dims: AttnDims, x: AttnInputs, dout: Num)
   const dq = new Float64Array(N * H * d);
   const dk = new Float64Array(N * Hkv * d);
   const dv = new Float64Array(N * Hkv * d);
-  const dpk = x.pk ? new Float64Array(K * Hkv * d) : null;
-  const dpv = x.pk ? new Float64Array(K * Hkv * d) : null;
+  const dpk = x.pk ? new Float64Array(x.pk.length) : null; // the shape of pk (shared or per segment)
+  const dpv = x.pk ? new Float64Array(x.pk.length) : null;
   const dgate = x.gate ? new Float64Array(x.gate.length) : null;
-  eachQuery(dims, x, (t, h, kvh, s0, aw, ap) => {
+  eachQuery(dims, x, (t, h, kvh, s0, aw, ap, _sw, _sp, p0) => {
     const o = (t * H + h) * d;
     const g = gammaOf(x.gate, h);
     const dotDo = (arr: Num, row: number) => {
@@ -175,16 +184,16 @@ export function gatedAttentionBackward(dims: AttnDims, x: AttnInputs, dout: Num)
     });
     if (!K) return;
     // prompt branch: out += g * sum_p b_p pv_p
-    const db = ap.map((_, p) => g * dotDo(x.pv!, p * Hkv + kvh));
+    const db = ap.map((_, p) => g * dotDo(x.pv!, p0 + p * Hkv + kvh));
     const sumBdb = ap.reduce((acc, b, p) => acc + b * db[p], 0);
     let dotYp = 0;
     ap.forEach((b, p) => {
       const ds = b * (db[p] - sumBdb) * scale;
-      dotYp += b * dotDo(x.pv!, p * Hkv + kvh);
+      dotYp += b * dotDo(x.pv!, p0 + p * Hkv + kvh);
       for (let c = 0; c < d; c++) {
-        dpv![(p * Hkv + kvh) * d + c] += g * b * dout[o + c];
-        dq[o + c] += ds * x.pk![(p * Hkv + kvh) * d + c];
-        dpk![(p * Hkv + kvh) * d + c] += ds * x.q[o + c];
+        dpv![(p0 + p * Hkv + kvh) * d + c] += g * b * dout[o + c];
+        dq[o + c] += ds * x.pk![(p0 + p * Hkv + kvh) * d + c];
+        dpk![(p0 + p * Hkv + kvh) * d + c] += ds * x.q[o + c];
       }
     });
     dgate![x.gate!.length === 1 ? 0 : h] += (1 - g * g) * dotYp;

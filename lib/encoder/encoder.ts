@@ -1,0 +1,432 @@
+// The image encoder's forward pass (SPEC §7, §9) on the engine, and ImageEncoder, its public face:
+// load a CLIP/ViT folder, embed images into global features. Every op is queued on the device's
+// executor; only reading the features waits.
+//
+//   x = [cls; patches(img) · Wpatch^T (+ b)] + pos;   CLIP: x = LN(x; pre_layrnorm)
+//   per layer:  x += Wo · MHA(LN1(x)) + bo            (bidirectional within each image; in the top L
+//                                                      layers the gated prompt branch of §9)
+//               x += W2 · act(W1 · LN2(x) + b1) + b2
+//   features:   CLIP visual_projection · post_layernorm(h_l[cls]),  ViT layernorm(h_l[cls])
+//
+// Shapes: B images, Cin channels, S image size, P patch, N = (S/P)^2 patches, T = 1 + N tokens per
+// image, C hidden, H heads, d = C / H, F intermediate, K prompts, M feature layers, D feature size.
+import * as fs from 'fs';
+import * as nodePath from 'path';
+import { native, Device, Tensor } from '../native';
+import { resolveDevice } from '../device';
+import { LoadArena } from '../model/weights';
+import { HF_CONFIG } from '../model/hf';
+import { decodeImage, checkRgbImage, RgbImage } from '../image/decode';
+import { PreprocessConfig, outputSize, preprocessImage, readPreprocessConfig } from '../image/preprocess';
+import {
+  EncoderConfig, EncoderLayerWeights, EncoderWeights, encoderTensors, featureDim, headSize, loadEncoderWeights,
+  mapEncoderWeights, tokensPerImage,
+} from './config';
+
+/** An adapted layer's prompt keys/values (K, H, d) and raw per-head gate (H). */
+export interface PromptKV {
+  pk: Tensor;
+  pv: Tensor;
+  gate: Tensor;
+}
+
+/** Trainable prompts of the top L layers: prompts[l] (K, C), gates[l] (H), l = 0 .. L-1 from the
+ *  lowest adapted layer (nLayers - L) up. */
+export interface EncoderPrompts {
+  prompts: Tensor[];
+  gates: Tensor[];
+}
+
+/** The index tensors of a batch of B images (host i32, as the ops accept them on any device). */
+export class BatchIndex {
+  readonly segments: Tensor; // (B+1) offsets 0, T, 2T, ..
+  readonly posRows: Tensor; // (B*T) row t of every image -> t
+  readonly patchRows: Tensor; // (B*N) patch n of image b -> b*T + 1 + n
+  readonly clsRows: Tensor; // (B) b*T
+
+  constructor(readonly B: number, readonly T: number) {
+    const N = T - 1;
+    this.segments = native.fromArray(Int32Array.from({ length: B + 1 }, (_, b) => b * T), [B + 1], 'i32');
+    this.posRows = native.fromArray(Int32Array.from({ length: B * T }, (_, i) => i % T), [B * T], 'i32');
+    this.patchRows = native.fromArray(Int32Array.from({ length: B * N }, (_, i) => Math.floor(i / N) * T + 1 + (i % N)), [B * N], 'i32');
+    this.clsRows = native.fromArray(Int32Array.from({ length: B }, (_, b) => b * T), [B], 'i32');
+  }
+
+  private all?: Tensor;
+  /** (B*T) 0 .. B*T-1: gathering with it copies a tensor */
+  rowsAll(): Tensor {
+    this.all ??= native.fromArray(Int32Array.from({ length: this.B * this.T }, (_, i) => i), [this.B * this.T], 'i32');
+    return this.all;
+  }
+
+  dispose(): void {
+    for (const t of [this.segments, this.posRows, this.patchRows, this.clsRows]) t.dispose();
+    this.all?.dispose();
+  }
+}
+
+/** (rows, n*d) seen as (rows, n, d) or back; the old handle is released (the view keeps the storage). */
+function reshapeOwned(t: Tensor, shape: number[]): Tensor {
+  const r = native.reshape(t, shape);
+  t.dispose();
+  return r;
+}
+
+/** y = x · Wᵀ + b (the frozen linear layers). */
+export function linear(x: Tensor, w: Tensor, b: Tensor): Tensor {
+  const y = native.matmul(x, w);
+  native.addBias(y, b);
+  return y;
+}
+
+/** What the backward of one encoder layer needs (lib/encoder/train.ts). */
+export interface LayerActivations {
+  xIn: Tensor; // (B*T, C) the layer's input
+  q: Tensor; // (B*T, H, d)
+  k: Tensor; // (B*T, H, d)
+  v: Tensor; // (B*T, H, d)
+  out: Tensor; // (B*T, H, d) attention output
+  stats: Tensor; // (B*T, H, 2)
+  xMid: Tensor; // (B*T, C) after the attention residual
+  h: Tensor; // (B*T, F) fc1 output, before the activation
+}
+
+/**
+ * One encoder layer in place on x (B*T, C). With `prompt`, the gated prompt branch (SPEC §9). With
+ * `save`, x is not modified: the layer's output is returned as a new tensor and what the backward
+ * needs is kept in `save` (the caller owns it); otherwise x itself is returned.
+ */
+export function encoderLayer(
+  x: Tensor, lw: EncoderLayerWeights, c: EncoderConfig, idx: BatchIndex, prompt: PromptKV | null, save?: Partial<LayerActivations>,
+): Tensor {
+  const rows = idx.B * idx.T;
+  const H = c.nHeads;
+  const d = headSize(c);
+  const a = native.layerNorm(x, lw.ln1w, lw.ln1b, c.eps); // (B*T, C)
+  const q = reshapeOwned(linear(a, lw.wq, lw.bq), [rows, H, d]);
+  const k = reshapeOwned(linear(a, lw.wk, lw.bk), [rows, H, d]);
+  const v = reshapeOwned(linear(a, lw.wv, lw.bv), [rows, H, d]);
+  a.dispose();
+  const [out, stats] = native.gatedAttention(q, k, v, idx.segments, prompt?.pk ?? null, prompt?.pv ?? null, prompt?.gate ?? null, {
+    causal: false,
+  });
+  const o = native.reshape(out, [rows, c.dim]);
+  const attn = linear(o, lw.wo, lw.bo); // (B*T, C)
+  o.dispose();
+  let xMid = x;
+  if (save) {
+    // keep the input: the residual goes into a copy
+    xMid = native.gatherRows(x, idx.rowsAll());
+    Object.assign(save, { xIn: x, q, k, v, out, stats });
+  } else [q, k, v, out, stats].forEach((t) => t.dispose());
+  native.addInPlace(xMid, attn);
+  attn.dispose();
+  const f = native.layerNorm(xMid, lw.ln2w, lw.ln2b, c.eps);
+  const h = linear(f, lw.w1, lw.b1); // (B*T, F)
+  f.dispose();
+  const g = native.gelu(h, c.act);
+  const y = linear(g, lw.w2, lw.b2); // (B*T, C)
+  g.dispose();
+  let xOut = xMid;
+  if (save) {
+    xOut = native.gatherRows(xMid, idx.rowsAll());
+    Object.assign(save, { xMid, h });
+  } else h.dispose();
+  native.addInPlace(xOut, y);
+  y.dispose();
+  return xOut;
+}
+
+/** The prompt keys/values of one adapted layer through its own frozen k/v projections (with biases,
+ *  no position embedding): (K, C) -> (K, H, d). */
+export function promptKV(prompt: Tensor, gate: Tensor, lw: EncoderLayerWeights, c: EncoderConfig): PromptKV {
+  const K = prompt.shape[0];
+  return {
+    pk: reshapeOwned(linear(prompt, lw.wk, lw.bk), [K, c.nHeads, headSize(c)]),
+    pv: reshapeOwned(linear(prompt, lw.wv, lw.bv), [K, c.nHeads, headSize(c)]),
+    gate,
+  };
+}
+
+/** Checks prompts for `c` (L <= nLayers; (K, C) f32 prompts; (H) gates) and returns L. */
+export function checkPrompts(p: EncoderPrompts, c: EncoderConfig, device: Device): number {
+  const L = p.prompts.length;
+  if (p.gates.length !== L) throw new RangeError(`encoder prompts: ${L} prompt tensors but ${p.gates.length} gates`);
+  if (L < 1 || L > c.nLayers) throw new RangeError(`encoder prompts: ${L} adapted layers, the encoder has ${c.nLayers}`);
+  p.prompts.forEach((t, l) => {
+    if (t.shape.length !== 2 || t.shape[1] !== c.dim || t.shape[0] < 1 || t.dtype !== 'f32' || t.device !== device)
+      throw new RangeError(`encoder prompts: prompts[${l}] must be (K, ${c.dim}) f32 on ${device}, got (${t.shape.join(', ')}) ${t.dtype} on ${t.device}`);
+    if (t.shape[0] !== p.prompts[0].shape[0]) throw new RangeError('encoder prompts: every layer must have the same K');
+  });
+  p.gates.forEach((t, l) => {
+    if (t.shape.length !== 1 || t.shape[0] !== c.nHeads || t.dtype !== 'f32' || t.device !== device)
+      throw new RangeError(`encoder prompts: gates[${l}] must be (${c.nHeads}) f32 on ${device}, got (${t.shape.join(', ')}) ${t.dtype} on ${t.device}`);
+  });
+  return L;
+}
+
+/** Patch embedding + [cls; ..] + pos (+ CLIP's pre_layrnorm): pixels (B, Cin, S, S) -> x (B*T, C). */
+export function embedPatches(w: EncoderWeights, posCls: Tensor, c: EncoderConfig, pixels: Tensor, idx: BatchIndex): Tensor {
+  const pt = native.patches(pixels, c.patchSize); // (B*N, Cin*P*P)
+  const pe = native.matmul(pt, w.patchW); // (B*N, C)
+  pt.dispose();
+  if (w.patchB) native.addBias(pe, w.patchB);
+  let x = native.gatherRows(posCls, idx.posRows); // (B*T, C): pos, with cls in row 0 of each image
+  native.scatterAddRows(x, idx.patchRows, pe); // patch rows: pos + patch
+  pe.dispose();
+  if (w.preNorm) {
+    const n = native.layerNorm(x, w.preNorm.w, w.preNorm.b, c.eps);
+    x.dispose();
+    x = n;
+  }
+  return x;
+}
+
+/** Feature layer numbers as given (1-based, negative from the end) -> 0-based layer indices. */
+export function resolveFeatureLayers(layers: readonly number[], nLayers: number): number[] {
+  if (!Array.isArray(layers) || layers.length === 0) throw new RangeError('feature layers: expected at least one layer');
+  return layers.map((l) => {
+    if (!Number.isInteger(l) || l === 0 || l > nLayers || l < -nLayers)
+      throw new RangeError(`feature layer ${l} is outside 1..${nLayers} (or -${nLayers}..-1 from the end)`);
+    return l > 0 ? l - 1 : nLayers + l;
+  });
+}
+
+export interface ImageEncoderOptions {
+  /** 'cuda' or 'cpu' (default: 'cuda' when available) */
+  device?: Device;
+  /** storage of the big matrices: 'f32' (default) or 'bf16' */
+  dtype?: 'f32' | 'bf16';
+}
+
+export interface EmbedOptions {
+  /** encoder layers whose [cls] gives a feature (1-based; negative from the end); default [-1] */
+  featureLayers?: number[];
+  /** images per forward pass (default 32) */
+  batchSize?: number;
+  /** called after each batch with the images done so far and the total */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** An image: a file path (PNG, JPEG, WebP) or decoded 8-bit RGB. */
+export type ImageInput = string | RgbImage;
+
+export class ImageEncoder {
+  /** pos (T, C) with the class embedding added to row 0 */
+  private posCls: Tensor;
+  private disposed = false;
+
+  private constructor(
+    readonly dir: string,
+    readonly config: EncoderConfig,
+    readonly weights: EncoderWeights,
+    readonly preprocess: PreprocessConfig,
+    readonly device: Device,
+    private readonly arena: LoadArena,
+  ) {
+    const { pos, cls } = weights;
+    const T = pos.shape[0];
+    const all = native.fromArray(Int32Array.from({ length: T }, (_, i) => i), [T], 'i32');
+    this.posCls = native.gatherRows(pos, all);
+    all.dispose();
+    const zero = native.fromArray(new Int32Array(1), [1], 'i32');
+    const clsRow = native.reshape(cls, [1, config.dim]);
+    native.scatterAddRows(this.posCls, zero, clsRow);
+    zero.dispose();
+    clsRow.dispose();
+  }
+
+  /** Loads a Hugging Face CLIP or ViT folder (config.json + safetensors, optional
+   *  preprocessor_config.json). Errors name the file, tensor or key. */
+  static async load(dir: string, opts: ImageEncoderOptions = {}): Promise<ImageEncoder> {
+    if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
+      throw new RangeError(`ImageEncoder.load: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
+    const device = resolveDevice(opts.device, 'ImageEncoder.load: device');
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(dir);
+    } catch {
+      throw new Error(`encoder not found: ${dir} does not exist`);
+    }
+    if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
+      throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
+    const arena = new LoadArena();
+    let config: EncoderConfig;
+    let weights: EncoderWeights;
+    let preprocess: PreprocessConfig;
+    try {
+      ({ config, weights } = loadEncoderWeights(dir, arena, { dtype: opts.dtype }));
+      preprocess = readPreprocessConfig(dir, config.family, config.imageSize);
+      const out = outputSize(preprocess);
+      if (out && (out.height !== config.imageSize || out.width !== config.imageSize))
+        throw new Error(`${dir}: preprocessor_config.json makes ${out.width}x${out.height} images but the encoder takes ${config.imageSize}x${config.imageSize}`);
+      // conversions and the NaN/Inf check of the weights run on the executor: fail here, naming the tensor
+      await native.synchronize();
+    } catch (e) {
+      arena.release();
+      throw e;
+    }
+    if (device !== 'cpu') {
+      const made: Tensor[] = [];
+      try {
+        weights = mapEncoderWeights(weights, (t) => {
+          const m = native.toDevice(t, device);
+          made.push(m);
+          t.dispose();
+          return m;
+        });
+        arena.closeMappings();
+        await native.synchronize();
+      } catch (e) {
+        for (const t of made) t.dispose();
+        arena.release();
+        throw new Error(`failed to load ${dir} onto ${device}: ${(e as Error).message}`);
+      }
+    } else arena.closeMappings();
+    return new ImageEncoder(dir, config, weights, preprocess, device, arena);
+  }
+
+  /** The size D of one feature vector. */
+  get featureDim(): number {
+    return featureDim(this.config);
+  }
+
+  private check(): void {
+    if (this.disposed) throw new Error('ImageEncoder: used after dispose()');
+  }
+
+  /** The hidden states (B*T, C) after the embeddings, and the index tensors of a batch of pixels. */
+  embedTokens(pixels: Tensor): { x: Tensor; idx: BatchIndex } {
+    this.check();
+    const c = this.config;
+    const S = c.imageSize;
+    if (pixels.shape.length !== 4 || pixels.shape[1] !== c.channels || pixels.shape[2] !== S || pixels.shape[3] !== S || pixels.shape[0] < 1)
+      throw new RangeError(`ImageEncoder: pixels must be (B, ${c.channels}, ${S}, ${S}), got (${pixels.shape.join(', ')})`);
+    if (pixels.dtype !== 'f32' || pixels.device !== this.device)
+      throw new RangeError(`ImageEncoder: pixels must be f32 on ${this.device}, got ${pixels.dtype} on ${pixels.device}`);
+    const idx = new BatchIndex(pixels.shape[0], tokensPerImage(c));
+    return { x: embedPatches(this.weights, this.posCls, c, pixels, idx), idx };
+  }
+
+  /** (B, C) post_layernorm / layernorm of rows `cls` of x; then the projection when `project`. */
+  pool(x: Tensor, idx: BatchIndex, project: boolean): Tensor {
+    const { postNorm, projection } = this.weights;
+    const cls = native.gatherRows(x, idx.clsRows); // (B, C)
+    const n = native.layerNorm(cls, postNorm.w, postNorm.b, this.config.eps);
+    cls.dispose();
+    if (!project || !projection) return n;
+    const f = native.matmul(n, projection); // (B, Dp)
+    n.dispose();
+    return f;
+  }
+
+  /**
+   * The features of a batch of preprocessed pixels (B, Cin, S, S) on the encoder's device: one
+   * (B, D) tensor per feature layer. With `prompts`, the top L layers run the gated prompt branch
+   * (SPEC §9); at gates 0 the result equals the frozen encoder's bit for bit.
+   */
+  forward(pixels: Tensor, opts: { featureLayers?: number[]; prompts?: EncoderPrompts; project?: boolean } = {}): Tensor[] {
+    const c = this.config;
+    const want = resolveFeatureLayers(opts.featureLayers ?? [-1], c.nLayers);
+    const L = opts.prompts ? checkPrompts(opts.prompts, c, this.device) : 0;
+    let { x, idx } = this.embedTokens(pixels);
+    const out = new Map<number, Tensor>();
+    try {
+      const last = Math.max(...want);
+      for (let i = 0; i <= last; i++) {
+        const lw = this.weights.layers[i];
+        const a = i - (c.nLayers - L);
+        const kv = a >= 0 ? promptKV(opts.prompts!.prompts[a], opts.prompts!.gates[a], lw, c) : null;
+        x = encoderLayer(x, lw, c, idx, kv);
+        if (kv) [kv.pk, kv.pv].forEach((t) => t.dispose());
+        if (want.includes(i)) out.set(i, this.pool(x, idx, opts.project ?? true));
+      }
+      return want.map((i) => out.get(i)!);
+    } finally {
+      x.dispose();
+      idx.dispose();
+    }
+  }
+
+  /** Decodes and preprocesses `images` into one (B, Cin, S, S) array. */
+  async pixelsOf(images: readonly ImageInput[]): Promise<Float32Array> {
+    const c = this.config;
+    const S = c.imageSize;
+    const plane = 3 * S * S;
+    const buf = new Float32Array(images.length * plane);
+    const decoded = await Promise.all(images.map((im, i) => (typeof im === 'string' ? decodeImage(im) : checkRgbImage(im, `images[${i}]`))));
+    decoded.forEach((img, i) => {
+      const { size } = preprocessImage(img, this.preprocess, buf.subarray(i * plane, (i + 1) * plane));
+      if (size.height !== S || size.width !== S)
+        throw new Error(`${typeof images[i] === 'string' ? images[i] : `images[${i}]`}: preprocessed to ${size.width}x${size.height}, the encoder takes ${S}x${S}`);
+    });
+    return buf;
+  }
+
+  /**
+   * Global features (SPEC §7) of each image: a Float32Array (M, D) row-major per image, M = the
+   * number of feature layers, D = featureDim. Images are decoded, preprocessed and encoded in
+   * batches; the next batch is prepared while the current one computes.
+   */
+  async embed(images: readonly ImageInput[], opts: EmbedOptions = {}): Promise<Float32Array[]> {
+    const result: Float32Array[] = [];
+    for await (const { features } of this.embedBatches(images, opts)) result.push(...features);
+    return result;
+  }
+
+  /** embed() one batch at a time (for outputs written as they come): the index of the batch's
+   *  first image and its images' (M, D) features. */
+  async *embedBatches(images: readonly ImageInput[], opts: EmbedOptions = {}): AsyncGenerator<{ start: number; features: Float32Array[] }> {
+    this.check();
+    const c = this.config;
+    const featureLayers = opts.featureLayers ?? [-1];
+    resolveFeatureLayers(featureLayers, c.nLayers);
+    const bs = opts.batchSize ?? 32;
+    if (!Number.isSafeInteger(bs) || bs < 1) throw new RangeError(`Expected a positive integer for batchSize but received ${bs}`);
+    if (!Array.isArray(images)) throw new TypeError('embed: expected an array of image paths or decoded images');
+    const M = featureLayers.length;
+    const D = this.featureDim;
+    const S = c.imageSize;
+    let next: Promise<Float32Array> | undefined = images.length ? this.pixelsOf(images.slice(0, bs)) : undefined;
+    try {
+      for (let b0 = 0; b0 < images.length; b0 += bs) {
+        const B = Math.min(bs, images.length - b0);
+        const host = await next!;
+        next = undefined;
+        const pixels = native.fromArray(host, [B, c.channels, S, S], 'f32', this.device);
+        const feats = this.forward(pixels, { featureLayers });
+        pixels.dispose();
+        // prepare the next batch while this one runs
+        if (b0 + bs < images.length) {
+          next = this.pixelsOf(images.slice(b0 + bs, b0 + 2 * bs));
+          next.catch(() => undefined); // surfaced when awaited
+        }
+        let values: Float32Array[];
+        try {
+          values = (await Promise.all(feats.map((f) => f.read()))) as Float32Array[];
+        } finally {
+          feats.forEach((f) => f.dispose());
+        }
+        const features: Float32Array[] = [];
+        for (let b = 0; b < B; b++) {
+          const one = new Float32Array(M * D);
+          for (let m = 0; m < M; m++) one.set(values[m].subarray(b * D, (b + 1) * D), m * D);
+          features.push(one);
+        }
+        opts.onProgress?.(b0 + B, images.length);
+        yield { start: b0, features };
+      }
+    } finally {
+      await next?.catch(() => undefined); // no decode left running behind an early exit
+    }
+  }
+
+  /** Frees the weights (idempotent). */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.posCls.dispose();
+    for (const t of encoderTensors(this.weights)) t.dispose();
+    this.arena.release();
+  }
+}
