@@ -1,9 +1,11 @@
 // llama-adapter: the public API.
 export { native } from './native';
-export type { Tensor, DType, Device, Capabilities, FileMapping, ModelHandle, ModelWeights, DecoderShape, DecoderWeights, LayerPrompt } from './native';
+export type { Tensor, DType, QuantDType, Device, Capabilities, FileMapping, ModelHandle, ModelWeights, DecoderShape, DecoderWeights, LayerPrompt } from './native';
 export { defaultDevice, resolveDevice } from './device';
 export { Llama, KVCache } from './model/llama';
 export { loadCheckpoint } from './model/load';
+export { readGgufHeader, ggufConfig } from './model/gguf';
+export type { GgufHeader, GgufTensorInfo, GgufValue } from './model/gguf';
 export type { LlamaConfig, RopeLayout } from './model/config';
 export type { Checkpoint, LlamaWeights, LayerWeights, LoadOptions } from './model/weights';
 export { loadTokenizer, StreamDecoder } from './tokenizer';

@@ -10,9 +10,12 @@ import * as os from 'os';
 import * as path from 'path';
 import { setOpenblasCoreType } from './blas-env';
 
-export type DType = 'f32' | 'bf16' | 'i32';
+/** q8_0 .. q6_k: ggml's block-quantized frozen weights (GGUF), kept quantized; matmul, matmulBackward,
+ *  embedding and read() (which dequantises) accept them. */
+export type QuantDType = 'q8_0' | 'q4_0' | 'q4_k' | 'q5_k' | 'q6_k';
+export type DType = 'f32' | 'bf16' | 'i32' | QuantDType;
 /** Element types a weight file may hold (converted to a DType on load). */
-export type FileDType = 'f32' | 'f16' | 'bf16';
+export type FileDType = 'f32' | 'f16' | 'bf16' | QuantDType;
 export type Device = 'cpu' | 'cuda';
 export type RopeLayout = 'interleaved' | 'half';
 

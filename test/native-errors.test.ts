@@ -204,10 +204,10 @@ describe('native boundary: wrong arguments and failures are clear errors, never 
     it('wrong dtypes for every op name the op and the tensor', () => {
       const i22 = native.zeros([2, 2], 'i32');
       const b22 = native.zeros([2, 2], 'bf16');
-      throwsErr(() => native.matmul(x22(), i22), Error, /^matmul: w must be f32 or bf16, got i32\[2, 2\]/);
+      throwsErr(() => native.matmul(x22(), i22), Error, /^matmul: w must be f32, bf16 or a quantized weight, got i32\[2, 2\]/);
       throwsErr(() => native.matmul(i22, x22()), Error, /^matmul: x must be f32, got i32\[2, 2\]/);
       throwsErr(() => native.matmul(b22, x22()), Error, /^matmul: x must be f32, got bf16\[2, 2\]/);
-      throwsErr(() => native.embedding(i22, i32([0])), Error, /^embedding: table must be f32 or bf16, got i32\[2, 2\]/);
+      throwsErr(() => native.embedding(i22, i32([0])), Error, /^embedding: table must be f32, bf16 or a quantized weight, got i32\[2, 2\]/);
       throwsErr(() => native.embedding(x22(), native.zeros([2])), Error, /^embedding: tokens must be i32, got f32\[2\]/);
       throwsErr(() => native.rmsnorm(b22, native.zeros([2]), 1e-5), Error, /^rmsnorm: x must be f32, got bf16\[2, 2\]/);
       throwsErr(() => native.rmsnorm(x22(), native.zeros([2], 'bf16'), 1e-5), Error, /^rmsnorm: w must be f32/);
@@ -428,7 +428,7 @@ describe('native boundary: wrong arguments and failures are clear errors, never 
       throwsErr(() => native.fromFile(map, 0, [2 ** 32, 2 ** 32], 'f32', 'f32'), Error, /too large|truncated/);
       throwsErr(() => native.fromFile(map, -4, [1], 'f32', 'f32'), TypeError, /^fromFile: argument 2 \(byteOffset\) must be a non-negative integer/);
       throwsErr(() => native.fromFile(map, 1.5, [1], 'f32', 'f32'), TypeError, /argument 2 \(byteOffset\)/);
-      throwsErr(() => n.fromFile(map, 0, [1], 'f64', 'f32'), TypeError, /^fromFile: argument 4 \(fileDtype\) must be 'f32', 'f16' or 'bf16'/);
+      throwsErr(() => n.fromFile(map, 0, [1], 'f64' as never, 'f32'), TypeError, /^fromFile: argument 4 \(fileDtype\) must be 'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q5_k' or 'q6_k'/);
       throwsErr(() => native.fromFile(map, 0, [1], 'f32', 'i32'), Error, /weights load as f32 or bf16/);
       throwsErr(() => n.fromFile(map, 0, [1], 'f32', 'f32', 7), TypeError, /argument 6 \(name\) must be a string/);
       map.close();

@@ -772,7 +772,7 @@ describe('training ops (CPU)', function () {
       throwsErr(() => native.rmsnormBackward(z(2, 4), z(2, 4), z(3), 1e-5), Error, /^rmsnormBackward: w f32\[3\] does not match x f32\[2, 4\]/);
       throwsErr(() => native.swigluBackward(z(2, 3), z(2, 3), z(3, 2)), Error, /^swigluBackward: dout f32\[2, 3\], a f32\[2, 3\] and b f32\[3, 2\] must have the same shape/);
       throwsErr(() => native.matmulBackward(z(2, 3), z(4, 5)), Error, /^matmulBackward: dy f32\[2, 3\] · w needs w \(3, K\), got f32\[4, 5\]/);
-      throwsErr(() => native.matmulBackward(z(2, 3), native.zeros([3, 2], 'i32')), Error, /^matmulBackward: w must be f32 or bf16, got i32\[3, 2\]/);
+      throwsErr(() => native.matmulBackward(z(2, 3), native.zeros([3, 2], 'i32')), Error, /^matmulBackward: w must be f32, bf16 or a quantized weight, got i32\[3, 2\]/);
       throwsErr(() => native.gatherRows(z(3, 2), z(2)), Error, /^gatherRows: idx must be i32, got f32\[2\]/);
       throwsErr(() => native.scatterAddRows(z(3, 2), i32([0, 1]), z(2, 3)), Error, /^scatterAddRows: src must be \[2, 2\] \(one row of dst f32\[3, 2\] per index of idx i32\[2\]\), got f32\[2, 3\]/);
       const d = z(3, 2);

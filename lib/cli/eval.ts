@@ -47,8 +47,11 @@ file>, "tokens": <their count>}. The other metrics generate a greedy answer per 
 Without --adapter: the frozen model. With an image-conditioned adapter (--image-features or
 --encoder), each record's image conditions its prompts (SPEC §8); records without one use P_l.
 
-  --model PATH         llama2.c .bin file, Hugging Face folder or Meta .pth folder (params.json)
-  --tokenizer PATH     tokenizer.model or tokenizer.bin (default: found beside the model)
+  --model PATH         llama2.c .bin file, Hugging Face folder, Meta .pth folder (params.json) or
+                       GGUF file (llama; F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K, quantized weights
+                       kept quantized)
+  --tokenizer PATH     tokenizer.model or tokenizer.bin (default: a GGUF's own vocabulary,
+                       else found beside the model)
   --adapter FILE       adapter.safetensors, or an official LLaMA-Adapter .pth, to apply
   --data PATH          the data: an Alpaca JSON list or JSONL file (records may have "image");
                        for --format scienceqa the folder of problems.json and pid_splits.json

@@ -12,8 +12,11 @@ export const usage = `Usage: llama-adapter generate --model PATH [--tokenizer PA
 
 Streams the continuation of the prompt (not the prompt) to stdout.
 
-  --model PATH         llama2.c .bin file, Hugging Face folder or Meta .pth folder (params.json)
-  --tokenizer PATH     tokenizer.model or tokenizer.bin (default: found beside the model)
+  --model PATH         llama2.c .bin file, Hugging Face folder, Meta .pth folder (params.json) or
+                       GGUF file (llama; F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K, quantized weights
+                       kept quantized)
+  --tokenizer PATH     tokenizer.model or tokenizer.bin (default: a GGUF's own vocabulary,
+                       else found beside the model)
   --adapter FILE       an adapter.safetensors, or an official LLaMA-Adapter .pth, to apply
   --prompt TEXT        the prompt (may be empty: generation starts from BOS)
   --instruction TEXT   instead of --prompt: an instruction in the Alpaca template (SPEC §3)

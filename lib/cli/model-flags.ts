@@ -18,7 +18,7 @@ export const modelFlagSpec: FlagSpec = {
 };
 
 /** The usage lines of --dtype, --device and --threads (the same in every command). */
-export const modelFlagUsage = `  --dtype f32|bf16     storage of the frozen weights (default f32)
+export const modelFlagUsage = `  --dtype f32|bf16     storage of the frozen weights (default f32; a GGUF's quantized weights stay quantized)
   --device cuda|cpu    where to compute (default: cuda when a GPU is available, else cpu)
   --threads N          CPU threads (default: all cores)
   --no-mmap            read the model file into memory instead of mapping it (when the file may

@@ -8,7 +8,7 @@ import { Checkpoint, LoadOptions } from './weights';
 import { loadCheckpoint } from './load';
 import { Adapter } from './adapter';
 import { ImagePromptStep } from './image-prompts';
-import { loadTokenizer, Tokenizer } from '../tokenizer';
+import { loadTokenizer, Tokenizer, SentencePieceTokenizer } from '../tokenizer';
 
 /** An adapted layer's prompt keys/values (K, Hkv, d), computed once when the adapter is attached;
  *  `ownGate` when the gate is a copy on the model's device (the adapter lives elsewhere). */
@@ -85,6 +85,17 @@ export class Llama {
    * missing or mismatched (a tokenizer whose vocabulary is not the model's).
    */
   loadTokenizer(path?: string): Tokenizer {
+    if (!path && this.checkpoint.tokenizerModel) {
+      let tokenizer: SentencePieceTokenizer;
+      try {
+        tokenizer = new SentencePieceTokenizer(this.checkpoint.tokenizerModel);
+      } catch (e) {
+        throw new Error(`the tokenizer in ${this.checkpoint.path}'s metadata is not usable: ${(e as Error).message}`);
+      }
+      if (tokenizer.vocabSize !== this.config.vocabSize)
+        throw new Error(`the tokenizer in ${this.checkpoint.path}'s metadata has ${tokenizer.vocabSize} tokens, the model ${this.config.vocabSize}`);
+      return tokenizer;
+    }
     const file = path ?? this.checkpoint.tokenizerPath;
     if (!file) throw new Error(`no tokenizer found beside ${this.checkpoint.path}; pass --tokenizer PATH (tokenizer.model or tokenizer.bin)`);
     const tokenizer = loadTokenizer(file);

@@ -7,6 +7,7 @@ import { resolveDevice } from '../device';
 import { Checkpoint, LoadArena, LoadOptions, LoadedWeights, allTensors, moveWeights } from './weights';
 import { loadLlama2c } from './llama2c';
 import { HF_CONFIG, loadHf } from './hf';
+import { isGguf, loadGguf } from './gguf';
 import { findTokenizer } from './config';
 import { META_PARAMS, loadMeta } from './meta';
 
@@ -32,7 +33,7 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
   if (isDir && !isMeta && !fs.existsSync(nodePath.join(path, HF_CONFIG)))
     throw new Error(
       `${path} is a directory without ${HF_CONFIG} or ${META_PARAMS}: expected a Hugging Face model folder ` +
-        `(config.json + model.safetensors), a Meta folder (params.json + consolidated.00.pth) or a llama2.c .bin file`,
+        `(config.json + model.safetensors), a Meta folder (params.json + consolidated.00.pth) a llama2.c .bin file or a GGUF file`,
     );
   if (!isDir && !st.isFile()) throw new Error(`${path} is neither a regular file nor a directory`);
   if (!isDir && /(\.safetensors|\.json)$/.test(path))
@@ -42,7 +43,7 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
   const arena = new LoadArena(opts.mmap === false);
   let loaded: LoadedWeights;
   try {
-    loaded = isMeta ? loadMeta(path, arena, opts) : isDir ? loadHf(path, arena, opts) : loadLlama2c(path, arena, opts);
+    loaded = isMeta ? loadMeta(path, arena, opts) : isDir ? loadHf(path, arena, opts) : isGguf(path) ? loadGguf(path, arena, opts) : loadLlama2c(path, arena, opts);
   } catch (e) {
     arena.release();
     throw e;
@@ -75,10 +76,13 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     arena.closeMappings();
   }
 
+  // A GGUF's own vocabulary comes before any tokenizer file that happens to lie beside it;
   // Meta's downloads keep tokenizer.model beside the model folders (llama/7B, llama/tokenizer.model)
-  const tokenizerPath =
-    findTokenizer(isDir ? path : nodePath.dirname(path), config.vocabSize) ??
-    (isMeta ? findTokenizer(nodePath.dirname(nodePath.resolve(path)), config.vocabSize) : undefined);
+  const tokenizerModel = loaded.tokenizerModel;
+  const tokenizerPath = tokenizerModel
+    ? undefined
+    : findTokenizer(isDir ? path : nodePath.dirname(path), config.vocabSize) ??
+      (isMeta ? findTokenizer(nodePath.dirname(nodePath.resolve(path)), config.vocabSize) : undefined);
   let disposed = false;
   return {
     config,
@@ -86,6 +90,7 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     format,
     path,
     tokenizerPath,
+    tokenizerModel,
     device,
     dispose(): void {
       if (disposed) return;

@@ -2,8 +2,9 @@
 // a failed load leaves no tensor or mapping behind.
 //
 // Shapes: C = dim, F = hidden, V = vocab, H heads, Hkv kv heads, d = C / H.
-import { native, Tensor, FileMapping, FileDType, Device } from '../native';
+import { native, Tensor, FileMapping, FileDType, Device, QuantDType } from '../native';
 import { LlamaConfig } from './config';
+import type { SentencePieceModel } from '../tokenizer/sentencepiece';
 
 export interface LayerWeights {
   attnNorm: Tensor; // (C) f32
@@ -25,7 +26,7 @@ export interface LlamaWeights {
   classifier: Tensor;
 }
 
-export type CheckpointFormat = 'llama2c-v0' | 'llama2c-v1' | 'hf' | 'meta';
+export type CheckpointFormat = 'llama2c-v0' | 'llama2c-v1' | 'hf' | 'meta' | 'gguf';
 
 export interface Checkpoint {
   config: LlamaConfig;
@@ -33,6 +34,8 @@ export interface Checkpoint {
   format: CheckpointFormat;
   path: string;
   tokenizerPath?: string;
+  /** the vocabulary a GGUF file carries in its metadata (used when no tokenizer file is given) */
+  tokenizerModel?: SentencePieceModel;
   /** where every weight tensor lives */
   device: Device;
   /** Disposes every tensor and closes the mappings; idempotent. */
@@ -105,7 +108,7 @@ export class LoadArena {
   }
 
   /** A tensor of `shape` at absolute `byteOffset` of `map`; bounds are checked by native. */
-  tensor(map: FileMapping, byteOffset: number, shape: number[], fileDtype: FileDType, dtype: 'f32' | 'bf16', name: string): Tensor {
+  tensor(map: FileMapping, byteOffset: number, shape: number[], fileDtype: FileDType, dtype: 'f32' | 'bf16' | QuantDType, name: string): Tensor {
     const t = native.fromFile(map, byteOffset, shape, fileDtype, dtype, name);
     this.tensors.push(t);
     return t;
@@ -127,4 +130,5 @@ export interface LoadedWeights {
   config: LlamaConfig;
   weights: LlamaWeights;
   format: CheckpointFormat;
+  tokenizerModel?: SentencePieceModel;
 }

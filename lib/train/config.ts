@@ -79,12 +79,12 @@ interface Option {
 /** Every flag, in the order `--help` lists them. */
 export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   task: { kind: 'enum', values: ['lm', 'classify'], help: 'lm: instruction tuning of a LLaMA; classify: image classification on --encoder (default lm)' },
-  model: { kind: 'string', help: 'llama2.c .bin file, Hugging Face folder or Meta .pth folder (required for --task lm)' },
+  model: { kind: 'string', help: 'llama2.c .bin file, Hugging Face folder, Meta .pth folder or GGUF file (quantized weights stay quantized) (required for --task lm)' },
   encoder: { kind: 'string', help: 'Hugging Face ViT or CLIP folder, frozen: classify\'s backbone (required for --task classify); lm: image features computed by it once per image (SPEC §8)' },
   'image-root': { kind: 'string', help: "folder the data's image paths are relative to (default: the data file's folder, or where --format puts them)" },
   'head-only': { kind: 'bool', help: 'classify: train the linear head alone (the linear-probe baseline; features computed once)' },
   'gate-init': { kind: 'enum', values: ['zero', 'random'], help: 'gates start at 0 (the paper) or ~ N(0, 1) from --seed (the ablation) (default zero)' },
-  tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: found beside the model)' },
+  tokenizer: { kind: 'string', help: 'tokenizer.model or tokenizer.bin (default: a GGUF\'s own vocabulary, else found beside the model)' },
   data: { kind: 'string', help: 'training data: Alpaca JSON list or JSONL, or as --format says; classify: an image-folder tree root/<class>/<file> or a JSON/JSONL list of {"image", "label"} (required)' },
   'val-data': { kind: 'string', help: 'validation data file (instead of --val-split)' },
   'val-split': { kind: 'number', min: 0, max: 1, help: 'fraction of --data held out for validation (default 0)' },

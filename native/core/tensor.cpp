@@ -14,6 +14,7 @@
 
 #include "../cuda/runtime.h"
 #include "error.h"
+#include "quant.h"
 
 namespace la {
 
@@ -22,8 +23,13 @@ size_t dtype_size(DType t) {
     case DType::F32: return 4;
     case DType::BF16: return 2;
     case DType::I32: return 4;
+    default: return 0;
   }
-  return 0;
+}
+
+size_t dtype_bytes(DType t, int64_t n) {
+  if (dtype_size(t)) return size_t(n) * dtype_size(t);
+  return size_t(n / block_elems(t) * block_bytes(t));
 }
 
 const char* dtype_name(DType t) {
@@ -31,6 +37,11 @@ const char* dtype_name(DType t) {
     case DType::F32: return "f32";
     case DType::BF16: return "bf16";
     case DType::I32: return "i32";
+    case DType::Q8_0: return "q8_0";
+    case DType::Q4_0: return "q4_0";
+    case DType::Q4_K: return "q4_k";
+    case DType::Q5_K: return "q5_k";
+    case DType::Q6_K: return "q6_k";
   }
   return "?";
 }
@@ -193,7 +204,8 @@ bool any_cuda_tensor() { return cuda_used().load(); }
 
 TensorPtr empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   int64_t n = checked_numel(shape);
-  size_t bytes = size_t(n) * dtype_size(dtype);
+  LA_CHECK(n % block_elems(dtype) == 0, dtype_name(dtype), " tensor ", shape_str(shape), " is not a whole number of blocks");
+  size_t bytes = dtype_bytes(dtype, n);
   auto t = std::make_shared<Tensor>();
   t->shape = shape;
   t->dtype = dtype;
@@ -233,7 +245,8 @@ TensorPtr view(const std::vector<int64_t>& shape, DType dtype, void* data, std::
   t->dtype = dtype;
   t->storage = std::make_shared<Storage>();
   t->storage->data = data;
-  t->storage->bytes = size_t(n) * dtype_size(dtype);
+  LA_CHECK(n % block_elems(dtype) == 0, dtype_name(dtype), " tensor ", shape_str(shape), " is not a whole number of blocks");
+  t->storage->bytes = dtype_bytes(dtype, n);
   t->storage->owner = std::move(owner);
   return t;
 }

@@ -9,10 +9,14 @@
 
 namespace la {
 
-enum class DType { F32, BF16, I32 };
+// Q8_0 .. Q6_K: ggml's block-quantized weights (core/quant.h), frozen weights only: a tensor's
+// last dimension is a whole number of blocks.
+enum class DType { F32, BF16, I32, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K };
 enum class Device { CPU, CUDA };
 
-size_t dtype_size(DType t);
+size_t dtype_size(DType t);  // bytes per element; 0 for the block-quantized dtypes
+// bytes of n elements of t (n a whole number of blocks)
+size_t dtype_bytes(DType t, int64_t n);
 const char* dtype_name(DType t);
 const char* device_name(Device d);
 
@@ -34,7 +38,7 @@ struct Tensor {
   std::shared_ptr<Storage> storage;
 
   int64_t numel() const;
-  size_t nbytes() const { return size_t(numel()) * dtype_size(dtype); }
+  size_t nbytes() const { return dtype_bytes(dtype, numel()); }
   int64_t dim(int i) const { return shape.at(i < 0 ? shape.size() + i : i); }
   int ndim() const { return int(shape.size()); }
   void* raw() const { return storage->data; }

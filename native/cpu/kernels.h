@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../core/tensor.h"
+
 namespace la::cpu {
 
 // out (T, C) = table (V, C)[tokens (T)]; table is f32 or bf16 (as uint16_t)
@@ -22,6 +24,13 @@ void rope_forward(float* x, int64_t T, int64_t H, int64_t d, int64_t pos0, float
 // y (M, N) = x (M, K) · wᵀ, w (N, K) f32 or bf16
 void matmul_forward(float* y, const float* x, const float* w, int64_t M, int64_t N, int64_t K);
 void matmul_forward_bf16(float* y, const float* x, const uint16_t* w, int64_t M, int64_t N, int64_t K);
+// quant.cpp: w (N, K) block-quantized as dtype t (core/quant.h), kept quantized.
+// y (M, N) = x (M, K) · wᵀ;  dx (M, K) = dy (M, N) · w;  out (T, C) = table (V, C)[tokens]
+void matmul_forward_q(float* y, const float* x, const void* w, DType t, int64_t M, int64_t N, int64_t K);
+void matmul_backward_q(float* dx, const float* dy, const void* w, DType t, int64_t M, int64_t N, int64_t K);
+void embedding_forward_q(float* out, const void* table, DType t, const int32_t* tokens, int64_t T, int64_t C);
+// out (rows, K) = w (rows, K) dequantised, exactly as ggml's dequantize_row_* (any weight dtype)
+void dequantize_rows(float* out, const void* w, DType t, int64_t rows, int64_t K);
 
 // out (T, H, d): causal attention of q (T, H, d) at positions pos0 + t over caches (S, Hkv, d),
 // keys 0 .. pos0 + t; head h reads kv head h / (H / Hkv); scale 1/sqrt(d)

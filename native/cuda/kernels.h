@@ -8,6 +8,12 @@
 #pragma once
 #include <cstdint>
 
+// (core/tensor.h's enum, declared here: .cu files include this after compat.h, and the emulator's
+// qualifier macros must not meet the standard headers tensor.h pulls in)
+namespace la {
+enum class DType;
+}
+
 namespace la::cuda {
 
 // ---- elementwise.cu -------------------------------------------------------------------------
@@ -60,6 +66,14 @@ void matmul_backward(float* dx, const float* dy, const void* w, bool w_bf16, int
 void matmul_weight_grad(float* dw, const float* dy, const float* x, int64_t M, int64_t N, int64_t K);
 void add_bias(float* x, const float* b, int64_t M, int64_t N);
 void bias_grad(float* db, const float* dy, int64_t M, int64_t N);
+
+// ---- quant.cu ---------------------------------------------------------------------------------
+// The same with w (N, K) block-quantized as dtype t (core/quant.h), as cpu/quant.cpp; and
+// out (T, C) = table (V, C)[tokens], out (rows, K) = w dequantised.
+void matmul_forward_q(float* y, const float* x, const void* w, DType t, int64_t M, int64_t N, int64_t K);
+void matmul_backward_q(float* dx, const float* dy, const void* w, DType t, int64_t M, int64_t N, int64_t K);
+void embedding_forward_q(float* out, const void* table, DType t, const int32_t* tokens, int64_t T, int64_t C);
+void dequantize_rows(float* out, const void* w, DType t, int64_t rows, int64_t K);
 
 // ---- attention.cu (cached inference) ----------------------------------------------------------
 // out (T, H, d): causal attention of q (T, H, d) at positions pos0 + t over caches k, v (S, Hkv, d),

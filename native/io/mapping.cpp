@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "../core/bf16.h"
+#include "../core/quant.h"
 #include "../core/error.h"
 #include "../core/executor.h"
 #include "../ops/ops.h"
@@ -85,8 +86,67 @@ float read_elem(const uint8_t* p, FileDType t) {
 
 }  // namespace
 
+namespace {
+
+DType quantized_dtype(FileDType t) {
+  switch (t) {
+    case FileDType::Q8_0: return DType::Q8_0;
+    case FileDType::Q4_0: return DType::Q4_0;
+    case FileDType::Q4_K: return DType::Q4_K;
+    case FileDType::Q5_K: return DType::Q5_K;
+    case FileDType::Q6_K: return DType::Q6_K;
+    default: return DType::F32;
+  }
+}
+
+// A block-quantized tensor: a view of the mapping as it is (the blocks need no alignment beyond a
+// byte), or a copy when the mapping holds a copy of the file anyway; only the scales are checked
+// for NaN/Inf (every value is an integer times a scale, so they decide finiteness).
+TensorPtr quantized_from_mapping(const MappingPtr& map, uint64_t offset, const std::vector<int64_t>& shape,
+                                 DType dtype, const std::string& name) {
+  std::string label = name.empty() ? std::string("a") : "tensor " + name + ", a";
+  LA_CHECK(!shape.empty() && shape.size() <= 8, "a tensor needs 1 to 8 dimensions, got ", shape.size());
+  int64_t n = 1;
+  for (int64_t s : shape) {
+    LA_CHECK(s > 0 && s <= (int64_t(1) << 40) / n, map->path, ": ", label, " ", dtype_name(dtype), " tensor has a bad shape ", shape_str(shape));
+    n *= s;
+  }
+  const int64_t be = block_elems(dtype), K = shape.back();
+  LA_CHECK(K % be == 0, map->path, ": ", label, " ", dtype_name(dtype), shape_str(shape), " tensor: rows of ", K,
+           " values are not a whole number of ", be, "-value blocks");
+  uint64_t bytes = dtype_bytes(dtype, n);
+  LA_CHECK(offset <= map->size && bytes <= map->size - offset, map->path, " is truncated: ", label, " ",
+           dtype_name(dtype), shape_str(shape), " tensor at byte ", offset, " needs ", bytes,
+           " bytes but the file has ", map->size);
+  const uint8_t* src = map->data + offset;
+  TensorPtr t = view(shape, dtype, const_cast<uint8_t*>(src), std::shared_ptr<void>(map));
+  t->storage->read_only = true;
+  std::string what = map->path + ": " + (name.empty() ? "" : name + " ") + dtype_name(dtype) + shape_str(shape) +
+                     " at byte " + std::to_string(offset);
+  ops::queue_op(("load " + what).c_str(), {}, {t}, [=, keep = map] {
+    const int64_t rows = n / K, nb = K / be, rb = row_bytes(dtype, K);
+    std::atomic<int64_t> bad{-1};
+    parallel_for(rows, std::max<int64_t>(1, 4096 / nb), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++)
+        if (!scales_finite(dtype, src + r * rb, nb)) {
+          int64_t none = -1;
+          bad.compare_exchange_strong(none, r);
+        }
+    });
+    LA_CHECK(bad.load() < 0, "non-finite scale (NaN or Inf) in row ", bad.load());
+  });
+  return t;
+}
+
+}  // namespace
+
 TensorPtr tensor_from_mapping(const MappingPtr& map, uint64_t offset, const std::vector<int64_t>& shape,
                               FileDType file_dtype, DType dtype, const std::string& name) {
+  DType q = quantized_dtype(file_dtype);
+  if (is_quantized(q) || is_quantized(dtype)) {
+    LA_CHECK(q == dtype, "a ", dtype_name(q), " tensor loads only as ", dtype_name(q), " (", name, ")");
+    return quantized_from_mapping(map, offset, shape, dtype, name);
+  }
   LA_CHECK(dtype != DType::I32, "weights load as f32 or bf16");
   int64_t n = 1;
   for (int64_t s : shape) {

@@ -10,7 +10,8 @@
 
 namespace la::io {
 
-enum class FileDType { F32, F16, BF16 };
+// Q8_0 .. Q6_K: ggml's block-quantized weights, loaded only as themselves (dtype the same).
+enum class FileDType { F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K };
 
 struct Mapping {
   std::string path;

@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "../core/bf16.h"
+#include "../cpu/kernels.h"
+#include "../core/quant.h"
 #include "../core/blas.h"
 #include "../core/error.h"
 #include "../core/executor.h"
@@ -50,7 +52,10 @@ Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {
         cuda::copy_to_host(staged.data(), t->raw(), t->nbytes());
         bytes = staged.data();
       }
-      if (t->dtype == DType::BF16) {
+      if (is_quantized(t->dtype)) {  // the values, dequantised exactly as ggml's dequantize_row_*
+        cpu::dequantize_rows(reinterpret_cast<float*>(out->data()), bytes, t->dtype, t->numel() / t->dim(-1),
+                             t->dim(-1));
+      } else if (t->dtype == DType::BF16) {
         float* dst = reinterpret_cast<float*>(out->data());
         const uint16_t* src = static_cast<const uint16_t*>(bytes);
         for (int64_t i = 0; i < t->numel(); i++) dst[i] = bf16_to_f32(src[i]);
@@ -241,8 +246,22 @@ Napi::Value FromFile(const Napi::CallbackInfo& info) {
     if (fd == "f32") file_dtype = io::FileDType::F32;
     else if (fd == "f16") file_dtype = io::FileDType::F16;
     else if (fd == "bf16") file_dtype = io::FileDType::BF16;
-    else a.type_error(3, "fileDtype", "'f32', 'f16' or 'bf16'");
-    DType dtype = a.dtype(4, DType::F32);
+    else if (fd == "q8_0") file_dtype = io::FileDType::Q8_0;
+    else if (fd == "q4_0") file_dtype = io::FileDType::Q4_0;
+    else if (fd == "q4_k") file_dtype = io::FileDType::Q4_K;
+    else if (fd == "q5_k") file_dtype = io::FileDType::Q5_K;
+    else if (fd == "q6_k") file_dtype = io::FileDType::Q6_K;
+    else a.type_error(3, "fileDtype", "'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q5_k' or 'q6_k'");
+    // A quantized file dtype loads as itself (the dtype argument may repeat it or be left out).
+    bool quantized = fd[0] == 'q';
+    DType dtype = quantized ? DType::F32 : a.dtype(4, DType::F32);
+    if (quantized) {
+      static const std::pair<const char*, DType> names[] = {{"q8_0", DType::Q8_0}, {"q4_0", DType::Q4_0},
+          {"q4_k", DType::Q4_K}, {"q5_k", DType::Q5_K}, {"q6_k", DType::Q6_K}};
+      for (auto& [nm, d] : names) if (fd == nm) dtype = d;
+      if (info.Length() > 4 && !info[4].IsUndefined() && a.string(4, "dtype") != fd)
+        a.type_error(4, "dtype", ("'" + fd + "' (a quantized tensor loads as itself)").c_str());
+    }
     std::string name = info.Length() > 5 && !info[5].IsUndefined() ? a.string(5, "name") : std::string();
     return wrap(info.Env(), io::tensor_from_mapping(m->map, uint64_t(offset), shape, file_dtype, dtype, name));
   });

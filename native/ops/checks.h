@@ -19,9 +19,9 @@ inline void expect_shape(const char* op, const char* arg, const TensorPtr& t, co
                          const char* why) {
   LA_CHECK(t->shape == shape, op, ": ", arg, " must be ", shape_str(shape), " (", why, "), got ", t->describe());
 }
-// A frozen weight: f32 or bf16.
+// A frozen weight: f32, bf16 or block-quantized (q8_0, q4_0, q4_k, q5_k, q6_k; rows of whole blocks).
 inline void expect_weight(const char* op, const char* arg, const TensorPtr& w) {
-  LA_CHECK(w->dtype != DType::I32, op, ": ", arg, " must be f32 or bf16, got ", w->describe());
+  LA_CHECK(w->dtype != DType::I32, op, ": ", arg, " must be f32, bf16 or a quantized weight, got ", w->describe());
 }
 inline void expect_writable(const char* op, const char* arg, const TensorPtr& t) {
   LA_CHECK(!t->storage->read_only, op, ": ", arg, " ", t->describe(),

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "../core/parallel.h"
+#include "../core/quant.h"
 #include "../core/tensor.h"
 #include "../cpu/kernels.h"
 #include "../cuda/kernels.h"
@@ -18,6 +19,10 @@ struct Kernels {
   // out (T, C) = rows `ids` (host values, already checked; `ids_here` where this device reads them)
   void embedding(float* out, const TensorPtr& table, const int32_t* ids, const int32_t* ids_here, int64_t T) const {
     const int64_t C = table->dim(1);
+    if (is_quantized(table->dtype)) {
+      if (dev == Device::CUDA) return LA_ON_CUDA(cuda::embedding_forward_q(out, table->raw(), table->dtype, ids_here, T, C));
+      return cpu::embedding_forward_q(out, table->raw(), table->dtype, ids, T, C);
+    }
     if (dev == Device::CUDA)
       return LA_ON_CUDA(cuda::embedding_forward(out, table->raw(), table->dtype == DType::BF16, ids_here, T, C));
     if (table->dtype == DType::F32) return cpu::embedding_forward(out, table->data<float>(), ids, T, C);
@@ -29,6 +34,10 @@ struct Kernels {
   }
   void matmul(float* y, const float* x, const TensorPtr& w, int64_t M) const {
     int64_t N = w->dim(0), K = w->dim(1);
+    if (is_quantized(w->dtype)) {
+      if (dev == Device::CUDA) return LA_ON_CUDA(cuda::matmul_forward_q(y, x, w->raw(), w->dtype, M, N, K));
+      return cpu::matmul_forward_q(y, x, w->raw(), w->dtype, M, N, K);
+    }
     bool bf16 = w->dtype == DType::BF16;
     if (dev == Device::CUDA) return LA_ON_CUDA(cuda::matmul_forward(y, x, w->raw(), bf16, M, N, K));
     if (bf16) return cpu::matmul_forward_bf16(y, x, w->data<uint16_t>(), M, N, K);

@@ -3,6 +3,7 @@
 #include "matmul.h"
 
 #include "../core/error.h"
+#include "../core/quant.h"
 #include "../cpu/kernels.h"
 #include "../cuda/kernels.h"
 #include "checks.h"
@@ -39,7 +40,12 @@ TensorPtr matmul_backward(const TensorPtr& dy, const TensorPtr& w) {
   int64_t M = dy->dim(0), N = w->dim(0), K = w->dim(1);
   TensorPtr dx = empty({M, K}, DType::F32, dev);
   queue_op(op, {dy, w}, {dx}, [=] {
-    if (dev == Device::CUDA)
+    if (is_quantized(w->dtype)) {
+      if (dev == Device::CUDA)
+        LA_ON_CUDA(cuda::matmul_backward_q(dx->data<float>(), dy->data<float>(), w->raw(), w->dtype, M, N, K));
+      else
+        cpu::matmul_backward_q(dx->data<float>(), dy->data<float>(), w->raw(), w->dtype, M, N, K);
+    } else if (dev == Device::CUDA)
       LA_ON_CUDA(cuda::matmul_backward(dx->data<float>(), dy->data<float>(), w->raw(), w->dtype == DType::BF16, M, N, K));
     else if (w->dtype == DType::F32)
       cpu::matmul_backward(dx->data<float>(), dy->data<float>(), w->data<float>(), M, N, K);

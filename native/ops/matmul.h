@@ -7,7 +7,7 @@
 namespace la::ops {
 
 TensorPtr matmul(const TensorPtr& x /*(M,K)*/, const TensorPtr& w /*(N,K) f32|bf16*/);           // -> (M,N)
-TensorPtr matmul_backward(const TensorPtr& dy /*(M,N)*/, const TensorPtr& w /*(N,K) f32|bf16*/);  // -> dx (M,K)
+TensorPtr matmul_backward(const TensorPtr& dy /*(M,N)*/, const TensorPtr& w /*(N,K) f32|bf16|quantized*/);  // -> dx (M,K)
 // -> dW (N,K) = dyᵀ · x: the weight gradient of matmul(x, W) for an f32 W (N, K)
 TensorPtr matmul_weight_grad(const TensorPtr& dy /*(M,N)*/, const TensorPtr& x /*(M,K)*/);
 void add_bias(const TensorPtr& x /*(M,N)*/, const TensorPtr& b /*(N)*/);  // x += b on every row, in place

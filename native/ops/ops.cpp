@@ -129,7 +129,7 @@ TensorPtr slice_rows(const TensorPtr& x, int64_t start, int64_t count) {
 
 TensorPtr convert(const TensorPtr& x, DType to) {
   const char* op = "convert";
-  LA_CHECK(x->dtype != DType::I32 && to != DType::I32, op, ": only f32 <-> bf16, got ", x->describe(), " to ",
+  LA_CHECK((x->dtype == DType::F32 || x->dtype == DType::BF16) && to != DType::I32, op, ": only f32 <-> bf16, got ", x->describe(), " to ",
            dtype_name(to));
   TensorPtr out = empty(x->shape, to, x->device);
   queue_op(op, {x}, {out}, [=] {

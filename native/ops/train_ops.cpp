@@ -7,6 +7,7 @@
 #include "../core/error.h"
 #include "../cpu/kernels.h"
 #include "../cuda/kernels.h"
+#include "../core/quant.h"
 #include "checks.h"
 #include "indices.h"
 #include "ops.h"

@@ -1,0 +1,160 @@
+// Quantized bases at the 110M shape (random N(0, 0.02) weights, llama2.c's stories110M shape with
+// the LLaMA tokenizer's 32000 vocabulary): greedy decode tok/s and adapter training-step tok/s for
+// F32 and BF16 (the llama2.c .bin loaded as f32 / bf16) and Q8_0 and Q4_K (GGUF files written by
+// tools/to-gguf from the same .bin), side by side, with the resident memory of each. Each variant
+// runs in its own child process, so that its RSS (peak, VmHWM, and after the load) is its own.
+//
+//   node dist/bench/gguf.js [--threads N] [--steps N] [--runs N] [--train-steps N] [--seed N] [--regenerate]
+//
+// Decode is timed as bench/decode.ts (from BOS, the clock starts at the first token), the best of
+// --runs runs (default 3: on a shared machine the best run is the least disturbed one); beside it,
+// when bench/fetch-llama-cpp.sh has installed node-llama-cpp (prebuilt llama.cpp), llama.cpp's own
+// decode of the same GGUF file (bench/llama-cpp-decode.mjs), its runs alternating with ours. A training
+// step is the trainer's (AdapterGraph forward/backward to 10 prompts x 8 layers, AdamW), over a
+// fixed batch of 4 Alpaca records of up to 128 tokens, after one warm-up step.
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { native } from '../lib/native';
+import { Batcher, loadAlpaca, tokenizeRecords } from '../lib/data/alpaca';
+import { Adapter } from '../lib/model/adapter';
+import { Llama } from '../lib/model/llama';
+import { loadTokenizer } from '../lib/tokenizer';
+import { generateTokens } from '../lib/generate/generate';
+import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
+import { AdamW, paperAdamW } from '../lib/train/optimizer';
+import { dataDir, outDir, STORIES110M, writeRandomLlama2c } from './decode';
+import { BenchTable } from './gemm';
+import { formatTable } from './run';
+import { toGguf } from '../tools/to-gguf';
+
+const VARIANTS = ['F32', 'BF16', 'Q8_0', 'Q4_K'] as const;
+type Variant = (typeof VARIANTS)[number];
+const TOKENIZER = path.join(dataDir, 'llama-tokenizer', 'tokenizer.model');
+
+function rssMiB(): { now: number; peak: number } {
+  const s = fs.readFileSync('/proc/self/status', 'utf8');
+  const kb = (k: string) => Number(new RegExp(`${k}:\\s*(\\d+)`).exec(s)?.[1] ?? NaN) / 1024;
+  return { now: kb('VmRSS'), peak: kb('VmHWM') };
+}
+
+const now = () => Number(process.hrtime.bigint()) / 1e9;
+
+/** The child: load one variant, decode, train; one JSON line. */
+const LLAMA_CPP_DIR = process.env.NODE_LLAMA_CPP_DIR ?? path.join(outDir, 'node-llama-cpp');
+const hasLlamaCpp = () => fs.existsSync(path.join(LLAMA_CPP_DIR, 'node_modules', 'node-llama-cpp'));
+
+/** llama.cpp's decode tok/s of `file` (one run). */
+function llamaCppDecode(file: string, steps: number, threads: number): number {
+  const script = path.join(__dirname, '..', '..', 'bench', 'llama-cpp-decode.mjs');
+  const r = spawnSync(process.execPath, [script, LLAMA_CPP_DIR, file, String(steps), String(threads)], { encoding: 'utf8', timeout: 300_000 });
+  if (r.status !== 0) throw new Error(`llama.cpp decode of ${file} failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!).tokPerS;
+}
+
+async function child(variant: Variant, file: string, threads: number, steps: number, trainSteps: number, runs: number): Promise<void> {
+  native.setThreads(threads);
+  const model = await Llama.load(file, { device: 'cpu', dtype: variant === 'BF16' ? 'bf16' : 'f32' });
+  const afterLoad = rssMiB().now;
+  let decode = 0, llamaCpp = 0;
+  for (let run = 0; run < runs; run++) {
+    const stamps: number[] = [];
+    for await (const _ of generateTokens(model, [1], { temperature: 0, maxTokens: steps, stopTokens: [] })) stamps.push(now());
+    decode = Math.max(decode, (stamps.length - 1) / (stamps[stamps.length - 1] - stamps[0]));
+    if (file.endsWith('.gguf') && hasLlamaCpp()) llamaCpp = Math.max(llamaCpp, llamaCppDecode(file, steps, threads));
+  }
+  const afterDecode = rssMiB().now;
+
+  const tok = loadTokenizer(TOKENIZER);
+  const records = loadAlpaca(path.join(dataDir, 'alpaca', 'alpaca_small.json'));
+  const { examples } = tokenizeRecords(tok, records, { maxSeqLen: 128, warn: () => {} });
+  const batch = new Batcher(examples, { batchSize: 4, seed: 1, shuffle: true }).next();
+  const adapter = Adapter.init(model.config, { layers: 8, len: 10, gate: 'per-head' }, 1);
+  const opt = new AdamW(adapter.parameters(), paperAdamW);
+  const grads = new AdapterGrads(adapter);
+  const graph = new AdapterGraph(model, adapter);
+  let t0 = 0;
+  const losses: number[] = [];
+  for (let i = 0; i <= trainSteps; i++) {
+    if (i === 1) {
+      await native.synchronize();
+      t0 = now();
+    }
+    grads.zero();
+    const r = await graph.run(batch, 1 / batch.targetCount, grads);
+    await opt.update(grads.all(), 1e-3);
+    losses.push(r.lossSum / r.targets);
+  }
+  await native.synchronize();
+  const train = (trainSteps * batch.tokens.length) / (now() - t0);
+  const { peak } = rssMiB();
+  process.stdout.write(JSON.stringify({ variant, decode, llamaCpp, train, tokens: batch.tokens.length, afterLoad, afterDecode, peak, fileBytes: fs.statSync(file).size, losses }) + '\n');
+  grads.dispose();
+  opt.dispose();
+  adapter.dispose();
+  model.dispose();
+}
+
+async function main(argv: string[]): Promise<void> {
+  const arg = (name: string, def: number) => {
+    const i = argv.indexOf(name);
+    return i >= 0 ? Number(argv[i + 1]) : def;
+  };
+  if (argv[0] === '--child') return child(argv[1] as Variant, argv[2], Number(argv[3]), Number(argv[4]), Number(argv[5]), Number(argv[6]));
+  const threads = arg('--threads', native.capabilities().threads), steps = arg('--steps', 48), trainSteps = arg('--train-steps', 3);
+  const runs = arg('--runs', 3);
+  const seed = arg('--seed', 1), regenerate = argv.includes('--regenerate');
+  const dir = path.join(outDir, 'gguf');
+  fs.mkdirSync(dir, { recursive: true });
+  const bin = writeRandomLlama2c(path.join(dir, `random110M-${seed}.bin`), STORIES110M, seed, regenerate);
+  const files: Record<Variant, string> = { F32: bin, BF16: bin, Q8_0: path.join(dir, `random110M-${seed}-Q8_0.gguf`), Q4_K: path.join(dir, `random110M-${seed}-Q4_K.gguf`) };
+  for (const v of ['Q8_0', 'Q4_K'] as const)
+    if (regenerate || !fs.existsSync(files[v]) || fs.statSync(files[v]).mtimeMs < fs.statSync(bin).mtimeMs) {
+      process.stderr.write(`converting to ${v} ...\n`);
+      await toGguf(bin, files[v], { type: v, tokenizer: TOKENIZER, overwrite: true });
+    }
+  const rows: string[][] = [];
+  const raw: unknown[] = [];
+  let f32Decode = 0;
+  for (const v of VARIANTS) {
+    process.stderr.write(`${v} ...\n`);
+    const r = spawnSync(process.execPath, [__filename, '--child', v, files[v], String(threads), String(steps), String(trainSteps), String(runs)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (r.status !== 0) throw new Error(`${v} failed: ${r.stderr}`);
+    const m = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    raw.push(m);
+    if (v === 'F32') f32Decode = m.decode;
+    rows.push([
+      v,
+      (m.fileBytes / 2 ** 20).toFixed(0),
+      m.decode.toFixed(2),
+      `${(m.decode / f32Decode).toFixed(2)}x`,
+      m.llamaCpp ? m.llamaCpp.toFixed(2) : '-',
+      m.llamaCpp ? `${((100 * m.decode) / m.llamaCpp).toFixed(0)}%` : '-',
+      m.train.toFixed(1),
+      m.afterDecode.toFixed(0),
+      m.peak.toFixed(0),
+    ]);
+  }
+  const table: BenchTable = {
+    title: `Quantized bases at the 110M shape (random weights; CPU, ${threads} threads)`,
+    columns: ['weights', 'file MiB', 'decode tok/s', 'vs F32', 'llama.cpp decode tok/s', 'ours / llama.cpp', 'train tok/s', 'RSS after decode MiB', 'peak RSS MiB'],
+    align: ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+    rows,
+    notes: [
+      hasLlamaCpp()
+        ? `llama.cpp: node-llama-cpp's prebuilt llama.cpp (bench/fetch-llama-cpp.sh), the same GGUF file, ${threads} threads, best of ${runs} runs alternating with ours`
+        : 'llama.cpp column empty: run bench/fetch-llama-cpp.sh first',
+      `decode: greedy from BOS, ${steps} positions, timed from the first token, best of ${runs} runs; train: ${trainSteps} adapter steps (10 prompts x 8 layers) on one batch of 4 Alpaca records (<= 128 tokens), after a warm-up step`,
+      'F32 and BF16 load the llama2.c .bin (BF16 converted on load); Q8_0 and Q4_K are GGUF files from tools/to-gguf (mapped, kept quantized)',
+      'peak RSS includes the training step\'s activations and the dequantised f32 panels of the backward',
+    ],
+    raw,
+  };
+  console.log(formatTable(table));
+}
+
+if (require.main === module)
+  main(process.argv.slice(2)).catch((e) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  });
