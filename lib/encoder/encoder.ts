@@ -211,6 +211,57 @@ export interface EmbedOptions {
 /** An image: a file path (PNG, JPEG, WebP) or decoded 8-bit RGB. */
 export type ImageInput = string | RgbImage;
 
+/**
+ * The loading both encoders (image: ./config.ts, text: ../text/config.ts) share: `dir` must be a
+ * Hugging Face model folder; `read` creates the weights in a fresh arena (and reads what else the
+ * encoder needs); the conversions and the NaN/Inf check of the weights run on the executor and fail
+ * here, naming the tensor; then the weights move to `device` with `mapWeights`. On any failure
+ * nothing loaded is left behind.
+ */
+export async function loadEncoderFolder<W, R extends { weights: W }>(
+  dir: string,
+  device: Device,
+  mapWeights: (w: W, f: (t: Tensor) => Tensor) => W,
+  read: (arena: LoadArena) => R,
+): Promise<R & { arena: LoadArena }> {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch {
+    throw new Error(`encoder not found: ${dir} does not exist`);
+  }
+  if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
+    throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
+  const arena = new LoadArena();
+  let loaded: R;
+  try {
+    loaded = read(arena);
+    await native.synchronize();
+  } catch (e) {
+    arena.release();
+    throw e;
+  }
+  let weights = loaded.weights;
+  if (device !== 'cpu') {
+    const made: Tensor[] = [];
+    try {
+      weights = mapWeights(weights, (t) => {
+        const m = native.toDevice(t, device);
+        made.push(m);
+        t.dispose();
+        return m;
+      });
+      arena.closeMappings();
+      await native.synchronize();
+    } catch (e) {
+      for (const t of made) t.dispose();
+      arena.release();
+      throw new Error(`failed to load ${dir} onto ${device}: ${(e as Error).message}`);
+    }
+  } else arena.closeMappings();
+  return { ...loaded, weights, arena };
+}
+
 export class ImageEncoder {
   /** pos (T, C) with the class embedding added to row 0 */
   private posCls: Tensor;
@@ -242,47 +293,14 @@ export class ImageEncoder {
     if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
       throw new RangeError(`ImageEncoder.load: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
     const device = resolveDevice(opts.device, 'ImageEncoder.load: device');
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(dir);
-    } catch {
-      throw new Error(`encoder not found: ${dir} does not exist`);
-    }
-    if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
-      throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
-    const arena = new LoadArena();
-    let config: EncoderConfig;
-    let weights: EncoderWeights;
-    let preprocess: PreprocessConfig;
-    try {
-      ({ config, weights } = loadEncoderWeights(dir, arena, { dtype: opts.dtype }));
-      preprocess = readPreprocessConfig(dir, config.family, config.imageSize);
+    const { config, weights, preprocess, arena } = await loadEncoderFolder(dir, device, mapEncoderWeights, (arena) => {
+      const { config, weights } = loadEncoderWeights(dir, arena, { dtype: opts.dtype });
+      const preprocess = readPreprocessConfig(dir, config.family, config.imageSize);
       const out = outputSize(preprocess);
       if (out && (out.height !== config.imageSize || out.width !== config.imageSize))
         throw new Error(`${dir}: preprocessor_config.json makes ${out.width}x${out.height} images but the encoder takes ${config.imageSize}x${config.imageSize}`);
-      // conversions and the NaN/Inf check of the weights run on the executor: fail here, naming the tensor
-      await native.synchronize();
-    } catch (e) {
-      arena.release();
-      throw e;
-    }
-    if (device !== 'cpu') {
-      const made: Tensor[] = [];
-      try {
-        weights = mapEncoderWeights(weights, (t) => {
-          const m = native.toDevice(t, device);
-          made.push(m);
-          t.dispose();
-          return m;
-        });
-        arena.closeMappings();
-        await native.synchronize();
-      } catch (e) {
-        for (const t of made) t.dispose();
-        arena.release();
-        throw new Error(`failed to load ${dir} onto ${device}: ${(e as Error).message}`);
-      }
-    } else arena.closeMappings();
+      return { config, weights, preprocess };
+    });
     return new ImageEncoder(dir, config, weights, preprocess, device, arena);
   }
 

@@ -12,14 +12,11 @@
 //
 // Shapes: N tokens of the batch, S texts (segments), C hidden, H heads, d = C / H, F intermediate,
 // K prompts.
-import * as fs from 'fs';
-import * as nodePath from 'path';
 import { native, Device, Tensor } from '../native';
 import { resolveDevice } from '../device';
 import { LoadArena } from '../model/weights';
-import { HF_CONFIG } from '../model/hf';
 import type { EncoderConfig, EncoderLayerWeights } from '../encoder/config';
-import { EncoderPrompts, PromptKV, checkPrompts, linear, promptKV } from '../encoder/encoder';
+import { EncoderPrompts, PromptKV, checkPrompts, linear, loadEncoderFolder, promptKV } from '../encoder/encoder';
 import { TextEncoderConfig, TextEncoderWeights, loadTextEncoderWeights, mapTextEncoderWeights, textEncoderTensors } from './config';
 import { TextTokenizer, loadTextTokenizer } from './tokenizer';
 
@@ -207,47 +204,16 @@ export class TextEncoderModel {
     if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
       throw new RangeError(`TextEncoderModel.load: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
     const device = resolveDevice(opts.device, 'TextEncoderModel.load: device');
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(dir);
-    } catch {
-      throw new Error(`encoder not found: ${dir} does not exist`);
-    }
-    if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
-      throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
-    const arena = new LoadArena();
-    let config: TextEncoderConfig;
-    let weights: TextEncoderWeights;
-    let tokenizer: TextTokenizer | null = null;
-    try {
-      ({ config, weights } = loadTextEncoderWeights(dir, arena, { dtype: opts.dtype }));
+    const { config, weights, tokenizer, arena } = await loadEncoderFolder(dir, device, mapTextEncoderWeights, (arena) => {
+      const { config, weights } = loadTextEncoderWeights(dir, arena, { dtype: opts.dtype });
+      let tokenizer: TextTokenizer | null = null;
       if (opts.tokenizer !== false) {
         tokenizer = loadTextTokenizer(dir, config.family);
         if (tokenizer.vocabSize > config.vocabSize)
           throw new Error(`${dir}: the tokenizer has ${tokenizer.vocabSize} tokens but config.json's vocab_size is ${config.vocabSize}`);
       }
-      await native.synchronize(); // NaN/Inf in the weights fails here, naming the tensor
-    } catch (e) {
-      arena.release();
-      throw e;
-    }
-    if (device !== 'cpu') {
-      const made: Tensor[] = [];
-      try {
-        weights = mapTextEncoderWeights(weights, (t) => {
-          const m = native.toDevice(t, device);
-          made.push(m);
-          t.dispose();
-          return m;
-        });
-        arena.closeMappings();
-        await native.synchronize();
-      } catch (e) {
-        for (const t of made) t.dispose();
-        arena.release();
-        throw new Error(`failed to load ${dir} onto ${device}: ${(e as Error).message}`);
-      }
-    } else arena.closeMappings();
+      return { config, weights, tokenizer };
+    });
     return new TextEncoderModel(dir, config, weights, tokenizer, device, arena);
   }
 
