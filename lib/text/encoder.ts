@@ -16,7 +16,9 @@ import { native, Device, Tensor } from '../native';
 import { resolveDevice } from '../device';
 import { LoadArena } from '../model/weights';
 import type { EncoderConfig, EncoderLayerWeights } from '../encoder/config';
-import { EncoderPrompts, PromptKV, checkPrompts, linear, loadEncoderFolder, promptKV } from '../encoder/encoder';
+import {
+  AttentionActivations, EncoderPrompts, PromptKV, checkPrompts, linear, loadEncoderFolder, promptKV, selfAttention, selfAttentionBackward,
+} from '../encoder/encoder';
 import { TextEncoderConfig, TextEncoderWeights, loadTextEncoderWeights, mapTextEncoderWeights, textEncoderTensors } from './config';
 import { TextTokenizer, loadTextTokenizer } from './tokenizer';
 
@@ -67,12 +69,7 @@ export class TextBatchIndex {
 }
 
 /** What the backward of one post-norm layer needs. */
-export interface PostNormActivations {
-  q: Tensor; // (N, H, d)
-  k: Tensor;
-  v: Tensor;
-  out: Tensor; // (N, H, d) attention output
-  stats: Tensor; // (N, H, 2)
+export interface PostNormActivations extends AttentionActivations {
   y1: Tensor; // (N, C) x + attention, before LN1
   h: Tensor; // (N, F) fc1 output, before gelu
   y2: Tensor; // (N, C) x1 + ffn, before LN2
@@ -86,21 +83,7 @@ export interface PostNormActivations {
 export function postNormLayer(
   x: Tensor, lw: EncoderLayerWeights, c: TextEncoderConfig, segments: Tensor, prompt: PromptKV | null, save?: Partial<PostNormActivations>,
 ): Tensor {
-  const N = x.shape[0];
-  const H = c.nHeads;
-  const d = c.dim / H;
-  const heads = (t: Tensor) => {
-    const r = native.reshape(t, [N, H, d]); // a view: the storage stays with it
-    t.dispose();
-    return r;
-  };
-  const q = heads(linear(x, lw.wq, lw.bq));
-  const k = heads(linear(x, lw.wk, lw.bk));
-  const v = heads(linear(x, lw.wv, lw.bv));
-  const [out, stats] = native.gatedAttention(q, k, v, segments, prompt?.pk ?? null, prompt?.pv ?? null, prompt?.gate ?? null, { causal: false });
-  const o = native.reshape(out, [N, c.dim]);
-  const y1 = linear(o, lw.wo, lw.bo); // (N, C)
-  o.dispose();
+  const { attn: y1, q, k, v, out, stats } = selfAttention(x, lw, c, segments, prompt); // y1 (N, C)
   native.addInPlace(y1, x);
   const x1 = native.layerNorm(y1, lw.ln1w, lw.ln1b, c.eps);
   const h = linear(x1, lw.w1, lw.b1); // (N, F)
@@ -124,9 +107,6 @@ export function postNormLayerBackward(
   dx2: Tensor, act: PostNormActivations, lw: EncoderLayerWeights, c: TextEncoderConfig, segments: Tensor, kv: PromptKV,
   gPrompt: Tensor, gGate: Tensor, noInput: boolean,
 ): Tensor | null {
-  const N = dx2.shape[0];
-  const H = c.nHeads;
-  const d = c.dim / H;
   const lnBack = (dy: Tensor, x: Tensor, w: Tensor) => {
     const [dx, dw, db] = native.layerNormBackward(dy, x, w, c.eps);
     dw.dispose();
@@ -145,37 +125,9 @@ export function postNormLayerBackward(
   // attention block: x1 = LN1(x + Wo attn(x) + bo)
   const dy1 = lnBack(dx1, act.y1, lw.ln1w);
   dx1.dispose();
-  const dO = native.matmulBackward(dy1, lw.wo);
-  const dO3 = native.reshape(dO, [N, H, d]);
-  dO.dispose();
-  const [dq, dk, dv, dpk, dpv, dgate] = native.gatedAttentionBackward(
-    dO3, act.q, act.k, act.v, segments, kv.pk, kv.pv, kv.gate, act.out, act.stats, { causal: false },
-  );
-  dO3.dispose();
-  native.addInPlace(gGate, dgate!);
-  // the prompt: pk = P Wkᵀ + bk, pv = P Wvᵀ + bv
-  const K = kv.pk.shape[0];
-  const dpk2 = native.reshape(dpk!, [K, c.dim]);
-  const dpv2 = native.reshape(dpv!, [K, c.dim]);
-  const dP = native.matmulBackward(dpk2, lw.wk); // (K, C)
-  const dPv = native.matmulBackward(dpv2, lw.wv);
-  native.addInPlace(dP, dPv);
-  native.addInPlace(gPrompt, dP);
-  [dgate!, dpk!, dpv!, dpk2, dpv2, dP, dPv].forEach((t) => t.dispose());
-  if (noInput) {
-    [dq, dk, dv, dy1].forEach((t) => t.dispose());
-    return null;
-  }
-  // x feeds q, k, v and the residual
-  const flat = (t: Tensor) => native.reshape(t, [N, c.dim]);
-  const [q2, k2, v2] = [flat(dq), flat(dk), flat(dv)];
-  const dx = native.matmulBackward(q2, lw.wq);
-  const dxk = native.matmulBackward(k2, lw.wk);
-  const dxv = native.matmulBackward(v2, lw.wv);
-  native.addInPlace(dx, dxk);
-  native.addInPlace(dx, dxv);
-  native.addInPlace(dx, dy1);
-  [dq, dk, dv, q2, k2, v2, dxk, dxv, dy1].forEach((t) => t.dispose());
+  const dx = selfAttentionBackward(dy1, act, lw, c, segments, kv, gPrompt, gGate, noInput);
+  if (dx) native.addInPlace(dx, dy1); // x also feeds the residual
+  dy1.dispose();
   return dx;
 }
 
