@@ -197,6 +197,13 @@ export function encoderTensors(w: EncoderWeights): Tensor[] {
   return out;
 }
 
+/** Maps every tensor of one encoder layer through `f` (the image and the text encoders' layers). */
+export function mapLayerWeights(l: EncoderLayerWeights, f: (t: Tensor) => Tensor): EncoderLayerWeights {
+  const o = {} as EncoderLayerWeights;
+  for (const k of Object.keys(l) as (keyof EncoderLayerWeights)[]) o[k] = f(l[k]);
+  return o;
+}
+
 /** Maps every tensor of `w` through `f` (e.g. a copy to another device). */
 export function mapEncoderWeights(w: EncoderWeights, f: (t: Tensor) => Tensor): EncoderWeights {
   const pair = (p?: { w: Tensor; b: Tensor }) => p && { w: f(p.w), b: f(p.b) };
@@ -206,11 +213,7 @@ export function mapEncoderWeights(w: EncoderWeights, f: (t: Tensor) => Tensor): 
     cls: f(w.cls),
     pos: f(w.pos),
     preNorm: pair(w.preNorm),
-    layers: w.layers.map((l) => {
-      const o = {} as EncoderLayerWeights;
-      for (const k of Object.keys(l) as (keyof EncoderLayerWeights)[]) o[k] = f(l[k]);
-      return o;
-    }),
+    layers: w.layers.map((l) => mapLayerWeights(l, f)),
     postNorm: pair(w.postNorm)!,
     projection: w.projection && f(w.projection),
     classifier: pair(w.classifier),

@@ -11,7 +11,7 @@ import type { Tensor } from '../native';
 import { LoadArena } from '../model/weights';
 import { FolderTensor, HF_CONFIG, hfFolder, readJson } from '../model/hf';
 import { MODEL_LIMITS, limitProblems } from '../model/bounds';
-import type { EncoderLayerWeights } from '../encoder/config';
+import { EncoderLayerWeights, mapLayerWeights } from '../encoder/config';
 
 export type TextFamily = 'roberta' | 'bert';
 
@@ -134,11 +134,7 @@ export function mapTextEncoderWeights(w: TextEncoderWeights, f: (t: Tensor) => T
     pos: f(w.pos),
     type: f(w.type),
     embNorm: pair(w.embNorm),
-    layers: w.layers.map((l) => {
-      const o = {} as EncoderLayerWeights;
-      for (const k of Object.keys(l) as (keyof EncoderLayerWeights)[]) o[k] = f(l[k]);
-      return o;
-    }),
+    layers: w.layers.map((l) => mapLayerWeights(l, f)),
     qa: w.qa && pair(w.qa),
   };
 }
