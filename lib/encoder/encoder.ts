@@ -212,6 +212,21 @@ export function promptKV(prompt: Tensor, gate: Tensor, lw: EncoderLayerWeights, 
   };
 }
 
+/** Checks the number `L` of top layers a training graph adapts (1 .. nLayers); `what` names it. */
+export function checkAdaptedLayers(what: string, L: number, nLayers: number): void {
+  if (!Number.isInteger(L) || L < 1 || L > nLayers) throw new RangeError(`${what}: adapted layers must be 1..${nLayers}, got ${L}`);
+}
+
+/** Frees what a training graph saved per adapted layer: its activations and prompt keys/values
+ *  (the gates are the caller's). */
+export function releaseSaved(saved: readonly { act: object; kv: PromptKV }[]): void {
+  for (const { act, kv } of saved) {
+    (Object.values(act) as Tensor[]).forEach((t) => t.dispose());
+    kv.pk.dispose();
+    kv.pv.dispose();
+  }
+}
+
 /** Checks prompts for `c` (L <= nLayers; (K, C) f32 prompts; (H) gates) and returns L. */
 export function checkPrompts(p: EncoderPrompts, c: EncoderConfig, device: Device): number {
   const L = p.prompts.length;

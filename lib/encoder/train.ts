@@ -8,7 +8,8 @@
 // Shapes: B images, T tokens per image, C hidden, H heads, d = C / H, F intermediate, K prompts.
 import { native, Tensor } from '../native';
 import {
-  BatchIndex, EncoderPrompts, ImageEncoder, LayerActivations, PromptKV, checkPrompts, encoderLayer, promptKV, selfAttentionBackward,
+  BatchIndex, EncoderPrompts, ImageEncoder, LayerActivations, PromptKV, checkAdaptedLayers, checkPrompts, encoderLayer, promptKV, releaseSaved,
+  selfAttentionBackward,
 } from './encoder';
 
 interface SavedLayer {
@@ -23,8 +24,7 @@ export class EncoderGraph {
 
   /** `L` adapted layers at the top of `encoder` (its weights stay frozen). */
   constructor(readonly encoder: ImageEncoder, readonly L: number) {
-    const n = encoder.config.nLayers;
-    if (!Number.isInteger(L) || L < 1 || L > n) throw new RangeError(`EncoderGraph: adapted layers must be 1..${n}, got ${L}`);
+    checkAdaptedLayers('EncoderGraph', L, encoder.config.nLayers);
   }
 
   /**
@@ -113,11 +113,7 @@ export class EncoderGraph {
 
   /** Frees the saved activations (idempotent). */
   release(): void {
-    for (const { act, kv } of this.saved) {
-      (Object.values(act) as Tensor[]).forEach((t) => t.dispose());
-      kv.pk.dispose();
-      kv.pv.dispose();
-    }
+    releaseSaved(this.saved);
     this.saved = [];
     this.idx?.dispose();
     this.idx = undefined;

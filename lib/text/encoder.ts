@@ -17,7 +17,8 @@ import { resolveDevice } from '../device';
 import { LoadArena } from '../model/weights';
 import type { EncoderConfig, EncoderLayerWeights } from '../encoder/config';
 import {
-  AttentionActivations, EncoderPrompts, PromptKV, checkPrompts, linear, loadEncoderFolder, promptKV, selfAttention, selfAttentionBackward,
+  AttentionActivations, EncoderPrompts, PromptKV, checkAdaptedLayers, checkPrompts, linear, loadEncoderFolder, promptKV, releaseSaved, selfAttention,
+  selfAttentionBackward,
 } from '../encoder/encoder';
 import { TextEncoderConfig, TextEncoderWeights, loadTextEncoderWeights, mapTextEncoderWeights, textEncoderTensors } from './config';
 import { TextTokenizer, loadTextTokenizer } from './tokenizer';
@@ -239,8 +240,7 @@ export class TextEncoderGraph {
   private idx?: TextBatchIndex;
 
   constructor(readonly encoder: TextEncoderModel, readonly L: number) {
-    const n = encoder.config.nLayers;
-    if (!Number.isInteger(L) || L < 1 || L > n) throw new RangeError(`TextEncoderGraph: adapted layers must be 1..${n}, got ${L}`);
+    checkAdaptedLayers('TextEncoderGraph', L, encoder.config.nLayers);
   }
 
   /** The last hidden states (N, C); the caller keeps `idx` alive until backward(). */
@@ -288,11 +288,7 @@ export class TextEncoderGraph {
   }
 
   release(): void {
-    for (const { act, kv } of this.saved) {
-      (Object.values(act) as Tensor[]).forEach((t) => t.dispose());
-      kv.pk.dispose();
-      kv.pv.dispose();
-    }
+    releaseSaved(this.saved);
     this.saved = [];
     this.idx = undefined;
   }
