@@ -17,6 +17,7 @@ import { IndexBatcher, splitValidation } from '../data/alpaca';
 import { Classifier, ClassifierConfig, headBackward, headForward } from '../model/classifier';
 import { loadCheckpointWith, LoadedCheckpoint, resumeFolder, RunState, saveCheckpoint } from '../train/checkpoint';
 import { configToYaml, TrainConfig } from '../train/config';
+import { settingMismatches } from '../train/run-folder';
 import { AdamW, NonFiniteError } from '../train/optimizer';
 import { learningRate, runSchedule } from '../train/schedule';
 import { keepMetricsUpTo } from '../train/trainer';
@@ -282,12 +283,10 @@ export class ClassifyTrainer extends EventEmitter {
     let classifier: Classifier;
     let startStep = 0;
     if (resumed) {
-      const mismatch = Object.keys(fingerprint).filter((k) => JSON.stringify(fingerprint[k]) !== JSON.stringify(resumed.state.fingerprint?.[k]));
+      const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint);
       if (mismatch.length) {
         resumed.adapter.dispose();
-        throw new Error(
-          `cannot resume from ${resumed.dir}: ${mismatch.map((k) => `${k} was ${JSON.stringify(resumed.state.fingerprint?.[k])}, now ${JSON.stringify(fingerprint[k])}`).join('; ')}`,
-        );
+        throw new Error(`cannot resume from ${resumed.dir}: ${mismatch.join('; ')}`);
       }
       classifier = resumed.adapter;
       batcher.restore(resumed.state.data);
