@@ -96,3 +96,34 @@ export function removeEmptyDirs(made: string[]): void {
     }
   }
 }
+
+/** Writes all of `buf` at the current position of `fd` (fs.writeSync may write less). */
+export function writeAll(fd: number, buf: Buffer): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done);
+}
+
+/**
+ * Writes `file` atomically: `write` fills a new temporary file `.NAME.PID.HEX.tmp` beside it (the
+ * name run-folder.ts knows as a leftover), which is synced and then renamed over `file`. If
+ * anything fails, the temporary file is removed and `file` is left as it was.
+ */
+export function writeFileAtomic(file: string, write: (fd: number) => void): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  const fd = fs.openSync(tmp, 'wx');
+  let ok = false;
+  try {
+    write(fd);
+    fs.fsyncSync(fd);
+    ok = true;
+  } finally {
+    fs.closeSync(fd);
+    if (!ok) fs.rmSync(tmp, { force: true });
+  }
+  try {
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}

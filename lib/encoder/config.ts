@@ -4,12 +4,10 @@
 //
 // Shapes: C = hidden size, F = intermediate size, H heads, d = C / H, P patch, Cin channels,
 // S = image size, N = (S / P)^2 patches, T = 1 + N tokens, Dp projection dim, Y labels.
-import * as fs from 'fs';
 import * as nodePath from 'path';
-import type { FileMapping, Tensor } from '../native';
+import type { Tensor } from '../native';
 import { LoadArena } from '../model/weights';
-import { HF_CONFIG, HF_INDEX, HF_SINGLE, readIndex, readJson } from '../model/hf';
-import { SafetensorsHeader, fileDTypeOf, readSafetensorsHeader } from '../model/safetensors';
+import { FolderTensor, HF_CONFIG, hfFolder, readJson } from '../model/hf';
 
 export type EncoderFamily = 'clip' | 'vit';
 export type Activation = 'gelu' | 'quick_gelu';
@@ -199,6 +197,13 @@ export function encoderTensors(w: EncoderWeights): Tensor[] {
   return out;
 }
 
+/** Maps every tensor of one encoder layer through `f` (the image and the text encoders' layers). */
+export function mapLayerWeights(l: EncoderLayerWeights, f: (t: Tensor) => Tensor): EncoderLayerWeights {
+  const o = {} as EncoderLayerWeights;
+  for (const k of Object.keys(l) as (keyof EncoderLayerWeights)[]) o[k] = f(l[k]);
+  return o;
+}
+
 /** Maps every tensor of `w` through `f` (e.g. a copy to another device). */
 export function mapEncoderWeights(w: EncoderWeights, f: (t: Tensor) => Tensor): EncoderWeights {
   const pair = (p?: { w: Tensor; b: Tensor }) => p && { w: f(p.w), b: f(p.b) };
@@ -208,26 +213,16 @@ export function mapEncoderWeights(w: EncoderWeights, f: (t: Tensor) => Tensor): 
     cls: f(w.cls),
     pos: f(w.pos),
     preNorm: pair(w.preNorm),
-    layers: w.layers.map((l) => {
-      const o = {} as EncoderLayerWeights;
-      for (const k of Object.keys(l) as (keyof EncoderLayerWeights)[]) o[k] = f(l[k]);
-      return o;
-    }),
+    layers: w.layers.map((l) => mapLayerWeights(l, f)),
     postNorm: pair(w.postNorm)!,
     projection: w.projection && f(w.projection),
     classifier: pair(w.classifier),
   };
 }
 
-/** One tensor the config implies: its file name and shape, the shape it is loaded as, and whether
- *  it is a big matrix (stored as the requested dtype) or kept f32. */
-interface Expected {
-  name: string;
-  shape: number[];
-  as?: number[];
-  matrix: boolean;
-  why: string;
-}
+/** One tensor the config implies (lib/model/hf.ts): its file name and shape, the shape it is loaded
+ *  as, and whether it is a big matrix (stored as the requested dtype) or kept f32. */
+type Expected = FolderTensor;
 
 /** The tensors of layer i, in file-name terms, with where they go. */
 function layerTensors(c: EncoderConfig, p: string, i: number): [keyof EncoderLayerWeights, Expected][] {
@@ -277,8 +272,6 @@ function layerTensors(c: EncoderConfig, p: string, i: number): [keyof EncoderLay
   ];
 }
 
-const shapeStr = (s: readonly number[]) => `[${s.join(', ')}]`;
-
 export interface EncoderLoadOptions {
   /** storage of the big matrices (patch, q/k/v/o, fc1/fc2, projection); the rest is f32. Default f32. */
   dtype?: 'f32' | 'bf16';
@@ -291,45 +284,7 @@ export interface EncoderLoadOptions {
 export function loadEncoderWeights(dir: string, arena: LoadArena, opts: EncoderLoadOptions = {}): { config: EncoderConfig; weights: EncoderWeights } {
   const config = readEncoderConfig(dir);
   const dtype = opts.dtype ?? 'f32';
-  const index = readIndex(dir);
-  if (!index && !fs.existsSync(nodePath.join(dir, HF_SINGLE))) {
-    const others = fs.readdirSync(dir).filter((f) => /\.(bin|pth|pt|msgpack|h5|ckpt)$/.test(f));
-    throw new Error(
-      `${dir} has neither ${HF_SINGLE} nor ${HF_INDEX}` +
-        (others.length ? ` (found ${others.join(', ')}: only safetensors weights are supported)` : ''),
-    );
-  }
-  const shards = new Map<string, { header: SafetensorsHeader; map: FileMapping }>();
-  const openShard = (file: string, forTensor: string) => {
-    let s = shards.get(file);
-    if (s) return s;
-    const full = nodePath.join(dir, file);
-    if (!fs.existsSync(full))
-      throw new Error(index ? `${dir}: missing shard file ${file} (${HF_INDEX} puts ${forTensor} there)` : `${dir}: missing ${file}`);
-    const header = readSafetensorsHeader(full, { skipUnsupported: true });
-    s = { header, map: arena.map(full) };
-    shards.set(file, s);
-    return s;
-  };
-  const fileOf = (name: string) => (index ? index.get(name) : HF_SINGLE);
-  const has = (name: string) => {
-    const f = fileOf(name);
-    return f !== undefined && (index ? true : openShard(f, name).header.tensors.has(name) || openShard(f, name).header.skipped.has(name));
-  };
-  const load = (e: Expected): Tensor => {
-    const file = fileOf(e.name);
-    if (file === undefined) throw new Error(`${dir}: missing tensor ${e.name} (not in ${HF_INDEX})`);
-    const { header, map } = openShard(file, e.name);
-    const entry = header.tensors.get(e.name);
-    if (!entry) {
-      const other = header.skipped.get(e.name);
-      if (other) throw new Error(`${header.path}: tensor ${e.name} has dtype ${other}; only F32, F16 and BF16 are supported`);
-      throw new Error(`${header.path}: missing tensor ${e.name}`);
-    }
-    if (entry.shape.length !== e.shape.length || entry.shape.some((s, i) => s !== e.shape[i]))
-      throw new Error(`${header.path}: tensor ${e.name} has shape ${shapeStr(entry.shape)} but config.json implies ${shapeStr(e.shape)} (${e.why})`);
-    return arena.tensor(map, entry.byteOffset, e.as ?? e.shape, fileDTypeOf(entry.dtype), e.matrix ? dtype : 'f32', e.name);
-  };
+  const { has, load } = hfFolder(dir, arena, dtype, /\.(bin|pth|pt|msgpack|h5|ckpt)$/);
 
   const c = config;
   const C = c.dim;

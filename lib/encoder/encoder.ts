@@ -80,15 +80,90 @@ export function linear(x: Tensor, w: Tensor, b: Tensor): Tensor {
 }
 
 /** What the backward of one encoder layer needs (lib/encoder/train.ts). */
-export interface LayerActivations {
+export interface LayerActivations extends AttentionActivations {
   xIn: Tensor; // (B*T, C) the layer's input
-  q: Tensor; // (B*T, H, d)
-  k: Tensor; // (B*T, H, d)
-  v: Tensor; // (B*T, H, d)
-  out: Tensor; // (B*T, H, d) attention output
-  stats: Tensor; // (B*T, H, 2)
   xMid: Tensor; // (B*T, C) after the attention residual
   h: Tensor; // (B*T, F) fc1 output, before the activation
+}
+
+/** The attention tensors a layer's backward needs (both encoders' saved activations hold them). */
+export interface AttentionActivations {
+  q: Tensor; // (N, H, d)
+  k: Tensor;
+  v: Tensor;
+  out: Tensor; // (N, H, d) attention output
+  stats: Tensor; // (N, H, 2)
+}
+
+/** What of a config the attention block reads (the image and the text encoders' configs). */
+interface AttentionShape {
+  dim: number;
+  nHeads: number;
+}
+
+/**
+ * The bidirectional attention block both encoders share, without its norm and residual (pre-norm
+ * ViT/CLIP apply LN1 before it, post-norm BERT/RoBERTa after): attn (N, C) = Wo · MHA(a) + bo over
+ * a (N, C), each text or image its own segment, with the gated prompt branch when `prompt` is set
+ * (SPEC §9). The caller owns q, k, v, out and stats (keeps them for the backward or frees them).
+ */
+export function selfAttention(a: Tensor, lw: EncoderLayerWeights, c: AttentionShape, segments: Tensor, prompt: PromptKV | null): { attn: Tensor } & AttentionActivations {
+  const N = a.shape[0];
+  const H = c.nHeads;
+  const d = c.dim / H;
+  const q = reshapeOwned(linear(a, lw.wq, lw.bq), [N, H, d]);
+  const k = reshapeOwned(linear(a, lw.wk, lw.bk), [N, H, d]);
+  const v = reshapeOwned(linear(a, lw.wv, lw.bv), [N, H, d]);
+  const [out, stats] = native.gatedAttention(q, k, v, segments, prompt?.pk ?? null, prompt?.pv ?? null, prompt?.gate ?? null, { causal: false });
+  const o = native.reshape(out, [N, c.dim]);
+  const attn = linear(o, lw.wo, lw.bo); // (N, C)
+  o.dispose();
+  return { attn, q, k, v, out, stats };
+}
+
+/**
+ * Backward of selfAttention given dAttn (N, C): adds the prompt's and gate's gradients to `gPrompt`
+ * (K, C) and `gGate` (H) and returns d(a) (N, C) through the frozen q/k/v projections, or null with
+ * `noInput` (the lowest adapted layer: nothing trainable below it). dAttn stays the caller's.
+ */
+export function selfAttentionBackward(
+  dAttn: Tensor, act: AttentionActivations, lw: EncoderLayerWeights, c: AttentionShape, segments: Tensor, kv: PromptKV,
+  gPrompt: Tensor, gGate: Tensor, noInput: boolean,
+): Tensor | null {
+  const N = dAttn.shape[0];
+  const H = c.nHeads;
+  const d = c.dim / H;
+  const dO = native.matmulBackward(dAttn, lw.wo); // (N, C)
+  const dO3 = native.reshape(dO, [N, H, d]);
+  dO.dispose();
+  const [dq, dk, dv, dpk, dpv, dgate] = native.gatedAttentionBackward(
+    dO3, act.q, act.k, act.v, segments, kv.pk, kv.pv, kv.gate, act.out, act.stats, { causal: false },
+  );
+  dO3.dispose();
+  native.addInPlace(gGate, dgate!);
+  // the prompt: pk = P Wkᵀ + bk, pv = P Wvᵀ + bv
+  const K = kv.pk.shape[0];
+  const flat = (t: Tensor, n: number) => native.reshape(t, [n, c.dim]);
+  const dpk2 = flat(dpk!, K);
+  const dpv2 = flat(dpv!, K);
+  const dP = native.matmulBackward(dpk2, lw.wk); // (K, C)
+  const dPv = native.matmulBackward(dpv2, lw.wv);
+  native.addInPlace(dP, dPv);
+  native.addInPlace(gPrompt, dP);
+  [dgate!, dpk!, dpv!, dpk2, dpv2, dP, dPv].forEach((t) => t.dispose());
+  if (noInput) {
+    [dq, dk, dv].forEach((t) => t.dispose());
+    return null;
+  }
+  // a feeds q, k and v
+  const [q2, k2, v2] = [flat(dq, N), flat(dk, N), flat(dv, N)];
+  const da = native.matmulBackward(q2, lw.wq); // (N, C)
+  const dak = native.matmulBackward(k2, lw.wk);
+  const dav = native.matmulBackward(v2, lw.wv);
+  native.addInPlace(da, dak);
+  native.addInPlace(da, dav);
+  [dq, dk, dv, q2, k2, v2, dak, dav].forEach((t) => t.dispose());
+  return da;
 }
 
 /**
@@ -99,20 +174,9 @@ export interface LayerActivations {
 export function encoderLayer(
   x: Tensor, lw: EncoderLayerWeights, c: EncoderConfig, idx: BatchIndex, prompt: PromptKV | null, save?: Partial<LayerActivations>,
 ): Tensor {
-  const rows = idx.B * idx.T;
-  const H = c.nHeads;
-  const d = headSize(c);
   const a = native.layerNorm(x, lw.ln1w, lw.ln1b, c.eps); // (B*T, C)
-  const q = reshapeOwned(linear(a, lw.wq, lw.bq), [rows, H, d]);
-  const k = reshapeOwned(linear(a, lw.wk, lw.bk), [rows, H, d]);
-  const v = reshapeOwned(linear(a, lw.wv, lw.bv), [rows, H, d]);
+  const { attn, q, k, v, out, stats } = selfAttention(a, lw, c, idx.segments, prompt); // attn (B*T, C)
   a.dispose();
-  const [out, stats] = native.gatedAttention(q, k, v, idx.segments, prompt?.pk ?? null, prompt?.pv ?? null, prompt?.gate ?? null, {
-    causal: false,
-  });
-  const o = native.reshape(out, [rows, c.dim]);
-  const attn = linear(o, lw.wo, lw.bo); // (B*T, C)
-  o.dispose();
   let xMid = x;
   if (save) {
     // keep the input: the residual goes into a copy
@@ -146,6 +210,21 @@ export function promptKV(prompt: Tensor, gate: Tensor, lw: EncoderLayerWeights, 
     pv: reshapeOwned(linear(prompt, lw.wv, lw.bv), [K, c.nHeads, headSize(c)]),
     gate,
   };
+}
+
+/** Checks the number `L` of top layers a training graph adapts (1 .. nLayers); `what` names it. */
+export function checkAdaptedLayers(what: string, L: number, nLayers: number): void {
+  if (!Number.isInteger(L) || L < 1 || L > nLayers) throw new RangeError(`${what}: adapted layers must be 1..${nLayers}, got ${L}`);
+}
+
+/** Frees what a training graph saved per adapted layer: its activations and prompt keys/values
+ *  (the gates are the caller's). */
+export function releaseSaved(saved: readonly { act: object; kv: PromptKV }[]): void {
+  for (const { act, kv } of saved) {
+    (Object.values(act) as Tensor[]).forEach((t) => t.dispose());
+    kv.pk.dispose();
+    kv.pv.dispose();
+  }
 }
 
 /** Checks prompts for `c` (L <= nLayers; (K, C) f32 prompts; (H) gates) and returns L. */
@@ -211,6 +290,57 @@ export interface EmbedOptions {
 /** An image: a file path (PNG, JPEG, WebP) or decoded 8-bit RGB. */
 export type ImageInput = string | RgbImage;
 
+/**
+ * The loading both encoders (image: ./config.ts, text: ../text/config.ts) share: `dir` must be a
+ * Hugging Face model folder; `read` creates the weights in a fresh arena (and reads what else the
+ * encoder needs); the conversions and the NaN/Inf check of the weights run on the executor and fail
+ * here, naming the tensor; then the weights move to `device` with `mapWeights`. On any failure
+ * nothing loaded is left behind.
+ */
+export async function loadEncoderFolder<W, R extends { weights: W }>(
+  dir: string,
+  device: Device,
+  mapWeights: (w: W, f: (t: Tensor) => Tensor) => W,
+  read: (arena: LoadArena) => R,
+): Promise<R & { arena: LoadArena }> {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch {
+    throw new Error(`encoder not found: ${dir} does not exist`);
+  }
+  if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
+    throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
+  const arena = new LoadArena();
+  let loaded: R;
+  try {
+    loaded = read(arena);
+    await native.synchronize();
+  } catch (e) {
+    arena.release();
+    throw e;
+  }
+  let weights = loaded.weights;
+  if (device !== 'cpu') {
+    const made: Tensor[] = [];
+    try {
+      weights = mapWeights(weights, (t) => {
+        const m = native.toDevice(t, device);
+        made.push(m);
+        t.dispose();
+        return m;
+      });
+      arena.closeMappings();
+      await native.synchronize();
+    } catch (e) {
+      for (const t of made) t.dispose();
+      arena.release();
+      throw new Error(`failed to load ${dir} onto ${device}: ${(e as Error).message}`);
+    }
+  } else arena.closeMappings();
+  return { ...loaded, weights, arena };
+}
+
 export class ImageEncoder {
   /** pos (T, C) with the class embedding added to row 0 */
   private posCls: Tensor;
@@ -242,47 +372,14 @@ export class ImageEncoder {
     if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
       throw new RangeError(`ImageEncoder.load: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
     const device = resolveDevice(opts.device, 'ImageEncoder.load: device');
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(dir);
-    } catch {
-      throw new Error(`encoder not found: ${dir} does not exist`);
-    }
-    if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
-      throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
-    const arena = new LoadArena();
-    let config: EncoderConfig;
-    let weights: EncoderWeights;
-    let preprocess: PreprocessConfig;
-    try {
-      ({ config, weights } = loadEncoderWeights(dir, arena, { dtype: opts.dtype }));
-      preprocess = readPreprocessConfig(dir, config.family, config.imageSize);
+    const { config, weights, preprocess, arena } = await loadEncoderFolder(dir, device, mapEncoderWeights, (arena) => {
+      const { config, weights } = loadEncoderWeights(dir, arena, { dtype: opts.dtype });
+      const preprocess = readPreprocessConfig(dir, config.family, config.imageSize);
       const out = outputSize(preprocess);
       if (out && (out.height !== config.imageSize || out.width !== config.imageSize))
         throw new Error(`${dir}: preprocessor_config.json makes ${out.width}x${out.height} images but the encoder takes ${config.imageSize}x${config.imageSize}`);
-      // conversions and the NaN/Inf check of the weights run on the executor: fail here, naming the tensor
-      await native.synchronize();
-    } catch (e) {
-      arena.release();
-      throw e;
-    }
-    if (device !== 'cpu') {
-      const made: Tensor[] = [];
-      try {
-        weights = mapEncoderWeights(weights, (t) => {
-          const m = native.toDevice(t, device);
-          made.push(m);
-          t.dispose();
-          return m;
-        });
-        arena.closeMappings();
-        await native.synchronize();
-      } catch (e) {
-        for (const t of made) t.dispose();
-        arena.release();
-        throw new Error(`failed to load ${dir} onto ${device}: ${(e as Error).message}`);
-      }
-    } else arena.closeMappings();
+      return { config, weights, preprocess };
+    });
     return new ImageEncoder(dir, config, weights, preprocess, device, arena);
   }
 

@@ -7,9 +7,9 @@
 //
 // Shapes: B images, T tokens per image, C hidden, H heads, d = C / H, F intermediate, K prompts.
 import { native, Tensor } from '../native';
-import { headSize } from './config';
 import {
-  BatchIndex, EncoderPrompts, ImageEncoder, LayerActivations, PromptKV, checkPrompts, encoderLayer, promptKV,
+  BatchIndex, EncoderPrompts, ImageEncoder, LayerActivations, PromptKV, checkAdaptedLayers, checkPrompts, encoderLayer, promptKV, releaseSaved,
+  selfAttentionBackward,
 } from './encoder';
 
 interface SavedLayer {
@@ -24,8 +24,7 @@ export class EncoderGraph {
 
   /** `L` adapted layers at the top of `encoder` (its weights stay frozen). */
   constructor(readonly encoder: ImageEncoder, readonly L: number) {
-    const n = encoder.config.nLayers;
-    if (!Number.isInteger(L) || L < 1 || L > n) throw new RangeError(`EncoderGraph: adapted layers must be 1..${n}, got ${L}`);
+    checkAdaptedLayers('EncoderGraph', L, encoder.config.nLayers);
   }
 
   /**
@@ -71,8 +70,6 @@ export class EncoderGraph {
     if (!idx || !this.clsIn) throw new Error('EncoderGraph.backward: call forward() first (once per backward)');
     checkPrompts(grads, c, enc.device);
     const rows = idx.B * idx.T;
-    const H = c.nHeads;
-    const d = headSize(c);
     const own = (ts: Tensor[]) => ts.slice(1).forEach((t) => t.dispose()); // keep [0], free the rest
     const ln = (dy: Tensor, x: Tensor, w: Tensor) => {
       const r = native.layerNormBackward(dy, x, w, c.eps);
@@ -99,39 +96,13 @@ export class EncoderGraph {
       native.addInPlace(dMid, dx);
       dx.dispose();
       // attention block: x_mid = x_in + Wo attn(LN1(x_in)) + bo
-      const dOut = native.matmulBackward(dMid, lw.wo); // (B*T, C)
-      const dOut3 = native.reshape(dOut, [rows, H, d]);
-      dOut.dispose();
-      const [dq, dk, dv, dpk, dpv, dgate] = native.gatedAttentionBackward(
-        dOut3, act.q, act.k, act.v, idx.segments, kv.pk, kv.pv, kv.gate, act.out, act.stats, { causal: false },
-      );
-      dOut3.dispose();
-      native.addInPlace(grads.gates[l], dgate!);
-      // prompts: pk = P Wkᵀ + bk, pv = P Wvᵀ + bv
-      const K = kv.pk.shape[0];
-      const flat = (t: Tensor, n: number) => native.reshape(t, [n, c.dim]);
-      const dpk2 = flat(dpk!, K);
-      const dpv2 = flat(dpv!, K);
-      const dP = native.matmulBackward(dpk2, lw.wk); // (K, C)
-      const dPv = native.matmulBackward(dpv2, lw.wv);
-      native.addInPlace(dP, dPv);
-      native.addInPlace(grads.prompts[l], dP);
-      [dgate!, dpk!, dpv!, dpk2, dpv2, dP, dPv].forEach((t) => t.dispose());
-      if (l === 0) {
+      const da = selfAttentionBackward(dMid, act, lw, c, idx.segments, kv, grads.prompts[l], grads.gates[l], l === 0); // (B*T, C)
+      if (!da) {
         // nothing trainable below the lowest adapted layer
-        [dq, dk, dv, dMid].forEach((t) => t.dispose());
+        dMid.dispose();
         dx = undefined as unknown as Tensor;
         break;
       }
-      const q2 = flat(dq, rows);
-      const k2 = flat(dk, rows);
-      const v2 = flat(dv, rows);
-      const da = native.matmulBackward(q2, lw.wq); // (B*T, C)
-      const dak = native.matmulBackward(k2, lw.wk);
-      const dav = native.matmulBackward(v2, lw.wv);
-      native.addInPlace(da, dak);
-      native.addInPlace(da, dav);
-      [dq, dk, dv, q2, k2, v2, dak, dav].forEach((t) => t.dispose());
       dx = ln(da, act.xIn, lw.ln1w);
       da.dispose();
       native.addInPlace(dx, dMid);
@@ -142,11 +113,7 @@ export class EncoderGraph {
 
   /** Frees the saved activations (idempotent). */
   release(): void {
-    for (const { act, kv } of this.saved) {
-      (Object.values(act) as Tensor[]).forEach((t) => t.dispose());
-      kv.pk.dispose();
-      kv.pv.dispose();
-    }
+    releaseSaved(this.saved);
     this.saved = [];
     this.idx?.dispose();
     this.idx = undefined;

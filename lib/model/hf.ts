@@ -169,18 +169,76 @@ const LAYER_KEYS: Record<string, keyof LayerWeights> = {
 
 const shapeStr = (s: readonly number[]) => `[${s.join(', ')}]`;
 
+/** One tensor of an HF folder as its file names it, the shape config.json implies (and why, for
+ *  the error), and its storage: a big matrix is stored as the load's dtype, anything else f32. */
+export interface FolderTensor {
+  name: string;
+  shape: number[];
+  /** the shape it is created with (same elements), e.g. a conv kernel as a matrix; default `shape` */
+  as?: number[];
+  matrix: boolean;
+  why: string;
+}
+
+/**
+ * The safetensors weights of an HF folder (model.safetensors, or shards listed by
+ * model.safetensors.index.json), shared by the LLaMA, image-encoder and text-encoder loaders:
+ * `load` checks a tensor's dtype and shape before it creates it in `arena`; each shard's header is
+ * read and its file mapped once, when a tensor first needs it. `otherFormats` matches weight files
+ * of formats this loader refuses, named in the error when the folder has no safetensors.
+ */
+export function hfFolder(dir: string, arena: LoadArena, dtype: 'f32' | 'bf16', otherFormats: RegExp) {
+  const index = readIndex(dir);
+  if (!index && !fs.existsSync(nodePath.join(dir, HF_SINGLE))) {
+    const others = fs.readdirSync(dir).filter((f) => otherFormats.test(f));
+    throw new Error(
+      `${dir} has neither ${HF_SINGLE} nor ${HF_INDEX}` +
+        (others.length ? ` (found ${others.join(', ')}: only safetensors weights are supported)` : ''),
+    );
+  }
+  const shards = new Map<string, { header: SafetensorsHeader; map: FileMapping }>();
+  const open = (file: string, forTensor: string) => {
+    let s = shards.get(file);
+    if (s) return s;
+    const full = nodePath.join(dir, file);
+    if (!fs.existsSync(full))
+      throw new Error(index ? `${dir}: missing shard file ${file} (${HF_INDEX} puts ${forTensor} there)` : `${dir}: missing ${file}`);
+    const header = readSafetensorsHeader(full, { skipUnsupported: true });
+    s = { header, map: arena.map(full) };
+    shards.set(file, s);
+    return s;
+  };
+  const fileOf = (name: string) => (index ? index.get(name) : HF_SINGLE);
+  /** whether the folder names the tensor: the index lists it, or the single file's header holds it */
+  const has = (name: string) => {
+    const f = fileOf(name);
+    if (f === undefined) return false;
+    if (index) return true;
+    const { header } = open(f, name);
+    return header.tensors.has(name) || header.skipped.has(name);
+  };
+  const load = (e: FolderTensor): Tensor => {
+    const file = fileOf(e.name);
+    if (file === undefined) throw new Error(`${dir}: missing tensor ${e.name} (not in ${HF_INDEX})`);
+    const { header, map } = open(file, e.name);
+    const entry = header.tensors.get(e.name);
+    if (!entry) {
+      const other = header.skipped.get(e.name);
+      if (other) throw new Error(`${header.path}: tensor ${e.name} has dtype ${other}; only F32, F16 and BF16 are supported`);
+      throw new Error(`${header.path}: missing tensor ${e.name}`);
+    }
+    if (entry.shape.length !== e.shape.length || entry.shape.some((s, i) => s !== e.shape[i]))
+      throw new Error(`${header.path}: tensor ${e.name} has shape ${shapeStr(entry.shape)} but config.json implies ${shapeStr(e.shape)} (${e.why})`);
+    return arena.tensor(map, entry.byteOffset, e.as ?? e.shape, fileDTypeOf(entry.dtype), e.matrix ? dtype : 'f32', e.name);
+  };
+  return { index, has, load };
+}
+
 /** Reads config.json and the safetensors headers, maps the files and creates tensors in `arena`. */
 export function loadHf(dir: string, arena: LoadArena, opts: LoadOptions = {}): LoadedWeights {
   const config = readHfConfig(dir);
   const dtype = opts.dtype ?? 'f32';
-  const index = readIndex(dir);
-  if (!index && !fs.existsSync(nodePath.join(dir, HF_SINGLE))) {
-    const bins = fs.readdirSync(dir).filter((f) => /\.(bin|pth|pt|gguf)$/.test(f));
-    throw new Error(
-      `${dir} has neither ${HF_SINGLE} nor ${HF_INDEX}` +
-        (bins.length ? ` (found ${bins.join(', ')}: only safetensors weights are supported)` : ''),
-    );
-  }
+  const { index, load } = hfFolder(dir, arena, dtype, /\.(bin|pth|pt|gguf)$/);
 
   // Before any per-layer list: do the files hold as many tensors and bytes as config.json implies?
   const configFile = nodePath.join(dir, HF_CONFIG);
@@ -202,42 +260,8 @@ export function loadHf(dir: string, arena: LoadArena, opts: LoadOptions = {}): L
   }
   if (present.length === files.length) checkHolds(index ? `${dir} (its shards)` : nodePath.join(dir, HF_SINGLE), `${what}, at 2 bytes a weight,`, implied.minBytes, bytes, { atLeast: true });
 
-  // Each shard's header is read and the file mapped once, when a tensor first needs it.
-  const shards = new Map<string, { header: SafetensorsHeader; map: FileMapping }>();
-  const openShard = (file: string, forTensor: string) => {
-    let s = shards.get(file);
-    if (s) return s;
-    const full = nodePath.join(dir, file);
-    if (!fs.existsSync(full))
-      throw new Error(
-        index
-          ? `${dir}: missing shard file ${file} (${HF_INDEX} puts ${forTensor} there)`
-          : `${dir}: missing ${file}`,
-      );
-    const header = readSafetensorsHeader(full, { skipUnsupported: true });
-    s = { header, map: arena.map(full) };
-    shards.set(file, s);
-    return s;
-  };
-
   const byName = new Map<string, Tensor>();
-  for (const e of hfTensorNames(config)) {
-    const file = index ? index.get(e.name) : HF_SINGLE;
-    if (file === undefined) throw new Error(`${dir}: missing tensor ${e.name} (not in ${HF_INDEX})`);
-    const { header, map } = openShard(file, e.name);
-    const entry = header.tensors.get(e.name);
-    if (!entry) {
-      const other = header.skipped.get(e.name);
-      if (other) throw new Error(`${header.path}: tensor ${e.name} has dtype ${other}; only F32, F16 and BF16 are supported`);
-      throw new Error(`${header.path}: missing tensor ${e.name}`);
-    }
-    if (entry.shape.length !== e.shape.length || entry.shape.some((s, i) => s !== e.shape[i]))
-      throw new Error(
-        `${header.path}: tensor ${e.name} has shape ${shapeStr(entry.shape)} but config.json implies ` +
-          `${shapeStr(e.shape)} (${e.why})`,
-      );
-    byName.set(e.name, arena.tensor(map, entry.byteOffset, e.shape, fileDTypeOf(entry.dtype), e.norm ? 'f32' : dtype, e.name));
-  }
+  for (const e of hfTensorNames(config)) byName.set(e.name, load({ name: e.name, shape: e.shape, matrix: !e.norm, why: e.why }));
 
   const get = (n: string) => byName.get(n)!;
   const layers: LayerWeights[] = [];

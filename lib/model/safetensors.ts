@@ -2,10 +2,9 @@
 // end]}, "__metadata__"?: {string: string}}, then the data; offsets are relative to the data start.
 // The reader parses only the header (weights are mapped natively); the writer is for small files
 // (adapters) and for converters that produce one tensor at a time.
-import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
-import * as nodePath from 'path';
+import { writeAll, writeFileAtomic } from '../output';
 
 /** The element types tensors can be loaded from. */
 export type SafetensorsDType = 'F32' | 'F16' | 'BF16';
@@ -201,11 +200,7 @@ export function writeSafetensors(path: string, tensors: SafetensorsTensor[], met
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(json.length));
 
-  const dir = nodePath.dirname(path);
-  const tmp = nodePath.join(dir, `.${nodePath.basename(path)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
-  const fd = fs.openSync(tmp, 'wx');
-  let ok = false;
-  try {
+  writeFileAtomic(path, (fd) => {
     writeAll(fd, len);
     writeAll(fd, json);
     tensors.forEach((t, i) => {
@@ -217,21 +212,6 @@ export function writeSafetensors(path: string, tensors: SafetensorsTensor[], met
         );
       writeAll(fd, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
     });
-    fs.fsyncSync(fd);
-    ok = true;
-  } finally {
-    fs.closeSync(fd);
-    if (!ok) fs.rmSync(tmp, { force: true });
-  }
-  try {
-    fs.renameSync(tmp, path);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
+  });
 }
 
-function writeAll(fd: number, buf: Buffer): void {
-  let done = 0;
-  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done);
-}

@@ -15,10 +15,11 @@ import { describeDevice, resolveDevice } from '../device';
 import { ClassifyData, LabeledImage, loadClassifyData } from '../data/classify';
 import { IndexBatcher, splitValidation } from '../data/alpaca';
 import { Classifier, ClassifierConfig, headBackward, headForward } from '../model/classifier';
-import { listCheckpoints, loadCheckpointWith, LoadedCheckpoint, RunState, saveCheckpoint } from '../train/checkpoint';
+import { loadCheckpointWith, LoadedCheckpoint, resumeFolder, RunState, saveCheckpoint } from '../train/checkpoint';
 import { configToYaml, TrainConfig } from '../train/config';
+import { settingMismatches } from '../train/run-folder';
 import { AdamW, NonFiniteError } from '../train/optimizer';
-import { learningRate, peakFromBase, ScheduleOptions } from '../train/schedule';
+import { learningRate, runSchedule } from '../train/schedule';
 import { keepMetricsUpTo } from '../train/trainer';
 import { ClassifyEncoder } from './classify-encoder';
 
@@ -265,43 +266,27 @@ export class ClassifyTrainer extends EventEmitter {
   }
 
   private findResume(): LoadedCheckpoint<Classifier> | undefined {
-    const r = this.cfg.resume;
-    if (!r) return undefined;
-    let dir: string | undefined = r;
-    if (r === 'auto') {
-      dir = listCheckpoints(this.cfg.out).pop();
-      if (!dir) {
-        this.emit('log', `no checkpoint in ${this.cfg.out}: starting from scratch`);
-        return undefined;
-      }
-    }
+    const dir = resumeFolder(this.cfg.resume, this.cfg.out, (m) => this.emit('log', m));
+    if (!dir) return undefined;
     return loadCheckpointWith(dir, (file) => Classifier.load(file, this.encoder.dims, this.encoder.device));
   }
 
   async run(): Promise<ClassifyTrainResult> {
     const c = this.cfg;
-    const A = c['grad-accum'];
     const batcher = new IndexBatcher(this.train.length, { batchSize: c['batch-size'], seed: c.seed, shuffle: !c['no-shuffle'] });
-    const stepsPerEpoch = batcher.batchesPerEpoch / A;
-    const totalSteps = c['max-steps'] ?? Math.ceil((c.epochs * batcher.batchesPerEpoch) / A);
-    const schedule: ScheduleOptions = {
-      peakLr: c.lr ?? peakFromBase(c.blr, c['batch-size'] * A),
-      totalSteps,
-      warmupSteps: c['warmup-steps'] ?? Math.round(c['warmup-epochs'] * stepsPerEpoch),
-      kind: c.schedule,
-    };
+    const A = c['grad-accum'];
+    const schedule = runSchedule(c, batcher.batchesPerEpoch);
+    const totalSteps = schedule.totalSteps;
     const fingerprint = this.fingerprint(totalSteps);
     fs.mkdirSync(c.out, { recursive: true });
     const resumed = this.findResume();
     let classifier: Classifier;
     let startStep = 0;
     if (resumed) {
-      const mismatch = Object.keys(fingerprint).filter((k) => JSON.stringify(fingerprint[k]) !== JSON.stringify(resumed.state.fingerprint?.[k]));
+      const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint);
       if (mismatch.length) {
         resumed.adapter.dispose();
-        throw new Error(
-          `cannot resume from ${resumed.dir}: ${mismatch.map((k) => `${k} was ${JSON.stringify(resumed.state.fingerprint?.[k])}, now ${JSON.stringify(fingerprint[k])}`).join('; ')}`,
-        );
+        throw new Error(`cannot resume from ${resumed.dir}: ${mismatch.join('; ')}`);
       }
       classifier = resumed.adapter;
       batcher.restore(resumed.state.data);

@@ -6,14 +6,12 @@
 // applied after each residual, see ./encoder.ts).
 //
 // Shapes: C hidden, F intermediate, H heads, V vocabulary, P positions, Y token types.
-import * as fs from 'fs';
 import * as nodePath from 'path';
-import type { FileMapping, Tensor } from '../native';
+import type { Tensor } from '../native';
 import { LoadArena } from '../model/weights';
-import { HF_CONFIG, HF_INDEX, HF_SINGLE, readIndex, readJson } from '../model/hf';
+import { FolderTensor, HF_CONFIG, hfFolder, readJson } from '../model/hf';
 import { MODEL_LIMITS, limitProblems } from '../model/bounds';
-import { SafetensorsHeader, fileDTypeOf, readSafetensorsHeader } from '../model/safetensors';
-import type { EncoderLayerWeights } from '../encoder/config';
+import { EncoderLayerWeights, mapLayerWeights } from '../encoder/config';
 
 export type TextFamily = 'roberta' | 'bert';
 
@@ -136,69 +134,13 @@ export function mapTextEncoderWeights(w: TextEncoderWeights, f: (t: Tensor) => T
     pos: f(w.pos),
     type: f(w.type),
     embNorm: pair(w.embNorm),
-    layers: w.layers.map((l) => {
-      const o = {} as EncoderLayerWeights;
-      for (const k of Object.keys(l) as (keyof EncoderLayerWeights)[]) o[k] = f(l[k]);
-      return o;
-    }),
+    layers: w.layers.map((l) => mapLayerWeights(l, f)),
     qa: w.qa && pair(w.qa),
   };
 }
 
 /** One tensor as named in the file, the shape config.json implies and why, and its storage. */
-interface Expected {
-  name: string;
-  shape: number[];
-  matrix: boolean;
-  why: string;
-}
-
-const shapeStr = (s: readonly number[]) => `[${s.join(', ')}]`;
-
-/**
- * Loads named tensors from an HF folder (model.safetensors or a sharded index): each is checked
- * against the shape the config implies before it is made; big matrices are stored as `dtype`.
- */
-function folderLoader(dir: string, arena: LoadArena, dtype: 'f32' | 'bf16') {
-  const index = readIndex(dir);
-  if (!index && !fs.existsSync(nodePath.join(dir, HF_SINGLE))) {
-    const others = fs.readdirSync(dir).filter((f) => /\.(bin|pth|pt|msgpack|h5|ckpt)$/.test(f));
-    throw new Error(`${dir} has neither ${HF_SINGLE} nor ${HF_INDEX}` + (others.length ? ` (found ${others.join(', ')}: only safetensors weights are supported)` : ''));
-  }
-  const shards = new Map<string, { header: SafetensorsHeader; map: FileMapping }>();
-  const open = (file: string, forTensor: string) => {
-    let s = shards.get(file);
-    if (s) return s;
-    const full = nodePath.join(dir, file);
-    if (!fs.existsSync(full)) throw new Error(index ? `${dir}: missing shard file ${file} (${HF_INDEX} puts ${forTensor} there)` : `${dir}: missing ${file}`);
-    const header = readSafetensorsHeader(full, { skipUnsupported: true });
-    s = { header, map: arena.map(full) };
-    shards.set(file, s);
-    return s;
-  };
-  const fileOf = (name: string) => (index ? index.get(name) : HF_SINGLE);
-  const has = (name: string) => {
-    const f = fileOf(name);
-    if (f === undefined) return false;
-    const { header } = open(f, name);
-    return header.tensors.has(name) || header.skipped.has(name);
-  };
-  const load = (e: Expected): Tensor => {
-    const file = fileOf(e.name);
-    if (file === undefined) throw new Error(`${dir}: missing tensor ${e.name} (not in ${HF_INDEX})`);
-    const { header, map } = open(file, e.name);
-    const entry = header.tensors.get(e.name);
-    if (!entry) {
-      const other = header.skipped.get(e.name);
-      if (other) throw new Error(`${header.path}: tensor ${e.name} has dtype ${other}; only F32, F16 and BF16 are supported`);
-      throw new Error(`${header.path}: missing tensor ${e.name}`);
-    }
-    if (entry.shape.length !== e.shape.length || entry.shape.some((s, i) => s !== e.shape[i]))
-      throw new Error(`${header.path}: tensor ${e.name} has shape ${shapeStr(entry.shape)} but config.json implies ${shapeStr(e.shape)} (${e.why})`);
-    return arena.tensor(map, entry.byteOffset, e.shape, fileDTypeOf(entry.dtype), e.matrix ? dtype : 'f32', e.name);
-  };
-  return { has, load };
-}
+type Expected = FolderTensor;
 
 /**
  * Reads config.json and the safetensors headers, maps the files and creates the tensors in `arena`
@@ -206,7 +148,7 @@ function folderLoader(dir: string, arena: LoadArena, dtype: 'f32' | 'bf16') {
  */
 export function loadTextEncoderWeights(dir: string, arena: LoadArena, opts: { dtype?: 'f32' | 'bf16' } = {}): { config: TextEncoderConfig; weights: TextEncoderWeights } {
   const c = readTextEncoderConfig(dir);
-  const { has, load } = folderLoader(dir, arena, opts.dtype ?? 'f32');
+  const { has, load } = hfFolder(dir, arena, opts.dtype ?? 'f32', /\.(bin|pth|pt|msgpack|h5|ckpt)$/);
   const C = c.dim;
   const F = c.ffnDim;
   // the *For* classes keep the backbone under "roberta." / "bert."; a bare *Model has no prefix

@@ -12,14 +12,14 @@
 //
 // Shapes: N tokens of the batch, S texts (segments), C hidden, H heads, d = C / H, F intermediate,
 // K prompts.
-import * as fs from 'fs';
-import * as nodePath from 'path';
 import { native, Device, Tensor } from '../native';
 import { resolveDevice } from '../device';
 import { LoadArena } from '../model/weights';
-import { HF_CONFIG } from '../model/hf';
 import type { EncoderConfig, EncoderLayerWeights } from '../encoder/config';
-import { EncoderPrompts, PromptKV, checkPrompts, linear, promptKV } from '../encoder/encoder';
+import {
+  AttentionActivations, EncoderPrompts, PromptKV, checkAdaptedLayers, checkPrompts, linear, loadEncoderFolder, promptKV, releaseSaved, selfAttention,
+  selfAttentionBackward,
+} from '../encoder/encoder';
 import { TextEncoderConfig, TextEncoderWeights, loadTextEncoderWeights, mapTextEncoderWeights, textEncoderTensors } from './config';
 import { TextTokenizer, loadTextTokenizer } from './tokenizer';
 
@@ -70,12 +70,7 @@ export class TextBatchIndex {
 }
 
 /** What the backward of one post-norm layer needs. */
-export interface PostNormActivations {
-  q: Tensor; // (N, H, d)
-  k: Tensor;
-  v: Tensor;
-  out: Tensor; // (N, H, d) attention output
-  stats: Tensor; // (N, H, 2)
+export interface PostNormActivations extends AttentionActivations {
   y1: Tensor; // (N, C) x + attention, before LN1
   h: Tensor; // (N, F) fc1 output, before gelu
   y2: Tensor; // (N, C) x1 + ffn, before LN2
@@ -89,21 +84,7 @@ export interface PostNormActivations {
 export function postNormLayer(
   x: Tensor, lw: EncoderLayerWeights, c: TextEncoderConfig, segments: Tensor, prompt: PromptKV | null, save?: Partial<PostNormActivations>,
 ): Tensor {
-  const N = x.shape[0];
-  const H = c.nHeads;
-  const d = c.dim / H;
-  const heads = (t: Tensor) => {
-    const r = native.reshape(t, [N, H, d]); // a view: the storage stays with it
-    t.dispose();
-    return r;
-  };
-  const q = heads(linear(x, lw.wq, lw.bq));
-  const k = heads(linear(x, lw.wk, lw.bk));
-  const v = heads(linear(x, lw.wv, lw.bv));
-  const [out, stats] = native.gatedAttention(q, k, v, segments, prompt?.pk ?? null, prompt?.pv ?? null, prompt?.gate ?? null, { causal: false });
-  const o = native.reshape(out, [N, c.dim]);
-  const y1 = linear(o, lw.wo, lw.bo); // (N, C)
-  o.dispose();
+  const { attn: y1, q, k, v, out, stats } = selfAttention(x, lw, c, segments, prompt); // y1 (N, C)
   native.addInPlace(y1, x);
   const x1 = native.layerNorm(y1, lw.ln1w, lw.ln1b, c.eps);
   const h = linear(x1, lw.w1, lw.b1); // (N, F)
@@ -127,9 +108,6 @@ export function postNormLayerBackward(
   dx2: Tensor, act: PostNormActivations, lw: EncoderLayerWeights, c: TextEncoderConfig, segments: Tensor, kv: PromptKV,
   gPrompt: Tensor, gGate: Tensor, noInput: boolean,
 ): Tensor | null {
-  const N = dx2.shape[0];
-  const H = c.nHeads;
-  const d = c.dim / H;
   const lnBack = (dy: Tensor, x: Tensor, w: Tensor) => {
     const [dx, dw, db] = native.layerNormBackward(dy, x, w, c.eps);
     dw.dispose();
@@ -148,37 +126,9 @@ export function postNormLayerBackward(
   // attention block: x1 = LN1(x + Wo attn(x) + bo)
   const dy1 = lnBack(dx1, act.y1, lw.ln1w);
   dx1.dispose();
-  const dO = native.matmulBackward(dy1, lw.wo);
-  const dO3 = native.reshape(dO, [N, H, d]);
-  dO.dispose();
-  const [dq, dk, dv, dpk, dpv, dgate] = native.gatedAttentionBackward(
-    dO3, act.q, act.k, act.v, segments, kv.pk, kv.pv, kv.gate, act.out, act.stats, { causal: false },
-  );
-  dO3.dispose();
-  native.addInPlace(gGate, dgate!);
-  // the prompt: pk = P Wkᵀ + bk, pv = P Wvᵀ + bv
-  const K = kv.pk.shape[0];
-  const dpk2 = native.reshape(dpk!, [K, c.dim]);
-  const dpv2 = native.reshape(dpv!, [K, c.dim]);
-  const dP = native.matmulBackward(dpk2, lw.wk); // (K, C)
-  const dPv = native.matmulBackward(dpv2, lw.wv);
-  native.addInPlace(dP, dPv);
-  native.addInPlace(gPrompt, dP);
-  [dgate!, dpk!, dpv!, dpk2, dpv2, dP, dPv].forEach((t) => t.dispose());
-  if (noInput) {
-    [dq, dk, dv, dy1].forEach((t) => t.dispose());
-    return null;
-  }
-  // x feeds q, k, v and the residual
-  const flat = (t: Tensor) => native.reshape(t, [N, c.dim]);
-  const [q2, k2, v2] = [flat(dq), flat(dk), flat(dv)];
-  const dx = native.matmulBackward(q2, lw.wq);
-  const dxk = native.matmulBackward(k2, lw.wk);
-  const dxv = native.matmulBackward(v2, lw.wv);
-  native.addInPlace(dx, dxk);
-  native.addInPlace(dx, dxv);
-  native.addInPlace(dx, dy1);
-  [dq, dk, dv, q2, k2, v2, dxk, dxv, dy1].forEach((t) => t.dispose());
+  const dx = selfAttentionBackward(dy1, act, lw, c, segments, kv, gPrompt, gGate, noInput);
+  if (dx) native.addInPlace(dx, dy1); // x also feeds the residual
+  dy1.dispose();
   return dx;
 }
 
@@ -207,47 +157,16 @@ export class TextEncoderModel {
     if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
       throw new RangeError(`TextEncoderModel.load: dtype must be 'f32' or 'bf16', got ${JSON.stringify(opts.dtype)}`);
     const device = resolveDevice(opts.device, 'TextEncoderModel.load: device');
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(dir);
-    } catch {
-      throw new Error(`encoder not found: ${dir} does not exist`);
-    }
-    if (!st.isDirectory() || !fs.existsSync(nodePath.join(dir, HF_CONFIG)))
-      throw new Error(`${dir}: expected a Hugging Face model folder (config.json + model.safetensors)`);
-    const arena = new LoadArena();
-    let config: TextEncoderConfig;
-    let weights: TextEncoderWeights;
-    let tokenizer: TextTokenizer | null = null;
-    try {
-      ({ config, weights } = loadTextEncoderWeights(dir, arena, { dtype: opts.dtype }));
+    const { config, weights, tokenizer, arena } = await loadEncoderFolder(dir, device, mapTextEncoderWeights, (arena) => {
+      const { config, weights } = loadTextEncoderWeights(dir, arena, { dtype: opts.dtype });
+      let tokenizer: TextTokenizer | null = null;
       if (opts.tokenizer !== false) {
         tokenizer = loadTextTokenizer(dir, config.family);
         if (tokenizer.vocabSize > config.vocabSize)
           throw new Error(`${dir}: the tokenizer has ${tokenizer.vocabSize} tokens but config.json's vocab_size is ${config.vocabSize}`);
       }
-      await native.synchronize(); // NaN/Inf in the weights fails here, naming the tensor
-    } catch (e) {
-      arena.release();
-      throw e;
-    }
-    if (device !== 'cpu') {
-      const made: Tensor[] = [];
-      try {
-        weights = mapTextEncoderWeights(weights, (t) => {
-          const m = native.toDevice(t, device);
-          made.push(m);
-          t.dispose();
-          return m;
-        });
-        arena.closeMappings();
-        await native.synchronize();
-      } catch (e) {
-        for (const t of made) t.dispose();
-        arena.release();
-        throw new Error(`failed to load ${dir} onto ${device}: ${(e as Error).message}`);
-      }
-    } else arena.closeMappings();
+      return { config, weights, tokenizer };
+    });
     return new TextEncoderModel(dir, config, weights, tokenizer, device, arena);
   }
 
@@ -321,8 +240,7 @@ export class TextEncoderGraph {
   private idx?: TextBatchIndex;
 
   constructor(readonly encoder: TextEncoderModel, readonly L: number) {
-    const n = encoder.config.nLayers;
-    if (!Number.isInteger(L) || L < 1 || L > n) throw new RangeError(`TextEncoderGraph: adapted layers must be 1..${n}, got ${L}`);
+    checkAdaptedLayers('TextEncoderGraph', L, encoder.config.nLayers);
   }
 
   /** The last hidden states (N, C); the caller keeps `idx` alive until backward(). */
@@ -370,11 +288,7 @@ export class TextEncoderGraph {
   }
 
   release(): void {
-    for (const { act, kv } of this.saved) {
-      (Object.values(act) as Tensor[]).forEach((t) => t.dispose());
-      kv.pk.dispose();
-      kv.pv.dispose();
-    }
+    releaseSaved(this.saved);
     this.saved = [];
     this.idx = undefined;
   }

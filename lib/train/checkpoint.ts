@@ -25,6 +25,16 @@ export function stepDirName(step: number): string {
   return `step-${String(step).padStart(6, '0')}`;
 }
 
+/** The checkpoint folder --resume names: `auto` is the highest step in `out`, or none (said with
+ *  `log`) when it has none yet; without --resume, none. */
+export function resumeFolder(resume: string | undefined, out: string, log: (m: string) => void): string | undefined {
+  if (!resume) return undefined;
+  if (resume !== 'auto') return resume;
+  const dir = listCheckpoints(out).pop(); // the highest step
+  if (!dir) log(`no checkpoint in ${out}: starting from scratch`);
+  return dir;
+}
+
 /** Checkpoint folders of a run, oldest first: by step number (step-999999 before step-1000002). */
 export function listCheckpoints(out: string): string[] {
   if (!fs.existsSync(out)) return [];

@@ -11,7 +11,7 @@ import { generate } from '../generate/generate';
 import { Adapter, AdapterConfig, checkAdapterConfig, defaultAdapterConfig } from '../model/adapter';
 import { Llama } from '../model/llama';
 import { Tokenizer } from '../tokenizer';
-import { listCheckpoints, loadCheckpoint, LoadedCheckpoint, RunState, saveCheckpoint } from './checkpoint';
+import { loadCheckpoint, LoadedCheckpoint, resumeFolder, RunState, saveCheckpoint } from './checkpoint';
 import { configToYaml, TrainConfig } from './config';
 import { checkRunFolder, clearRun, removeLeftovers, resultSettings, settingMismatches } from './run-folder';
 import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
@@ -20,7 +20,7 @@ import { AdapterGrads, AdapterGraph, PackedBatch } from './graph';
 import { ImagePromptStep } from '../model/image-prompts';
 import { FeaturesFileSource, openEncoderSource, ImageFeatureSource, parseFeatureLayers, projConfigFor } from './image-features';
 import { AdamW, NonFiniteError } from './optimizer';
-import { learningRate, peakFromBase, ScheduleOptions } from './schedule';
+import { learningRate, runSchedule } from './schedule';
 
 export interface StepMetrics {
   step: number; // 1-based, optimiser steps completed
@@ -220,31 +220,17 @@ export class Trainer extends EventEmitter {
   }
 
   private findResume(): LoadedCheckpoint | undefined {
-    const r = this.cfg.resume;
-    if (!r) return undefined;
-    let dir: string | undefined = r;
-    if (r === 'auto') {
-      dir = listCheckpoints(this.cfg.out).pop(); // the highest step
-      if (!dir) {
-        this.emit('log', `no checkpoint in ${this.cfg.out}: starting from scratch`);
-        return undefined;
-      }
-    }
+    const dir = resumeFolder(this.cfg.resume, this.cfg.out, (m) => this.emit('log', m));
+    if (!dir) return undefined;
     return loadCheckpoint(dir, this.model.config, this.model.device);
   }
 
   async run(): Promise<TrainResult> {
     const c = this.cfg;
-    const A = c['grad-accum'];
     const batcher = new Batcher(this.train, { batchSize: c['batch-size'], seed: c.seed, shuffle: !c['no-shuffle'] });
-    const stepsPerEpoch = batcher.batchesPerEpoch / A;
-    const totalSteps = c['max-steps'] ?? Math.ceil((c.epochs * batcher.batchesPerEpoch) / A);
-    const schedule: ScheduleOptions = {
-      peakLr: c.lr ?? peakFromBase(c.blr, c['batch-size'] * A),
-      totalSteps,
-      warmupSteps: c['warmup-steps'] ?? Math.round(c['warmup-epochs'] * stepsPerEpoch),
-      kind: c.schedule,
-    };
+    const A = c['grad-accum'];
+    const schedule = runSchedule(c, batcher.batchesPerEpoch);
+    const totalSteps = schedule.totalSteps;
     const fingerprint = this.fingerprint(totalSteps);
     const dist = currentWorld(); // data parallelism (distributed.ts): a world of one unless launched by mpirun
     const root = dist.isRoot; // only rank 0 writes files

@@ -5,11 +5,9 @@
 // whose values are `torch._utils._rebuild_tensor_v2` calls on storage persistent ids, so that
 // `torch.load` reads it. Written to a temporary file and renamed: no half-written output.
 // (Free of the native addon so tools can use it.)
-import * as crypto from 'crypto';
-import * as fs from 'fs';
 import * as os from 'os';
-import * as nodePath from 'path';
 import * as zlib from 'zlib';
+import { writeAll, writeFileAtomic } from '../../output';
 
 export interface PthTensor {
   name: string;
@@ -111,17 +109,14 @@ export function writeTorchStateDict(path: string, tensors: PthTensor[], opts: { 
 /** Writes a zip of stored `records` (name, bytes) in order, data aligned to 64 bytes as PyTorch
  *  does, atomically (temporary file, then rename). Small files only (no ZIP64). */
 export function writeZip(path: string, records: [string, Buffer][]): void {
-  if (os.endianness() !== 'LE') throw new Error('writeZip: a big-endian host would need byte swapping');  const total = records.reduce((s, [, b]) => s + b.length + 200, 0);
+  if (os.endianness() !== 'LE') throw new Error('writeZip: a big-endian host would need byte swapping');
+  const total = records.reduce((s, [, b]) => s + b.length + 200, 0);
   if (total >= 0xffffffff) throw new Error(`writeZip: ${total} bytes need ZIP64, which this small writer does not write`);
 
-  const tmp = nodePath.join(nodePath.dirname(path), `.${nodePath.basename(path)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
-  const fd = fs.openSync(tmp, 'wx');
-  let ok = false;
-  try {
+  writeFileAtomic(path, (fd) => {
     let pos = 0;
     const put = (b: Buffer) => {
-      let done = 0;
-      while (done < b.length) done += fs.writeSync(fd, b, done, b.length - done);
+      writeAll(fd, b);
       pos += b.length;
     };
     const written: Written[] = [];
@@ -176,16 +171,5 @@ export function writeZip(path: string, records: [string, Buffer][]): void {
     e.writeUInt32LE(pos - cdStart, 12);
     e.writeUInt32LE(cdStart, 16);
     put(e);
-    fs.fsyncSync(fd);
-    ok = true;
-  } finally {
-    fs.closeSync(fd);
-    if (!ok) fs.rmSync(tmp, { force: true });
-  }
-  try {
-    fs.renameSync(tmp, path);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
+  });
 }
