@@ -23,6 +23,8 @@
 #   ours7b    the random-weight 7B benchmark (bench/gpu-7b.ts train): steps, MFU, memory, decode
 #   clip      the CLIP ViT-L/14 image encoder, random bf16 weights, batch 32 (bench/gpu-mm.ts encode)
 #   mm7b      the 7B image-conditioned step on CLIP ViT-L/14 features (bench/gpu-mm.ts train)
+#   q4k7b     the 7B adapter step on a Q4_K base, random blocks uploaded per layer (bench/gpu-q4k.ts):
+#             B = 4, 4 x 512 with checkpointing (the <= 8 GB target), B = 16
 #   torch     go: PEFT's timed steps, GEMM and decode (the GPU is ours no more)
 #   report    one table: stdout, $OUT/gpu-check.md, $OUT/gpu-check.json (+ gpu-check.log, build.log,
 #             tests.log, torch.log: six files, of the eight that may come back)
@@ -237,12 +239,12 @@ main() {
   cpus=$(nproc)
   export JOBS=${GPU_CHECK_JOBS:-$((cpus > 4 && NO_GPU == 0 ? cpus - 2 : cpus))}
 
-  local gpu_phases="tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b torch"
+  local gpu_phases="tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b q4k7b torch"
   # Every phase after the build keeps a share of the budget (its least useful time, which the phases
   # before it may not eat into), then gets what those leave, up to its own cap. TAIL: PyTorch's timed
   # part (60 s) and the report (15 s).
-  local -A SHARE=([info]=5 [tests]=15 [parity]=10 [nccl]=10 [nccl-gpu]=10 [gemm-lt]=15 [gemm-own]=15 [ours7b]=45 [clip]=20 [mm7b]=35)
-  local ORDER="info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b" TAIL=75
+  local -A SHARE=([info]=5 [tests]=15 [parity]=10 [nccl]=10 [nccl-gpu]=10 [gemm-lt]=15 [gemm-own]=15 [ours7b]=45 [clip]=20 [mm7b]=35 [q4k7b]=30)
+  local ORDER="info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b q4k7b" TAIL=75
   # reserve NAME: the shares of the phases after NAME, and the tail
   reserve() {
     local r=$TAIL seen=0 p
@@ -258,7 +260,7 @@ main() {
     echo $((t < $2 ? t : $2))
   }
   # the device builds with 14 jobs in a few minutes: up to 330 s, less the shares of everything
-  # after it (about 275 s of a 540 s budget); a machine without a GPU (the dry run) may be slower,
+  # after it (about 250 s of a 540 s budget); a machine without a GPU (the dry run) may be slower,
   # and there the build is all there is to time
   local build_cap=330 build_reserve=$(($(reserve info) + SHARE[info]))
   [ $NO_GPU = 1 ] && build_cap=$((BUDGET - 40)) build_reserve=30
@@ -268,6 +270,7 @@ main() {
       not_run "not run (no GPU)" $gpu_phases
     else
       local dev="$ROOT/dist/scripts/gpu-check-device.js" b7="$ROOT/dist/bench/gpu-7b.js" bmm="$ROOT/dist/bench/gpu-mm.js" t
+      local bq4="$ROOT/dist/bench/gpu-q4k.js"
       run_phase tests 120 15 "$(reserve tests)" bash "$SELF" --phase tests
       run_phase parity 60 10 "$(reserve parity)" node "$dev" parity --json "$RES/parity.json"
       run_phase nccl 45 10 "$(reserve nccl)" node "$ROOT/dist/scripts/nccl-check.js" --json "$RES/nccl.json"
@@ -287,11 +290,15 @@ main() {
       # the image-conditioned 7B step on CLIP ViT-L/14 features (issue 11), B = 4 and 16
       t=$(budget mm7b 60)
       run_phase mm7b 60 35 "$(reserve mm7b)" node "$bmm" train --batches "$HERE/data/batches-7b.json" --micro 4,16 --steps 3 --budget $((t - 5)) --json "$RES/mm7b.json"
+      # the 7B adapter step on a Q4_K base (issue 13): B = 4, then 4 x 512 with checkpointing (the
+      # <= 8 GB target), then B = 16 if time is left; its runs stop 5 s before the phase ends
+      t=$(budget q4k7b 75)
+      run_phase q4k7b 75 30 "$(reserve q4k7b)" node "$bq4" train --batches "$HERE/data/batches-7b.json" --micro 4,16 --full 4 --steps 3 --budget $((t - 5)) --json "$RES/q4k7b.json"
     fi
   elif [ $NO_GPU = 1 ]; then
     not_run "not run (no GPU)" info $gpu_phases
   else
-    not_run "not run (the build failed)" info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b
+    not_run "not run (the build failed)" info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b q4k7b
   fi
 
   if [ -n "$torch_pid" ]; then

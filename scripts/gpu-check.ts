@@ -23,7 +23,8 @@
 // There, run.sh unpacks node, builds the addon with nvcc (CMake, sm_90) in a temp dir, finds
 // cuBLASLt and NCCL in python3's nvidia wheels (LLAMA_ADAPTER_CUBLASLT, LLAMA_ADAPTER_NCCL), runs the
 // GPU op tests, the cpu-vs-cuda parity check, NCCL with one rank, the 7B benchmark (bench/gpu-7b.ts),
-// the CLIP ViT-L/14 encoder and the 7B image-conditioned step (bench/gpu-mm.ts), and PyTorch + PEFT
+// the CLIP ViT-L/14 encoder and the 7B image-conditioned step (bench/gpu-mm.ts), the 7B adapter step
+// on a Q4_K base (bench/gpu-q4k.ts: B = 4, 4 x 512 with checkpointing, B = 16), and PyTorch + PEFT
 // on the same batches (bench/torch_peft_step.py), and prints one table, also written to
 // $OUT/gpu-check.md and $OUT/gpu-check.json.
 //
@@ -332,7 +333,7 @@ export function formatMarkdown(t: ReportTable, title: string): string {
 }
 
 /** run.sh's phases in the order they run */
-export const PHASES = ['env', 'node', 'build', 'info', 'tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'clip', 'mm7b', 'torch'];
+export const PHASES = ['env', 'node', 'build', 'info', 'tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'clip', 'mm7b', 'q4k7b', 'torch'];
 const phaseRank = (p: string) => (PHASES.indexOf(p) + PHASES.length + 1) % (PHASES.length + 1);
 
 const GIB = 2 ** 30;
@@ -362,6 +363,7 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   const ours = r('ours7b');
   const clip = r('clip');
   const mm = r('mm7b');
+  const q4k = r('q4k7b');
   const torch = r('torch');
 
   /** what a cell says when its phase gave no figure */
@@ -436,6 +438,29 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
     rows.push([
       `B=${B}: 7B + CLIP ViT-L/14 features, image-conditioned step: tok/s (ms/step), peak GPU memory`,
       m ? `${f0(m.tokPerS)} (${f1(m.msPerStep)} ms), ${f1(m.peakBytes / GIB)} GiB` : why('mm7b', mm?.errors, mm?.skipped, `B=${B}`),
+      '–',
+      '–',
+    ]);
+  }
+
+  // the Q4_K base (bench/gpu-q4k.ts): ours only; the row names the GPU it ran on
+  const gpuName = env.gpu || (noGpu ? 'no GPU' : 'unknown GPU');
+  const onGpu = env.gpu ? ` on ${String(env.gpu).split(',')[0]}` : '';
+  const q4kRuns: [string, (t: Json) => boolean, string][] = [
+    ['B=4', (t) => t.batch === 'alpaca' && t.B === 4, 'B=4:'],
+    ['B=4 x 512, checkpointing', (t) => t.batch === 'full', 'B=4 x'],
+    ['B=16', (t) => t.batch === 'alpaca' && t.B === 16, 'B=16:'],
+  ];
+  for (const [label, pick, match] of q4kRuns) {
+    const q = (q4k?.train as Json[] | undefined)?.find(pick);
+    const full = label.includes('512');
+    const gb = (b: number) => `${(b / 1e9).toFixed(2)} GB`;
+    rows.push([
+      `${label}: 7B Q4_K base, adapter step${onGpu}: tok/s (ms/step), peak GPU memory${full ? ' (target ≤ 8 GB)' : ''}`,
+      q
+        ? `${f0(q.tokPerS)} (${f1(q.msPerStep)} ms), ${gb(q.peakBytes)}` +
+          (full ? ` (target ≤ ${gb(q4k!.targetBytes ?? 8e9)}: ${q.peakBytes <= (q4k!.targetBytes ?? 8e9) ? 'met' : 'NOT met'})` : '')
+        : why('q4k7b', q4k?.errors, q4k?.skipped, match),
       '–',
       '–',
     ]);
@@ -517,7 +542,6 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   const versions = torch?.versions
     ? `torch ${torch.versions.torch} (CUDA ${torch.versions.cuda}), transformers ${torch.versions.transformers}, peft ${torch.versions.peft}`
     : 'not run';
-  const gpuName = env.gpu || (noGpu ? 'no GPU' : 'unknown GPU');
   const notes = [
     `${noGpu ? 'DRY RUN without a GPU: nothing was measured on a GPU; ' : ''}GPU: ${gpuName}; ${env.nvcc || 'nvcc ?'}; ` +
       `node ${info?.node ?? '?'}, addon ${info?.capabilities?.version ?? '?'}, cuda ${info?.capabilities?.cuda ? `available ${info.capabilities.cuda.available} (${info.capabilities.cuda.reason})` : '?'}; ` +
@@ -536,6 +560,11 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
       'made on the GPU (matrices bf16), random normalised pixels, best of its runs after a warm-up batch, pixels uploaded to features read back; ' +
       'the image-conditioned step (SPEC §8) on the same Alpaca micro-batches with one image per example: random CLIP ViT-L/14-size features ' +
       '(1024), projection R = 128, per-segment prompts, L = 30, K = 10, AdamW on prompts, gates and projection, one warm-up step then 3 timed.',
+    'Q4_K base (bench/gpu-q4k.ts, ours only): the LLaMA-7B shape with every matrix (embedding, attention, FFN, LM head) in Q4_K, ' +
+      'random blocks made directly (fp16 d near 7.8e-5, dmin = 8d, sub-block scales 48..63 with centring mins, random nibbles: values of std 0.02), ' +
+      'one host copy per matrix shape uploaded once per layer (each layer its own device copy, the same values); the adapter step as above ' +
+      '(L = 30, K = 10, AdamW) on the Alpaca micro-batches, and on 4 sequences of 512 random tokens, every position a target, with activation ' +
+      `checkpointing, for the ≤ 8 GB target; one warm-up step then 3 timed. GB = 10⁹ bytes.${q4k?.weights ? ` Q4_K weights on the GPU: ${(q4k.weights.bytes / 1e9).toFixed(2)} GB.` : ''}`,
     `Decode: greedy, batch 1, with the adapter, timed from the first generated token; bound = 4.8 TB/s / ${(decodeWeightBytes(LLAMA_7B, 2) / 1e9).toFixed(2)} GB of weights per token (KV cache not counted).`,
     'GEMM: TF = TFLOP/s (2·M·N·K / time) at M = 4096 rows, forward y = x·wᵀ / backward dx = dy·w; M=1 = weight bytes read per second. ' +
       'Ours: x f32, w bf16 (engine per capabilities().cuda.gemm: the default engine, then LLAMA_ADAPTER_GEMM=own); PyTorch: torch.matmul with bf16 x.',
@@ -549,7 +578,7 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   if (errors.length) notes.push(`Errors: ${errors.join(' | ')}.`);
   const title = `GPU check: LLaMA-Adapter at the LLaMA-7B shape, ours vs PyTorch + PEFT — ${gpuName}`;
   const table = { columns: ['', 'ours (llama-adapter, CUDA)', 'PyTorch + PEFT AdaptionPrompt', 'ours / PyTorch'], rows, notes };
-  const json = { date: new Date().toISOString(), dryRun: noGpu, prepared: manifest, phases, env, info, parity, nccl, ncclGpu, gemm: { lt: gemmLt, own: gemmOwn }, ours, clip, mm7b: mm, torch, table };
+  const json = { date: new Date().toISOString(), dryRun: noGpu, prepared: manifest, phases, env, info, parity, nccl, ncclGpu, gemm: { lt: gemmLt, own: gemmOwn }, ours, clip, mm7b: mm, q4k7b: q4k, torch, table };
   return { table, json, title };
 }
 

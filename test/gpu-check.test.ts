@@ -1,7 +1,8 @@
 // The GPU check's arithmetic and its no-GPU report (no GPU needed): the FLOP count behind MFU and the
 // bytes behind the decode bound against hand counts, the packing of its batches, the node_modules it
 // carries, a report of a run without a GPU that must show no figure at all in the GPU columns, and
-// the image phases' device program (bench/gpu-mm.ts) run at a tiny shape on the CPU.
+// the image phases' device program (bench/gpu-mm.ts) and the Q4_K base's (bench/gpu-q4k.ts) run at
+// a tiny shape on the CPU.
 import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -9,6 +10,7 @@ import * as path from 'path';
 import { adapterStepFlops, decodeWeightBytes, LLAMA_7B, ModelShape } from '../bench/flops';
 import { packJson } from '../bench/gpu-7b';
 import { CLIP_TINY, encoderFlopsPerImage, main as gpuMm, randomEncoderWeights } from '../bench/gpu-mm';
+import { fullBatch, main as gpuQ4k, randomQ4kBytes, TINY_Q4K } from '../bench/gpu-q4k';
 import { encoderTensors, EncoderLayerWeights } from '../lib/encoder/config';
 import { ImageEncoder } from '../lib/encoder/encoder';
 import { writeSafetensors, SafetensorsTensor } from '../lib/model/safetensors';
@@ -87,7 +89,7 @@ describe('gpu check: FLOPs, bytes, batches, report', () => {
       const res = path.join(dir, 'results');
       fs.mkdirSync(res);
       for (const p of ['env', 'node', 'build', 'info']) fs.writeFileSync(path.join(res, `${p}.status`), 'ok');
-      for (const p of ['tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'clip', 'mm7b', 'torch'])
+      for (const p of ['tests', 'parity', 'nccl', 'nccl-gpu', 'gemm-lt', 'gemm-own', 'ours7b', 'clip', 'mm7b', 'q4k7b', 'torch'])
         fs.writeFileSync(path.join(res, `${p}.status`), 'not run (no GPU)');
       const { table, json } = buildReport(res, dir, true);
       expect(table.rows.length).to.be.greaterThan(10);
@@ -98,11 +100,49 @@ describe('gpu check: FLOPs, bytes, batches, report', () => {
         'B=4: 7B + CLIP ViT-L/14 features, image-conditioned step: tok/s (ms/step), peak GPU memory',
         'B=16: 7B + CLIP ViT-L/14 features, image-conditioned step: tok/s (ms/step), peak GPU memory',
       ]);
+      // and the Q4_K base (no GPU named: none ran)
+      expect(labels.filter((l) => /7B Q4_K base/.test(l))).to.deep.equal([
+        'B=4: 7B Q4_K base, adapter step: tok/s (ms/step), peak GPU memory',
+        'B=4 x 512, checkpointing: 7B Q4_K base, adapter step: tok/s (ms/step), peak GPU memory (target ≤ 8 GB)',
+        'B=16: 7B Q4_K base, adapter step: tok/s (ms/step), peak GPU memory',
+      ]);
       for (const row of table.rows) {
         for (const cell of row.slice(1)) expect(cell === 'not run (no GPU)' || cell === '–', `${row[0]}: ${cell}`).to.equal(true);
       }
       expect(json.dryRun).to.equal(true);
       expect(table.notes[0]).to.match(/^DRY RUN without a GPU/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the Q4_K rows show what q4k7b measured, the GPU it ran on, the target met or not, and why a run is missing', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-gpu-report-'));
+    try {
+      const res = path.join(dir, 'results');
+      fs.mkdirSync(res);
+      fs.writeFileSync(path.join(res, 'env.json'), JSON.stringify({ gpu: 'NVIDIA H100 80GB HBM3, 570.1, 81559 MiB' }));
+      fs.writeFileSync(path.join(res, 'q4k7b.status'), 'ok');
+      const row = (batch: string, B: number, tokPerS: number, msPerStep: number, peakBytes: number) =>
+        ({ batch, B, checkpointing: batch === 'full', steps: 3, tokens: 3 * B * 100, seconds: 1, tokPerS, msPerStep, peakBytes, losses: [] });
+      fs.writeFileSync(path.join(res, 'q4k7b.json'), JSON.stringify({
+        mode: 'train', device: 'cuda', targetBytes: 8e9, weights: { bytes: 3.8e9, seconds: 2 },
+        train: [row('alpaca', 4, 1234.4, 456.78, 9.1e9), row('full', 4, 2000, 1024, 6.789e9)],
+        skipped: ['train B=16: out of time'], errors: [],
+      }));
+      const { table, json } = buildReport(res, dir, false);
+      const rows = table.rows.filter((r) => /7B Q4_K base/.test(r[0]));
+      expect(rows).to.deep.equal([
+        ['B=4: 7B Q4_K base, adapter step on NVIDIA H100 80GB HBM3: tok/s (ms/step), peak GPU memory', '1234 (456.8 ms), 9.10 GB', '–', '–'],
+        ['B=4 x 512, checkpointing: 7B Q4_K base, adapter step on NVIDIA H100 80GB HBM3: tok/s (ms/step), peak GPU memory (target ≤ 8 GB)',
+          '2000 (1024.0 ms), 6.79 GB (target ≤ 8.00 GB: met)', '–', '–'],
+        ['B=16: 7B Q4_K base, adapter step on NVIDIA H100 80GB HBM3: tok/s (ms/step), peak GPU memory', 'skipped: out of time', '–', '–'],
+      ]);
+      expect(table.notes.find((n) => n.startsWith('Q4_K base'))).to.match(/Q4_K weights on the GPU: 3\.80 GB\.$/);
+      expect(json.q4k7b.train).to.have.length(2);
+      // over the target says so
+      fs.writeFileSync(path.join(res, 'q4k7b.json'), JSON.stringify({ targetBytes: 8e9, train: [row('full', 4, 2000, 1024, 8.5e9)], skipped: [], errors: [] }));
+      expect(buildReport(res, dir, false).table.rows.find((r) => /4 x 512/.test(r[0]))![1]).to.equal('2000 (1024.0 ms), 8.50 GB (target ≤ 8.00 GB: NOT met)');
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -251,5 +291,102 @@ describe('gpu check: the image phases at a tiny shape on the CPU (bench/gpu-mm.t
       }
       expect(err?.message, argv.join(' ')).to.match(msg);
     }
+  });
+});
+
+describe('gpu check: the Q4_K base at a tiny shape on the CPU (bench/gpu-q4k.ts)', () => {
+  it('randomQ4kBytes makes valid Q4_K blocks: native dequantisation reads values of mean ~0 and std ~0.02, a function of the seed', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-gpu-q4k-'));
+    try {
+      const a = randomQ4kBytes(64, 512, 3);
+      expect(a.length).to.equal(64 * 2 * 144);
+      expect(Buffer.from(randomQ4kBytes(64, 512, 3)).equals(Buffer.from(a))).to.equal(true);
+      expect(Buffer.from(randomQ4kBytes(64, 512, 4)).equals(Buffer.from(a))).to.equal(false);
+      fs.writeFileSync(path.join(dir, 'w.q4k'), a);
+      const map = native.mapFile(path.join(dir, 'w.q4k'), true);
+      const t = native.fromFile(map, 0, [64, 512], 'q4_k', 'q4_k', 'random');
+      map.close();
+      const v = (await t.read()) as Float32Array; // every fp16 scale finite, or the read rejects
+      t.dispose();
+      let sum = 0;
+      let sq = 0;
+      for (const x of v) {
+        sum += x;
+        sq += x * x;
+      }
+      const mean = sum / v.length;
+      expect(Math.abs(mean)).to.be.lessThan(1e-3);
+      expect(Math.sqrt(sq / v.length - mean * mean)).to.be.within(0.018, 0.022);
+      // |value| <= d·scale·15 at most: d < 1.1 x 7.8e-5, scale <= 63
+      expect(Math.max(...v.map(Math.abs))).to.be.within(0.02, 1.1 * 7.8e-5 * 63 * 15);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('fullBatch: B sequences of T tokens in the vocabulary, every position but the last a target', () => {
+    const b = fullBatch(2, 5, 10, 1);
+    expect(b.ids.map((x) => x.length)).to.deep.equal([5, 5]);
+    for (const x of b.ids.flat()) expect(x).to.be.within(3, 9);
+    expect(b.labels).to.deep.equal(b.ids.map((x) => [...x.slice(1), -1]));
+    expect(b.ids[0]).to.not.deep.equal(b.ids[1]);
+  });
+
+  it('train runs at the tiny shape on the CPU: B = 2 on the batches, the full-length batch with checkpointing', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-gpu-q4k-'));
+    try {
+      const ex = (ids: number[]) => ({ ids, labels: [...ids.slice(1), 2].map((y, i) => (i === 0 ? -1 : y)) });
+      const mb = (xs: number[][]) => {
+        const e = xs.map(ex);
+        return { ids: e.map((x) => x.ids), labels: e.map((x) => x.labels) };
+      };
+      fs.writeFileSync(path.join(dir, 'b.json'), JSON.stringify({
+        source: 'by hand', maxSeqLen: 16, decodePrompt: [1, 5],
+        micro: [
+          { B: 2, warmup: mb([[1, 5, 6, 7], [1, 8, 9]]), steps: [mb([[1, 5, 6], [1, 7, 8, 9]]), mb([[1, 11, 12], [1, 13]])] },
+          { B: 3, warmup: mb([[1, 5], [1, 6], [1, 7]]), steps: [mb([[1, 5], [1, 6], [1, 7]])] },
+        ],
+      }));
+      const r = await gpuQ4k(['train', '--shape', 'tiny', '--device', 'cpu', '--batches', path.join(dir, 'b.json'), '--micro', '2', '--full', '2',
+        '--steps', '2', '--json', path.join(dir, 'q4k.json')]);
+      expect(r.errors).to.deep.equal([]);
+      expect(r.skipped).to.deep.equal([]);
+      expect(r.shape).to.include({ dim: TINY_Q4K.dim, adapterLayers: 1, adapterLen: 10, weights: 'q4_k', maxSeqLen: 16 });
+      expect(r.train.map((t) => [t.batch, t.B, t.checkpointing, t.steps, t.tokens, t.peakBytes])).to.deep.equal([
+        ['alpaca', 2, false, 2, 12, 0],
+        ['full', 2, true, 2, 2 * 2 * 16, 0],
+      ]);
+      for (const t of r.train) {
+        // weights of std 0.02: near-uniform logits over the 32000-token vocabulary at the start
+        expect(t.losses).to.have.length(2);
+        for (const l of t.losses) expect(l).to.be.closeTo(Math.log(32000), 0.5);
+        expect(t.tokPerS).to.be.closeTo(t.tokens / t.seconds, 1e-6 * t.tokPerS);
+      }
+      expect(JSON.parse(fs.readFileSync(path.join(dir, 'q4k.json'), 'utf8')).train).to.have.length(2);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('gpu-q4k refuses bad arguments with a clear error', async () => {
+    for (const [argv, msg] of [
+      [['bogus'], /usage: gpu-q4k.js train --batches FILE/],
+      [['train'], /gpu-q4k train needs --batches FILE/],
+      [['train', '--batches', 'b.json', '--shape', 'small'], /--shape expects 7b or tiny, got small/],
+      [['train', '--batches', 'b.json', '--micro', '4,x'], /--micro expects sizes like 4,16, got 4,x/],
+      [['train', '--batches', 'b.json', '--full', '-1'], /--full expects an integer >= 0, got -1/],
+      [['train', '--batches', 'b.json', '--device', 'tpu'], /--device expects cuda or cpu, got tpu/],
+      [['train', '--batches', 'b.json', '--frobnicate'], /gpu-q4k: unknown argument --frobnicate/],
+      [['train', '--batches', '/nonexistent/b.json', '--device', 'cpu'], /--batches \/nonexistent\/b.json: ENOENT/],
+    ] as [string[], RegExp][]) {
+      let err: Error | undefined;
+      try {
+        await gpuQ4k(argv);
+      } catch (e) {
+        err = e as Error;
+      }
+      expect(err?.message, argv.join(' ')).to.match(msg);
+    }
+    expect(() => randomQ4kBytes(4, 100, 1)).to.throw(/a \(4, 100\) matrix: rows must be >= 1 and K a multiple of 256/);
   });
 });

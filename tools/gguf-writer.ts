@@ -93,7 +93,7 @@ function quantQ4_0(x: Float32Array, out: Uint8Array): void {
 }
 
 /** Packs 8 6-bit scales and mins into K-quant's 12 bytes. */
-function packScales(ls: number[], lm: number[], s: Uint8Array): void {
+export function packScales(ls: number[], lm: number[], s: Uint8Array): void {
   for (let j = 0; j < 8; j++) {
     if (j < 4) {
       s[j] = ls[j];

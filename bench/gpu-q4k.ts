@@ -1,0 +1,380 @@
+// The GPU check's quantized-base benchmark (issue 13 item 5), beside bench/gpu-7b.ts and built from
+// its pieces: the LLaMA-Adapter training step on a LLaMA-7B-shape base whose every matrix
+// (embedding, attention, FFN, LM head) is Q4_K, kept quantized on the device as a GGUF base is.
+//
+//   node dist/bench/gpu-q4k.js train --batches FILE [--shape 7b|tiny] [--micro 4,16] [--full B]
+//        [--steps N] [--warmup N] [--device cuda|cpu] [--budget S] [--seed N] [--json FILE]
+//
+// Weights: random Q4_K blocks made directly (no f32 weights, no quantizer): per block a random fp16
+// d near 7.8e-5 and dmin = 8·d, per 32-value sub-block a scale in 48..63 and min = round(15/16 ·
+// scale) (so the values centre on 0), and random nibbles; values d·scale·q − dmin·min have std ≈ 0.02
+// (as gpu-7b's bf16 weights). One host copy per distinct matrix shape is written to a temporary file,
+// mapped, and uploaded once per layer: every layer has its own device copy (the real 7B Q4_K
+// footprint, ~3.8 GB), holding the same values. Norms are f32 ones.
+// Steps: one optimiser step of LLaMA-Adapter (L = 30, K = 10, per-head gates; forward, backward to
+// the adapter, AdamW) exactly as Trainer.run runs it: for each --micro size on gpu-7b's Alpaca
+// micro-batches (gpu-check.ts writes them), and --full B (default 4; 0 = none): B sequences of the
+// file's maxSeqLen (512) random tokens, every position a target, with activation checkpointing —
+// the issue's memory target (≤ 8 GB at 4 × 512) is stated for that batch. Per run: trained tokens/s,
+// ms/step and the peak of native.cudaMemory() over the steps (weights included).
+//
+// --shape tiny (dim 256, the smallest Q4_K row) runs this code path quickly on the CPU or the CUDA
+// emulator (test/gpu-check.test.ts); its figures say nothing about the 7B shape. --device cpu has no
+// device memory to report (peakBytes 0).
+//
+// Every figure is measured here; what did not run is recorded as skipped with the reason. The JSON
+// is rewritten after each measurement, so a run stopped by its time limit keeps what it got.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { native, Device, Tensor } from '../lib/native';
+import { Adapter } from '../lib/model/adapter';
+import { LlamaConfig } from '../lib/model/config';
+import { Llama } from '../lib/model/llama';
+import { Checkpoint, LayerWeights, LlamaWeights } from '../lib/model/weights';
+import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
+import { AdamW, paperAdamW } from '../lib/train/optimizer';
+import { f32ToF16, packScales } from '../tools/gguf-writer';
+import { ADAPTER_LAYERS, ADAPTER_LEN, BatchesFile, JsonBatch, LLAMA_7B_CONFIG, packJson } from './gpu-7b';
+
+/** the issue's target for the 7B Q4_K adapter step at 4 × 512 */
+export const Q4K_TARGET_BYTES = 8e9;
+/** Q4_K: 256 values in 144 bytes */
+const QK = 256;
+const BLOCK_BYTES = 144;
+/** a tiny LLaMA for the CPU test: the real vocabulary (the batches' token ids), rows of 256 */
+export const TINY_Q4K: LlamaConfig = { ...LLAMA_7B_CONFIG, dim: 256, hiddenDim: 512, nLayers: 3, nHeads: 4, nKvHeads: 4 };
+
+const now = () => Number(process.hrtime.bigint()) / 1e9;
+
+/** (rows, K) random Q4_K blocks, as described above; a function of seed only. */
+export function randomQ4kBytes(rows: number, K: number, seed: number): Uint8Array {
+  if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(K) || K < QK || K % QK)
+    throw new Error(`randomQ4kBytes: a (${rows}, ${K}) matrix: rows must be >= 1 and K a multiple of ${QK}`);
+  const nb = (rows * K) / QK;
+  const out = new Uint8Array(nb * BLOCK_BYTES);
+  const u32 = new Uint32Array(out.buffer);
+  // 64 fp16 d values in [0.9, 1.1) x 7.8e-5 (normal halves) and dmin = 8 d (exact: exponent + 3)
+  const dH: number[] = [];
+  const dminH: number[] = [];
+  for (let i = 0; i < 64; i++) {
+    const d = 7.8e-5 * (0.9 + (0.2 * i) / 64);
+    dH.push(f32ToF16(d));
+    dminH.push(f32ToF16(8 * d));
+  }
+  let s = (seed ^ 0x9e3779b9) | 0 || 1; // xorshift32
+  const next = () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return s >>> 0;
+  };
+  const ls = new Array<number>(8);
+  const lm = new Array<number>(8);
+  for (let b = 0; b < nb; b++) {
+    const o = b * BLOCK_BYTES;
+    const r = next();
+    const k = r & 63;
+    out[o] = dH[k] & 0xff;
+    out[o + 1] = dH[k] >> 8;
+    out[o + 2] = dminH[k] & 0xff;
+    out[o + 3] = dminH[k] >> 8;
+    const r2 = next();
+    for (let j = 0; j < 8; j++) {
+      ls[j] = 48 + ((r2 >>> (4 * j)) & 15);
+      lm[j] = Math.round((ls[j] * 15) / 16);
+    }
+    packScales(ls, lm, out.subarray(o + 4, o + 16)); // the 12 bytes start zeroed
+    for (let w = (o + 16) / 4, e = (o + BLOCK_BYTES) / 4; w < e; w++) u32[w] = next(); // 128 nibble bytes
+  }
+  return out;
+}
+
+/** A LLaMA of shape `c` with every matrix Q4_K (random blocks) and f32 unit norms, on `device`. */
+export function randomQ4kCheckpoint(c: LlamaConfig, seed: number, device: Device): Checkpoint {
+  const d = c.dim / c.nHeads;
+  const Ckv = c.nKvHeads * d;
+  const shapes: [number, number][] = [[c.dim, c.dim], [Ckv, c.dim], [c.hiddenDim, c.dim], [c.dim, c.hiddenDim], [c.vocabSize, c.dim]];
+  const key = (r: number, k: number) => `${r}x${k}`;
+  // one host copy per distinct shape: written to a temporary file, mapped (copied), the file removed
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-q4k-'));
+  const host = new Map<string, Tensor>();
+  const made: Tensor[] = [];
+  try {
+    const file = path.join(dir, 'weights.q4k');
+    const fd = fs.openSync(file, 'w');
+    const offsets = new Map<string, number>();
+    try {
+      let off = 0;
+      for (const [r, k] of shapes) {
+        if (offsets.has(key(r, k))) continue;
+        const bytes = randomQ4kBytes(r, k, seed * 1000 + offsets.size);
+        fs.writeSync(fd, bytes);
+        offsets.set(key(r, k), off);
+        off += bytes.length;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    const map = native.mapFile(file, true);
+    try {
+      for (const [r, k] of shapes)
+        if (!host.has(key(r, k))) host.set(key(r, k), native.fromFile(map, offsets.get(key(r, k))!, [r, k], 'q4_k', 'q4_k', `random Q4_K (${r}, ${k})`));
+    } finally {
+      map.close(); // the tensors keep what they need
+    }
+    const mat = (r: number, k: number) => {
+      const t = native.toDevice(host.get(key(r, k))!, device); // the device's own copy (cpu: a new handle)
+      made.push(t);
+      return t;
+    };
+    const ones = () => {
+      const t = native.fromArray(new Float32Array(c.dim).fill(1), [c.dim], 'f32', device);
+      made.push(t);
+      return t;
+    };
+    const layers: LayerWeights[] = [];
+    for (let l = 0; l < c.nLayers; l++)
+      layers.push({
+        attnNorm: ones(),
+        wq: mat(c.dim, c.dim),
+        wk: mat(Ckv, c.dim),
+        wv: mat(Ckv, c.dim),
+        wo: mat(c.dim, c.dim),
+        ffnNorm: ones(),
+        w1: mat(c.hiddenDim, c.dim),
+        w2: mat(c.dim, c.hiddenDim),
+        w3: mat(c.hiddenDim, c.dim),
+      });
+    const weights: LlamaWeights = { embedding: mat(c.vocabSize, c.dim), layers, finalNorm: ones(), classifier: mat(c.vocabSize, c.dim) };
+    let disposed = false;
+    return {
+      config: c,
+      weights,
+      format: 'gguf',
+      path: `random Q4_K LLaMA (dim ${c.dim}, ${c.nLayers} layers, seed ${seed})`,
+      device,
+      dispose() {
+        if (disposed) return;
+        disposed = true;
+        for (const t of made) t.dispose();
+      },
+    } as Checkpoint;
+  } catch (e) {
+    for (const t of made) t.dispose();
+    throw e;
+  } finally {
+    for (const t of host.values()) t.dispose(); // queued uploads keep their source until they ran
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** B sequences of `T` random token ids in [3, V), every position a target (the last: none). */
+export function fullBatch(B: number, T: number, V: number, seed: number): JsonBatch {
+  let s = seed * 48271 + 1;
+  const id = () => 3 + ((s = (s * 48271) % 2147483647) % (V - 3));
+  const ids = Array.from({ length: B }, () => Array.from({ length: T }, id));
+  return { ids, labels: ids.map((x) => [...x.slice(1), -1]) };
+}
+
+// ---- results ----------------------------------------------------------------------------------
+
+export interface Q4kTrainRow {
+  /** 'alpaca' (gpu-7b's micro-batches) or 'full' (B x maxSeqLen random tokens) */
+  batch: 'alpaca' | 'full';
+  B: number;
+  checkpointing: boolean;
+  steps: number;
+  tokens: number;
+  seconds: number;
+  tokPerS: number;
+  msPerStep: number;
+  peakBytes: number;
+  losses: number[];
+}
+
+export interface GpuQ4kResult {
+  mode: 'train';
+  device: Device;
+  gpu: { gemm: string; reason: string };
+  shape?: LlamaConfig & { adapterLayers: number; adapterLen: number; weights: 'q4_k'; maxSeqLen: number };
+  weights?: { bytes: number; seconds: number };
+  targetBytes: number;
+  train: Q4kTrainRow[];
+  skipped: string[];
+  errors: string[];
+}
+
+const peak = (device: Device) => (device === 'cuda' ? native.cudaMemory().peak : 0);
+const inUse = (device: Device) => (device === 'cuda' ? native.cudaMemory().inUse : 0);
+const resetPeak = (device: Device) => device === 'cuda' && native.cudaResetPeak();
+
+async function runTrain(res: GpuQ4kResult, o: Options, deadline: number, save: () => void): Promise<void> {
+  let file: BatchesFile;
+  try {
+    file = JSON.parse(fs.readFileSync(o.batches!, 'utf8'));
+  } catch (e) {
+    throw new Error(`--batches ${o.batches}: ${(e as Error).message}`);
+  }
+  if (!Array.isArray(file?.micro) || !(Number.isInteger(file.maxSeqLen) && file.maxSeqLen >= 2))
+    throw new Error(`--batches ${o.batches}: no "micro" list or "maxSeqLen" (a batches file from scripts/gpu-check.ts)`);
+  const c = o.shape === 'tiny' ? TINY_Q4K : LLAMA_7B_CONFIG;
+  const L = Math.min(ADAPTER_LAYERS, c.nLayers - 2);
+  res.shape = { ...c, adapterLayers: L, adapterLen: ADAPTER_LEN, weights: 'q4_k', maxSeqLen: file.maxSeqLen };
+  const t0 = now();
+  const ckpt = randomQ4kCheckpoint(c, o.seed, o.device);
+  await native.synchronize();
+  const model = Llama.fromCheckpoint(ckpt);
+  res.weights = { bytes: inUse(o.device), seconds: now() - t0 };
+  o.log(`gpu-q4k: Q4_K weights ${(res.weights.bytes / 1e9).toFixed(2)} GB on ${o.device} in ${res.weights.seconds.toFixed(1)} s`);
+  save();
+  const adapter = Adapter.init(c, { layers: L, len: ADAPTER_LEN, gate: 'per-head' }, o.seed, o.device);
+  const opt = new AdamW(adapter.parameters(), paperAdamW);
+  const grads = new AdapterGrads(adapter);
+  const graphs = { plain: new AdapterGraph(model, adapter), checkpointing: new AdapterGraph(model, adapter, { checkpointing: true }) };
+  // the smallest Alpaca size, then the full-length batch (the memory target), then the larger sizes
+  type Run = { label: string; batch: 'alpaca' | 'full'; B: number; checkpointing: boolean; warm: JsonBatch; timed: JsonBatch[] };
+  const alpaca: Run[] = file.micro
+    .filter((m) => o.micro.includes(m.B))
+    .map((m) => ({ label: `B=${m.B}`, batch: 'alpaca' as const, B: m.B, checkpointing: false, warm: m.warmup, timed: m.steps.slice(0, o.steps) }));
+  const plan = alpaca.slice(0, 1);
+  if (o.full > 0) {
+    const fb = fullBatch(o.full, file.maxSeqLen, c.vocabSize, o.seed);
+    plan.push({ label: `B=${o.full} x ${file.maxSeqLen} (checkpointing)`, batch: 'full', B: o.full, checkpointing: true, warm: fb, timed: Array(o.steps).fill(fb) });
+  }
+  plan.push(...alpaca.slice(1));
+  try {
+    for (const run of plan) {
+      // a run is started only with 10 s left (the timed steps stop 5 s before the deadline)
+      if (now() > deadline - 10) {
+        res.skipped.push(`train ${run.label}: out of time`);
+        continue;
+      }
+      const graph = run.checkpointing ? graphs.checkpointing : graphs.plain;
+      const timed = run.timed.map(packJson);
+      const warm = packJson(run.warm);
+      try {
+        resetPeak(o.device);
+        const losses: number[] = [];
+        const step = async (b: ReturnType<typeof packJson>) => {
+          grads.zero();
+          const r = await graph.run(b, 1 / b.targetCount, grads);
+          await opt.update(grads.all(), 1e-3);
+          return r.lossSum / r.targets;
+        };
+        for (let i = 0; i < o.warmup; i++) await step(warm);
+        await native.synchronize();
+        const s0 = now();
+        let done = 0;
+        for (const b of timed) {
+          losses.push(await step(b));
+          done++;
+          if (now() > deadline - 5) break; // keep what was timed
+        }
+        await native.synchronize();
+        const seconds = now() - s0;
+        const tokens = timed.slice(0, done).reduce((a, b) => a + b.tokens.length, 0);
+        const row: Q4kTrainRow = {
+          batch: run.batch,
+          B: run.B,
+          checkpointing: run.checkpointing,
+          steps: done,
+          tokens,
+          seconds,
+          tokPerS: tokens / seconds,
+          msPerStep: (1e3 * seconds) / done,
+          peakBytes: peak(o.device),
+          losses,
+        };
+        res.train.push(row);
+        if (done < timed.length) res.skipped.push(`train ${run.label}: ${timed.length - done} of ${timed.length} timed steps left out (out of time)`);
+        o.log(`gpu-q4k: ${run.label}: ${row.tokPerS.toFixed(0)} tok/s, ${row.msPerStep.toFixed(1)} ms/step, ` +
+          `peak ${(row.peakBytes / 1e9).toFixed(2)} GB` + (run.batch === 'full' ? ` (target <= ${(Q4K_TARGET_BYTES / 1e9).toFixed(0)} GB)` : ''));
+      } catch (e) {
+        res.errors.push(`train ${run.label}: ${e instanceof Error ? e.message : String(e)}`);
+        o.log(`gpu-q4k: ${run.label} failed: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      save();
+    }
+  } finally {
+    grads.dispose();
+    opt.dispose();
+    adapter.dispose();
+    model.dispose();
+  }
+}
+
+// ---- main -------------------------------------------------------------------------------------
+
+interface Options {
+  mode: 'train';
+  shape: '7b' | 'tiny';
+  device: Device;
+  batches?: string;
+  micro: number[];
+  full: number;
+  steps: number;
+  warmup: number;
+  budget: number;
+  seed: number;
+  json?: string;
+  log: (s: string) => void;
+}
+
+export function parseArgs(argv: string[]): Options {
+  const mode = argv[0];
+  if (mode !== 'train') throw new Error(`usage: gpu-q4k.js train --batches FILE [options] (got ${mode ?? 'nothing'})`);
+  const o: Options = { mode, shape: '7b', device: 'cuda', micro: [4, 16], full: 4, steps: 3, warmup: 1, budget: 60, seed: 1234, log: (s) => process.stderr.write(s + '\n') };
+  for (let i = 1; i < argv.length; i++) {
+    const x = argv[i];
+    const int = (min: number) => {
+      const v = Number(argv[++i]);
+      if (!Number.isInteger(v) || v < min) throw new Error(`${x} expects an integer >= ${min}, got ${argv[i]}`);
+      return v;
+    };
+    const oneOf = <T extends string>(allowed: readonly T[]): T => {
+      const v = argv[++i];
+      if (!(allowed as readonly string[]).includes(v)) throw new Error(`${x} expects ${allowed.join(' or ')}, got ${v}`);
+      return v as T;
+    };
+    if (x === '--batches') o.batches = argv[++i];
+    else if (x === '--micro') {
+      o.micro = (argv[++i] ?? '').split(',').map(Number);
+      if (!o.micro.every((b) => Number.isInteger(b) && b >= 1)) throw new Error(`--micro expects sizes like 4,16, got ${argv[i]}`);
+    } else if (x === '--full') o.full = int(0);
+    else if (x === '--steps') o.steps = int(1);
+    else if (x === '--warmup') o.warmup = int(0);
+    else if (x === '--budget') o.budget = int(1);
+    else if (x === '--seed') o.seed = int(0);
+    else if (x === '--device') o.device = oneOf(['cuda', 'cpu'] as const);
+    else if (x === '--shape') o.shape = oneOf(['7b', 'tiny'] as const);
+    else if (x === '--json') o.json = argv[++i];
+    else throw new Error(`gpu-q4k: unknown argument ${x}`);
+  }
+  if (!o.batches) throw new Error('gpu-q4k train needs --batches FILE (written by scripts/gpu-check.ts)');
+  return o;
+}
+
+export async function main(argv: string[] = process.argv.slice(2)): Promise<GpuQ4kResult> {
+  const o = parseArgs(argv);
+  const deadline = now() + o.budget;
+  const caps = native.capabilities().cuda;
+  const res: GpuQ4kResult = { mode: o.mode, device: o.device, gpu: { gemm: caps.gemm, reason: caps.reason }, targetBytes: Q4K_TARGET_BYTES, train: [], skipped: [], errors: [] };
+  const save = () => o.json && fs.writeFileSync(o.json, JSON.stringify(res, null, 1) + '\n');
+  if (o.device === 'cuda' && !caps.available) throw new Error(`CUDA is not available: ${caps.reason}`);
+  save();
+  await runTrain(res, o, deadline, save);
+  save();
+  if (res.errors.length) {
+    console.error(`gpu-q4k: ${res.errors.length} error(s):\n  ${res.errors.join('\n  ')}`);
+    process.exitCode = 1;
+  }
+  return res;
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    console.error(`gpu-q4k: FAILED: ${e instanceof Error ? (e.stack ?? e.message).split('\n').slice(0, 5).join('\n') : String(e)}`);
+    process.exit(1);
+  });
+}
