@@ -16,7 +16,7 @@ import { writeRandomTextFolder } from '../lib/text/random-folder';
 import { TextBatchIndex, TextEncoderModel, TextEncoderGraph } from '../lib/text/encoder';
 import { loadSquad } from '../lib/data/squad';
 import { batchOf, initParams, makeFeatures, newMoments, paramValues, squadStep, disposeParams } from '../lib/tasks/squad';
-import { buildClozeSquad } from '../scripts/squad-measure';
+import { buildClozeSquad } from '../tools/make-cloze-squad';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
