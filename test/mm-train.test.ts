@@ -399,6 +399,15 @@ describe('image-conditioned adapter (SPEC §8, stories260K)', function () {
       const { resolveTrainConfig } = await import('../lib/train/config');
       const { Trainer } = await import('../lib/train/trainer');
       expect(await errorOf(() => Trainer.create(resolveTrainConfig({ ...flags, 'image-features': features })))).to.match(/record 2 .*image "nope\.png" is not in features file/);
+      // --skip-missing-images: the record is left out and counted instead
+      const skipped: string[] = [];
+      const kept = await Trainer.create(resolveTrainConfig({ ...flags, 'image-features': features, 'skip-missing-images': true }), (m) => skipped.push(m));
+      try {
+        expect(kept.train.length).to.equal(2);
+        expect(skipped.join("\n")).to.match(/1 of 3 records of .*data\.jsonl" have a missing image; skipped \(record 2: nope\.png/);
+      } finally {
+        kept.dispose();
+      }
       const notes: string[] = [];
       (await Trainer.create(resolveTrainConfig(flags), (m) => notes.push(m))).dispose();
       expect(notes.join('\n')).to.match(/2 of 3 records of .*data\.jsonl have an image; a text-only adapter does not see them/);
@@ -539,6 +548,14 @@ describe('image-conditioned adapter (SPEC §8, stories260K)', function () {
       expect(Math.abs(want.loss - textOnly.loss)).to.be.above(1e-4); // the images matter
       const exact = JSON.parse(await runCli('eval', ['--data', data, '--image-features', features, '--metric', 'exact', '--max-tokens', '6']));
       expect(exact).to.include({ metric: 'exact', examples: 3 });
+      // a record whose image is not in the features file: an error naming it, or left out with --skip-missing-images
+      const withMissing = path.join(dir, 'missing.jsonl');
+      fs.writeFileSync(withMissing, [rec('a.png'), rec('gone.png'), rec('b.png')].map((r) => JSON.stringify(r)).join('\n') + '\n');
+      let err = '';
+      await runCli('eval', ['--data', withMissing, '--image-features', features]).catch((e: Error) => (err = e.message));
+      expect(err).to.match(/record 1 .*image "gone\.png" is not in features file/);
+      const skippedEval = JSON.parse(await runCli('eval', ['--data', withMissing, '--image-features', features, '--metric', 'exact', '--max-tokens', '6', '--skip-missing-images']));
+      expect(skippedEval).to.include({ metric: 'exact', examples: 2 });
       // generate --image: the prompts of that image
       const gen = (image: string) => runCli('generate', ['--image-features', features, '--image', image, '--prompt', 'Once', '--temperature', '0', '--max-tokens', '12']);
       model.setAdapter(adapter, { imageFeatures: feats.get('b.png') });

@@ -65,6 +65,8 @@ Without --adapter: the frozen model. With an image-conditioned adapter (--image-
                        {"index", "name", "prediction", "correct"?}
   --batch-size N       loss: examples per forward pass (default 8)
   --max-seq-len N      loss: truncate examples to this many tokens (default 512)
+  --skip-missing-images  leave out records whose image (file or features key) is missing, with a
+                       count (default: such a record is an error naming it)
 ${imageFlagUsage}
 ${modelFlagUsage}
 
@@ -88,6 +90,7 @@ export const evalFlagSpec = {
   'max-seq-len': { type: 'string' },
   task: { type: 'string' },
   ...imageFlagSpec,
+  'skip-missing-images': { type: 'boolean' },
 } as const;
 
 /** Greedy generation (temperature 0, to EOS) of a record's prompt (SPEC §3 template); with `images`
@@ -133,12 +136,12 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const predictionsPath = stringFlag(values, 'predictions');
   if (predictionsPath !== undefined && metric === 'loss') throw new UsageError('--predictions is for the generative metrics');
 
-  const ds = loadDataset(dataPath, { format, split }); // fail on bad data before loading the model
+  let ds = loadDataset(dataPath, { format, split }); // fail on bad data before loading the model
   const { model, tokenizer, adapter, close } = await openModel(values, usage);
   let images: ImageFeatureSource | undefined;
   try {
     images = await openAdapterImages(values, adapter, stringFlag(values, 'adapter'), dataPath, model.device, ds.imageRoot);
-    if (images) checkImages(ds, images.imageSource);
+    if (images) ds = checkImages(ds, images.imageSource, { skipMissing: values['skip-missing-images'] === true, warn: (m) => process.stderr.write(m + '\n') });
     if (metric === 'loss') {
       const withImages = ds.records.filter((r) => r.image !== undefined).length;
       if (withImages && !images)

@@ -31,6 +31,8 @@ export interface TrainConfig {
   'image-features'?: string; // task lm: an image-conditioned adapter (SPEC §8)
   'feature-layers'?: string;
   'proj-width': number;
+  /** leave out records whose image is missing (counted in one warning) instead of failing */
+  'skip-missing-images': boolean;
   epochs: number;
   'max-steps'?: number;
   'batch-size': number;
@@ -99,6 +101,7 @@ export const trainOptions: Record<keyof TrainConfig | 'config', Option> = {
   'image-features': { kind: 'string', help: 'SPEC §7 features file: an image-conditioned adapter; records\' "image" = tensor names' },
   'feature-layers': { kind: 'string', help: 'encoder layers of the features, e.g. -1 or -2,-1 (default -1, or the features file\'s)' },
   'proj-width': { kind: 'int', min: 1, help: 'hidden width R of the image projection (default 128)' },
+  'skip-missing-images': { kind: 'bool', help: 'leave out records whose image file or features key is missing, with a count (default: such a record is an error naming it)' },
   epochs: { kind: 'int', min: 1, help: 'passes over the data (default 5)' },
   'max-steps': { kind: 'int', min: 1, help: 'stop after this many optimiser steps (default: epochs)' },
   'batch-size': { kind: 'int', min: 1, help: 'examples per micro-batch, packed without padding (default 4)' },
@@ -137,6 +140,7 @@ export const trainDefaults: Omit<TrainConfig, 'model' | 'data' | 'out'> = {
   'adapter-len': 10,
   gate: 'per-head',
   'proj-width': 128,
+  'skip-missing-images': false,
   epochs: 5,
   'batch-size': 4,
   'grad-accum': 8,
@@ -162,7 +166,7 @@ export const classifyDefaults: Partial<TrainConfig> = { 'batch-size': 32, 'grad-
 
 /** Flags that belong to one task only (--encoder, --image-root and --gate-init mean something to
  *  both: the classifier's backbone, or the image-conditioned adapter's features). */
-const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout', 'format', 'split', 'val-data-split', 'image-features', 'feature-layers', 'proj-width'];
+const lmOnly = ['model', 'tokenizer', 'max-seq-len', 'dtype', 'checkpointing', 'devices', 'comm', 'comm-timeout', 'format', 'split', 'val-data-split', 'image-features', 'feature-layers', 'proj-width', 'skip-missing-images'];
 const classifyOnly = ['head-only'];
 
 export function trainFlagSpec(): FlagSpec {

@@ -161,7 +161,7 @@ export class Trainer extends EventEmitter {
         const withImages = ds.records.filter((r) => r.image !== undefined).length;
         if (withImages && !images)
           log(`note: ${withImages} of ${ds.records.length} records of ${file} have an image; a text-only adapter does not see them (--image-features FILE or --encoder DIR trains an image-conditioned one)`);
-        if (images) ds = checkImages(ds, images.imageSource, { warn: log });
+        if (images) ds = checkImages(ds, images.imageSource, { warn: log, skipMissing: cfg['skip-missing-images'] });
         return tokenizeRecords(tokenizer, ds.records, { maxSeqLen, source: ds.source, warn: log }).examples;
       };
       let train = tokenize(cfg.data, cfg.split ?? 'train');
