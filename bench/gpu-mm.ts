@@ -38,6 +38,7 @@ import { ImageEncoder } from '../lib/encoder/encoder';
 import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
 import { ADAPTER_LAYERS, ADAPTER_LEN, BatchesFile, LLAMA_7B_CONFIG, SMALL_CONFIG, packJson, randomCheckpoint } from './gpu-7b';
+import { DeviceArgs } from './device-args';
 
 /** CLIP ViT-L/14's vision tower (openai/clip-vit-large-patch14), and a tiny one of the same kind. */
 export const CLIP_L14: EncoderConfig = {
@@ -349,32 +350,20 @@ export function parseArgs(argv: string[]): Options {
     seed: 1234,
     log: (s) => process.stderr.write(s + '\n'),
   };
-  for (let i = 1; i < argv.length; i++) {
-    const x = argv[i];
-    const int = (min: number) => {
-      const v = Number(argv[++i]);
-      if (!Number.isInteger(v) || v < min) throw new Error(`${x} expects an integer >= ${min}, got ${argv[i]}`);
-      return v;
-    };
-    const oneOf = <T extends string>(allowed: readonly T[]): T => {
-      const v = argv[++i];
-      if (!(allowed as readonly string[]).includes(v)) throw new Error(`${x} expects ${allowed.join(' or ')}, got ${v}`);
-      return v as T;
-    };
-    if (x === '--batches') o.batches = argv[++i];
-    else if (x === '--micro') {
-      o.micro = (argv[++i] ?? '').split(',').map(Number);
-      if (!o.micro.every((b) => Number.isInteger(b) && b >= 1)) throw new Error(`--micro expects sizes like 4,8,16, got ${argv[i]}`);
-    } else if (x === '--batch') o.batch = int(1);
-    else if (x === '--runs') o.runs = int(1);
-    else if (x === '--steps') o.steps = int(1);
-    else if (x === '--warmup') o.warmup = int(0);
-    else if (x === '--budget') o.budget = int(1);
-    else if (x === '--seed') o.seed = int(0);
-    else if (x === '--device') o.device = oneOf(['cuda', 'cpu'] as const);
-    else if (x === '--dtype') o.dtype = oneOf(['bf16', 'f32'] as const);
-    else if (x === '--shape') o.shape = oneOf(mode === 'encode' ? (['L/14', 'tiny'] as const) : (['7b', 'small', 'tiny'] as const));
-    else if (x === '--json') o.json = argv[++i];
+  const args = new DeviceArgs(argv);
+  for (let x = args.next(); x !== undefined; x = args.next()) {
+    if (x === '--batches') o.batches = args.string();
+    else if (x === '--micro') o.micro = args.sizes('4,8,16');
+    else if (x === '--batch') o.batch = args.int(1);
+    else if (x === '--runs') o.runs = args.int(1);
+    else if (x === '--steps') o.steps = args.int(1);
+    else if (x === '--warmup') o.warmup = args.int(0);
+    else if (x === '--budget') o.budget = args.int(1);
+    else if (x === '--seed') o.seed = args.int(0);
+    else if (x === '--device') o.device = args.oneOf(['cuda', 'cpu'] as const);
+    else if (x === '--dtype') o.dtype = args.oneOf(['bf16', 'f32'] as const);
+    else if (x === '--shape') o.shape = args.oneOf(mode === 'encode' ? (['L/14', 'tiny'] as const) : (['7b', 'small', 'tiny'] as const));
+    else if (x === '--json') o.json = args.string();
     else throw new Error(`gpu-mm: unknown argument ${x}`);
   }
   if (o.mode === 'train' && !o.batches) throw new Error('gpu-mm train needs --batches FILE (written by scripts/gpu-check.ts)');

@@ -36,6 +36,7 @@ import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
 import { f32ToF16, packScales } from '../tools/gguf-writer';
 import { ADAPTER_LAYERS, ADAPTER_LEN, BatchesFile, JsonBatch, LLAMA_7B_CONFIG, packJson } from './gpu-7b';
+import { DeviceArgs } from './device-args';
 
 /** the issue's target for the 7B Q4_K adapter step at 4 × 512 */
 export const Q4K_TARGET_BYTES = 8e9;
@@ -325,30 +326,18 @@ export function parseArgs(argv: string[]): Options {
   const mode = argv[0];
   if (mode !== 'train') throw new Error(`usage: gpu-q4k.js train --batches FILE [options] (got ${mode ?? 'nothing'})`);
   const o: Options = { mode, shape: '7b', device: 'cuda', micro: [4, 16], full: 4, steps: 3, warmup: 1, budget: 60, seed: 1234, log: (s) => process.stderr.write(s + '\n') };
-  for (let i = 1; i < argv.length; i++) {
-    const x = argv[i];
-    const int = (min: number) => {
-      const v = Number(argv[++i]);
-      if (!Number.isInteger(v) || v < min) throw new Error(`${x} expects an integer >= ${min}, got ${argv[i]}`);
-      return v;
-    };
-    const oneOf = <T extends string>(allowed: readonly T[]): T => {
-      const v = argv[++i];
-      if (!(allowed as readonly string[]).includes(v)) throw new Error(`${x} expects ${allowed.join(' or ')}, got ${v}`);
-      return v as T;
-    };
-    if (x === '--batches') o.batches = argv[++i];
-    else if (x === '--micro') {
-      o.micro = (argv[++i] ?? '').split(',').map(Number);
-      if (!o.micro.every((b) => Number.isInteger(b) && b >= 1)) throw new Error(`--micro expects sizes like 4,16, got ${argv[i]}`);
-    } else if (x === '--full') o.full = int(0);
-    else if (x === '--steps') o.steps = int(1);
-    else if (x === '--warmup') o.warmup = int(0);
-    else if (x === '--budget') o.budget = int(1);
-    else if (x === '--seed') o.seed = int(0);
-    else if (x === '--device') o.device = oneOf(['cuda', 'cpu'] as const);
-    else if (x === '--shape') o.shape = oneOf(['7b', 'tiny'] as const);
-    else if (x === '--json') o.json = argv[++i];
+  const args = new DeviceArgs(argv);
+  for (let x = args.next(); x !== undefined; x = args.next()) {
+    if (x === '--batches') o.batches = args.string();
+    else if (x === '--micro') o.micro = args.sizes('4,16');
+    else if (x === '--full') o.full = args.int(0);
+    else if (x === '--steps') o.steps = args.int(1);
+    else if (x === '--warmup') o.warmup = args.int(0);
+    else if (x === '--budget') o.budget = args.int(1);
+    else if (x === '--seed') o.seed = args.int(0);
+    else if (x === '--device') o.device = args.oneOf(['cuda', 'cpu'] as const);
+    else if (x === '--shape') o.shape = args.oneOf(['7b', 'tiny'] as const);
+    else if (x === '--json') o.json = args.string();
     else throw new Error(`gpu-q4k: unknown argument ${x}`);
   }
   if (!o.batches) throw new Error('gpu-q4k train needs --batches FILE (written by scripts/gpu-check.ts)');
