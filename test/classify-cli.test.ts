@@ -133,9 +133,20 @@ describe('train / eval --task classify and classify (tiny random ViT)', function
     expect(r.status, r.stderr).to.equal(0);
     // starting from the trained adapter: the first step's loss is already below the zero head's ln 2
     expect(steps(out)[0].loss).to.be.below(0.5 * Math.log(2));
-    const bad = run('train', '--config', cfg, '--out', out, '--adapter-len', '5', '--init-adapter', path.join(dir, 'run', 'adapter.safetensors'));
+    // a fresh folder: reusing `out` would be refused as a folder holding a run (test/reliability.test.ts)
+    const bad = run('train', '--config', cfg, '--out', path.join(dir, 'init-bad'), '--adapter-len', '5', '--init-adapter', path.join(dir, 'run', 'adapter.safetensors'));
     expect(bad.status).to.equal(1);
     expect(bad.stderr).to.match(/--init-adapter .* has 1 adapted layers, 4 prompts and labels \["dark","light"\]; the run asks for 1, 5/);
+    // the LLaMA trainer's run-folder rules hold for --task classify too
+    const again = run('train', '--config', cfg, '--out', out);
+    expect(again.status).to.equal(1);
+    expect(again.stderr).to.match(/--out .*init already holds a run \(.*config\.yaml.*\): continue it with --resume auto, or pass --overwrite/);
+    const t0 = Date.now();
+    const proc = run('train', '--config', cfg, '--out', '/proc/la-classify/run');
+    expect(proc.status).to.equal(1);
+    expect(proc.stderr).to.match(/\/proc/);
+    expect(Date.now() - t0).to.be.below(20000);
+    expect(fs.existsSync(path.join(dir, 'init-bad'))).to.equal(false); // the failed start left no folder
   });
 
   it('a CLIP vision tower (F32 and F16 folders): the head sits on post_layernorm(h[cls]), before the projection', () => {

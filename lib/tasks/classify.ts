@@ -17,7 +17,8 @@ import { IndexBatcher, splitValidation } from '../data/alpaca';
 import { Classifier, ClassifierConfig, headBackward, headForward } from '../model/classifier';
 import { loadCheckpointWith, LoadedCheckpoint, resumeFolder, RunState, saveCheckpoint } from '../train/checkpoint';
 import { configToYaml, TrainConfig } from '../train/config';
-import { settingMismatches } from '../train/run-folder';
+import { checkRunFolder, clearRun, removeLeftovers, settingMismatches } from '../train/run-folder';
+import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
 import { AdamW, NonFiniteError } from '../train/optimizer';
 import { learningRate, runSchedule } from '../train/schedule';
 import { keepMetricsUpTo } from '../train/trainer';
@@ -215,6 +216,9 @@ export class ClassifyTrainer extends EventEmitter {
     const encoderDir = cfg.encoder;
     if (!encoderDir) throw new Error('--task classify needs --encoder');
     cfg = { ...cfg, device: resolveDevice(cfg.device, '--device') };
+    // before any work: can --out be written, and may this run use it?
+    checkOutputDir(cfg.out, '--out');
+    checkRunFolder(cfg);
     if (cfg.threads) native.setThreads(cfg.threads);
     // the data first: a bad file fails before the encoder loads
     const data = loadClassifyData(cfg.data, { imageRoot: cfg['image-root'] });
@@ -278,33 +282,46 @@ export class ClassifyTrainer extends EventEmitter {
     const schedule = runSchedule(c, batcher.batchesPerEpoch);
     const totalSteps = schedule.totalSteps;
     const fingerprint = this.fingerprint(totalSteps);
-    fs.mkdirSync(c.out, { recursive: true });
-    const resumed = this.findResume();
+    // the same run-folder rules as the LLaMA trainer (lib/train/run-folder.ts): a start that fails
+    // leaves no folder it created behind
+    const made = makeOutputDir(c.out, '--out');
+    let resumed: LoadedCheckpoint<Classifier> | undefined;
     let classifier: Classifier;
     let startStep = 0;
-    if (resumed) {
-      const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint);
-      if (mismatch.length) {
-        resumed.adapter.dispose();
-        throw new Error(`cannot resume from ${resumed.dir}: ${mismatch.join('; ')}`);
+    try {
+      if (c.overwrite) clearRun(c.out);
+      if (c.resume) {
+        const gone = removeLeftovers(c.out);
+        if (gone.length) this.emit('log', `removed what killed runs left in ${c.out}: ${gone.join(', ')}`);
       }
-      classifier = resumed.adapter;
-      batcher.restore(resumed.state.data);
-      startStep = resumed.state.step;
-      this.emit('log', `resuming from ${resumed.dir} at step ${startStep}/${totalSteps}`);
-    } else if (c['init-adapter']) {
-      classifier = Classifier.load(c['init-adapter'], this.encoder.dims, this.encoder.device);
-      const a = classifier.config;
-      const want = this.classifierConfig;
-      if (a.layers !== want.layers || a.len !== want.len || JSON.stringify(a.labels) !== JSON.stringify(want.labels)) {
-        classifier.dispose();
-        throw new Error(
-          `--init-adapter ${c['init-adapter']} has ${a.layers} adapted layers, ${a.len} prompts and labels ${JSON.stringify(a.labels)}; ` +
-            `the run asks for ${want.layers}, ${want.len} and ${JSON.stringify(want.labels)}`,
-        );
+      resumed = this.findResume();
+      if (resumed) {
+        const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint);
+        if (mismatch.length) {
+          resumed.adapter.dispose();
+          throw new Error(`cannot resume from ${resumed.dir}: ${mismatch.join('; ')}`);
+        }
+        classifier = resumed.adapter;
+        batcher.restore(resumed.state.data);
+        startStep = resumed.state.step;
+        this.emit('log', `resuming from ${resumed.dir} at step ${startStep}/${totalSteps}`);
+      } else if (c['init-adapter']) {
+        classifier = Classifier.load(c['init-adapter'], this.encoder.dims, this.encoder.device);
+        const a = classifier.config;
+        const want = this.classifierConfig;
+        if (a.layers !== want.layers || a.len !== want.len || JSON.stringify(a.labels) !== JSON.stringify(want.labels)) {
+          classifier.dispose();
+          throw new Error(
+            `--init-adapter ${c['init-adapter']} has ${a.layers} adapted layers, ${a.len} prompts and labels ${JSON.stringify(a.labels)}; ` +
+              `the run asks for ${want.layers}, ${want.len} and ${JSON.stringify(want.labels)}`,
+          );
+        }
+      } else {
+        classifier = Classifier.init(this.encoder.dims, this.classifierConfig, c.seed, this.encoder.device);
       }
-    } else {
-      classifier = Classifier.init(this.encoder.dims, this.classifierConfig, c.seed, this.encoder.device);
+    } catch (err) {
+      removeEmptyDirs(made);
+      throw err;
     }
 
     const params = classifier.parameters();
