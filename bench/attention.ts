@@ -17,6 +17,7 @@
 // matrix products of the word branch only (the prompt branch is ~K/L of it): forward 4·S·H·L²·d
 // bidirectional (2 products: Q Kᵀ, P V), backward 10·S·H·L²·d (5 products: Q Kᵀ recomputed,
 // dout Vᵀ, Pᵀ dout, dSᵀ Q, dS K); causal about half of each.
+import './blas-choice'; // first: before the addon loads
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';

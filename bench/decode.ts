@@ -2,6 +2,7 @@
 // for stories260K and a random-weight model shaped like stories110M, with f32 and bf16 weights,
 // beside llama2.c's run.c on the same files and beside the memory-bandwidth bound
 // (read bandwidth / bytes of weights read per token).
+import './blas-choice'; // first: before the addon loads
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';

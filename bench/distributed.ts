@@ -8,6 +8,7 @@
 // machine with P cores, 1 process uses P threads and each of N processes P/N threads, so with the
 // cores fixed the best case is the same speed (efficiency ~1x of the cores' worth); the gain comes
 // with more cores or machines than one process can use well.
+import './blas-choice'; // first: before the addon loads
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';

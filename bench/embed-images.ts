@@ -7,12 +7,13 @@
 //                                   [--batch B] [--runs N] [--wait-idle S] [--no-torch] [--regenerate]
 // On a GPU: node dist/bench/embed-images.js --shape L/14 --device cuda --dtype bf16 (PyTorch is compared
 // on the CPU only).
+import { blasChoiceNote } from './blas-choice'; // first: before the addon loads
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import sharp from 'sharp';
-import { native } from '../lib/native';
+import { native, MatmulPrecision } from '../lib/native';
 import { ImageEncoder } from '../lib/encoder/encoder';
 import { writeSafetensors, SafetensorsTensor } from '../lib/model/safetensors';
 import { outDir, dataDir, repoRoot } from './decode';
@@ -21,6 +22,13 @@ import { bestTorchEnv, describeEnv } from './train-step';
 import { formatTable } from './run';
 
 const PYTHON = process.env.PYTHON ?? '/usr/bin/python3';
+/** bench/torch_embed_images.py's configurations; the comparison is against the fastest. */
+const TORCH_CONFIGS = [
+  { key: 'hf', label: 'float32, HF-style ops (quick_gelu)', bf16: false },
+  { key: 'fastpath', label: 'float32, nn.TransformerEncoderLayer fast path (gelu)', bf16: false },
+  { key: 'jit', label: 'float32, HF-style, TorchScript frozen + optimize_for_inference (oneDNN)', bf16: false },
+  { key: 'autocast_bf16', label: 'bf16 autocast (oneDNN bf16 matmuls), HF-style', bf16: true },
+];
 const TORCH_SCRIPT = path.join(repoRoot, 'bench', 'torch_embed_images.py');
 
 /** CLIP vision towers: ViT-B/16 (openai/clip-vit-base-patch16) and ViT-L/14 (openai/clip-vit-large-patch14). */
@@ -80,10 +88,17 @@ function writeRandomClip(dir: string, seed: number, force: boolean): void {
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config, null, 2));
 }
 
+/** One configuration of ours: weight storage and CPU matmul precision. */
+interface Variant {
+  dtype: 'f32' | 'bf16';
+  precision: MatmulPrecision;
+}
+
 interface Args {
   shape: ShapeName;
   device: 'cpu' | 'cuda';
-  dtype: 'f32' | 'bf16';
+  /** ours, each timed in every run (default on the CPU: f32 highest and bf16 medium) */
+  variants: Variant[];
   threads: number;
   batch: number;
   runs: number;
@@ -93,7 +108,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { shape: 'B/16', device: 'cpu', dtype: 'f32', threads: os.cpus().length, batch: 32, runs: 3, waitIdle: 60, torch: true, regenerate: false };
+  const a: Args = { shape: 'B/16', device: 'cpu', variants: [], threads: os.cpus().length, batch: 32, runs: 3, waitIdle: 60, torch: true, regenerate: false };
   for (let i = 0; i < argv.length; i++) {
     const x = argv[i];
     const num = () => {
@@ -109,10 +124,18 @@ function parseArgs(argv: string[]): Args {
       const v = argv[++i];
       if (v !== 'cpu' && v !== 'cuda') throw new Error(`--device expects cpu or cuda, got ${v}`);
       a.device = v;
+    } else if (x === '--ours') {
+      // e.g. f32,bf16-medium: dtype, then the CPU matmul precision (default highest)
+      for (const v of (argv[++i] ?? '').split(',')) {
+        const [dtype, precision = 'highest'] = v.split('-');
+        if ((dtype !== 'f32' && dtype !== 'bf16') || (precision !== 'highest' && precision !== 'medium'))
+          throw new Error(`--ours expects a list of f32|bf16[-highest|-medium], got ${v}`);
+        a.variants.push({ dtype, precision });
+      }
     } else if (x === '--dtype') {
       const v = argv[++i];
       if (v !== 'f32' && v !== 'bf16') throw new Error(`--dtype expects f32 or bf16, got ${v}`);
-      a.dtype = v;
+      a.variants.push({ dtype: v, precision: 'highest' });
     } else if (x === '--threads') a.threads = num();
     else if (x === '--batch') a.batch = num();
     else if (x === '--runs') a.runs = num();
@@ -121,6 +144,8 @@ function parseArgs(argv: string[]): Args {
     else if (x === '--regenerate') a.regenerate = true;
     else throw new Error(`embed-images bench: unknown argument ${x}`);
   }
+  if (!a.variants.length)
+    a.variants = a.device === 'cpu' ? [{ dtype: 'f32', precision: 'highest' }, { dtype: 'bf16', precision: 'medium' }] : [{ dtype: 'bf16', precision: 'highest' }];
   return a;
 }
 
@@ -133,7 +158,7 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
   const dir = path.join(outDir, `clip-vit-${tag}-random`);
   log(`embed-images bench: writing/reusing ${path.relative(repoRoot, dir)} (random CLIP ViT-${args.shape} vision tower, F32) ...`);
   // PyTorch here is the CPU build: it is compared on the CPU only
-  if (args.device !== 'cpu' || args.dtype !== 'f32') args.torch = false;
+  if (args.device !== 'cpu') args.torch = false;
   writeRandomClip(dir, 1234, args.regenerate);
   const S = SHAPE.image_size;
   const B = args.batch;
@@ -163,34 +188,44 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
     });
     const last = (r.stdout ?? '').trim().split('\n').pop() ?? '';
     if (r.status !== 0 || !last.startsWith('{')) throw new Error(`${TORCH_SCRIPT} failed (status ${r.status}): ${(r.stderr ?? '').slice(-1500)}`);
-    return JSON.parse(last) as { torch: string; blas: string; configs: Record<string, { seconds: number; cpu_seconds: number }>; features: number[][] };
+    return JSON.parse(last) as { torch: string; blas: string; configs: Record<string, { seconds: number; cpu_seconds: number }>; features: number[][]; features_bf16: number[][] };
   };
 
-  const enc = await ImageEncoder.load(dir, { device: args.device, dtype: args.dtype });
-  let ours: Float32Array | undefined;
-  const oursTimes: number[] = [];
-  const oursCpu: number[] = [];
-  const torchTimes: Record<string, number[]> = { hf: [], fastpath: [] };
-  const torchCpu: Record<string, number[]> = { hf: [], fastpath: [] };
+  const variantName = (v: Variant) => (args.device === 'cpu' ? `${v.dtype} weights, matmul precision ${v.precision}` : `${v.dtype} weights`);
+  const encs = await Promise.all(args.variants.map((v) => ImageEncoder.load(dir, { device: args.device, dtype: v.dtype })));
+  const enc = encs[0];
+  const ours: Float32Array[] = [];
+  const oursTimes: number[][] = args.variants.map(() => []);
+  const oursCpu: number[][] = args.variants.map(() => []);
+  const torchTimes: Record<string, number[]> = Object.fromEntries(TORCH_CONFIGS.map((c) => [c.key, []]));
+  const torchCpu: Record<string, number[]> = Object.fromEntries(TORCH_CONFIGS.map((c) => [c.key, []]));
   let torchInfo: ReturnType<typeof torchRun> | undefined;
   try {
     // warm-up on 2 images, then the timed batches, alternating with PyTorch's (the machine's load
     // drifts: alternating gives both the same conditions; the best run of each is reported)
-    const warm = native.fromArray(pixels.subarray(0, 2 * 3 * S * S), [2, 3, S, S], 'f32', args.device);
-    await Promise.all(enc.forward(warm).map((t) => t.read()));
-    warm.dispose();
+    for (const [i, e] of encs.entries()) {
+      if (args.device === 'cpu') native.setMatmulPrecision(args.variants[i].precision);
+      const warm = native.fromArray(pixels.subarray(0, 2 * 3 * S * S), [2, 3, S, S], 'f32', args.device);
+      await Promise.all(e.forward(warm).map((t) => t.read()));
+      warm.dispose();
+    }
     for (let r = 0; r < args.runs; r++) {
-      await gate.wait();
-      log(`embed-images bench: ours, batch ${B} (run ${r + 1}/${args.runs}) ...`);
-      const t0 = now();
-      const c0 = process.cpuUsage();
-      const x = native.fromArray(pixels, [B, 3, S, S], 'f32', args.device);
-      const [f] = enc.forward(x);
-      ours = (await f.read()) as Float32Array;
-      oursTimes.push(now() - t0);
-      const c = process.cpuUsage(c0);
-      oursCpu.push((c.user + c.system) / 1e6);
-      [x, f].forEach((t) => t.dispose());
+      for (const [i, e] of encs.entries()) {
+        const v = args.variants[i];
+        if (args.device === 'cpu') native.setMatmulPrecision(v.precision);
+        await gate.wait();
+        log(`embed-images bench: ours (${variantName(v)}), batch ${B} (run ${r + 1}/${args.runs}) ...`);
+        const t0 = now();
+        const c0 = process.cpuUsage();
+        const x = native.fromArray(pixels, [B, 3, S, S], 'f32', args.device);
+        const [f] = e.forward(x);
+        ours[i] = (await f.read()) as Float32Array;
+        oursTimes[i].push(now() - t0);
+        const c = process.cpuUsage(c0);
+        oursCpu[i].push((c.user + c.system) / 1e6);
+        [x, f].forEach((t) => t.dispose());
+      }
+      if (args.device === 'cpu') native.setMatmulPrecision('highest');
       if (args.torch) {
         await gate.wait();
         log(`embed-images bench: PyTorch (${describeEnv(env)}) (run ${r + 1}/${args.runs}) ...`);
@@ -201,12 +236,14 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
         }
       }
     }
-    const oursS = Math.min(...oursTimes);
     const caps = native.capabilities();
-    rows.push(row(args.device === 'cuda' ? `llama-adapter (cuda, ${caps.cuda.gemm}, ${args.dtype} weights)` : `llama-adapter (${args.threads} threads, ${caps.blas}, ${args.dtype} weights)`, oursS, Math.min(...oursCpu)));
+    for (const [i, v] of args.variants.entries()) {
+      const engine = args.device === 'cuda' ? `cuda, ${caps.cuda.gemm}` : `${args.threads} threads, ${v.dtype === 'bf16' && v.precision === 'medium' ? `bf16 GEMM ${caps.bf16Gemm}` : caps.blas}`;
+      rows.push(row(`llama-adapter (${engine}; ${variantName(v)})`, Math.min(...oursTimes[i]), Math.min(...oursCpu[i])));
+    }
     if (torchInfo) {
-      rows.push(row(`PyTorch ${torchInfo.torch} float32, HF-style ops (quick_gelu)`, Math.min(...torchTimes.hf), Math.min(...torchCpu.hf)));
-      rows.push(row('PyTorch, nn.TransformerEncoderLayer fast path (gelu)', Math.min(...torchTimes.fastpath), Math.min(...torchCpu.fastpath)));
+      for (const c of TORCH_CONFIGS)
+        rows.push(row(`PyTorch ${torchInfo.torch} ${c.label}`, Math.min(...torchTimes[c.key]), Math.min(...torchCpu[c.key])));
     }
 
     // end to end: decode + preprocess real photos (JPEG crops of the shared test images) + forward
@@ -234,7 +271,7 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
     const prep = now() - t0;
     rows.push([`(of which decode + preprocess alone, JS main thread)`, (B / prep).toFixed(1), (prep * 1000).toFixed(0), '', '']);
   } finally {
-    enc.dispose();
+    encs.forEach((e) => e.dispose());
   }
 
   const fmt = (ts: number[]) => ts.map((t) => (B / t).toFixed(2)).join(', ');
@@ -246,22 +283,36 @@ export async function runEmbedImages(args: Args, log: (s: string) => void = (s) 
     'images/s and ms are for the whole batch, pixels (already preprocessed) to features; the embed() row adds decoding and resizing. ' +
       'CPU s/image: the process\'s CPU time (user + system, all threads; the least over the runs) per image: what the work cost, ' +
       'less sensitive than wall time to other processes on the machine (spinning threads count too).',
-    `Every run, images/s: ours ${fmt(oursTimes)}` + (torchInfo ? `; PyTorch HF-style ${fmt(torchTimes.hf)}; fast path ${fmt(torchTimes.fastpath)}.` : '.'),
-    `Every run, CPU s/image: ours ${oursCpu.map((c) => (c / B).toFixed(3)).join(', ')}` +
-      (torchInfo ? `; PyTorch HF-style ${torchCpu.hf.map((c) => (c / B).toFixed(3)).join(', ')}; fast path ${torchCpu.fastpath.map((c) => (c / B).toFixed(3)).join(', ')}.` : '.'),
+    ...args.variants.map(
+      (v, i) => `Every run, ours (${variantName(v)}): images/s ${fmt(oursTimes[i])}; CPU s/image ${oursCpu[i].map((c) => (c / B).toFixed(3)).join(', ')}.`,
+    ),
+    ...(torchInfo
+      ? TORCH_CONFIGS.map((c) => `Every run, PyTorch ${c.key}: images/s ${fmt(torchTimes[c.key])}; CPU s/image ${torchCpu[c.key].map((t) => (t / B).toFixed(3)).join(', ')}.`)
+      : []),
   ];
   if (torchInfo) {
-    const best = Math.min(...torchTimes.hf, ...torchTimes.fastpath);
-    const oursS = Math.min(...oursTimes);
-    let maxDiff = 0;
-    torchInfo.features.forEach((f, b) => f.forEach((v, i) => (maxDiff = Math.max(maxDiff, Math.abs(v - ours![b * f.length + i])))));
-    notes.push(
-      `Ours vs PyTorch's best: **${(best / oursS).toFixed(2)}x** (${(B / oursS).toFixed(2)} vs ${(B / best).toFixed(2)} images/s). ` +
-        `PyTorch environment: ${describeEnv(env)}, torch.set_num_threads(${args.threads}), BLAS ${torchInfo.blas}, inference_mode.`,
-      `Features agree with PyTorch's HF-style forward: max |diff| ${maxDiff.toExponential(2)} over ${B} x ${torchInfo.features[0].length} values.`,
-    );
+    const bestOf = (configs: typeof TORCH_CONFIGS) => Math.min(...configs.flatMap((c) => torchTimes[c.key]));
+    const best32 = bestOf(TORCH_CONFIGS.filter((c) => !c.bf16));
+    const best16 = bestOf(TORCH_CONFIGS.filter((c) => c.bf16));
+    const maxDiff = (theirs: number[][], mine: Float32Array) => {
+      let d = 0;
+      let top = 0;
+      theirs.forEach((f, b) => f.forEach((v, i) => ((d = Math.max(d, Math.abs(v - mine[b * f.length + i]))), (top = Math.max(top, Math.abs(v))))));
+      return `max |diff| ${d.toExponential(2)} (largest |feature| ${top.toFixed(2)})`;
+    };
+    for (const [i, v] of args.variants.entries()) {
+      const s = Math.min(...oursTimes[i]);
+      const bf16 = v.dtype === 'bf16' && v.precision === 'medium';
+      notes.push(
+        `Ours (${variantName(v)}) vs PyTorch's best float32: **${(best32 / s).toFixed(2)}x** (${(B / s).toFixed(2)} vs ${(B / best32).toFixed(2)} images/s)` +
+          (bf16 ? `; vs PyTorch bf16 autocast: ${(best16 / s).toFixed(2)}x (${(B / best16).toFixed(2)} images/s)` : '') +
+          `. Features vs PyTorch's HF-style float32 forward: ${maxDiff(torchInfo.features, ours[i])}` +
+          (bf16 ? `; vs PyTorch bf16 autocast: ${maxDiff(torchInfo.features_bf16, ours[i])}.` : '.'),
+      );
+    }
+    notes.push(`PyTorch environment: ${describeEnv(env)}, torch.set_num_threads(${args.threads}), BLAS ${torchInfo.blas}, inference_mode.`);
   }
-  notes.push(gate.note(), `Load average at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}.`);
+  notes.push(`OpenBLAS for both: ${blasChoiceNote}.`, gate.note(), `Load average at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}.`);
   return formatTable({
     title: `Image encoder throughput, CLIP ViT-${args.shape} shape, batch ${B}, ${args.device === 'cuda' ? 'CUDA' : 'CPU'}`,
     columns: ['engine', 'images/s', 'ms per batch', 'GFLOP/s', 'CPU s/image'],

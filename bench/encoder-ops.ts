@@ -5,6 +5,7 @@
 // feed-forward projection. Not a test: it prints a markdown table and asserts nothing.
 //
 //   node dist/bench/encoder-ops.js [--threads N] [--seconds S] [--no-torch] [--wait-idle S]
+import './blas-choice'; // first: before the addon loads
 import { spawnSync } from 'child_process';
 import * as os from 'os';
 import * as path from 'path';

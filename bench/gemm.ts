@@ -5,6 +5,7 @@
 // Each timed call reads a different copy of w, cycling through enough copies to overflow the
 // last-level cache, so that M = 1 (decode) measures weights streamed from DRAM, as in a real
 // forward pass, rather than re-reading a cache-resident matrix.
+import './blas-choice'; // first: before the addon loads
 import * as fs from 'fs';
 import * as os from 'os';
 import { native, Tensor, DType } from '../lib/native';

@@ -12,6 +12,7 @@
 // decode of the same GGUF file (bench/llama-cpp-decode.mjs), its runs alternating with ours. A training
 // step is the trainer's (AdapterGraph forward/backward to 10 prompts x 8 layers, AdamW), over a
 // fixed batch of 4 Alpaca records of up to 128 tokens, after one warm-up step.
+import './blas-choice'; // first: before the addon loads
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';

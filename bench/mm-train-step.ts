@@ -13,6 +13,7 @@
 //
 //   node dist/bench/mm-train-step.js [--models 260K,15M] [--steps N] [--batch B] [--seq T]
 //        [--threads N] [--repeats R] [--wait-idle S] [--seed N] [--no-torch] [--json FILE]
+import './blas-choice'; // first: before the addon loads
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';

@@ -3,6 +3,7 @@
 //
 //   node dist/bench/run.js [gemm] [decode] [train-step] [--threads N] [--runs N] [--steps N] [--seed N]
 //                          [--quick] [--wait-idle S] [--regenerate] [--json FILE]
+import './blas-choice'; // first: before the addon loads
 import * as fs from 'fs';
 import * as os from 'os';
 import { native } from '../lib/native';

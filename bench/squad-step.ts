@@ -9,6 +9,7 @@
 //        [--batch 16] [--steps 10] [--max-seq-len 192] [--threads 2]
 // Writes OUT/batches.json (ids, types, offsets, targets, the initial parameters) for the PyTorch
 // script and prints {"ms_per_step", "tokens_per_s", losses, packed vs padded forward ms}.
+import './blas-choice'; // first: before the addon loads
 import * as fs from 'fs';
 import * as path from 'path';
 import { native } from '../lib/native';

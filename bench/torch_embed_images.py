@@ -3,7 +3,7 @@
 
 Reads the random CLIPVisionModelWithProjection folder that embed-images.ts writes (safetensors read
 by hand) and the same pixels (B, 3, S, S) float32, and times the forward from pixels to the global
-features (SPEC §7: visual_projection · post_layernorm(h_last[cls])) in two configurations, under
+features (SPEC §7: visual_projection · post_layernorm(h_last[cls])) in four configurations, under
 torch.inference_mode():
 
   hf          the Hugging Face CLIPVisionModel computation written out in torch ops: Conv2d patch
@@ -13,8 +13,12 @@ torch.inference_mode():
               in inference mode, PyTorch's fused encoder-layer kernel (torch._transformer_encoder_layer_fwd);
               it knows only relu/gelu, so it runs exact GELU where CLIP has quick_gelu (the same
               FLOPs; its features differ, so they are not compared)
+  autocast_bf16  the hf module under torch.autocast('cpu', torch.bfloat16): its matmuls in bf16 on
+              oneDNN (the counterpart of our bf16 weights with matmul precision "medium"); not float32
+  jit         the hf module traced, frozen and passed through torch.jit.optimize_for_inference, which
+              moves the Linear and Conv2d layers to oneDNN (MKL-DNN) where it expects that to pay
 
-Output: one JSON line {configs: {name: {images_per_s, seconds, cpu_seconds}}, features (hf), ...}.
+Output: one JSON line {configs: {name: {images_per_s, seconds, cpu_seconds}}, features (hf), features_bf16, ...}.
 Threads: --threads sets torch.set_num_threads; OpenBLAS reads OPENBLAS_NUM_THREADS and
 OPENBLAS_CORETYPE from the environment when it loads (the caller sets them).
 
@@ -135,9 +139,14 @@ def main():
         res['blas'] = torch.__config__.show().split('BLAS_INFO=')[1].split(',')[0]
     except IndexError:
         res['blas'] = '?'
-    for name, M in [('hf', HfClip), ('fastpath', FastPath)]:
+    def jit(w, cfg):
+        with torch.no_grad():
+            return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(HfClip(w, cfg).eval(), px[:2])))
+
+    for name, M in [('hf', HfClip), ('fastpath', FastPath), ('jit', jit), ('autocast_bf16', HfClip)]:
         model = M(w, cfg).eval()
-        with torch.inference_mode():
+        autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=name == 'autocast_bf16')
+        with torch.inference_mode(), autocast:
             model(px[:2])  # warm-up (allocator, BLAS buffers, thread wake-up)
             times, cpu = [], []
             for _ in range(args.runs):
@@ -150,6 +159,8 @@ def main():
         res['configs'][name] = {'images_per_s': px.shape[0] / s, 'seconds': s, 'cpu_seconds': min(cpu)}
         if name == 'hf':
             res['features'] = feats.numpy().astype(float).tolist()
+        if name == 'autocast_bf16':
+            res['features_bf16'] = feats.float().numpy().astype(float).tolist()
     print(json.dumps(res))
 
 

@@ -14,6 +14,7 @@
 // Our step is the trainer's (lib/train/trainer.ts): grads.zero(); graph.run(batch, 1 / targets,
 // grads) (AdapterGraph: packed rows, no padding, the LM head at the target positions only);
 // opt.update(grads, lr) (the global gradient norm is read back, then the fused AdamW is queued).
+import { benchCoreType } from './blas-choice'; // first: before the addon loads
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -147,7 +148,8 @@ async function ourSteps(model: Llama, L: number, batches: Batch[], warmup: numbe
 /** Environments tried by 'auto' (each added to the thread variables). */
 function torchCandidates(threads: number): Record<string, string>[] {
   const out: Record<string, string>[] = [];
-  for (const core of ['Haswell', 'Zen', '']) // '' = OpenBLAS's own detection
+  const cores = [...new Set([benchCoreType() ?? '', 'Haswell', 'Zen', ''])]; // '' = OpenBLAS's own detection; never a family beyond this CPU's best
+  for (const core of cores)
     for (const blasThreads of [threads, 1])
       for (const wait of ['PASSIVE', '']) {
         const e: Record<string, string> = { OPENBLAS_NUM_THREADS: String(blasThreads), OMP_NUM_THREADS: String(threads) };
@@ -158,10 +160,11 @@ function torchCandidates(threads: number): Record<string, string>[] {
   return out;
 }
 
-/** The fastest environment found on the 2-core Zen 3 machine of bench/README.md. */
+/** The fastest environment found on the 2-core machines of bench/README.md: the same OpenBLAS kernels
+ *  as ours (benchCoreType: this CPU's best), as many BLAS and OpenMP threads as ours, passive waits. */
 export function bestTorchEnv(threads: number): Record<string, string> {
   return {
-    OPENBLAS_CORETYPE: 'Haswell',
+    ...(benchCoreType() ? { OPENBLAS_CORETYPE: benchCoreType() as string } : {}),
     OPENBLAS_NUM_THREADS: String(threads),
     OMP_NUM_THREADS: String(threads),
     OMP_WAIT_POLICY: 'PASSIVE',

@@ -50,8 +50,16 @@ export interface Capabilities {
    *  which, or why not); gemm: the engine of the frozen-weight matmuls ('none' when unavailable) */
   cuda: { compiled: boolean; available: boolean; devices: number; reason: string; gemm: string };
   threads: number;
+  /** setMatmulPrecision's current value */
+  matmulPrecision: MatmulPrecision;
+  /** what runs the "medium" bf16 products: "avx512bf16", or "widen+sgemm" (no AVX512-BF16, or
+   *  LLAMA_ADAPTER_BF16_GEMM=sgemm) */
+  bf16Gemm: string;
   simd: string[];
 }
+
+/** See NativeBinding.setMatmulPrecision. */
+export type MatmulPrecision = 'highest' | 'medium';
 
 /** Collective engines (native/comm): a world of one, Open MPI (CPU ranks), NCCL (GPU ranks). */
 export type CommKind = 'none' | 'mpi' | 'nccl';
@@ -143,6 +151,12 @@ export interface NativeBinding {
   capabilities(): Capabilities;
   /** Threads for CPU kernels and BLAS (>= 1). */
   setThreads(n: number): void;
+  /** How CPU products with a bf16-stored weight treat their f32 input (x · wᵀ and its input gradient,
+   *  more than 8 rows), process-wide like PyTorch's set_float32_matmul_precision: "highest" (default)
+   *  keeps it f32 and widens the weight (exact products); "medium" rounds it to bf16 as the CUDA
+   *  backend always does, and runs on AVX512-BF16 when the CPU has it (capabilities().bf16Gemm) —
+   *  about twice the f32 rate there. Decoding (matrix-vector products) keeps f32 either way. */
+  setMatmulPrecision(precision: MatmulPrecision): void;
   /** Waits until every queued op has run; rejects with the first failure since the previous call. */
   synchronize(): Promise<void>;
 

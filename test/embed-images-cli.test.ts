@@ -7,6 +7,7 @@ import * as os from 'os';
 import * as path from 'path';
 import sharp from 'sharp';
 import { openFeatures } from '../lib/data/features';
+import { native } from '../lib/native';
 import { ImageEncoder } from '../lib/encoder/encoder';
 import { dataPath, repoRoot } from './util/paths';
 
@@ -55,6 +56,28 @@ describe('embed-images CLI', () => {
     g.close();
   });
 
+  it('--dtype bf16 --matmul-precision medium: the library\'s bf16 products, not the f32 ones', async () => {
+    const r = runCli(['--encoder', encoderDir, '--device', 'cpu', '--dtype', 'bf16', '--matmul-precision', 'medium', '--out', 'm.safetensors', fm(0), fm(1)], tmp);
+    expect(r.code, r.stderr).to.equal(0);
+    const f = openFeatures(path.join(tmp, 'm.safetensors'));
+    const enc = await ImageEncoder.load(encoderDir, { device: 'cpu', dtype: 'bf16' });
+    try {
+      const highest = await enc.embed([fm(0), fm(1)]);
+      native.setMatmulPrecision('medium');
+      let medium: Float32Array[];
+      try {
+        medium = await enc.embed([fm(0), fm(1)]);
+      } finally {
+        native.setMatmulPrecision('highest');
+      }
+      f.keys.forEach((k, i) => expect([...f.get(k)], k).to.deep.equal([...medium[i]]));
+      expect([...medium[0]]).to.not.deep.equal([...highest[0]]); // the precision reached the products
+    } finally {
+      enc.dispose();
+      f.close();
+    }
+  });
+
   it('a missing or truncated image exits 1 naming it, and writes nothing', () => {
     const full = fs.readFileSync(fm(3));
     fs.writeFileSync(path.join(tmp, 'cut.png'), full.subarray(0, full.length - 40));
@@ -80,8 +103,11 @@ describe('embed-images CLI', () => {
     r = runCli(['--encoder', encoderDir, '--device', 'cpu', '--out', 'x.safetensors', '--feature-layers', '5', fm(0)], tmp);
     expect(r.code).to.equal(1);
     expect(r.stderr).to.match(/feature layer 5 is outside 1\.\.2/);
+    r = runCli(['--encoder', encoderDir, '--out', 'x.safetensors', '--matmul-precision', 'low', fm(0)], tmp);
+    expect(r.code).to.equal(2);
+    expect(r.stderr).to.match(/--matmul-precision must be highest or medium, got 'low'/);
     r = runCli(['--help'], tmp);
     expect(r.code).to.equal(0);
-    for (const flag of ['--encoder', '--out', '--images-from', '--feature-layers', '--batch-size', '--device', '--dtype']) expect(r.stdout).to.include(flag);
+    for (const flag of ['--encoder', '--out', '--images-from', '--feature-layers', '--batch-size', '--device', '--dtype', '--matmul-precision']) expect(r.stdout).to.include(flag);
   });
 });

@@ -119,6 +119,17 @@ describe('image encoder forward', () => {
       const d = maxDiff(got, want);
       expect(d).to.be.below(0.02 * scale);
       expect(d).to.be.above(0); // it did round
+      // matmul precision "medium": the activations rounded to bf16 too (native/core/bf16_gemm.cpp)
+      native.setMatmulPrecision('medium');
+      let medium: Float32Array;
+      try {
+        medium = await stack(enc.forward(pixels));
+      } finally {
+        native.setMatmulPrecision('highest');
+      }
+      const dm = maxDiff(medium, want);
+      expect(dm, 'medium vs the float64 reference').to.be.below(0.03 * scale);
+      expect(maxDiff(medium, got), 'medium rounds more than bf16 storage alone').to.be.above(0);
     } finally {
       pixels.dispose();
       enc.dispose();

@@ -160,6 +160,15 @@ describe('CLI generate / tokenize', function () {
     expect(a.stdout.startsWith('Lily')).to.equal(false); // the prompt is not echoed
   });
 
+  it('generate --dtype bf16 --matmul-precision medium runs the prompt through the bf16 products', () => {
+    // a prompt of more than 8 tokens: its prefill is a matrix product, where the precision applies
+    const prompt = 'Once upon a time, there was a little girl named Lily. She liked to play';
+    const args = ['generate', '--model', stories.v0, '--tokenizer', stories.tokenizer, '--dtype', 'bf16', '--prompt', prompt, '--temperature', '0', '--max-tokens', '20'];
+    const medium = run(...args, '--matmul-precision', 'medium');
+    expect(medium.status, medium.stderr).to.equal(0);
+    expect(medium.stdout.trim().length).to.be.above(0);
+  });
+
   it('tokenize prints the ids as JSON without BOS', () => {
     const r = run('tokenize', '--tokenizer', stories.tokenizer, 'Once upon a time');
     expect(r.status, r.stderr).to.equal(0);
@@ -179,6 +188,9 @@ describe('CLI generate / tokenize', function () {
     const missing = run('generate', '--model', '/nonexistent/model.bin', '--prompt', 'x');
     expect(missing.status).to.equal(1);
     expect(missing.stderr).to.match(/nonexistent/);
+    const badPrecision = run('generate', '--model', stories.v0, '--prompt', 'x', '--matmul-precision', 'fast');
+    expect(badPrecision.status).to.equal(2);
+    expect(badPrecision.stderr).to.match(/--matmul-precision must be highest or medium, got 'fast'/);
     const cmd = run('frobnicate');
     expect(cmd.status).to.equal(2);
     expect(cmd.stderr).to.match(/unknown command 'frobnicate'/);

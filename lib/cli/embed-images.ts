@@ -1,11 +1,12 @@
 // llama-adapter embed-images --encoder DIR [--feature-layers -1|1,2,3] [--batch-size B]
-//   [--device cuda|cpu] [--dtype f32|bf16] --out FEATURES.safetensors (IMAGE... | --images-from FILE)
+//   [--device cuda|cpu] [--dtype f32|bf16] [--matmul-precision highest|medium] --out FEATURES.safetensors (IMAGE... | --images-from FILE)
 // -> the SPEC §7 features file: one F32 tensor per image, named by its path exactly as given.
 import * as fs from 'fs';
 import { ImageEncoder } from '../encoder/encoder';
 import { FeaturesWriter } from '../data/features';
 import { describeDevice, resolveDevice } from '../device';
 import { UsageError, numberFlag, parseFlags, requireString, stringFlag } from './args';
+import { applyMatmulPrecision, matmulPrecisionUsage } from './model-flags';
 
 export const usage = `Usage: llama-adapter embed-images --encoder DIR --out FILE [flags] IMAGE...
 
@@ -22,7 +23,8 @@ only when every image is done. Images: PNG, JPEG or WebP.
                           the end, comma-separated (default -1, the last)
   --batch-size N          images per forward pass (default 32)
   --device cuda|cpu       where the encoder runs (default: cuda when available)
-  --dtype f32|bf16        storage of the encoder's matrices (default f32)`;
+  --dtype f32|bf16        storage of the encoder's matrices (default f32)
+${matmulPrecisionUsage(26)}`;
 
 /** "-1" or "1,2,3" -> [-1] or [1, 2, 3] (range checked by the encoder, which knows its depth). */
 function parseLayers(raw: string): number[] {
@@ -66,6 +68,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
       'batch-size': { type: 'string' },
       device: { type: 'string' },
       dtype: { type: 'string' },
+      'matmul-precision': { type: 'string' },
     },
     usage,
   );
@@ -80,6 +83,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const device = resolveDevice(stringFlag(values, 'device'), '--device');
   const dtype = stringFlag(values, 'dtype') ?? 'f32';
   if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
+  applyMatmulPrecision(values);
 
   const listed = [...positionals];
   const from = stringFlag(values, 'images-from');

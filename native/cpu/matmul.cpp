@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../core/bf16.h"
+#include "../core/bf16_gemm.h"
 #include "../core/blas.h"
 #include "../core/parallel.h"
 #include "kernels.h"
@@ -73,6 +74,8 @@ void matmul_forward(float* y, const float* x, const float* w, int64_t M, int64_t
 
 void matmul_forward_bf16(float* y, const float* x, const uint16_t* w, int64_t M, int64_t N, int64_t K) {
   if (M <= kSmallM) return matmul_small(y, x, w, M, N, K);
+  // precision "medium": y = bf16(x) · wᵀ, B(k, n) = w[n*K + k]
+  if (matmul_precision() == MatmulPrecision::Medium) return bf16_gemm(M, N, K, x, K, w, 1, K, y, N);
   // Widen blocks of about 4 MiB of weight rows, then y[:, n0:n0+nb] = x · w_blockᵀ.
   int64_t nb = std::max<int64_t>(64, (int64_t(1) << 20) / K);
   std::vector<float> block(size_t(std::min(nb, N)) * K);
@@ -92,6 +95,8 @@ void matmul_backward(float* dx, const float* dy, const float* w, int64_t M, int6
 }
 
 void matmul_backward_bf16(float* dx, const float* dy, const uint16_t* w, int64_t M, int64_t N, int64_t K) {
+  // precision "medium": dx = bf16(dy) · w, B(n, k) = w[n*K + k]
+  if (M > kSmallM && matmul_precision() == MatmulPrecision::Medium) return bf16_gemm(M, K, N, dy, N, w, K, 1, dx, K);
   // Widen blocks of about 4 MiB of weight rows (as matmul_forward_bf16), then
   // dx += dy[:, n0:n0+nb] · w_block, the first block overwriting dx.
   int64_t nb = std::max<int64_t>(64, (int64_t(1) << 20) / K);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../core/bf16.h"
+#include "../core/bf16_gemm.h"
 #include "../cpu/kernels.h"
 #include "../core/quant.h"
 #include "../core/blas.h"
@@ -105,6 +106,8 @@ Napi::Value Capabilities(const Napi::CallbackInfo& info) {
   c.Set("gemm", d.available ? cuda::gemm_engine() : std::string("none"));
   o.Set("cuda", c);
   o.Set("threads", num_threads());
+  o.Set("matmulPrecision", matmul_precision() == MatmulPrecision::Medium ? "medium" : "highest");
+  o.Set("bf16Gemm", bf16_gemm_native() ? "avx512bf16" : "widen+sgemm");
   Napi::Array simd = Napi::Array::New(env);
 #if defined(__x86_64__)
   uint32_t k = 0;
@@ -123,6 +126,20 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
     LA_CHECK(n <= 1024, "setThreads: n must be at most 1024, got ", n);
     // Resizing the pool while a kernel runs would race: do it in order on the executor.
     uint64_t ticket = cpu_executor().enqueue("setThreads", [n] { set_num_threads(int(n)); });
+    cpu_executor().wait(ticket);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value SetMatmulPrecision(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Args a{info, "setMatmulPrecision"};
+    std::string p = a.string(0, "precision");
+    LA_CHECK(p == "highest" || p == "medium", "setMatmulPrecision: precision must be \"highest\" or \"medium\", got ",
+             "\"", p, "\"");
+    // kernels already queued keep the precision they were queued under: switch in order
+    MatmulPrecision mp = p == "medium" ? MatmulPrecision::Medium : MatmulPrecision::Highest;
+    uint64_t ticket = cpu_executor().enqueue("setMatmulPrecision", [mp] { set_matmul_precision(mp); });
     cpu_executor().wait(ticket);
     return info.Env().Undefined();
   });
@@ -279,6 +296,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto fn = [&](const char* name, Napi::Function::Callback cb) { exports.Set(name, Napi::Function::New(env, cb, name)); };
   fn("capabilities", Capabilities);
   fn("setThreads", SetThreads);
+  fn("setMatmulPrecision", SetMatmulPrecision);
   fn("synchronize", Synchronize);
   fn("fromArray", FromArray);
   fn("zeros", Zeros);
