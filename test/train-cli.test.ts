@@ -70,6 +70,16 @@ describe('train / eval / export commands (stories260K)', function () {
     expect(h.metadata.adapter_len).to.equal('4');
   });
 
+  it('--dtype bf16 --matmul-precision medium trains with bf16 products and records the precision', () => {
+    const out = path.join(dir, 'run-medium');
+    const r = run('train', ...model, '--data', data, '--out', out, ...small, '--max-steps', '2', '--dtype', 'bf16', '--matmul-precision', 'medium');
+    expect(r.status, r.stderr).to.equal(0);
+    const steps = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => 'loss' in l);
+    expect(steps).to.have.length(2);
+    steps.forEach((l) => expect(Number.isFinite(l.loss) && l.loss > 0).to.equal(true));
+    expect(fs.readFileSync(path.join(out, 'config.yaml'), 'utf8')).to.match(/^matmul-precision: medium$/m);
+  });
+
   it('eval prints the mean loss over the target tokens, lower with the trained adapter', () => {
     const frozen = run('eval', ...model, '--data', data);
     expect(frozen.status, frozen.stderr).to.equal(0);

@@ -62,6 +62,7 @@ export function resultSettings(c: TrainConfig): Record<string, unknown> {
     gate: c.gate,
     'init-adapter': abs(c['init-adapter']),
     dtype: c.dtype,
+    'matmul-precision': c['matmul-precision'] ?? 'highest',
     epochs: c['max-steps'] === undefined ? c.epochs : 'unused (--max-steps)',
     'max-steps': c['max-steps'] ?? null,
     'batch-size': c['batch-size'],

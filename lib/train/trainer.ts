@@ -135,6 +135,7 @@ export class Trainer extends EventEmitter {
     checkOutputDir(cfg.out, '--out');
     checkRunFolder(cfg);
     if (cfg.threads) native.setThreads(cfg.threads);
+    native.setMatmulPrecision(cfg['matmul-precision'] ?? 'highest');
     // an encoder reads the records' image files: under --image-root, else where the format puts them
     const dataRoot = cfg.encoder && !cfg['image-root'] ? loadDataset(cfg.data, { format: cfg.format, split: cfg.format === 'scienceqa' ? cfg.split ?? 'train' : undefined }).imageRoot : undefined;
     const images = await openImageSource(cfg, cfg.data, cfg.device, dataRoot);
