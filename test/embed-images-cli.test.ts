@@ -7,7 +7,7 @@ import * as os from 'os';
 import * as path from 'path';
 import sharp from 'sharp';
 import { openFeatures } from '../lib/data/features';
-import { native } from '../lib/native';
+import { withMatmulPrecision } from './util/precision';
 import { ImageEncoder } from '../lib/encoder/encoder';
 import { dataPath, repoRoot } from './util/paths';
 
@@ -63,13 +63,7 @@ describe('embed-images CLI', () => {
     const enc = await ImageEncoder.load(encoderDir, { device: 'cpu', dtype: 'bf16' });
     try {
       const highest = await enc.embed([fm(0), fm(1)]);
-      native.setMatmulPrecision('medium');
-      let medium: Float32Array[];
-      try {
-        medium = await enc.embed([fm(0), fm(1)]);
-      } finally {
-        native.setMatmulPrecision('highest');
-      }
+      const medium = await withMatmulPrecision('medium', () => enc.embed([fm(0), fm(1)]));
       f.keys.forEach((k, i) => expect([...f.get(k)], k).to.deep.equal([...medium[i]]));
       expect([...medium[0]]).to.not.deep.equal([...highest[0]]); // the precision reached the products
     } finally {

@@ -11,6 +11,7 @@ import { native, Tensor } from '../lib/native';
 import { ImageEncoder, linear } from '../lib/encoder/encoder';
 import { preprocessImage } from '../lib/image/preprocess';
 import { dataPath, repoRoot } from './util/paths';
+import { withMatmulPrecision } from './util/precision';
 
 const goldenDir = path.join(repoRoot, 'test', 'golden', 'encoders');
 interface FolderGolden {
@@ -120,13 +121,7 @@ describe('image encoder forward', () => {
       expect(d).to.be.below(0.02 * scale);
       expect(d).to.be.above(0); // it did round
       // matmul precision "medium": the activations rounded to bf16 too (native/core/bf16_gemm.cpp)
-      native.setMatmulPrecision('medium');
-      let medium: Float32Array;
-      try {
-        medium = await stack(enc.forward(pixels));
-      } finally {
-        native.setMatmulPrecision('highest');
-      }
+      const medium = await withMatmulPrecision('medium', () => stack(enc.forward(pixels)));
       const dm = maxDiff(medium, want);
       expect(dm, 'medium vs the float64 reference').to.be.below(0.03 * scale);
       expect(maxDiff(medium, got), 'medium rounds more than bf16 storage alone').to.be.above(0);

@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { native } from '../lib/native';
 import * as ref from './util/reference';
+import { withMatmulPrecision } from './util/precision';
 
 const load = `require(${JSON.stringify(path.resolve(__dirname, '..', 'lib', 'native.js'))}).native`;
 const cpuHasBf16 = /^flags\s*:.*\bavx512_bf16\b/m.test(fs.existsSync('/proc/cpuinfo') ? fs.readFileSync('/proc/cpuinfo', 'utf8') : '');
@@ -117,16 +118,11 @@ describe('matmul precision "medium": bf16 products on the CPU', function () {
     const high = await native.matmul(native.fromArray(x, [M, K]), w).read();
     const wUsed = ref.bf16RoundArray(fill(N * K, 2));
     ref.assertClose(high, ref.matmul(x, M, K, wUsed, N), 0, ref.matmulAbs(x, M, K, wUsed, N).map((a) => 2e-6 * a), 'highest');
-    native.setMatmulPrecision('medium');
-    try {
-      const med = await native.matmul(native.fromArray(x, [M, K]), w).read();
-      let worst = 0;
-      const abs = ref.matmulAbs(x, M, K, wUsed, N);
-      med.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - high[i]) / abs[i])));
-      expect(worst).to.be.above(1e-4); // bf16 keeps 8 bits: the rounding of x shows
-    } finally {
-      native.setMatmulPrecision('highest');
-    }
+    const med = await withMatmulPrecision('medium', () => native.matmul(native.fromArray(x, [M, K]), w).read());
+    let worst = 0;
+    const abs = ref.matmulAbs(x, M, K, wUsed, N);
+    med.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - high[i]) / abs[i])));
+    expect(worst).to.be.above(1e-4); // bf16 keeps 8 bits: the rounding of x shows
   });
 
   it('decoding (8 rows or fewer) keeps f32 inputs under either precision: equal bit for bit', async () => {
@@ -135,12 +131,8 @@ describe('matmul precision "medium": bf16 products on the CPU', function () {
       const x = native.fromArray(fill(M * K, 3), [M, K]);
       const w = native.convert(native.fromArray(fill(N * K, 4), [N, K]), 'bf16');
       const high = await native.matmul(x, w).read();
-      native.setMatmulPrecision('medium');
-      try {
-        expect(Array.from(await native.matmul(x, w).read())).to.deep.equal(Array.from(high));
-      } finally {
-        native.setMatmulPrecision('highest');
-      }
+      const medium = await withMatmulPrecision('medium', () => native.matmul(x, w).read());
+      expect(Array.from(medium)).to.deep.equal(Array.from(high));
     }
   });
 
@@ -149,11 +141,7 @@ describe('matmul precision "medium": bf16 products on the CPU', function () {
     const x = native.fromArray(fill(M * K, 5), [M, K]);
     const w = native.fromArray(fill(N * K, 6), [N, K]);
     const high = await native.matmul(x, w).read();
-    native.setMatmulPrecision('medium');
-    try {
-      expect(Array.from(await native.matmul(x, w).read())).to.deep.equal(Array.from(high));
-    } finally {
-      native.setMatmulPrecision('highest');
-    }
+    const medium = await withMatmulPrecision('medium', () => native.matmul(x, w).read());
+    expect(Array.from(medium)).to.deep.equal(Array.from(high));
   });
 });
