@@ -10,6 +10,7 @@ import {
   makeFeatures, paramValues, saveSquadAdapter, scoreFeatures, trainSquad,
 } from '../tasks/squad';
 import { FlagSpec, Flags, numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
+import { applyMatmulPrecision, matmulPrecisionUsage } from './model-flags';
 
 /** True when argv asks for `--task squad` (train and eval hand such a command to this file). */
 export function wantsSquad(argv: string[]): boolean {
@@ -22,6 +23,7 @@ const common: FlagSpec = {
   encoder: { type: 'string' },
   device: { type: 'string' },
   dtype: { type: 'string' },
+  'matmul-precision': { type: 'string' },
   'batch-size': { type: 'string' },
 };
 
@@ -40,6 +42,7 @@ const encoderUsage = `  --encoder DIR        Hugging Face RoBERTa or BERT folder
                        index, and its tokenizer: vocab.json + merges.txt, vocab.txt, or tokenizer.json)
   --device cpu|cuda    where to run (default: cuda when available)
   --dtype f32|bf16     storage of the encoder's matrices (default f32)
+${matmulPrecisionUsage()}
   --batch-size N       windows per forward pass (default 16)`;
 
 export const trainUsage = `Usage: llama-adapter train --task squad --encoder DIR --data FILE --out DIR [flags]
@@ -109,6 +112,7 @@ async function openEncoder(v: Flags, usage: string): Promise<TextEncoderModel> {
   const dir = requireString(v, 'encoder', usage);
   const dtype = stringFlag(v, 'dtype') ?? 'f32';
   if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
+  applyMatmulPrecision(v);
   const device = resolveDevice(stringFlag(v, 'device') as never, '--device');
   return TextEncoderModel.load(dir, { device, dtype });
 }
