@@ -21,48 +21,10 @@ import { generateTokens } from '../lib/generate/generate';
 import { makeDemoDataset } from '../lib/data/demo';
 import { dataPath, repoRoot } from './util/paths';
 import { writeTiktokenFolder } from './util/tiktoken-vocab';
+import { CORPUS } from './util/bpe-corpus';
 
 const cli = path.join(repoRoot, 'dist', 'lib', 'cli', 'main.js');
 
-const CORPUS: string[] = [
-  '',
-  'Hello world',
-  ' Hello World!',
-  'Hello, world! How are you doing today?',
-  "I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL",
-  "don't won't CAN'T y'all ' era",
-  'def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n',
-  'for (let i = 0; i < 10; i++) { console.log(`x=${i}`); } // done\r\n\treturn;',
-  '3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 1234567890123456789012345678901234567890',
-  'π ≈ 3.14159265358979; e = 2.718281828459045; -0.5e-10; 1,000,000.00; ½ ¾ ² ³ ٣٤٥ ४२',
-  '\n',
-  ' ',
-  '  ',
-  '   ',
-  '\t',
-  '\n\n\n',
-  '\t\n',
-  '   Hello\n    Hello',
-  '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n',
-  'trailing spaces   ',
-  'line one\r\nline two\r\n\r\nline four',
-  'Führer Cửa Việt naïve café résumé',
-  'нещо на Български; Привет, мир!',
-  'Γειά σου Κόσμε; שלום עולם; مرحبا بالعالم',
-  '我想在apple工作1314151天～ 日本語のテキスト、カタカナ。한국어 텍스트',
-  'កាន់តែពិសេសអាចខលចេញ हिन्दी भाषा ภาษาไทย',
-  '🚀 (normal) 😶‍🌫️ (multiple emojis concatenated) ✅ (only emoji that has its own token) 🦙🦙 👨‍👩‍👧‍👦 🏳️‍🌈 👍🏽',
-  '------======= \'\'\'\'\'\'```````""""......!!!!!!?????? ~~~ ### @@@ $$$ %%% ^^^',
-  'ied 4 ½ months',
-  'w048 7tuijk dsdfhu',
-  'e\u0301 combining; zero\u200bwidth; nbsp\u00a0here; ideographic\u3000space; soft\u00adhyphen',
-  'control chars \u0001\u0002\u001f and DEL \u007f',
-  'text with <|endoftext|> inside, and <|fim_prefix|> too',
-  '\ufffd replacement char, \uffff noncharacter, 𝕳𝖊𝖑𝖑𝖔 math letters, 𐍈 gothic',
-  'https://example.com/path?query=1&b=2#frag user@example.org',
-  'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa',
-  'The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX! the_quick_brown_fox',
-];
 
 /** A vocabulary-only GGUF (no tensors) of the tokenizer at `tokDir`. */
 function vocabGguf(tokDir: string, file: string, extra: [string, GgufMeta][] = []): string {
