@@ -196,6 +196,32 @@ describe('GGUF byte-level BPE vocabularies (tokenizer.ggml.model "gpt2")', funct
       expect(tok.decode(ids)).to.equal('a<tool>b');
     });
 
+    it('to-gguf reads vocab.json + merges.txt as tokenizer.json; --pre names a pre-tokenizer it cannot recognise', () => {
+      const small = path.join(dir, 'small');
+      const j = JSON.parse(fs.readFileSync(path.join(small, 'tokenizer.json'), 'utf8'));
+      const legacy = path.join(dir, 'small-legacy');
+      fs.mkdirSync(legacy);
+      // GPT-2's own folder: <|endoftext|> sits in vocab.json, and tokenizer_config.json names it
+      const vocab = { ...j.model.vocab };
+      for (const a of j.added_tokens) vocab[a.content] = a.id;
+      fs.writeFileSync(path.join(legacy, 'vocab.json'), JSON.stringify(vocab));
+      fs.writeFileSync(path.join(legacy, 'merges.txt'), '#version: 0.2\n' + j.model.merges.join('\n') + '\n');
+      fs.copyFileSync(path.join(small, 'tokenizer_config.json'), path.join(legacy, 'tokenizer_config.json'));
+      expect(tokenizerMetadata(legacy)).to.deep.equal(tokenizerMetadata(small));
+      // no special tokens named (GPT-2's hub folder): BOS/EOS from the model's config.json
+      fs.writeFileSync(path.join(legacy, 'tokenizer_config.json'), JSON.stringify({ model_max_length: 1024 }));
+      fs.writeFileSync(path.join(legacy, 'config.json'), JSON.stringify({ bos_token_id: 600, eos_token_id: 600 }));
+      const ids = tokenizerMetadata(legacy).filter(([k]) => k.endsWith('_token_id'));
+      expect(ids.map(([k, v]) => [k, v.value])).to.deep.equal([['tokenizer.ggml.bos_token_id', 600], ['tokenizer.ggml.eos_token_id', 600]]);
+      // a pre_tokenizer that is neither GPT-2's nor LLaMA 3's
+      const odd = path.join(dir, 'odd.json');
+      fs.writeFileSync(odd, JSON.stringify({ ...j, pre_tokenizer: { type: 'Whitespace' } }));
+      expect(() => tokenizerMetadata(odd)).to.throw(/odd\.json: its pre_tokenizer is not GPT-2's nor LLaMA 3's; name one with --pre/);
+      const named = tokenizerMetadata(odd, { pre: 'llama-bpe' });
+      expect(named.find(([k]) => k === 'tokenizer.ggml.pre')![1].value).to.equal('llama-bpe');
+      expect(() => tokenizerMetadata(odd, { pre: 'qwen2' })).to.throw(/unknown pre-tokenizer "qwen2"/);
+    });
+
     it('unsupported or broken vocabularies are clear errors naming the problem', () => {
       expect(() => new BpeTokenizer(model({ pre: 'qwen2' }))).to.throw(/pre-tokenizer tokenizer.ggml.pre = "qwen2".*supported: "default", "gpt-2", "llama-bpe"/);
       expect(() => new BpeTokenizer(model({ tokens: base.tokens.slice(1), types: base.types.slice(1) }))).to.throw(/no token for the byte 0x21/);
@@ -234,6 +260,28 @@ describe('GGUF byte-level BPE vocabularies (tokenizer.ggml.model "gpt2")', funct
         expect(r.status, r.stderr).to.equal(0);
         expect(JSON.parse(r.stdout)).to.deep.equal(ref.encode(text));
       }
+    });
+
+    it('a model whose vocabulary is not usable still loads; loadTokenizer() says why, --tokenizer replaces it', async () => {
+      // "gpt-2" -> "qwen2" in place (same length): a pre-tokenizer we do not implement
+      const b = fs.readFileSync(model);
+      const at = b.indexOf(Buffer.from('gpt-2'), b.indexOf(Buffer.from('tokenizer.ggml.pre')));
+      b.write('qwen2', at);
+      const qwen = path.join(dir, 'tiny-qwen2.gguf');
+      fs.writeFileSync(qwen, b);
+      const m = await Llama.load(qwen, { device: 'cpu' });
+      try {
+        expect(() => m.loadTokenizer()).to.throw(/tiny-qwen2\.gguf: the pre-tokenizer tokenizer.ggml.pre = "qwen2" is not supported.*pass --tokenizer/);
+        expect(m.loadTokenizer(model).encode('Hello')).to.deep.equal(ref.encode('Hello'));
+      } finally {
+        m.dispose();
+      }
+      const r = run('generate', '--model', qwen, '--device', 'cpu', '--prompt', 'Hi', '--max-tokens', '2');
+      expect(r.status).to.not.equal(0);
+      expect(r.stderr).to.match(/"qwen2" is not supported/);
+      const t = run('tokenize', '--model', path.join(dir, 'tiny.bin'), 'Hi');
+      expect(t.status).to.not.equal(0);
+      expect(t.stderr).to.match(/tiny\.bin is not a GGUF file/);
     });
 
     it('generate prints the greedy continuation the library computes; train and eval run', async () => {

@@ -3,7 +3,7 @@
 // writes it: tokens by id (gaps filled with UNUSED "[PAD<id>]"), NORMAL for the BPE vocabulary,
 // CONTROL for special added tokens, USER_DEFINED for the other added tokens (their text as is),
 // merges as "left right", tokenizer.ggml.pre from the pre-tokenizer, BOS/EOS and add_bos_token
-// from tokenizer_config.json.
+// from tokenizer_config.json (else special_tokens_map.json, else config.json's bos/eos_token_id).
 import * as fs from 'fs';
 import * as nodePath from 'path';
 import { readJson } from '../lib/model/hf';
@@ -61,7 +61,15 @@ export function bpeTokenizerMetadata(path: string, opts: { pre?: string } = {}):
   const dir = fs.statSync(path).isDirectory() ? path : nodePath.dirname(path);
   const file = (f: string) => nodePath.join(dir, f);
   const tokenizerJson = fs.statSync(path).isDirectory() ? file('tokenizer.json') : path;
-  const config: Json = fs.existsSync(file('tokenizer_config.json')) ? ((readJson(file('tokenizer_config.json')) as Json) ?? {}) : {};
+  const json = (f: string): Json => {
+    if (!fs.existsSync(file(f))) return {};
+    const j = readJson(file(f));
+    return isObject(j) ? j : {};
+  };
+  // special tokens as tokenizer_config.json names them, else special_tokens_map.json (older folders)
+  const config: Json = { ...json('special_tokens_map.json'), ...json('tokenizer_config.json') };
+  // the model's config.json has the ids when neither names them (GPT-2: bos/eos_token_id 50256)
+  const modelConfig = json('config.json');
   let vocab: Json;
   let merges: string[];
   let added: HfAddedToken[] = [];
@@ -115,11 +123,18 @@ export function bpeTokenizerMetadata(path: string, opts: { pre?: string } = {}):
     }
   const idOf = (key: string): number | undefined => {
     const c = tokenContent(config[key]);
-    if (c === undefined) return undefined;
+    if (c === undefined) {
+      const id = modelConfig[`${key}_id`];
+      return typeof id === 'number' && Number.isInteger(id) && id >= 0 && id < tokens.length ? id : undefined;
+    }
     const id = tokens.indexOf(c);
-    if (id < 0) throw new Error(`tokenizer_config.json ${key} ${JSON.stringify(c)} is not in the vocabulary`);
+    if (id < 0) throw new Error(`${dir}: the ${key} ${JSON.stringify(c)} its config names is not in the vocabulary`);
     return id;
   };
+  const bos = idOf('bos_token');
+  const eos = idOf('eos_token');
+  // BOS and EOS are control tokens even where a vocab.json lists them among the others
+  for (const id of [bos, eos]) if (id !== undefined && types[id] === 1) types[id] = 3;
   const meta: [string, GgufMeta][] = [
     ['tokenizer.ggml.model', { type: 'string', value: 'gpt2' }],
     ['tokenizer.ggml.pre', { type: 'string', value: pre }],
@@ -127,8 +142,6 @@ export function bpeTokenizerMetadata(path: string, opts: { pre?: string } = {}):
     ['tokenizer.ggml.token_type', { type: 'array', itemType: 'i32', value: types }],
     ['tokenizer.ggml.merges', { type: 'array', itemType: 'string', value: merges }],
   ];
-  const bos = idOf('bos_token');
-  const eos = idOf('eos_token');
   if (bos !== undefined) meta.push(['tokenizer.ggml.bos_token_id', { type: 'u32', value: bos }]);
   if (eos !== undefined) meta.push(['tokenizer.ggml.eos_token_id', { type: 'u32', value: eos }]);
   if (typeof config.add_bos_token === 'boolean') meta.push(['tokenizer.ggml.add_bos_token', { type: 'bool', value: config.add_bos_token }]);

@@ -25,7 +25,7 @@ export interface Tokenizer {
   encode(text: string, opts?: { bos?: boolean; eos?: boolean }): number[];
   /** Text of a whole sequence (control tokens vanish; byte tokens are reassembled into UTF-8). */
   decode(ids: number[]): string;
-  /** The vocabulary entry of one id, as stored (e.g. "▁Hello" or "<0xE6>"). */
+  /** The vocabulary entry of one id, as stored (e.g. "▁Hello" or "<0xE6>"; byte-level BPE: "ĠHello"). */
   piece(id: number): string;
 }
 
