@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as nodePath from 'path';
 import { readJson } from '../model/hf';
-import { BYTE_CHARS, ByteLevelBpe } from '../tokenizer/byte-level-bpe';
+import { BYTE_CHARS, ByteLevelBpe, GPT2_PATTERN } from '../tokenizer/byte-level-bpe';
 
 export interface Encoding {
   ids: number[];
@@ -34,7 +34,7 @@ export interface TextTokenizer {
 // ------------------------------------------------------------------------- byte-level BPE --
 
 /** GPT-2's pre-tokenization pattern (the one RoBERTa's ByteLevel pre-tokenizer uses). */
-const GPT2_PATTERN = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+const GPT2_REGEX = new RegExp(GPT2_PATTERN, 'gu');
 
 export class ByteBpeTokenizer implements TextTokenizer {
   readonly kind = 'bpe';
@@ -64,7 +64,7 @@ export class ByteBpeTokenizer implements TextTokenizer {
     const ids: number[] = [];
     const offsets: [number, number][] = [];
     const enc = new TextEncoder();
-    for (const m of text.matchAll(GPT2_PATTERN)) {
+    for (const m of text.matchAll(GPT2_REGEX)) {
       const piece = m[0];
       const base = m.index!;
       // byte b of the piece -> the UTF-16 range of the character it belongs to

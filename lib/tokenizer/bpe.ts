@@ -3,21 +3,19 @@
 //
 // Encoding follows llama.cpp (llama-vocab.cpp):
 //   1. Special tokens are split out of the text first, longest first: USER_DEFINED tokens always,
-//      CONTROL tokens only when asked (`special: true`, llama.cpp's parse_special); by default a
-//      text such as "<|endoftext|>" is tokenized as the plain characters it is, so data cannot
-//      smuggle control tokens in.
+//      CONTROL (and UNKNOWN) tokens only when asked (`special: true`, llama.cpp's parse_special);
+//      by default a text such as "<|endoftext|>" is tokenized as the plain characters it is, so
+//      data cannot smuggle control tokens in.
 //   2. Each remaining fragment is split into words by the pre-tokenizer that tokenizer.ggml.pre
 //      names (one or more regexes applied in turn; text between matches stays a word of its own).
 //   3. Each word, as UTF-8 byte characters, becomes one token when the vocabulary has it whole and
 //      the pre-tokenizer ignores merges (LLaMA 3, as tiktoken does), else the BPE of its merges.
-// Whitespace in the regexes is Unicode's White_Space (as in llama.cpp's tables and tiktoken's Rust
-// regex; JavaScript's \s would add U+FEFF and miss U+0085).
 //
 // Decoding: NORMAL tokens are byte characters turned back into bytes, and the bytes of consecutive
 // tokens into UTF-8 (an invalid sequence becomes one U+FFFD per bad byte); USER_DEFINED tokens are
 // their text as stored; CONTROL, UNKNOWN and UNUSED tokens vanish (llama.cpp's token_to_piece
 // without `special`). No clean-up of spaces, so decode(encode(s)) === s for any well-formed s.
-import { BYTE_CHARS, ByteLevelBpe, pushBytesOf, toByteChars } from './byte-level-bpe';
+import { BYTE_CHARS, ByteLevelBpe, GPT2_PATTERN, LLAMA3_PATTERN, pushBytesOf, toByteChars } from './byte-level-bpe';
 import { checkId, decodeUtf8 } from './sentencepiece';
 
 /** llama.cpp's token types (SentencePiece's piece types). */
@@ -47,18 +45,6 @@ export interface ByteBpeModel {
   addBos: boolean;
 }
 
-const WS = '\\p{White_Space}';
-const NOT_WS = '\\P{White_Space}';
-const CONTRACTIONS_CASED = "'s|'t|'re|'ve|'m|'ll|'d";
-const CONTRACTIONS_ANY_CASE = "'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])";
-
-/** GPT-2's pattern (encoder.py; tiktoken's gpt2 / r50k_base). */
-const GPT2 = `${CONTRACTIONS_CASED}| ?\\p{L}+| ?\\p{N}+| ?[^${WS}\\p{L}\\p{N}]+|${WS}+(?!${NOT_WS})|${WS}+`;
-/** LLaMA 3's pattern (tiktoken's cl100k_base; its case-insensitive contractions spelled out). */
-const LLAMA3 =
-  `${CONTRACTIONS_ANY_CASE}|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^${WS}\\p{L}\\p{N}]+[\\r\\n]*|` +
-  `${WS}*[\\r\\n]+|${WS}+(?!${NOT_WS})|${WS}+`;
-
 interface PreTokenizer {
   /** applied in turn, each to the words the previous one left */
   patterns: string[];
@@ -72,11 +58,11 @@ interface PreTokenizer {
 export const PRE_TOKENIZERS: Record<string, PreTokenizer> = {
   // llama.cpp's fallback for "default" (and a missing pre): punctuation runs, then GPT-2's pattern,
   // then digit runs, then digits in threes
-  default: { patterns: ['[\\p{P}$+<=>^~|]+', GPT2, '\\p{N}+', '[0-9][0-9][0-9]'], ignoreMerges: false, addBos: false },
-  'gpt-2': { patterns: [GPT2], ignoreMerges: false, addBos: false },
-  'llama-bpe': { patterns: [LLAMA3], ignoreMerges: true, addBos: true },
-  llama3: { patterns: [LLAMA3], ignoreMerges: true, addBos: true },
-  'llama-v3': { patterns: [LLAMA3], ignoreMerges: true, addBos: true },
+  default: { patterns: ['[\\p{P}$+<=>^~|]+', GPT2_PATTERN, '\\p{N}+', '[0-9][0-9][0-9]'], ignoreMerges: false, addBos: false },
+  'gpt-2': { patterns: [GPT2_PATTERN], ignoreMerges: false, addBos: false },
+  'llama-bpe': { patterns: [LLAMA3_PATTERN], ignoreMerges: true, addBos: true },
+  llama3: { patterns: [LLAMA3_PATTERN], ignoreMerges: true, addBos: true },
+  'llama-v3': { patterns: [LLAMA3_PATTERN], ignoreMerges: true, addBos: true },
 };
 
 /** Splits `text` into words: each pattern's matches, and the text between them, become words. */
@@ -116,7 +102,7 @@ export class BpeTokenizer {
   private readonly ignoreMerges: boolean;
   /** USER_DEFINED tokens, longest first (always split out of the text) */
   private readonly userDefined: number[];
-  /** CONTROL and USER_DEFINED tokens, longest first (split out with `special`) */
+  /** CONTROL, UNKNOWN and USER_DEFINED tokens, longest first (split out with `special`) */
   private readonly allSpecial: number[];
   /** word (as text) -> its ids */
   private readonly wordIds = new Map<string, number[]>();
@@ -131,17 +117,15 @@ export class BpeTokenizer {
     if (n === 0) throw new Error('the vocabulary is empty');
     if (model.types.length !== n) throw new Error(`${model.types.length} token types for ${n} tokens`);
     this.vocabSize = n;
-    this.tokens = model.tokens;
+    // as llama.cpp: an empty token becomes "[EMPTY_<id>]" rather than failing the file
+    this.tokens = model.tokens.some((t) => t === '') ? model.tokens.map((t, i) => (t === '' ? `[EMPTY_${i}]` : t)) : model.tokens;
     this.types = new Uint8Array(n);
     model.types.forEach((t, i) => {
       if (!Number.isInteger(t) || t < BpeTokenType.Normal || t > BpeTokenType.Byte) throw new Error(`token ${i} has type ${t} (1 to 6 are valid)`);
       this.types[i] = t;
     });
-    model.tokens.forEach((t, i) => {
-      if (t === '') throw new Error(`token ${i} is empty`);
-      // as llama.cpp's token_to_id: a later duplicate replaces an earlier one
-      this.ids.set(t, i);
-    });
+    // as llama.cpp's token_to_id: a later duplicate replaces an earlier one
+    this.tokens.forEach((t, i) => this.ids.set(t, i));
     for (let b = 0; b < 256; b++) {
       const c = BYTE_CHARS[b];
       if (!this.ids.has(c)) throw new Error(`the vocabulary has no token for the byte 0x${b.toString(16).padStart(2, '0')} (${JSON.stringify(c)}); a byte-level BPE vocabulary has all 256`);
@@ -163,12 +147,15 @@ export class BpeTokenizer {
     this.pre = model.pre;
     this.patterns = pre.patterns.map((p) => new RegExp(p, 'gu'));
     this.ignoreMerges = pre.ignoreMerges;
-    const byLength = (list: number[]) => list.sort((a, b) => this.tokens[b].length - this.tokens[a].length || a - b);
+    // longest (in UTF-8 bytes, as llama.cpp sorts them) first
+    const bytes = (id: number) => Buffer.byteLength(this.tokens[id], 'utf8');
+    const byLength = (list: number[]) => list.sort((a, b) => bytes(b) - bytes(a) || a - b);
     const user: number[] = [];
     const special: number[] = [];
     for (let i = 0; i < n; i++) {
-      if (this.types[i] === BpeTokenType.UserDefined) user.push(i);
-      if (this.types[i] === BpeTokenType.UserDefined || this.types[i] === BpeTokenType.Control) special.push(i);
+      const t = this.types[i];
+      if (t === BpeTokenType.UserDefined) user.push(i);
+      if (t === BpeTokenType.UserDefined || t === BpeTokenType.Control || t === BpeTokenType.Unknown) special.push(i);
     }
     this.userDefined = byLength(user);
     this.allSpecial = byLength(special);

@@ -19,6 +19,21 @@ export const BYTE_CHARS: readonly string[] = (() => {
   return out;
 })();
 
+// Pre-tokenizer patterns (flags 'gu'). Whitespace is Unicode's White_Space, as in llama.cpp's
+// tables, tiktoken's Rust regex and Hugging Face's Oniguruma \s: JavaScript's own \s would add
+// U+FEFF and miss U+0085.
+const WS = '\\p{White_Space}';
+const NOT_WS = '\\P{White_Space}';
+const CONTRACTIONS_CASED = "'s|'t|'re|'ve|'m|'ll|'d";
+const CONTRACTIONS_ANY_CASE = "'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])";
+
+/** GPT-2's pattern (encoder.py; tiktoken's gpt2 / r50k_base; RoBERTa's ByteLevel pre-tokenizer). */
+export const GPT2_PATTERN = `${CONTRACTIONS_CASED}| ?\\p{L}+| ?\\p{N}+| ?[^${WS}\\p{L}\\p{N}]+|${WS}+(?!${NOT_WS})|${WS}+`;
+/** LLaMA 3's pattern (tiktoken's cl100k_base; its case-insensitive contractions spelled out). */
+export const LLAMA3_PATTERN =
+  `${CONTRACTIONS_ANY_CASE}|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^${WS}\\p{L}\\p{N}]+[\\r\\n]*|` +
+  `${WS}*[\\r\\n]+|${WS}+(?!${NOT_WS})|${WS}+`;
+
 /** Byte value of each byte character's code unit, -1 for any other code unit (all below 0x144). */
 const BYTE_OF_CHAR: Int16Array = (() => {
   const t = new Int16Array(0x144).fill(-1);
