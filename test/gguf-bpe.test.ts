@@ -117,19 +117,18 @@ describe('GGUF byte-level BPE vocabularies (tokenizer.ggml.model "gpt2")', funct
         expect(tok.decode([byteId(0x80), ...kabu])).to.equal('\ufffd株');
         expect(tok.decode([byteId(0xff)])).to.equal(ref.decode([byteId(0xff)]));
         const d = new StreamDecoder(tok);
+        expect(tok.encode('a ')).to.have.length(2);
         const ids = [...tok.encode('a '), ...kabu, ...tok.encode(' 🦙 and 😶‍🌫️')];
         const pushed = ids.map((id) => d.push(id));
         expect(pushed.slice(0, 4).join('')).to.equal('a '); // 株 is held back until its third byte
         expect(pushed.join('') + d.flush()).to.equal('a 株 🦙 and 😶‍🌫️');
       });
 
-      it(`encoding speed on 1 MB of mixed text (${name})`, () => {
+      it('1 MB (the corpus repeated) round-trips through a fresh tokenizer (speed: bench/bpe-tokenize.ts)', () => {
         const text = CORPUS.join(' ').repeat(Math.ceil(1e6 / CORPUS.join(' ').length)).slice(0, 1e6);
         const fresh = loadTokenizer(path.join(dir, `${name}.gguf`));
-        const t0 = process.hrtime.bigint();
         const ids = fresh.encode(text);
-        const s = Number(process.hrtime.bigint() - t0) / 1e9;
-        console.log(`      ${name}: ${ids.length} tokens from 1 MB in ${s.toFixed(2)} s: ${(ids.length / s / 1e3).toFixed(0)}k tokens/s (cold cache)`);
+        expect(ids.length).to.be.within(2e5, 6e5);
         expect(fresh.decode(ids)).to.equal(text);
       });
     });
