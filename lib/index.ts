@@ -8,7 +8,7 @@ export { readGgufHeader, ggufConfig } from './model/gguf';
 export type { GgufHeader, GgufTensorInfo, GgufValue } from './model/gguf';
 export type { LlamaConfig, RopeLayout } from './model/config';
 export type { Checkpoint, LlamaWeights, LayerWeights, LoadOptions } from './model/weights';
-export { loadTokenizer, StreamDecoder } from './tokenizer';
+export { loadTokenizer, StreamDecoder, BpeTokenizer } from './tokenizer';
 export type { Tokenizer } from './tokenizer';
 export { generate, generateTokens } from './generate/generate';
 export type { GenerateOptions } from './generate/generate';

@@ -1,7 +1,7 @@
 // Converts one of our checkpoints (a llama2.c .bin or a Hugging Face folder) and its tokenizer to a
 // llama-architecture GGUF v3 file, the matrices quantized to one type:
 //
-//   node dist/tools/to-gguf.js <checkpoint> <out.gguf> [--type Q4_K] [--tokenizer PATH] [--force]
+//   node dist/tools/to-gguf.js <checkpoint> <out.gguf> [--type Q4_K] [--tokenizer PATH] [--pre NAME] [--force]
 //
 // --type F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_K | Q5_K | Q6_K (default F16) applies to the 2-D weights
 // (embedding, attention, FFN, classifier); norms stay F32. A matrix whose rows are not a whole
@@ -9,7 +9,9 @@
 // are a multiple of 32, else to F16, as llama.cpp's quantizer does; the fallbacks are printed.
 // Hugging Face q/k rows are permuted back to Meta's interleaved RoPE layout (llama.cpp's layout).
 // The tokenizer (tokenizer.model or llama2.c tokenizer.bin; by default the one beside the
-// checkpoint) goes into the metadata as tokenizer.ggml.model "llama".
+// checkpoint) goes into the metadata as tokenizer.ggml.model "llama"; a Hugging Face byte-level BPE
+// tokenizer (--tokenizer FOLDER with tokenizer.json or vocab.json + merges.txt, or a tokenizer.json;
+// LLaMA 3, GPT-2) as "gpt2" with its pre-tokenizer (recognised from tokenizer.json, or --pre).
 import * as fs from 'fs';
 import { loadCheckpoint } from '../lib/model/load';
 import { LlamaConfig, headSize } from '../lib/model/config';
@@ -18,12 +20,15 @@ import { LayerWeights } from '../lib/model/weights';
 import { parseModelProto, parseBytePiece } from '../lib/tokenizer/sentencepiece';
 import { parseLlama2cVocab } from '../lib/tokenizer/llama2c';
 import { GgufMeta, GgufTensorOut, quantize, writeGguf } from './gguf-writer';
+import { bpeTokenizerMetadata, isBpeTokenizerPath } from './bpe-vocab';
 import { Tensor } from '../lib/native';
 
 export const GGUF_TYPES: GgmlTypeName[] = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'];
 
-/** The vocabulary of a tokenizer file as GGUF's tokens, scores and token types. */
-export function tokenizerMetadata(path: string): [string, GgufMeta][] {
+/** The vocabulary of a tokenizer as GGUF metadata (SentencePiece or llama2.c: "llama"; HF byte-level BPE: "gpt2"). */
+export function tokenizerMetadata(path: string, opts: { pre?: string } = {}): [string, GgufMeta][] {
+  if (isBpeTokenizerPath(path)) return bpeTokenizerMetadata(path, opts);
+  if (opts.pre !== undefined) throw new Error(`--pre applies to byte-level BPE tokenizers (a folder or tokenizer.json), not ${path}`);
   const buf = fs.readFileSync(path);
   let pieces: { piece: string; score: number; type: number }[];
   let ids = { unk: 0, bos: 1, eos: 2 };
@@ -93,6 +98,8 @@ export function typeFor(type: GgmlTypeName, K: number): GgmlTypeName {
 export interface ToGgufOptions {
   type?: GgmlTypeName;
   tokenizer?: string;
+  /** tokenizer.ggml.pre for a byte-level BPE tokenizer whose own pre-tokenizer is not recognised */
+  pre?: string;
   overwrite?: boolean;
   /** called with one line per fallback and progress */
   log?: (line: string) => void;
@@ -107,6 +114,9 @@ export async function toGguf(checkpoint: string, out: string, opts: ToGgufOption
     const c = ck.config;
     const tokPath = opts.tokenizer ?? ck.tokenizerPath;
     if (!tokPath) throw new Error(`no tokenizer beside ${checkpoint}; pass --tokenizer`);
+    const vocabMeta = tokenizerMetadata(tokPath, { pre: opts.pre });
+    const nTokens = (vocabMeta.find(([k]) => k === 'tokenizer.ggml.tokens')![1].value as string[]).length;
+    if (nTokens !== c.vocabSize) throw new Error(`the tokenizer ${tokPath} has ${nTokens} tokens, the model ${c.vocabSize}`);
     const d = headSize(c);
     const tensors: GgufTensorOut[] = [];
     let fallbacks = 0;
@@ -133,7 +143,7 @@ export async function toGguf(checkpoint: string, out: string, opts: ToGgufOption
     await add('output_norm.weight', w.finalNorm, false);
     if (!c.tiedEmbeddings) await add('output.weight', w.classifier, true);
     const name = checkpoint.split('/').filter(Boolean).pop() ?? 'model';
-    writeGguf(out, [...modelMetadata(c, name), ...tokenizerMetadata(tokPath)], tensors);
+    writeGguf(out, [...modelMetadata(c, name), ...vocabMeta], tensors);
     return { fallbacks };
   } finally {
     ck.dispose();
@@ -147,14 +157,15 @@ async function main(argv: string[]): Promise<void> {
     const a = argv[i];
     if (a === '--type') opts.type = argv[++i] as GgmlTypeName;
     else if (a === '--tokenizer') opts.tokenizer = argv[++i];
+    else if (a === '--pre') opts.pre = argv[++i];
     else if (a === '--force') opts.overwrite = true;
     else if (a === '--help' || a === '-h') {
-      console.log('usage: node dist/tools/to-gguf.js <checkpoint (.bin or HF folder)> <out.gguf> [--type F32|F16|BF16|Q8_0|Q4_0|Q4_K|Q5_K|Q6_K] [--tokenizer PATH] [--force]');
+      console.log('usage: node dist/tools/to-gguf.js <checkpoint (.bin or HF folder)> <out.gguf> [--type F32|F16|BF16|Q8_0|Q4_0|Q4_K|Q5_K|Q6_K] [--tokenizer PATH] [--pre NAME] [--force]');
       return;
     } else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
     else pos.push(a);
   }
-  if (pos.length !== 2) throw new Error('usage: to-gguf <checkpoint> <out.gguf> [--type T] [--tokenizer PATH] [--force]');
+  if (pos.length !== 2) throw new Error('usage: to-gguf <checkpoint> <out.gguf> [--type T] [--tokenizer PATH] [--pre NAME] [--force]');
   const { fallbacks } = await toGguf(pos[0], pos[1], opts);
   console.log(`wrote ${pos[1]} (${opts.type ?? 'F16'}${fallbacks ? `, ${fallbacks} matrices in a fallback type` : ''})`);
 }

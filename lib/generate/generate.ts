@@ -54,6 +54,8 @@ export async function* generate(
       `generate: the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`,
     );
   const ids = tokenizer.encode(prompt, { bos: true });
+  // a byte-level BPE vocabulary such as GPT-2's starts sequences without BOS
+  if (ids.length === 0) throw new Error('generate: the prompt is empty and this tokenizer adds no BOS; give a prompt');
   const decoder = new StreamDecoder(tokenizer);
   decoder.push(ids[ids.length - 1]); // context for the first piece (e.g. no leading space after BOS)
   const stopTokens = opts.stopTokens ?? [tokenizer.eos, tokenizer.bos];

@@ -15,6 +15,10 @@ import { bytesOf, checkHolds } from './bounds';
 import type { FileDType } from '../native';
 import type { LayerWeights, LoadArena, LoadOptions, LoadedWeights } from './weights';
 import type { SentencePieceModel } from '../tokenizer/sentencepiece';
+import { PRE_TOKENIZERS, type ByteBpeModel } from '../tokenizer/bpe';
+
+/** A vocabulary read from a GGUF's metadata: SentencePiece (model "llama") or byte-level BPE ("gpt2"). */
+export type GgufTokenizerModel = SentencePieceModel | ByteBpeModel;
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" little endian
 export const GGUF_DEFAULT_ALIGNMENT = 32;
@@ -306,40 +310,58 @@ export function ggufConfig(h: GgufHeader): LlamaConfig {
 
 // ---- metadata -> tokenizer ---------------------------------------------------------------------
 
+function tokenList(h: GgufHeader): string[] {
+  const tokens = meta(h, 'tokenizer.ggml.tokens');
+  if (!Array.isArray(tokens) || tokens.some((t) => typeof t !== 'string'))
+    throw new Error(`${h.path}: tokenizer.ggml.tokens is missing or not an array of strings`);
+  return tokens as string[];
+}
+
+function tokenTypes(h: GgufHeader, n: number): number[] | undefined {
+  const types = meta(h, 'tokenizer.ggml.token_type');
+  if (types === undefined) return undefined;
+  if (!Array.isArray(types) || types.length !== n) throw new Error(`${h.path}: tokenizer.ggml.token_type must be an array of ${n} numbers`);
+  return types.map((t, i) => {
+    const v = Number(t);
+    // llama.cpp's token types are SentencePiece's piece types (1 normal .. 6 byte)
+    if (!(v >= 1 && v <= 6) || !Number.isInteger(v)) throw new Error(`${h.path}: token ${i} has type ${String(t)} (1 to 6 are valid)`);
+    return v;
+  });
+}
+
+function tokenId(h: GgufHeader, key: string, fallback: number, n: number): number {
+  const v = num(h, key, fallback);
+  if (!Number.isInteger(v) || v < -1 || v >= n) throw new Error(`${h.path}: ${key} ${v} is not a token id (vocabulary of ${n})`);
+  return v;
+}
+
+function bool(h: GgufHeader, key: string): boolean | undefined {
+  const v = meta(h, key);
+  if (v === undefined) return undefined;
+  if (typeof v !== 'boolean') throw new Error(`${h.path}: GGUF metadata ${key} is not a bool`);
+  return v;
+}
+
 /** The vocabulary of tokenizer.ggml.* as a SentencePiece model (tokenizer.ggml.model "llama"). */
 export function ggufSentencePiece(h: GgufHeader): SentencePieceModel {
   const model = meta(h, 'tokenizer.ggml.model');
   if (model === undefined) throw new Error(`${h.path} has no tokenizer in its metadata (tokenizer.ggml.model); pass --tokenizer`);
   if (model !== 'llama')
-    throw new Error(`${h.path}: tokenizer.ggml.model ${JSON.stringify(model)} is not supported (only "llama", SentencePiece); pass --tokenizer`);
-  const tokens = meta(h, 'tokenizer.ggml.tokens');
-  if (!Array.isArray(tokens) || tokens.some((t) => typeof t !== 'string'))
-    throw new Error(`${h.path}: tokenizer.ggml.tokens is missing or not an array of strings`);
-  const scores = meta(h, 'tokenizer.ggml.scores');
-  const types = meta(h, 'tokenizer.ggml.token_type');
+    throw new Error(`${h.path}: tokenizer.ggml.model ${JSON.stringify(model)} is not SentencePiece ("llama")`);
+  const tokens = tokenList(h);
   const n = tokens.length;
+  const scores = meta(h, 'tokenizer.ggml.scores');
   if (scores !== undefined && (!Array.isArray(scores) || scores.length !== n))
     throw new Error(`${h.path}: tokenizer.ggml.scores must be an array of ${n} numbers`);
-  if (types !== undefined && (!Array.isArray(types) || types.length !== n))
-    throw new Error(`${h.path}: tokenizer.ggml.token_type must be an array of ${n} numbers`);
-  const id = (key: string, fallback: number): number => {
-    const v = num(h, key, fallback);
-    if (!Number.isInteger(v) || v < -1 || v >= n) throw new Error(`${h.path}: ${key} ${v} is not a token id (vocabulary of ${n})`);
-    return v;
-  };
+  const types = tokenTypes(h, n);
   const addSpace = meta(h, 'tokenizer.ggml.add_space_prefix');
   return {
-    // llama.cpp's token types are SentencePiece's piece types (1 normal .. 6 byte)
-    pieces: (tokens as string[]).map((piece, i) => {
-      const type = types ? Number((types as GgufValue[])[i]) : 1;
-      if (!(type >= 1 && type <= 6)) throw new Error(`${h.path}: token ${i} has type ${type} (1 to 6 are valid)`);
-      return { piece, score: scores ? Number((scores as GgufValue[])[i]) : 0, type };
-    }),
+    pieces: tokens.map((piece, i) => ({ piece, score: scores ? Number((scores as GgufValue[])[i]) : 0, type: types ? types[i] : 1 })),
     modelType: 2, // BPE
     byteFallback: true,
-    unkId: id('tokenizer.ggml.unknown_token_id', 0),
-    bosId: id('tokenizer.ggml.bos_token_id', 1),
-    eosId: id('tokenizer.ggml.eos_token_id', 2),
+    unkId: tokenId(h, 'tokenizer.ggml.unknown_token_id', 0, n),
+    bosId: tokenId(h, 'tokenizer.ggml.bos_token_id', 1, n),
+    eosId: tokenId(h, 'tokenizer.ggml.eos_token_id', 2, n),
     unkSurface: ' \u2047 ',
     addDummyPrefix: addSpace === undefined ? true : addSpace === true,
     removeExtraWhitespaces: false,
@@ -348,6 +370,51 @@ export function ggufSentencePiece(h: GgufHeader): SentencePieceModel {
     normalizerName: 'identity',
     hasCharsMap: false,
   };
+}
+
+/**
+ * The vocabulary of tokenizer.ggml.* as byte-level BPE (tokenizer.ggml.model "gpt2"): tokens,
+ * merges, token types, the pre-tokenizer (tokenizer.ggml.pre; absent means llama.cpp's "default"),
+ * BOS/EOS (absent: none) and whether sequences start with BOS (tokenizer.ggml.add_bos_token, else
+ * the pre-tokenizer's default as in llama.cpp: yes for LLaMA 3, no for GPT-2).
+ */
+export function ggufByteBpe(h: GgufHeader): ByteBpeModel {
+  const model = meta(h, 'tokenizer.ggml.model');
+  if (model !== 'gpt2') throw new Error(`${h.path}: tokenizer.ggml.model ${JSON.stringify(model)} is not byte-level BPE ("gpt2")`);
+  const tokens = tokenList(h);
+  const n = tokens.length;
+  const merges = meta(h, 'tokenizer.ggml.merges');
+  if (!Array.isArray(merges) || merges.some((m) => typeof m !== 'string'))
+    throw new Error(`${h.path}: tokenizer.ggml.merges is missing or not an array of strings (a "gpt2" vocabulary needs its merges)`);
+  const pre = meta(h, 'tokenizer.ggml.pre') ?? 'default';
+  if (typeof pre !== 'string') throw new Error(`${h.path}: tokenizer.ggml.pre is not a string`);
+  const known = PRE_TOKENIZERS[pre];
+  if (!known)
+    throw new Error(
+      `${h.path}: the pre-tokenizer tokenizer.ggml.pre = ${JSON.stringify(pre)} is not supported ` +
+        `(supported: ${Object.keys(PRE_TOKENIZERS).map((k) => JSON.stringify(k)).join(', ')}); pass --tokenizer`,
+    );
+  return {
+    kind: 'byte-bpe',
+    tokens,
+    types: tokenTypes(h, n) ?? tokens.map(() => 1),
+    merges: merges as string[],
+    pre,
+    bosId: tokenId(h, 'tokenizer.ggml.bos_token_id', -1, n),
+    eosId: tokenId(h, 'tokenizer.ggml.eos_token_id', -1, n),
+    addBos: bool(h, 'tokenizer.ggml.add_bos_token') ?? known.addBos,
+  };
+}
+
+/** The vocabulary in a GGUF's metadata; an error says why it cannot be used (absent, or an unsupported kind). */
+export function ggufTokenizerModel(h: GgufHeader): GgufTokenizerModel {
+  const model = meta(h, 'tokenizer.ggml.model');
+  if (model === undefined) throw new Error(`${h.path} has no tokenizer in its metadata (tokenizer.ggml.model); pass --tokenizer`);
+  if (model === 'llama') return ggufSentencePiece(h);
+  if (model === 'gpt2') return ggufByteBpe(h);
+  throw new Error(
+    `${h.path}: tokenizer.ggml.model ${JSON.stringify(model)} is not supported (only "llama", SentencePiece, and "gpt2", byte-level BPE); pass --tokenizer`,
+  );
 }
 
 // ---- tensors -----------------------------------------------------------------------------------
@@ -370,7 +437,7 @@ export const GGUF_LAYER_NAMES: Record<keyof LayerWeights, string> = {
 };
 
 /** Loads a llama GGUF: quantized weights stay quantized (mapped), the others as opts.dtype; norms f32. */
-export function loadGguf(path: string, arena: LoadArena, opts: LoadOptions): LoadedWeights & { tokenizerModel?: SentencePieceModel } {
+export function loadGguf(path: string, arena: LoadArena, opts: LoadOptions): LoadedWeights {
   const h = readGgufHeader(path);
   const config = ggufConfig(h);
   const { dim: C, hiddenDim: F, nLayers: L, vocabSize: V } = config;
@@ -412,9 +479,18 @@ export function loadGguf(path: string, arena: LoadArena, opts: LoadOptions): Loa
   const classifier = config.tiedEmbeddings ? embedding : want('output.weight', [V, C]);
   const extra = h.tensors.filter((t) => !used.has(t.name)).map((t) => t.name);
   if (extra.length) throw new Error(`${path}: unexpected tensors for a llama model: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
-  let tokenizerModel: SentencePieceModel | undefined;
-  if (h.metadata.get('tokenizer.ggml.model') === 'llama') tokenizerModel = ggufSentencePiece(h);
-  return { config, weights: { embedding, layers, finalNorm, classifier }, format: 'gguf', tokenizerModel };
+  // A vocabulary that cannot be used does not stop the weights from loading (--tokenizer may
+  // replace it): its problem is kept for loadTokenizer() to report.
+  let tokenizerModel: GgufTokenizerModel | undefined;
+  let tokenizerProblem: string | undefined;
+  if (h.metadata.has('tokenizer.ggml.model')) {
+    try {
+      tokenizerModel = ggufTokenizerModel(h);
+    } catch (e) {
+      tokenizerProblem = (e as Error).message;
+    }
+  }
+  return { config, weights: { embedding, layers, finalNorm, classifier }, format: 'gguf', tokenizerModel, tokenizerProblem };
 }
 
 /** Whether `path` starts with the GGUF magic. */

@@ -8,7 +8,7 @@ import { Checkpoint, LoadOptions } from './weights';
 import { loadCheckpoint } from './load';
 import { Adapter } from './adapter';
 import { ImagePromptStep } from './image-prompts';
-import { loadTokenizer, Tokenizer, SentencePieceTokenizer } from '../tokenizer';
+import { loadTokenizer, Tokenizer, tokenizerFromModel } from '../tokenizer';
 
 /** An adapted layer's prompt keys/values (K, Hkv, d), computed once when the adapter is attached;
  *  `ownGate` when the gate is a copy on the model's device (the adapter lives elsewhere). */
@@ -86,9 +86,9 @@ export class Llama {
    */
   loadTokenizer(path?: string): Tokenizer {
     if (!path && this.checkpoint.tokenizerModel) {
-      let tokenizer: SentencePieceTokenizer;
+      let tokenizer: Tokenizer;
       try {
-        tokenizer = new SentencePieceTokenizer(this.checkpoint.tokenizerModel);
+        tokenizer = tokenizerFromModel(this.checkpoint.tokenizerModel);
       } catch (e) {
         throw new Error(`the tokenizer in ${this.checkpoint.path}'s metadata is not usable: ${(e as Error).message}`);
       }
@@ -97,6 +97,7 @@ export class Llama {
       return tokenizer;
     }
     const file = path ?? this.checkpoint.tokenizerPath;
+    if (!file && this.checkpoint.tokenizerProblem) throw new Error(this.checkpoint.tokenizerProblem);
     if (!file) throw new Error(`no tokenizer found beside ${this.checkpoint.path}; pass --tokenizer PATH (tokenizer.model or tokenizer.bin)`);
     const tokenizer = loadTokenizer(file);
     if (tokenizer.vocabSize !== this.config.vocabSize)

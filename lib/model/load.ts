@@ -91,6 +91,7 @@ export async function loadCheckpoint(path: string, opts: LoadOptions = {}): Prom
     path,
     tokenizerPath,
     tokenizerModel,
+    tokenizerProblem: loaded.tokenizerProblem,
     device,
     dispose(): void {
       if (disposed) return;

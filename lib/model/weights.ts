@@ -4,7 +4,7 @@
 // Shapes: C = dim, F = hidden, V = vocab, H heads, Hkv kv heads, d = C / H.
 import { native, Tensor, FileMapping, FileDType, Device, QuantDType } from '../native';
 import { LlamaConfig } from './config';
-import type { SentencePieceModel } from '../tokenizer/sentencepiece';
+import type { GgufTokenizerModel } from './gguf';
 
 export interface LayerWeights {
   attnNorm: Tensor; // (C) f32
@@ -35,7 +35,9 @@ export interface Checkpoint {
   path: string;
   tokenizerPath?: string;
   /** the vocabulary a GGUF file carries in its metadata (used when no tokenizer file is given) */
-  tokenizerModel?: SentencePieceModel;
+  tokenizerModel?: GgufTokenizerModel;
+  /** why a GGUF's vocabulary cannot be used (an unsupported kind or pre-tokenizer), when it cannot */
+  tokenizerProblem?: string;
   /** where every weight tensor lives */
   device: Device;
   /** Disposes every tensor and closes the mappings; idempotent. */
@@ -130,5 +132,6 @@ export interface LoadedWeights {
   config: LlamaConfig;
   weights: LlamaWeights;
   format: CheckpointFormat;
-  tokenizerModel?: SentencePieceModel;
+  tokenizerModel?: GgufTokenizerModel;
+  tokenizerProblem?: string;
 }

@@ -8,6 +8,7 @@
 import * as fs from 'fs';
 import * as nodePath from 'path';
 import { readJson } from '../model/hf';
+import { BYTE_CHARS, ByteLevelBpe, GPT2_PATTERN } from '../tokenizer/byte-level-bpe';
 
 export interface Encoding {
   ids: number[];
@@ -32,27 +33,8 @@ export interface TextTokenizer {
 
 // ------------------------------------------------------------------------- byte-level BPE --
 
-/** GPT-2's map of the 256 byte values to printable characters. */
-function bytesToUnicode(): string[] {
-  const bs: number[] = [];
-  for (let i = 33; i <= 126; i++) bs.push(i);
-  for (let i = 161; i <= 172; i++) bs.push(i);
-  for (let i = 174; i <= 255; i++) bs.push(i);
-  const cs = [...bs];
-  let n = 0;
-  for (let b = 0; b < 256; b++)
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n++);
-    }
-  const out = new Array<string>(256);
-  bs.forEach((b, i) => (out[b] = String.fromCodePoint(cs[i])));
-  return out;
-}
-const BYTE_CHARS = bytesToUnicode();
-
 /** GPT-2's pre-tokenization pattern (the one RoBERTa's ByteLevel pre-tokenizer uses). */
-const GPT2_PATTERN = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+const GPT2_REGEX = new RegExp(GPT2_PATTERN, 'gu');
 
 export class ByteBpeTokenizer implements TextTokenizer {
   readonly kind = 'bpe';
@@ -60,14 +42,10 @@ export class ByteBpeTokenizer implements TextTokenizer {
   readonly clsId: number;
   readonly sepId: number;
   readonly padId: number;
-  private readonly ranks = new Map<string, number>();
-  private readonly cache = new Map<string, string[]>();
+  private readonly merges: ByteLevelBpe;
 
   constructor(private readonly vocab: Map<string, number>, merges: [string, string][], private readonly source: string) {
-    merges.forEach(([a, b], i) => {
-      const k = a + ' ' + b;
-      if (!this.ranks.has(k)) this.ranks.set(k, i);
-    });
+    this.merges = new ByteLevelBpe(merges);
     const need = (t: string) => {
       const id = vocab.get(t);
       if (id === undefined) throw new Error(`${source}: the vocabulary has no ${t} token (a RoBERTa tokenizer needs <s>, </s>, <pad>)`);
@@ -82,43 +60,11 @@ export class ByteBpeTokenizer implements TextTokenizer {
     return this.vocab.size;
   }
 
-  /** The BPE of one pre-token given as byte characters. */
-  private bpe(word: string): string[] {
-    const hit = this.cache.get(word);
-    if (hit) return hit;
-    let parts = Array.from(word);
-    while (parts.length > 1) {
-      let best = -1;
-      let bestRank = Infinity;
-      for (let i = 0; i + 1 < parts.length; i++) {
-        const r = this.ranks.get(parts[i] + ' ' + parts[i + 1]);
-        if (r !== undefined && r < bestRank) {
-          bestRank = r;
-          best = i;
-        }
-      }
-      if (best < 0) break;
-      // merge every occurrence of the best pair, left to right (as GPT-2's encoder.py does)
-      const a = parts[best];
-      const b = parts[best + 1];
-      const next: string[] = [];
-      for (let i = 0; i < parts.length; ) {
-        if (i + 1 < parts.length && parts[i] === a && parts[i + 1] === b) {
-          next.push(a + b);
-          i += 2;
-        } else next.push(parts[i++]);
-      }
-      parts = next;
-    }
-    if (this.cache.size < 100000) this.cache.set(word, parts);
-    return parts;
-  }
-
   encode(text: string): Encoding {
     const ids: number[] = [];
     const offsets: [number, number][] = [];
     const enc = new TextEncoder();
-    for (const m of text.matchAll(GPT2_PATTERN)) {
+    for (const m of text.matchAll(GPT2_REGEX)) {
       const piece = m[0];
       const base = m.index!;
       // byte b of the piece -> the UTF-16 range of the character it belongs to
@@ -136,7 +82,7 @@ export class ByteBpeTokenizer implements TextTokenizer {
         i += w;
       }
       let b = 0;
-      for (const tok of this.bpe(chars)) {
+      for (const tok of this.merges.bpe(chars)) {
         const n = Array.from(tok).length; // one byte character per byte
         const id = this.vocab.get(tok);
         if (id === undefined) throw new Error(`${this.source}: BPE token ${JSON.stringify(tok)} is not in the vocabulary`);

@@ -1,10 +1,14 @@
-// Tokenizers: SentencePiece `tokenizer.model` and llama2.c `tokenizer.bin`, behind one interface.
+// Tokenizers: SentencePiece `tokenizer.model`, llama2.c `tokenizer.bin` and the vocabulary in a
+// GGUF's metadata (SentencePiece or byte-level BPE), behind one interface.
 import * as fs from 'fs';
 import { MAX_TOKEN_LENGTH_LIMIT, llama2cFromBuffer } from './llama2c';
-import { sentencePieceFromBuffer } from './sentencepiece';
+import { SentencePieceTokenizer, sentencePieceFromBuffer } from './sentencepiece';
+import { BpeTokenizer } from './bpe';
+import { GgufTokenizerModel, ggufTokenizerModel, isGguf, readGgufHeader } from '../model/gguf';
 
 export { Llama2cTokenizer } from './llama2c';
 export { SentencePieceTokenizer } from './sentencepiece';
+export { BpeTokenizer } from './bpe';
 
 /** Real tokenizer files are at most a few MiB; anything this big is not one. */
 const MAX_FILE_BYTES = 256 * 1024 * 1024;
@@ -13,11 +17,15 @@ export interface Tokenizer {
   readonly vocabSize: number;
   readonly bos: number;
   readonly eos: number;
-  /** Token ids for `text`; BOS/EOS are added only when asked for. */
+  /**
+   * Token ids for `text`; BOS/EOS are added only when asked for. `bos: true` marks the start of a
+   * sequence: SentencePiece always adds BOS then, byte-level BPE when its vocabulary says so
+   * (tokenizer.ggml.add_bos_token: LLaMA 3 yes, GPT-2 no).
+   */
   encode(text: string, opts?: { bos?: boolean; eos?: boolean }): number[];
   /** Text of a whole sequence (control tokens vanish; byte tokens are reassembled into UTF-8). */
   decode(ids: number[]): string;
-  /** The vocabulary entry of one id, as stored (e.g. "▁Hello" or "<0xE6>"). */
+  /** The vocabulary entry of one id, as stored (e.g. "▁Hello" or "<0xE6>"; byte-level BPE: "ĠHello"). */
   piece(id: number): string;
 }
 
@@ -76,8 +84,14 @@ export class StreamDecoder {
   }
 }
 
+/** The tokenizer of a vocabulary read from a GGUF's metadata. */
+export function tokenizerFromModel(model: GgufTokenizerModel): Tokenizer {
+  return 'kind' in model ? new BpeTokenizer(model) : new SentencePieceTokenizer(model);
+}
+
 /**
- * Loads a tokenizer, telling the format from the content: a llama2.c `tokenizer.bin` starts
+ * Loads a tokenizer, telling the format from the content: a GGUF file (its metadata's vocabulary;
+ * only the header is read) starts with "GGUF", a llama2.c `tokenizer.bin` starts
  * with a small u32 (the longest piece's length), a SentencePiece `tokenizer.model` is a
  * protobuf message whose first field is a piece (byte 0x0A).
  */
@@ -92,6 +106,15 @@ export function loadTokenizer(path: string): Tokenizer {
   }
   // Checked before reading: a FIFO or a device like /dev/zero would block or never end.
   if (!st.isFile()) throw fail('not a regular file');
+  if (isGguf(path)) {
+    // readGgufHeader and ggufTokenizerModel name the file in their errors
+    const model = ggufTokenizerModel(readGgufHeader(path));
+    try {
+      return tokenizerFromModel(model);
+    } catch (e) {
+      throw fail(`the vocabulary in the metadata is not usable: ${(e as Error).message}`);
+    }
+  }
   if (st.size > MAX_FILE_BYTES) throw fail(`${st.size} bytes is far too large for a tokenizer`);
   let buf: Buffer;
   try {
@@ -117,7 +140,7 @@ export function loadTokenizer(path: string): Tokenizer {
     }
   }
   throw fail(
-    'unrecognised format: neither a SentencePiece tokenizer.model (protobuf) nor a llama2.c tokenizer.bin ' +
+    'unrecognised format: neither a SentencePiece tokenizer.model (protobuf), a llama2.c tokenizer.bin nor a GGUF file ' +
       `(first bytes ${buf.subarray(0, 8).toString('hex')})`,
   );
 }
