@@ -23,8 +23,9 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { native, Tensor } from '../lib/native';
-import { BenchTable, fillUniform, IdleGate } from './gemm';
-import { formatTable } from './run';
+import { fillUniform, IdleGate } from './gemm';
+import { BenchTable } from './table';
+import { formatTable } from './table';
 
 interface Options {
   threads: number;

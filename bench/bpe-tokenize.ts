@@ -20,7 +20,7 @@ import { GgufMeta, writeGguf } from '../tools/gguf-writer';
 import { TiktokenName, writeTiktokenFolder } from '../test/util/tiktoken-vocab';
 import { CORPUS } from '../test/util/bpe-corpus';
 import { dataDir, outDir } from './decode';
-import { formatTable } from './run';
+import { formatTable } from './table';
 
 const mbAt = process.argv.indexOf('--mb');
 const mb = mbAt > 0 ? Number(process.argv[mbAt + 1]) : 1;

@@ -11,7 +11,8 @@ import { Worker } from 'worker_threads';
 import { native } from '../lib/native';
 import { Llama } from '../lib/model/llama';
 import { generateTokens } from '../lib/generate/generate';
-import { BenchTable, IdleGate } from './gemm';
+import { IdleGate } from './gemm';
+import { BenchTable } from './table';
 import { decodeWeightBytes, ModelShape } from './flops';
 
 // ---- paths ------------------------------------------------------------------------------------

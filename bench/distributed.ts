@@ -16,8 +16,8 @@ import * as path from 'path';
 import { native } from '../lib/native';
 import { mpirunArgs, which } from '../lib/train/distributed';
 import { dataDir, outDir, repoRoot, STORIES15M, writeRandomLlama2c } from './decode';
-import { BenchTable } from './gemm';
-import { formatTable } from './run';
+import { BenchTable } from './table';
+import { formatTable } from './table';
 
 /** llama2.c's stories15M shape (vocabulary of the LLaMA tokenizer). */
 

@@ -19,7 +19,7 @@ import { writeSafetensors, SafetensorsTensor } from '../lib/model/safetensors';
 import { outDir, dataDir, repoRoot } from './decode';
 import { IdleGate, fillUniform } from './gemm';
 import { bestTorchEnv, describeEnv } from './train-step';
-import { formatTable } from './run';
+import { formatTable } from './table';
 
 const PYTHON = process.env.PYTHON ?? '/usr/bin/python3';
 /** bench/torch_embed_images.py's configurations; the comparison is against the fastest. */

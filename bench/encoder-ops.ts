@@ -11,7 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { native, Tensor } from '../lib/native';
 import { fillUniform, IdleGate } from './gemm';
-import { formatTable } from './run';
+import { formatTable } from './table';
 
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 

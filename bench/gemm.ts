@@ -9,17 +9,8 @@ import './blas-choice'; // first: before the addon loads
 import * as fs from 'fs';
 import * as os from 'os';
 import { native, Tensor, DType } from '../lib/native';
+import { BenchTable } from './table';
 
-export interface BenchTable {
-  title: string;
-  columns: string[];
-  /** 'l' or 'r' per column */
-  align: ('l' | 'r')[];
-  rows: string[][];
-  notes: string[];
-  /** unformatted measurements, for --json */
-  raw?: unknown;
-}
 
 export interface GemmOptions {
   threads: number;

@@ -25,8 +25,8 @@ import { generateTokens } from '../lib/generate/generate';
 import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
 import { dataDir, outDir, STORIES110M, writeRandomLlama2c } from './decode';
-import { BenchTable } from './gemm';
-import { formatTable } from './run';
+import { BenchTable } from './table';
+import { formatTable } from './table';
 import { toGguf } from '../tools/to-gguf';
 
 const VARIANTS = ['F32', 'BF16', 'Q8_0', 'Q4_K'] as const;

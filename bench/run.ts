@@ -7,26 +7,11 @@ import './blas-choice'; // first: before the addon loads
 import * as fs from 'fs';
 import * as os from 'os';
 import { native } from '../lib/native';
-import { BenchTable, runGemm } from './gemm';
+import { runGemm } from './gemm';
+import { BenchTable, formatTable } from './table';
 import { runDecode } from './decode';
 import { runTrainStep } from './train-step';
 
-export function formatTable(t: BenchTable): string {
-  const widths = t.columns.map((c, i) => Math.max(c.length, ...t.rows.map((r) => r[i].length), 3));
-  const cell = (s: string, i: number) => (t.align[i] === 'r' ? s.padStart(widths[i]) : s.padEnd(widths[i]));
-  const line = (cells: string[]) => `| ${cells.map(cell).join(' | ')} |`;
-  const rule = `|${widths.map((w, i) => (t.align[i] === 'r' ? '-'.repeat(w + 1) + ':' : '-'.repeat(w + 2))).join('|')}|`;
-  return [
-    `### ${t.title}`,
-    '',
-    line(t.columns),
-    rule,
-    ...t.rows.map(line),
-    '',
-    ...t.notes.map((n) => `- ${n}`),
-    '',
-  ].join('\n');
-}
 
 interface Args {
   which: Set<string>;

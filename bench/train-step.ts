@@ -28,7 +28,8 @@ import { loadTokenizer } from '../lib/tokenizer';
 import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
 import { dataDir, outDir, repoRoot, STORIES110M, STORIES15M, writeRandomLlama2c } from './decode';
-import { BenchTable, IdleGate, measurePeak } from './gemm';
+import { IdleGate, measurePeak } from './gemm';
+import { BenchTable } from './table';
 import { adapterStepFlops, AdapterStepFlops } from './flops';
 
 export const ADAPTER_LEN = 10; // K prompts per adapted layer (the paper's)
@@ -491,7 +492,7 @@ async function main(): Promise<void> {
       return;
     } else throw new Error(`unknown argument ${x} (try --help)`);
   }
-  const { formatTable } = await import('./run');
+  const { formatTable } = await import('./table');
   const t = await runTrainStep(o);
   console.log(formatTable(t));
   if (o.json) fs.writeFileSync(o.json, JSON.stringify({ date: new Date().toISOString(), table: t }, null, 2));

@@ -13,12 +13,12 @@ import * as fs from 'fs';
 import { LlamaConfig, configProblems, describeConfig } from './config';
 import { bytesOf, checkHolds } from './bounds';
 import type { FileDType } from '../native';
-import type { LayerWeights, LoadArena, LoadOptions, LoadedWeights } from './weights';
+import type { GgufTokenizerModel, LayerWeights, LoadArena, LoadOptions, LoadedWeights } from './weights';
 import type { SentencePieceModel } from '../tokenizer/sentencepiece';
 import { PRE_TOKENIZERS, type ByteBpeModel } from '../tokenizer/bpe';
 
 /** A vocabulary read from a GGUF's metadata: SentencePiece (model "llama") or byte-level BPE ("gpt2"). */
-export type GgufTokenizerModel = SentencePieceModel | ByteBpeModel;
+export type { GgufTokenizerModel };
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" little endian
 export const GGUF_DEFAULT_ALIGNMENT = 32;

@@ -4,7 +4,12 @@
 // Shapes: C = dim, F = hidden, V = vocab, H heads, Hkv kv heads, d = C / H.
 import { native, Tensor, FileMapping, FileDType, Device, QuantDType } from '../native';
 import { LlamaConfig } from './config';
-import type { GgufTokenizerModel } from './gguf';
+import type { SentencePieceModel } from '../tokenizer/sentencepiece';
+import type { ByteBpeModel } from '../tokenizer/bpe';
+
+/** A vocabulary a model file carries in its metadata (GGUF's tokenizer.ggml.*): SentencePiece or
+ *  byte-level BPE. */
+export type GgufTokenizerModel = SentencePieceModel | ByteBpeModel;
 
 export interface LayerWeights {
   attnNorm: Tensor; // (C) f32

@@ -7,8 +7,6 @@
 #include <thread>
 #include <vector>
 
-#include "blas.h"
-
 namespace la {
 namespace {
 
@@ -121,7 +119,6 @@ void set_num_threads(int n) {
   static std::mutex resizing;
   std::lock_guard<std::mutex> lock(resizing);
   if (n != pool().size()) pool().resize(n);
-  blas_set_threads(n);
 }
 
 int num_threads() { return pool().size(); }

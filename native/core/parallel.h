@@ -8,7 +8,7 @@
 
 namespace la {
 
-void set_num_threads(int n);  // also sets BLAS's thread count
+void set_num_threads(int n);  // the pool's size (BLAS's own threads: blas_set_threads)
 int num_threads();
 
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);

@@ -125,7 +125,10 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
     int64_t n = a.integer(0, "n", 1);
     LA_CHECK(n <= 1024, "setThreads: n must be at most 1024, got ", n);
     // Resizing the pool while a kernel runs would race: do it in order on the executor.
-    uint64_t ticket = cpu_executor().enqueue("setThreads", [n] { set_num_threads(int(n)); });
+    uint64_t ticket = cpu_executor().enqueue("setThreads", [n] {
+      set_num_threads(int(n));
+      blas_set_threads(int(n));  // 1 while our pool splits each GEMM, n with LLAMA_ADAPTER_GEMM_SPLIT=0
+    });
     cpu_executor().wait(ticket);
     return info.Env().Undefined();
   });
