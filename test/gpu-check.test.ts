@@ -4,11 +4,20 @@
 // the image phases' device program (bench/gpu-mm.ts) and the Q4_K base's (bench/gpu-q4k.ts) run at
 // a tiny shape on the CPU.
 import { expect } from 'chai';
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { adapterStepFlops, decodeWeightBytes, LLAMA_7B, ModelShape } from '../bench/flops';
-import { packJson } from '../bench/gpu-7b';
+import { LLAMA_7B_CONFIG, packJson } from '../bench/gpu-7b';
+import { relL2 } from '../scripts/gpu-check-device';
+import { Adapter } from '../lib/model/adapter';
+import { Llama } from '../lib/model/llama';
+import { Checkpoint, LayerWeights } from '../lib/model/weights';
+import { generateTokens } from '../lib/generate/generate';
+import { Random } from '../lib/generate/random';
+import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
+import { AdamW, paperAdamW } from '../lib/train/optimizer';
 import { CLIP_TINY, encoderFlopsPerImage, main as gpuMm, randomEncoderWeights } from '../bench/gpu-mm';
 import { fullBatch, main as gpuQ4k, randomQ4kBytes, TINY_Q4K } from '../bench/gpu-q4k';
 import { encoderTensors, EncoderLayerWeights } from '../lib/encoder/config';
@@ -133,10 +142,10 @@ describe('gpu check: FLOPs, bytes, batches, report', () => {
       const { table, json } = buildReport(res, dir, false);
       const rows = table.rows.filter((r) => /7B Q4_K base/.test(r[0]));
       expect(rows).to.deep.equal([
-        ['B=4: 7B Q4_K base, adapter step on NVIDIA H100 80GB HBM3: tok/s (ms/step), peak GPU memory', '1234 (456.8 ms), 9.10 GB', '–', '–'],
+        ['B=4: 7B Q4_K base, adapter step on NVIDIA H100 80GB HBM3: tok/s (ms/step), peak GPU memory', '1234 (456.8 ms), 9.10 GB', '–', '–', '–', '–'],
         ['B=4 x 512, checkpointing: 7B Q4_K base, adapter step on NVIDIA H100 80GB HBM3: tok/s (ms/step), peak GPU memory (target ≤ 8 GB)',
-          '2000 (1024.0 ms), 6.79 GB (target ≤ 8.00 GB: met)', '–', '–'],
-        ['B=16: 7B Q4_K base, adapter step on NVIDIA H100 80GB HBM3: tok/s (ms/step), peak GPU memory', 'skipped: out of time', '–', '–'],
+          '2000 (1024.0 ms), 6.79 GB (target ≤ 8.00 GB: met)', '–', '–', '–', '–'],
+        ['B=16: 7B Q4_K base, adapter step on NVIDIA H100 80GB HBM3: tok/s (ms/step), peak GPU memory', 'skipped: out of time', '–', '–', '–', '–'],
       ]);
       expect(table.notes.find((n) => n.startsWith('Q4_K base'))).to.match(/Q4_K weights on the GPU: 3\.80 GB\.$/);
       expect(json.q4k7b.train).to.have.length(2);
@@ -152,13 +161,19 @@ describe('gpu check: FLOPs, bytes, batches, report', () => {
     const sh = fs.readFileSync(path.join(repoRoot, 'scripts', 'gpu-check-run.sh'), 'utf8');
     const gpu = sh.match(/local gpu_phases="([^"]+)"/)![1].split(' ');
     expect(gpu).to.deep.equal(PHASES.slice(PHASES.indexOf('info') + 1));
+    // a failed build stops everything, PyTorch's side included
     const failed = sh.match(/not_run "not run \(the build failed\)" ([^\n]+)/)![1].split(' ');
-    expect(failed).to.deep.equal(['info', ...gpu.filter((p) => p !== 'torch')]);
-    // every phase after the build has a share of the budget, in the order they run
+    expect(failed).to.deep.equal(['info', ...gpu]);
+    // every phase after the build has a share of the budget, in the order they run, and a priority
     const order = sh.match(/local ORDER="([^"]+)"/)![1].split(' ');
     expect(order).to.deep.equal(['info', ...gpu.filter((p) => p !== 'torch')]);
     const shares = sh.match(/local -A SHARE=\(([^)]+)\)/)![1];
     for (const p of order) expect(shares, p).to.match(new RegExp(`\\[${p}\\]=\\d+`));
+    const priority = sh.match(/local PRIORITY="([^"]+)"/)![1].split(' ');
+    expect([...priority].sort()).to.deep.equal([...order].sort());
+    expect(priority.slice(0, 2)).to.deep.equal(['info', 'ours7b']);
+    // each phase after the build runs through `phase` (planned, or skipped saying so)
+    for (const p of order) expect(sh, p).to.match(new RegExp(`\\n\\s+phase ${p} \\d+ \\d+ `));
   });
 });
 
@@ -388,5 +403,118 @@ describe('gpu check: the Q4_K base at a tiny shape on the CPU (bench/gpu-q4k.ts)
       expect(err?.message, argv.join(' ')).to.match(msg);
     }
     expect(() => randomQ4kBytes(4, 100, 1)).to.throw(/a \(4, 100\) matrix: rows must be >= 1 and K a multiple of 256/);
+  });
+});
+
+describe('gpu check: the plain PyTorch baseline (bench/torch_plain_adapter.py) on the CPU', function () {
+  this.timeout(120_000);
+  const PY = '/usr/bin/python3';
+  const torchMissing: string | undefined = (() => {
+    const r = spawnSync(PY, ['-c', 'import torch, numpy'], { encoding: 'utf8' });
+    return r.status === 0 ? undefined : `${PY} cannot import torch (${(r.stderr || r.error?.message || '').trim().split('\n').pop()})`;
+  })();
+
+  it(`gives our losses, gradient norms, KV-cache logits and greedy tokens on the same weights and batches${torchMissing ? ` (skipped: ${torchMissing})` : ''}`, async function () {
+    if (torchMissing) this.skip();
+    // a tiny LLaMA with grouped-query attention (4 heads, 2 KV heads) and Hugging Face's RoPE layout
+    const c: LlamaConfig = { ...LLAMA_7B_CONFIG, dim: 32, hiddenDim: 48, nLayers: 3, nHeads: 4, nKvHeads: 2, vocabSize: 64, maxSeqLen: 32 };
+    const Ckv = (c.nKvHeads * c.dim) / c.nHeads;
+    const rng = new Random(21);
+    const values: SafetensorsTensor[] = [];
+    const made: Tensor[] = [];
+    // matrices of std ~0.3 (logits far enough apart for greedy tokens to be stable), norms in [0.5, 1.5)
+    const tensor = (name: string, shape: number[], f: () => number) => {
+      const data = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, f);
+      values.push({ name, dtype: 'F32', shape, data });
+      const t = native.fromArray(data, shape, 'f32', 'cpu');
+      made.push(t);
+      return t;
+    };
+    const mat = (name: string, r: number, k: number) => tensor(name, [r, k], () => (rng.next() - 0.5) * 1.0);
+    const norm = (name: string) => tensor(name, [c.dim], () => 0.5 + rng.next());
+    const layers: LayerWeights[] = [];
+    const emb = mat('emb', c.vocabSize, c.dim);
+    for (let l = 0; l < c.nLayers; l++)
+      layers.push({
+        attnNorm: norm(`layers.${l}.attn_norm`), wq: mat(`layers.${l}.wq`, c.dim, c.dim), wk: mat(`layers.${l}.wk`, Ckv, c.dim),
+        wv: mat(`layers.${l}.wv`, Ckv, c.dim), wo: mat(`layers.${l}.wo`, c.dim, c.dim), ffnNorm: norm(`layers.${l}.ffn_norm`),
+        w1: mat(`layers.${l}.w1`, c.hiddenDim, c.dim), w2: mat(`layers.${l}.w2`, c.dim, c.hiddenDim), w3: mat(`layers.${l}.w3`, c.hiddenDim, c.dim),
+      });
+    const finalNorm = norm('final_norm');
+    const classifier = mat('cls', c.vocabSize, c.dim);
+    const ckpt = {
+      config: c, weights: { embedding: emb, layers, finalNorm, classifier }, format: 'hf', path: 'test weights', device: 'cpu',
+      dispose: () => made.forEach((t) => t.dispose()),
+    } as Checkpoint;
+    const acfg = { layers: 2, len: 3, gate: 'per-head' as const };
+    const init = {
+      prompts: Float32Array.from({ length: acfg.layers * acfg.len * c.dim }, () => rng.next() * 2 - 1),
+      gates: Float32Array.from({ length: acfg.layers * c.nHeads }, () => rng.next() - 0.5), // nonzero: prompts get gradients
+    };
+    const tok = () => 3 + Math.floor(rng.next() * (c.vocabSize - 3));
+    const example = (n: number) => {
+      const ids = [1, ...Array.from({ length: n - 1 }, tok)];
+      return { ids, labels: ids.map((_, i) => (i === 0 || i === n - 1 ? -1 : ids[i + 1])) };
+    };
+    const micro = (lens: number[]) => {
+      const e = lens.map(example);
+      return { ids: e.map((x) => x.ids), labels: e.map((x) => x.labels) };
+    };
+    const batches = [micro([7, 3, 11]), micro([5, 9]), micro([12])]; // padding in the first two
+    const probe = [1, tok(), tok(), tok(), tok(), tok()];
+    const opt = { lr: 1e-2, ...paperAdamW };
+
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-torch-plain-'));
+    const model = Llama.fromCheckpoint(ckpt);
+    const adapter = Adapter.fromValues(c, acfg, init, 'cpu');
+    const adamw = new AdamW(adapter.parameters(), paperAdamW);
+    const grads = new AdapterGrads(adapter);
+    const graph = new AdapterGraph(model, adapter);
+    try {
+      // ours
+      const losses: number[] = [];
+      const norms: number[] = [];
+      for (const b of batches) {
+        const pb = packJson(b);
+        grads.zero();
+        const out = await graph.run(pb, 1 / pb.targetCount, grads);
+        norms.push(await adamw.update(grads.all(), opt.lr));
+        losses.push(out.lossSum / out.targets);
+      }
+      model.setAdapter(adapter);
+      const cache = model.newCache(probe.length + 1);
+      const logitsT = model.forward(probe, cache, { allLogits: true });
+      const logits = (await logitsT.read()) as Float32Array;
+      logitsT.dispose();
+      cache.dispose();
+      const greedy: number[] = [];
+      for await (const id of generateTokens(model, probe, { temperature: 0, maxTokens: 4, stopTokens: [] })) greedy.push(id);
+
+      // the plain PyTorch baseline on the same weights, adapter and batches
+      writeSafetensors(path.join(dir, 'w.safetensors'), values);
+      fs.writeFileSync(path.join(dir, 'job.json'), JSON.stringify({
+        config: c, weights: path.join(dir, 'w.safetensors'), adapter: acfg,
+        init: { prompts: Array.from(init.prompts), gates: Array.from(init.gates) },
+        optimizer: { lr: opt.lr, beta1: opt.beta1, beta2: opt.beta2, eps: opt.eps, weightDecay: opt.weightDecay },
+        batches, probe,
+      }));
+      const r = spawnSync(PY, [path.join(repoRoot, 'bench', 'torch_plain_adapter.py'), '--check', path.join(dir, 'job.json')], { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+      const py = JSON.parse(r.stdout);
+      expect(py.losses).to.have.length(3);
+      py.losses.forEach((l: number, i: number) => expect(l, `loss ${i}`).to.be.closeTo(losses[i], 1e-5 * losses[i]));
+      py.gradNorms.forEach((g: number, i: number) => expect(g, `gradient norm ${i}`).to.be.closeTo(norms[i], 1e-4 * norms[i]));
+      expect(losses[2]).to.not.be.closeTo(losses[0], 1e-3); // the batches differ: a real comparison
+      expect(py.probeLogits).to.have.length(logits.length);
+      expect(relL2(py.probeLogits, logits)).to.be.lessThan(1e-5);
+      expect(py.greedy).to.deep.equal(greedy);
+    } finally {
+      model.setAdapter(undefined);
+      grads.dispose();
+      adamw.dispose();
+      adapter.dispose();
+      model.dispose();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
