@@ -609,10 +609,9 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   for (const [name, ph] of ordered) {
     if (!/^(failed|timed out)/.test(ph.status)) continue;
     const text = readText(name === 'torch' ? path.join(outDir, 'torch.log') : name === 'build' ? path.join(outDir, 'build.log') : path.join(resDir, `${name}.out`)) ?? '';
-    const line = text
-      .split('\n')
-      .filter((l) => /FAILED|Error\b|error:|failed|Error:/.test(l) && !/^\s+at /.test(l))
-      .pop();
+    const lines = text.split('\n').filter((l) => /FAILED|Error\b|error:|failed|Error:/.test(l) && !/^\s+at /.test(l));
+    // a build's first error is the cause (what follows it is the fallout); a program's last is its verdict
+    const line = name === 'build' ? (lines.find((l) => /error|Error/.test(l)) ?? lines[0]) : lines.pop();
     errors.push(`${name} ${ph.status}${line ? `: ${line.trim().replace(/^[\w-]+: FAILED: (Error: )?/, '').slice(0, 200)}` : ''}`);
   }
   // a cuBLASLt that failed on the way: the phase's later matmuls ran on our kernel
