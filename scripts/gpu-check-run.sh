@@ -16,9 +16,9 @@
 #
 #   env       the machine (GPU, nvcc, cmake), cuBLASLt and NCCL found in python3's nvidia wheels
 #   node      the carried node binary, unpacked (xz, or python3's lzma)
-#   torch     in the background from the start: bench/torch_peft_step.py builds the plain PyTorch
-#             baseline (bench/torch_plain_adapter.py) and runs one untimed step, imports
-#             transformers and PEFT while the addon compiles, then waits for `go`
+#   torch     in the background from the start: bench/torch_peft_step.py imports torch,
+#             transformers and PEFT while the addon compiles, then waits for `go` (no model on the
+#             GPU before it: ours has the whole memory)
 #   build     the addon: CMake (+ Ninja) with nvcc, sm_90
 #   info      capabilities() of that build: the GPU, its attributes, the GEMM engine, the allocator
 #   tests     mocha on the backend-parametrised op tests (the cuda backend is the real GPU here)
@@ -31,8 +31,9 @@
 #   mm7b      the 7B image-conditioned step on CLIP ViT-L/14 features (bench/gpu-mm.ts train)
 #   q4k7b     the 7B adapter step on a Q4_K base, random blocks uploaded per layer (bench/gpu-q4k.ts):
 #             B = 4, 4 x 512 with checkpointing (the <= 8 GB target), B = 16
-#   torch     go: the plain baseline's timed steps and decode, GEMM, then PEFT's (the GPU is ours no
-#             more); PEFT that fails is reported "not run: <reason>"
+#   torch     go: the plain baseline (bench/torch_plain_adapter.py: its model, one untimed step, the
+#             timed steps, decode), GEMM, then PEFT's (the GPU is ours no more); PEFT that fails is
+#             reported "not run: <reason>"
 #   report    tables: stdout, $OUT/gpu-check.md, $OUT/gpu-check.json (+ gpu-check.log, build.log,
 #             tests.log, torch.log: six files, of the eight that may come back)
 #
@@ -241,10 +242,10 @@ main() {
   export PATH=$WORK/bin:$PATH
 
   # The phases after the build: a share each (its least useful time), caps in run_phase's calls.
-  # TAIL: PyTorch's timed part (60 s) and the report (15 s).
+  # TAIL: PyTorch's part after ours (75 s: the plain model, its steps, GEMM, PEFT) and the report (15 s).
   local gpu_phases="tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b q4k7b torch"
   local -A SHARE=([info]=5 [tests]=20 [parity]=10 [nccl]=10 [nccl-gpu]=8 [gemm-lt]=12 [gemm-own]=12 [ours7b]=45 [clip]=15 [mm7b]=25 [q4k7b]=25)
-  local ORDER="info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b q4k7b" TAIL=75
+  local ORDER="info tests parity nccl nccl-gpu gemm-lt gemm-own ours7b clip mm7b q4k7b" TAIL=90
   # what runs first when time is short: the 7B benchmark and the op tests, then the rest
   local PRIORITY="info ours7b tests q4k7b mm7b parity gemm-lt clip gemm-own nccl nccl-gpu"
   local PLANNED="$ORDER"
@@ -293,9 +294,9 @@ main() {
   export JOBS=${GPU_CHECK_JOBS:-$((cpus > 4 && NO_GPU == 0 ? cpus - 2 : cpus))}
 
   # The build may use all but what the core keeps (info, the op tests, the 7B benchmark, the tail):
-  # up to 210 s of a 360 s budget; a slow build leaves the optional phases out, not the core. A
+  # up to 200 s of a 360 s budget; a slow build leaves the optional phases out, not the core. A
   # machine without a GPU (the dry run) may be slower, and there the build is all there is to time.
-  local build_cap=210 build_reserve=$((TAIL + SHARE[info] + SHARE[tests] + SHARE[ours7b]))
+  local build_cap=200 build_reserve=$((TAIL + SHARE[info] + SHARE[tests] + SHARE[ours7b]))
   [ $NO_GPU = 1 ] && build_cap=$((BUDGET - 40)) build_reserve=30
   if run_phase build $build_cap 30 $build_reserve bash "$SELF" --phase build; then
     if [ $NO_GPU = 1 ]; then

@@ -684,7 +684,7 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
       engineAtEnd[name] ?? '–',
     ]),
     notes: [
-      `Elapsed: the device time since run.sh started${budget ? ` (its budget: ${budget} s)` : ''}; torch's seconds run from its start in the background (set-up during the build). ` +
+      `Elapsed: the device time since run.sh started${budget ? ` (its budget: ${budget} s)` : ''}; torch's seconds run from its start in the background (imports during the build, everything else after ours). ` +
         'A failed build stops every later phase and PyTorch\'s side; phases that did not fit the time left after the build are skipped, saying so.',
     ],
   };
