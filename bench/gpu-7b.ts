@@ -444,7 +444,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   const o = parseArgs(argv);
   const deadline = now() + o.budget;
   const caps = native.capabilities().cuda;
-  const dev = caps.deviceList?.[0];
+  const dev = caps.deviceList?.[Number(process.env.LLAMA_ADAPTER_CUDA_DEVICE || 0)]; // the device the backend uses
   const res: Gpu7bResult = {
     mode: o.mode,
     gpu: { name: dev?.name ?? '', gemm: caps.gemm, reason: caps.reason },

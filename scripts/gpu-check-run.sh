@@ -185,6 +185,7 @@ export WORK=${GPU_CHECK_WORK:-$(mktemp -d /tmp/gpu-check.XXXXXX)}
 export RES=$WORK/results ROOT=$WORK/root HERE REPO
 export BUILD=${GPU_CHECK_BUILD:-$REPO/build/gpu-check-cmake}
 mkdir -p "$RES" "$ROOT"
+echo "$BUDGET" >"$RES/budget"
 
 status() { echo "$2" >"$RES/$1.status"; echo "--- $1: $2"; }
 left() { echo $((DEADLINE - $(date +%s))); }

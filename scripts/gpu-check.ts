@@ -636,7 +636,7 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
       `cuBLASLt ${env.cublasLt || 'not found'}; NCCL ${env.nccl || 'not found'}; PyTorch side: ${versions}` +
       (peft?.model?.attn_implementation ? `, PEFT's attention ${peft.model.attn_implementation}` : '') +
       (plain?.model?.attention ? `, the plain baseline's attention ${plain.model.attention}` : '') + '.',
-    `Peaks: ${peaks.note}.`,
+    `Peaks: ${noGpu && !device.name ? 'none (no GPU)' : peaks.note}.`,
     'Model: LLaMA-7B shape (dim 4096, 32 layers, 32 heads, FFN 11008, vocab 32000), random bf16 weights (uniform, std 0.02) made on the GPU; ' +
       'adapter L = 30 layers x K = 10 prompts. Ours: per-head tanh gates, f32 adapter and activations, packed batches (no padding), ' +
       'the LM head at the target rows only. PyTorch plain (bench/torch_plain_adapter.py, torch alone): the same math (per-head tanh gates, ' +
@@ -673,7 +673,7 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   };
 
   // the phases: status, their own seconds, the device time elapsed at their end, the engine
-  const budget = manifest?.budgetSeconds;
+  const budget = readText(path.join(resDir, 'budget')) ?? manifest?.budgetSeconds;
   const phaseTable: ReportTable = {
     columns: ['phase', 'status', 'seconds', 'elapsed at its end (s)', 'GEMM engine at its end'],
     rows: ordered.map(([name, ph]) => [
