@@ -85,11 +85,3 @@ export function decodeWeightBytes(s: ModelShape, bytesPerWeight: number): number
   const layer = bytesPerWeight * (2 * C * C + 2 * Ckv * C + 3 * s.hiddenDim * C) + 4 * 2 * C;
   return s.nLayers * layer + 4 * C + bytesPerWeight * s.vocabSize * C + bytesPerWeight * C;
 }
-
-/** The H200 SXM's datasheet figures the GPU check compares with (leads, not measurements). */
-export const H200 = {
-  /** dense bf16 tensor-core rate, FLOP/s */
-  bf16Flops: 989.4e12,
-  /** HBM3e bandwidth, bytes/s */
-  bandwidth: 4.8e12,
-};

@@ -15,9 +15,14 @@
 //        the adapter, AdamW, the gradient norm read back) exactly as Trainer.run runs it, on the
 //        pre-tokenised Alpaca micro-batches of --batches (gpu-check.ts writes them: the LLaMA
 //        tokenizer, truncated to 512 tokens), for each micro-batch size: trained tokens/s, model
-//        FLOP/s and MFU (bench/flops.ts: adapterStepFlops, over H200.bf16Flops), the peak of
-//        native.cudaMemory() over the step (weights included); then greedy decoding at batch 1 with
-//        the adapter attached: tokens/s against the bandwidth bound (decodeWeightBytes / 4.8 TB/s).
+//        FLOP/s and MFU (bench/flops.ts: adapterStepFlops, over the GPU's dense bf16 peak from
+//        bench/gpu-peaks.ts, looked up by the device's name), the peak of native.cudaMemory() over
+//        the step (weights included); then greedy decoding at batch 1 with the adapter attached:
+//        tokens/s against the bandwidth bound (decodeWeightBytes / the GPU's memory bandwidth).
+//        A GPU whose peaks are unknown gets no MFU and no bound (null), its figures otherwise kept.
+//
+// The GEMM engine is recorded at the start and again at the end (gpu.gemmAtEnd): a cuBLASLt that
+// failed on the way switched the process to our kernel, and the end says so.
 //
 // Every figure is measured here; what did not run is recorded as skipped with the reason. The
 // JSON is rewritten after each measurement, so a run stopped by its time limit keeps what it got.
@@ -30,7 +35,8 @@ import { Checkpoint, LayerWeights, LlamaWeights } from '../lib/model/weights';
 import { generateTokens } from '../lib/generate/generate';
 import { AdapterGrads, AdapterGraph, PackedBatch } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
-import { ADAPTER_STEP_FLOPS_FORMULA, adapterStepFlops, decodeWeightBytes, H200, LLAMA_7B } from './flops';
+import { ADAPTER_STEP_FLOPS_FORMULA, adapterStepFlops, decodeWeightBytes, LLAMA_7B } from './flops';
+import { GpuPeaks, gpuPeaks } from './gpu-peaks';
 
 
 export const ADAPTER_LAYERS = 30;
@@ -152,7 +158,8 @@ export interface TrainRow {
   msPerStep: number;
   flopsPerStep: number;
   tflops: number;
-  mfu: number;
+  /** null when the GPU's bf16 peak is unknown */
+  mfu: number | null;
   peakBytes: number;
   activationBytes: number;
   /** the adapted layers keep only their input and recompute the rest in the backward */
@@ -166,8 +173,9 @@ export interface DecodeRow {
   tokPerS: number;
   msPerToken: number;
   bytesPerToken: number;
-  boundTokPerS: number;
-  pctOfBound: number;
+  /** null when the GPU's bandwidth is unknown */
+  boundTokPerS: number | null;
+  pctOfBound: number | null;
 }
 
 export interface GemmRow {
@@ -184,7 +192,9 @@ export interface GemmRow {
 
 export interface Gpu7bResult {
   mode: 'gemm' | 'train';
-  gpu: { gemm: string; reason: string };
+  /** gemm: the engine before the first matmul; gemmAtEnd: after the last (a failure switches it) */
+  gpu: { name: string; gemm: string; gemmAtEnd?: string; reason: string; allocator?: string };
+  peaks: GpuPeaks;
   shape?: LlamaConfig & { adapterLayers: number; adapterLen: number };
   gemm?: GemmRow[];
   weights?: { bytes: number; seconds: number };
@@ -258,6 +268,8 @@ async function runGemm(res: Gpu7bResult, deadline: number, save: () => void): Pr
 // ---- train + decode ---------------------------------------------------------------------------
 
 async function runTrain(res: Gpu7bResult, o: Options, deadline: number, save: () => void): Promise<void> {
+  const peakFlops = res.peaks.bf16Flops;
+  const bandwidth = res.peaks.bandwidth;
   const file: BatchesFile = JSON.parse(fs.readFileSync(o.batches!, 'utf8'));
   const c = o.shape === 'small' ? SMALL_CONFIG : LLAMA_7B_CONFIG;
   const L = Math.min(ADAPTER_LAYERS, c.nLayers - 2);
@@ -325,7 +337,7 @@ async function runTrain(res: Gpu7bResult, o: Options, deadline: number, save: ()
           msPerStep: (1e3 * seconds) / done,
           flopsPerStep: flops / done,
           tflops: flops / seconds / 1e12,
-          mfu: flops / seconds / H200.bf16Flops,
+          mfu: peakFlops ? flops / seconds / peakFlops : null,
           peakBytes: native.cudaMemory().peak,
           activationBytes: graph.activationBytes,
           checkpointing,
@@ -333,7 +345,7 @@ async function runTrain(res: Gpu7bResult, o: Options, deadline: number, save: ()
         });
         if (done < timed.length) res.skipped.push(`train ${label}: ${timed.length - done} of ${timed.length} timed steps left out (out of time)`);
         o.log(`gpu-7b: ${label}: ${(tokens / seconds).toFixed(0)} tok/s, ${((1e3 * seconds) / done).toFixed(1)} ms/step, ` +
-          `MFU ${((100 * flops) / seconds / H200.bf16Flops).toFixed(1)}%, peak ${(native.cudaMemory().peak / 2 ** 30).toFixed(1)} GiB`);
+          `MFU ${peakFlops ? `${((100 * flops) / seconds / peakFlops).toFixed(1)}%` : 'unknown'}, peak ${(native.cudaMemory().peak / 2 ** 30).toFixed(1)} GiB`);
       } catch (e) {
         res.errors.push(`train ${label}: ${e instanceof Error ? e.message : String(e)}`);
         o.log(`gpu-7b: ${label} failed: ${e instanceof Error ? e.message : String(e)}`);
@@ -355,7 +367,7 @@ async function runTrain(res: Gpu7bResult, o: Options, deadline: number, save: ()
         if (stamps.length < 2) throw new Error(`decode produced ${stamps.length} tokens`);
         const tokPerS = (stamps.length - 1) / (stamps[stamps.length - 1] - stamps[0]);
         const bytesPerToken = decodeWeightBytes(c, 2); // bf16 matrices
-        const bound = H200.bandwidth / bytesPerToken;
+        const bound = bandwidth ? bandwidth / bytesPerToken : null;
         res.decode = {
           promptTokens: prompt.length,
           tokens: stamps.length,
@@ -363,9 +375,10 @@ async function runTrain(res: Gpu7bResult, o: Options, deadline: number, save: ()
           msPerToken: 1e3 / tokPerS,
           bytesPerToken,
           boundTokPerS: bound,
-          pctOfBound: (100 * tokPerS) / bound,
+          pctOfBound: bound ? (100 * tokPerS) / bound : null,
         };
-        o.log(`gpu-7b: decode ${tokPerS.toFixed(1)} tok/s (${res.decode.pctOfBound.toFixed(0)}% of the ${bound.toFixed(0)} tok/s bandwidth bound)`);
+        o.log(`gpu-7b: decode ${tokPerS.toFixed(1)} tok/s` +
+          (bound ? ` (${((100 * tokPerS) / bound).toFixed(0)}% of the ${bound.toFixed(0)} tok/s bandwidth bound)` : ' (bandwidth unknown: no bound)'));
       } catch (e) {
         res.errors.push(`decode: ${e instanceof Error ? e.message : String(e)}`);
       } finally {
@@ -431,13 +444,29 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   const o = parseArgs(argv);
   const deadline = now() + o.budget;
   const caps = native.capabilities().cuda;
-  const res: Gpu7bResult = { mode: o.mode, gpu: { gemm: caps.gemm, reason: caps.reason }, skipped: [], errors: [] };
+  const dev = caps.deviceList?.[Number(process.env.LLAMA_ADAPTER_CUDA_DEVICE || 0)]; // the device the backend uses
+  const res: Gpu7bResult = {
+    mode: o.mode,
+    gpu: { name: dev?.name ?? '', gemm: caps.gemm, reason: caps.reason },
+    peaks: gpuPeaks(dev?.name ?? '', dev),
+    skipped: [],
+    errors: [],
+  };
   const save = () => o.json && fs.writeFileSync(o.json, JSON.stringify(res, null, 1) + '\n');
   if (!caps.available) throw new Error(`CUDA is not available: ${caps.reason}`);
+  // a forced engine that cannot run: stop here, loudly, rather than time anything
+  if (caps.gemm.startsWith('error: ')) throw new Error(`the GEMM engine cannot run: ${caps.gemm.slice(7)}`);
+  o.log(`gpu-7b: ${res.gpu.name || 'unnamed GPU'}; peaks: ${res.peaks.note}; GEMM engine ${caps.gemm}`);
   save();
-  if (o.mode === 'gemm') await runGemm(res, deadline, save);
-  else await runTrain(res, o, deadline, save);
-  save();
+  try {
+    if (o.mode === 'gemm') await runGemm(res, deadline, save);
+    else await runTrain(res, o, deadline, save);
+  } finally {
+    res.gpu.gemmAtEnd = native.capabilities().cuda.gemm;
+    res.gpu.allocator = native.cudaMemory().allocator;
+    o.log(`gpu-7b: GEMM engine at the end: ${res.gpu.gemmAtEnd}`);
+    save();
+  }
   if (res.errors.length) {
     console.error(`gpu-7b: ${res.errors.length} error(s):\n  ${res.errors.join('\n  ')}`);
     process.exitCode = 1;

@@ -140,7 +140,8 @@ export interface MmTrainRow {
 export interface GpuMmResult {
   mode: 'encode' | 'train';
   device: Device;
-  gpu: { gemm: string; reason: string };
+  /** gemm: the engine at the start; gemmAtEnd: after the last matmul (a cuBLASLt failure switches it) */
+  gpu: { name: string; gemm: string; gemmAtEnd?: string; reason: string; allocator?: string };
   encoder?: EncoderConfig & { dtype: string; flopsPerImage: number };
   shape?: LlamaConfig & { adapterLayers: number; adapterLen: number; projWidth: number; featureSize: number };
   weights?: { bytes: number; seconds: number };
@@ -374,13 +375,22 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<GpuM
   const o = parseArgs(argv);
   const deadline = now() + o.budget;
   const caps = native.capabilities().cuda;
-  const res: GpuMmResult = { mode: o.mode, device: o.device, gpu: { gemm: caps.gemm, reason: caps.reason }, skipped: [], errors: [] };
+  const res: GpuMmResult = { mode: o.mode, device: o.device, gpu: { name: caps.deviceList?.[0]?.name ?? '', gemm: caps.gemm, reason: caps.reason }, skipped: [], errors: [] };
   const save = () => o.json && fs.writeFileSync(o.json, JSON.stringify(res, null, 1) + '\n');
   if (o.device === 'cuda' && !caps.available) throw new Error(`CUDA is not available: ${caps.reason}`);
+  if (o.device === 'cuda' && caps.gemm.startsWith('error: ')) throw new Error(`the GEMM engine cannot run: ${caps.gemm.slice(7)}`);
   save();
-  if (o.mode === 'encode') await runEncode(res, o, deadline, save);
-  else await runTrain(res, o, deadline, save);
-  save();
+  try {
+    if (o.mode === 'encode') await runEncode(res, o, deadline, save);
+    else await runTrain(res, o, deadline, save);
+  } finally {
+    if (o.device === 'cuda') {
+      res.gpu.gemmAtEnd = native.capabilities().cuda.gemm;
+      res.gpu.allocator = native.cudaMemory().allocator;
+      process.stderr.write(`gpu-mm: GEMM engine at the end: ${res.gpu.gemmAtEnd}\n`);
+    }
+    save();
+  }
   if (res.errors.length) {
     console.error(`gpu-mm: ${res.errors.length} error(s):\n  ${res.errors.join('\n  ')}`);
     process.exitCode = 1;

@@ -197,7 +197,8 @@ export interface Q4kTrainRow {
 export interface GpuQ4kResult {
   mode: 'train';
   device: Device;
-  gpu: { gemm: string; reason: string };
+  /** gemm: the engine at the start; gemmAtEnd: after the last matmul (a cuBLASLt failure switches it) */
+  gpu: { name: string; gemm: string; gemmAtEnd?: string; reason: string; allocator?: string };
   shape?: LlamaConfig & { adapterLayers: number; adapterLen: number; weights: 'q4_k'; maxSeqLen: number };
   weights?: { bytes: number; seconds: number };
   targetBytes: number;
@@ -348,12 +349,21 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<GpuQ
   const o = parseArgs(argv);
   const deadline = now() + o.budget;
   const caps = native.capabilities().cuda;
-  const res: GpuQ4kResult = { mode: o.mode, device: o.device, gpu: { gemm: caps.gemm, reason: caps.reason }, targetBytes: Q4K_TARGET_BYTES, train: [], skipped: [], errors: [] };
+  const res: GpuQ4kResult = { mode: o.mode, device: o.device, gpu: { name: caps.deviceList?.[0]?.name ?? '', gemm: caps.gemm, reason: caps.reason }, targetBytes: Q4K_TARGET_BYTES, train: [], skipped: [], errors: [] };
   const save = () => o.json && fs.writeFileSync(o.json, JSON.stringify(res, null, 1) + '\n');
   if (o.device === 'cuda' && !caps.available) throw new Error(`CUDA is not available: ${caps.reason}`);
+  if (o.device === 'cuda' && caps.gemm.startsWith('error: ')) throw new Error(`the GEMM engine cannot run: ${caps.gemm.slice(7)}`);
   save();
-  await runTrain(res, o, deadline, save);
-  save();
+  try {
+    await runTrain(res, o, deadline, save);
+  } finally {
+    if (o.device === 'cuda') {
+      res.gpu.gemmAtEnd = native.capabilities().cuda.gemm;
+      res.gpu.allocator = native.cudaMemory().allocator;
+      process.stderr.write(`gpu-q4k: GEMM engine at the end: ${res.gpu.gemmAtEnd}\n`);
+    }
+    save();
+  }
   if (res.errors.length) {
     console.error(`gpu-q4k: ${res.errors.length} error(s):\n  ${res.errors.join('\n  ')}`);
     process.exitCode = 1;

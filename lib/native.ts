@@ -39,6 +39,21 @@ export interface FileMapping {
   close(): void;
 }
 
+/** One GPU as the CUDA runtime describes it (capabilities().cuda.deviceList). Clocks in kHz, 0
+ *  when the runtime does not report them; memoryPools: cudaDevAttrMemoryPoolsSupported (without
+ *  pools the backend allocates with plain cudaMalloc). */
+export interface CudaDeviceAttributes {
+  name: string;
+  /** compute capability, major * 10 + minor */
+  sm: number;
+  multiprocessors: number;
+  clockKHz: number;
+  memoryClockKHz: number;
+  memoryBusBits: number;
+  memoryBytes: number;
+  memoryPools: boolean;
+}
+
 export interface Capabilities {
   version: string;
   /** the CPU GEMM: "OpenBLAS 0.3.21 (Haswell kernels; /path/libopenblas.so.0, loaded at run time)",
@@ -48,7 +63,7 @@ export interface Capabilities {
   blasThreads: number;
   /** compiled: this build has the CUDA backend; available: a usable GPU is there now (reason says
    *  which, or why not); gemm: the engine of the frozen-weight matmuls ('none' when unavailable) */
-  cuda: { compiled: boolean; available: boolean; devices: number; reason: string; gemm: string };
+  cuda: { compiled: boolean; available: boolean; devices: number; reason: string; gemm: string; deviceList: CudaDeviceAttributes[] };
   threads: number;
   /** setMatmulPrecision's current value */
   matmulPrecision: MatmulPrecision;
@@ -172,8 +187,9 @@ export interface NativeBinding {
    *  device and thread count (random-weight models for benchmarks and tests). */
   randomUniform(shape: number[], dtype: DType, device: Device, seed: number, scale: number): Tensor;
   /** Device memory of the CUDA backend in bytes: live tensors, their peak since cudaResetPeak(),
-   *  and what its pool holds (all 0 before the first CUDA tensor). */
-  cudaMemory(): { inUse: number; peak: number; reserved: number };
+   *  and what its pool holds (all 0 before the first CUDA tensor); and the allocator: the
+   *  stream-ordered pool, or plain cudaMalloc on a device without memory pools ('' before). */
+  cudaMemory(): { inUse: number; peak: number; reserved: number; allocator: string };
   cudaResetPeak(): void;
   /** `copy`: read the file into memory instead of mapping it (immune to the file changing later). */
   mapFile(path: string, copy?: boolean): FileMapping;

@@ -223,13 +223,30 @@ async function main(): Promise<void> {
   let ok = true;
   if (phase === 'info') {
     const caps = native.capabilities();
-    const r = { node: process.version, capabilities: caps, env: { LLAMA_ADAPTER_CUBLASLT: process.env.LLAMA_ADAPTER_CUBLASLT ?? null, LLAMA_ADAPTER_NCCL: process.env.LLAMA_ADAPTER_NCCL ?? null } };
+    // the allocator is chosen with the first CUDA tensor (a device without memory pools: cudaMalloc)
+    let allocator = 'not known (CUDA not available)';
+    if (caps.cuda.available) {
+      const t = native.zeros([256], 'f32', 'cuda');
+      allocator = native.cudaMemory().allocator;
+      t.dispose();
+    }
+    const r = { node: process.version, capabilities: caps, allocator, env: { LLAMA_ADAPTER_CUBLASLT: process.env.LLAMA_ADAPTER_CUBLASLT ?? null, LLAMA_ADAPTER_NCCL: process.env.LLAMA_ADAPTER_NCCL ?? null, LLAMA_ADAPTER_GEMM: process.env.LLAMA_ADAPTER_GEMM ?? null } };
+    const dev = caps.cuda.deviceList?.[0];
     console.log(`info: node ${process.version}, addon ${caps.version}, BLAS ${caps.blas}; cuda: compiled ${caps.cuda.compiled}, available ${caps.cuda.available}, ` +
-      `${caps.cuda.devices} device(s), ${caps.cuda.reason}; GEMM engine ${caps.cuda.gemm}`);
+      `${caps.cuda.devices} device(s), ${caps.cuda.reason}; GEMM engine ${caps.cuda.gemm}; allocator ${allocator}` +
+      (dev ? `; device 0: ${dev.name}, sm_${dev.sm}, ${dev.multiprocessors} SMs, ${dev.clockKHz / 1e3} MHz, memory ${dev.memoryClockKHz / 1e3} MHz x ${dev.memoryBusBits} bits, pools ${dev.memoryPools}` : ''));
     fs.writeFileSync(json, JSON.stringify(r, null, 1) + '\n');
+    // a forced engine that cannot run fails here, before any timed phase
+    if (caps.cuda.gemm.startsWith('error: ')) throw new Error(`the GEMM engine cannot run: ${caps.cuda.gemm.slice(7)}`);
   } else if (phase === 'parity') ok = await parity(json);
   else if (phase === 'nccl-gpu') ok = await ncclGpu(json);
   else throw new Error(`usage: gpu-check-device.js info|parity|nccl-gpu --json FILE (got ${phase ?? 'nothing'})`);
+  if (phase !== 'info' && native.capabilities().cuda.available) {
+    // the engine after the phase's matmuls: a cuBLASLt failure on the way switched it (issue 12)
+    const gemmAtEnd = native.capabilities().cuda.gemm;
+    console.log(`${phase}: GEMM engine at the end: ${gemmAtEnd}`);
+    if (json !== '/dev/null' && fs.existsSync(json)) fs.writeFileSync(json, JSON.stringify({ ...JSON.parse(fs.readFileSync(json, 'utf8')), gemmAtEnd }, null, 1) + '\n');
+  }
   if (!ok) process.exitCode = 1;
 }
 

@@ -5,7 +5,14 @@
 // callable only by the session that holds it — not from a script, and not from CI. So this script
 // never calls it: it prepares, and the lead makes the one call it prints:
 //
-//   run(command: "bash .gpu-check/run.sh", carry: [".gpu-check"], timeout_s: 600)
+//   run(command: "bash .gpu-check/run.sh --budget 360", carry: [".gpu-check"], kind: "nvidia-h100-x1", timeout_s: 450)
+//
+// The call names the machine kind (--kind nvidia-h100-x1 | nvidia-h200; default nvidia-h100-x1),
+// and whatever GPU comes, every peak and bound in the report (MFU, the decode bound) is looked up by
+// the GPU's name as the device reports it (bench/gpu-peaks.ts: H100 SXM/PCIe/NVL, H200 SXM/NVL;
+// another GPU gets an estimate from its attributes, marked so, or "unknown"). run.sh keeps to 360 s
+// (planned per phase, a failed build going straight to the report), so that a fix and a rerun fit
+// in the session's 15 minutes of device time.
 //
 // What travels: the working tree (tracked and untracked-not-ignored files: the sources, the scripts,
 // bench/torch_peft_step.py, test/golden) and the ignored folder .gpu-check/ named in `carry`, made
@@ -24,18 +31,20 @@
 // cuBLASLt and NCCL in python3's nvidia wheels (LLAMA_ADAPTER_CUBLASLT, LLAMA_ADAPTER_NCCL), runs the
 // GPU op tests, the cpu-vs-cuda parity check, NCCL with one rank, the 7B benchmark (bench/gpu-7b.ts),
 // the CLIP ViT-L/14 encoder and the 7B image-conditioned step (bench/gpu-mm.ts), the 7B adapter step
-// on a Q4_K base (bench/gpu-q4k.ts: B = 4, 4 x 512 with checkpointing, B = 16), and PyTorch + PEFT
-// on the same batches (bench/torch_peft_step.py), and prints one table, also written to
-// $OUT/gpu-check.md and $OUT/gpu-check.json.
+// on a Q4_K base (bench/gpu-q4k.ts: B = 4, 4 x 512 with checkpointing, B = 16), and PyTorch on the
+// same batches (bench/torch_peft_step.py: the plain PyTorch baseline of bench/torch_plain_adapter.py,
+// then PEFT's AdaptionPrompt when transformers and PEFT work), and prints two tables (the comparison;
+// the phases with their device time and GEMM engine), also written to $OUT/gpu-check.md and
+// $OUT/gpu-check.json.
 //
-//   node dist/scripts/gpu-check.js [--dry-run] [--keep] [--steps N]
+//   node dist/scripts/gpu-check.js [--dry-run] [--keep] [--steps N] [--kind nvidia-h100-x1|nvidia-h200]
 //   node dist/scripts/gpu-check.js report --results DIR --out DIR [--prepared DIR] [--no-gpu]
 //                                                               (run.sh's last phase)
 //
 // --dry-run: after preparing, runs `bash .gpu-check/run.sh --no-gpu` here with a temp OUT and work
 // dir: node unpacked from node.xz, the addon compiled with nvcc and CMake exactly as on the device
 // (into the temp dir; build/Release is never touched), its capabilities read, the report written
-// with every GPU figure "not run (no GPU)"; and bench/torch_peft_step.py byte-compiled. Then it
+// with every GPU figure "not run (no GPU)"; and the PyTorch scripts byte-compiled. Then it
 // prints the sizes and the call. --keep keeps the temp dir.
 //
 // This file imports nothing that loads the native addon: the report must work when the build failed.
@@ -45,7 +54,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { Batch, Batcher, loadAlpaca, promptOf, tokenizeRecords } from '../lib/data/alpaca';
 import { loadTokenizer } from '../lib/tokenizer';
-import { ADAPTER_STEP_FLOPS_FORMULA, H200, decodeWeightBytes, LLAMA_7B } from '../bench/flops';
+import { ADAPTER_STEP_FLOPS_FORMULA, decodeWeightBytes, LLAMA_7B } from '../bench/flops';
+import { DEVICE_KINDS, DeviceKind, gpuPeaks } from '../bench/gpu-peaks';
+import type { CudaDeviceAttributes } from '../lib/native';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const PREP = '.gpu-check';
@@ -53,7 +64,20 @@ const MIB = 1 << 20;
 /** the device tool's limit on what travels (working tree + carried paths) */
 const TRAVEL_LIMIT = 64 * MIB;
 const TRAVEL_WARN = 55 * MIB;
-export const RUN_CALL = { command: `bash ${PREP}/run.sh`, carry: [PREP], timeout_s: 600 };
+/** run.sh's budget: the whole run, planned to leave a rerun's worth of the session's device time */
+export const RUN_BUDGET_S = 360;
+/** The device call: the budget plus room for the report and the kill of a stuck phase, well under
+ *  the tool's 600 s; `kind` names the machine, so that the GPU is the one the plan expects. */
+export function runCall(kind: DeviceKind): { command: string; carry: string[]; kind: DeviceKind; timeout_s: number } {
+  return { command: `bash ${PREP}/run.sh --budget ${RUN_BUDGET_S}`, carry: [PREP], kind, timeout_s: RUN_BUDGET_S + 90 };
+}
+export const DEFAULT_KIND: DeviceKind = 'nvidia-h100-x1';
+
+/** The call as printed for the lead to make. */
+export function formatCall(kind: DeviceKind): string {
+  const c = runCall(kind);
+  return `run(command: ${JSON.stringify(c.command)}, carry: ${JSON.stringify(c.carry)}, kind: ${JSON.stringify(c.kind)}, timeout_s: ${c.timeout_s})`;
+}
 /** micro-batch sizes of the benchmark and the timed steps of each */
 const MICRO = [4, 8, 16];
 
@@ -233,7 +257,7 @@ interface Prepared {
   seconds: Record<string, number>;
 }
 
-function prepare(opts: { steps: number }): Prepared {
+function prepare(opts: { steps: number; kind: DeviceKind }): Prepared {
   const dir = path.join(repoRoot, PREP);
   fs.mkdirSync(dir, { recursive: true });
   const seconds: Record<string, number> = {};
@@ -291,7 +315,10 @@ function prepare(opts: { steps: number }): Prepared {
   }
   fs.writeFileSync(
     path.join(dir, 'manifest.json'),
-    JSON.stringify({ prepared: new Date().toISOString(), git, node: process.version, packages: pkgs, sizes, batches, call: RUN_CALL }, null, 1) + '\n',
+    JSON.stringify({
+      prepared: new Date().toISOString(), git, node: process.version, packages: pkgs, sizes, batches,
+      kind: opts.kind, budgetSeconds: RUN_BUDGET_S, call: runCall(opts.kind),
+    }, null, 1) + '\n',
   );
   // out/ holds a local --no-gpu run's results when run.sh is run by hand without OUT: not carried
   fs.rmSync(path.join(dir, 'out'), { recursive: true, force: true });
@@ -341,16 +368,34 @@ const f0 = (x: number) => x.toFixed(0);
 const f1 = (x: number) => x.toFixed(1);
 const exp = (x: number) => (Number.isFinite(x) ? x.toExponential(1) : String(x));
 
-/** The table and the JSON from run.sh's results folder (`noGpu`: the --no-gpu run of --dry-run). */
-export function buildReport(resDir: string, outDir: string, noGpu: boolean, preparedDir?: string): { table: ReportTable; json: Json; title: string } {
+/** The GPU the check ran on: nvidia-smi's name (env.json), else the addon's device 0 (info.json). */
+export function deviceOf(env: Json, info: Json | undefined): { name: string; attrs?: Partial<CudaDeviceAttributes> } {
+  const attrs = info?.capabilities?.cuda?.deviceList?.[0] as Partial<CudaDeviceAttributes> | undefined;
+  const smi = typeof env.gpu === 'string' ? env.gpu.split('\n')[0].split(',')[0].trim() : '';
+  return { name: smi || attrs?.name || '', attrs };
+}
+
+export interface Report {
+  /** the comparison */
+  table: ReportTable;
+  /** per phase: status, seconds, elapsed device time at its end, the GEMM engine at its end */
+  phaseTable: ReportTable;
+  json: Json;
+  title: string;
+  phaseTitle: string;
+}
+
+/** The tables and the JSON from run.sh's results folder (`noGpu`: the --no-gpu run of --dry-run). */
+export function buildReport(resDir: string, outDir: string, noGpu: boolean, preparedDir?: string): Report {
   const manifest = preparedDir ? readJson(path.join(preparedDir, 'manifest.json')) : undefined;
   const batchesSource: string | undefined = manifest?.batches?.source;
-  const phases: Record<string, { status: string; seconds?: number }> = {};
+  const phases: Record<string, { status: string; seconds?: number; elapsed?: number }> = {};
   for (const f of fs.existsSync(resDir) ? fs.readdirSync(resDir) : [])
     if (f.endsWith('.status')) {
       const name = f.slice(0, -'.status'.length);
       const secs = readText(path.join(resDir, `${name}.seconds`));
-      phases[name] = { status: readText(path.join(resDir, f)) ?? '?', ...(secs ? { seconds: Number(secs) } : {}) };
+      const el = readText(path.join(resDir, `${name}.elapsed`));
+      phases[name] = { status: readText(path.join(resDir, f)) ?? '?', ...(secs ? { seconds: Number(secs) } : {}), ...(el ? { elapsed: Number(el) } : {}) };
     }
   const r = (name: string) => readJson(path.join(resDir, `${name}.json`));
   const env = r('env') ?? {};
@@ -365,6 +410,16 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   const mm = r('mm7b');
   const q4k = r('q4k7b');
   const torch = r('torch');
+  const plain = torch?.plain as Json | undefined;
+  const peft = torch?.peft as Json | undefined;
+
+  // the GPU and its peaks (bench/gpu-peaks.ts): every MFU and bound below divides by these
+  const device = deviceOf(env, info);
+  const gpuName = device.name || (noGpu ? 'no GPU' : 'unknown GPU');
+  const peaks = gpuPeaks(device.name, device.attrs);
+  const kind: string | undefined = manifest?.kind;
+  const expected = kind ? DEVICE_KINDS[kind as DeviceKind] : undefined;
+  const kindMismatch = !!(device.name && expected && !device.name.includes(expected));
 
   /** what a cell says when its phase gave no figure */
   const why = (phase: string, errors?: string[], skipped?: string[], match?: string): string => {
@@ -377,52 +432,65 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
     if (!st) return 'not run';
     return st === 'ok' ? 'not measured' : st;
   };
+  /** PyTorch's two sides: PEFT that did not run says why in every cell */
+  const torchWhy = (side: Json | undefined, match: string) => {
+    if (side?.notRun) return `not run: ${String(side.notRun).slice(0, 80)}`;
+    return why('torch', [...(side?.errors ?? []), ...(torch?.errors ?? [])], [...(side?.skipped ?? []), ...(torch?.skipped ?? [])], match);
+  };
+  const mfuOf = (x: Json) => (peaks.bf16Flops ? (x.tflops * 1e12) / peaks.bf16Flops : undefined);
+  const mfuCell = (x: Json) => {
+    const m = mfuOf(x);
+    return m !== undefined ? `${f1(100 * m)}% (${f0(x.tflops)})` : `unknown peak (${f0(x.tflops)})`;
+  };
+  const ONLY_OURS = ['–', '–', '–', '–'];
 
   const rows: string[][] = [];
   const trainRow = (json: Json | undefined, B: number) =>
     (json?.train as Json[] | undefined)?.find((t) => t.B === B && !t.checkpointing);
   for (const B of MICRO) {
     const o = trainRow(ours, B);
-    const t = trainRow(torch, B);
-    const cell = (x: Json | undefined, json: Json | undefined, phase: string, f: (x: Json) => string) =>
-      x ? f(x) : why(phase, json?.errors, json?.skipped, `B=${B}`);
-    const ratio = (f: (x: Json) => number, better: 'higher' | 'lower') =>
-      o && t ? `${(better === 'higher' ? f(o) / f(t) : f(t) / f(o)).toFixed(2)}x` : '–';
-    const tokens = o ?? t;
-    rows.push([
-      `B=${B}: trained tok/s (ms/step)${tokens ? `, ${f0(tokens.tokens / tokens.steps)} tokens/step` : ''}`,
-      cell(o, ours, 'ours7b', (x) => `${f0(x.tokPerS)} (${f1(x.msPerStep)} ms)`),
-      cell(t, torch, 'torch', (x) => `${f0(x.tokPerS)} (${f1(x.msPerStep)} ms)`),
-      ratio((x) => x.tokPerS, 'higher'),
-    ]);
-    rows.push([
-      `B=${B}: MFU (model TFLOP/s)`,
-      cell(o, ours, 'ours7b', (x) => `${f1(100 * x.mfu)}% (${f0(x.tflops)})`),
-      cell(t, torch, 'torch', (x) => `${f1(100 * x.mfu)}% (${f0(x.tflops)})`),
-      ratio((x) => x.mfu, 'higher'),
-    ]);
-    rows.push([
-      `B=${B}: peak GPU memory`,
-      cell(o, ours, 'ours7b', (x) => `${f1(x.peakBytes / GIB)} GiB`),
-      cell(t, torch, 'torch', (x) => `${f1(x.peakBytes / GIB)} GiB`),
-      o && t ? `${(o.peakBytes / t.peakBytes).toFixed(2)}x` : '–',
-    ]);
+    const tp = trainRow(plain, B);
+    const te = trainRow(peft, B);
+    const cell = (x: Json | undefined, f: (x: Json) => string, missing: () => string) => (x ? f(x) : missing());
+    const oursMissing = () => why('ours7b', ours?.errors, ours?.skipped, `B=${B}`);
+    const ratio = (t: Json | undefined, f: (x: Json) => number | undefined, better: 'higher' | 'lower') => {
+      const a = o && f(o);
+      const b = t && f(t);
+      return a !== undefined && b !== undefined && a && b ? `${(better === 'higher' ? a / b : b / a).toFixed(2)}x` : '–';
+    };
+    const tokens = o ?? tp ?? te;
+    const row = (label: string, f: (x: Json) => string, num: (x: Json) => number | undefined, better: 'higher' | 'lower') => [
+      label,
+      cell(o, f, oursMissing),
+      cell(tp, f, () => torchWhy(plain, `B=${B}`)),
+      cell(te, f, () => torchWhy(peft, `B=${B}`)),
+      ratio(tp, num, better),
+      ratio(te, num, better),
+    ];
+    rows.push(row(`B=${B}: trained tok/s (ms/step)${tokens ? `, ${f0(tokens.tokens / tokens.steps)} tokens/step` : ''}`,
+      (x) => `${f0(x.tokPerS)} (${f1(x.msPerStep)} ms)`, (x) => x.tokPerS, 'higher'));
+    rows.push(row(`B=${B}: MFU (model TFLOP/s)`, mfuCell, mfuOf, 'higher'));
+    rows.push(row(`B=${B}: peak GPU memory`, (x) => `${f1(x.peakBytes / GIB)} GiB`, (x) => x.peakBytes, 'lower'));
   }
-  // ours with activation checkpointing at the smallest micro-batch (PyTorch+PEFT: as above)
+  // ours with activation checkpointing at the smallest micro-batch (PyTorch: as above)
   const ck = (ours?.train as Json[] | undefined)?.find((t) => t.checkpointing);
   rows.push([
     `B=${ck?.B ?? MICRO[0]} with checkpointing: tok/s, MFU, peak GPU memory`,
-    ck ? `${f0(ck.tokPerS)} tok/s, ${f1(100 * ck.mfu)}%, ${f1(ck.peakBytes / GIB)} GiB` : why('ours7b', ours?.errors, ours?.skipped, 'checkpointing'),
-    '–',
-    '–',
+    ck ? `${f0(ck.tokPerS)} tok/s, ${mfuOf(ck) !== undefined ? `${f1(100 * mfuOf(ck)!)}%` : 'MFU unknown'}, ${f1(ck.peakBytes / GIB)} GiB` : why('ours7b', ours?.errors, ours?.skipped, 'checkpointing'),
+    ...ONLY_OURS,
   ]);
-  const dec = (x: Json | undefined, json: Json | undefined, phase: string) =>
-    x ? `${f1(x.tokPerS)} tok/s, ${f0(x.pctOfBound)}% of bound` : why(phase, json?.errors, json?.skipped, 'decode');
+  const decodeBytes = decodeWeightBytes(LLAMA_7B, 2);
+  const bound = peaks.bandwidth ? peaks.bandwidth / decodeBytes : undefined;
+  const dec = (x: Json | undefined, missing: () => string) =>
+    x ? `${f1(x.tokPerS)} tok/s${bound ? `, ${f0((100 * x.tokPerS) / bound)}% of bound` : ''}` : missing();
+  const decRatio = (t: Json | undefined) => (ours?.decode && t ? `${(ours.decode.tokPerS / t.tokPerS).toFixed(2)}x` : '–');
   rows.push([
-    `decode, batch 1 (bound ${f0(H200.bandwidth / decodeWeightBytes(LLAMA_7B, 2))} tok/s at 4.8 TB/s)`,
-    dec(ours?.decode, ours, 'ours7b'),
-    dec(torch?.decode, torch, 'torch'),
-    ours?.decode && torch?.decode ? `${(ours.decode.tokPerS / torch.decode.tokPerS).toFixed(2)}x` : '–',
+    bound ? `decode, batch 1 (bound ${f0(bound)} tok/s at ${(peaks.bandwidth! / 1e12).toFixed(2)} TB/s)` : 'decode, batch 1 (no bound: the GPU\'s bandwidth is unknown)',
+    dec(ours?.decode, () => why('ours7b', ours?.errors, ours?.skipped, 'decode')),
+    dec(plain?.decode, () => torchWhy(plain, 'decode')),
+    dec(peft?.decode, () => torchWhy(peft, 'decode')),
+    decRatio(plain?.decode),
+    decRatio(peft?.decode),
   ]);
 
   // the image phases (bench/gpu-mm.ts): ours only, on the same GPU
@@ -430,22 +498,19 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   rows.push([
     `CLIP ViT-L/14 image encoder, bf16, 224x224, batch ${enc?.batch ?? 32}: images/s (TFLOP/s), peak GPU memory`,
     enc ? `${f1(enc.imagesPerS)} images/s (${f0(enc.tflops)}), ${f1(enc.peakBytes / GIB)} GiB` : why('clip', clip?.errors, clip?.skipped, 'encode'),
-    '–',
-    '–',
+    ...ONLY_OURS,
   ]);
   for (const B of [4, 16]) {
     const m = (mm?.train as Json[] | undefined)?.find((t) => t.B === B);
     rows.push([
       `B=${B}: 7B + CLIP ViT-L/14 features, image-conditioned step: tok/s (ms/step), peak GPU memory`,
       m ? `${f0(m.tokPerS)} (${f1(m.msPerStep)} ms), ${f1(m.peakBytes / GIB)} GiB` : why('mm7b', mm?.errors, mm?.skipped, `B=${B}`),
-      '–',
-      '–',
+      ...ONLY_OURS,
     ]);
   }
 
   // the Q4_K base (bench/gpu-q4k.ts): ours only; the row names the GPU it ran on
-  const gpuName = env.gpu || (noGpu ? 'no GPU' : 'unknown GPU');
-  const onGpu = env.gpu ? ` on ${String(env.gpu).split(',')[0]}` : '';
+  const onGpu = device.name ? ` on ${device.name}` : '';
   const q4kRuns: [string, (t: Json) => boolean, string][] = [
     ['B=4', (t) => t.batch === 'alpaca' && t.B === 4, 'B=4:'],
     ['B=4 x 512, checkpointing', (t) => t.batch === 'full', 'B=4 x'],
@@ -461,12 +526,12 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
         ? `${f0(q.tokPerS)} (${f1(q.msPerStep)} ms), ${gb(q.peakBytes)}` +
           (full ? ` (target ≤ ${gb(q4k!.targetBytes ?? 8e9)}: ${q.peakBytes <= (q4k!.targetBytes ?? 8e9) ? 'met' : 'NOT met'})` : '')
         : why('q4k7b', q4k?.errors, q4k?.skipped, match),
-      '–',
-      '–',
+      ...ONLY_OURS,
     ]);
   }
 
-  // GEMM: per shape, M = 4096 forward / backward TFLOP/s and M = 1 weight-read TB/s
+  // GEMM: per shape, M = 4096 forward / backward TFLOP/s and M = 1 weight-read TB/s; PyTorch's
+  // torch.matmul is plain PyTorch (its column)
   const g = (json: Json | undefined, name: string, M: number, op: string) =>
     (json?.gemm as Json[] | undefined)?.find((x) => x.name === name && x.M === M && x.op === op);
   const gemmCell = (json: Json | undefined, name: string) => {
@@ -476,7 +541,11 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
     if (!fw && !bw && !m1) return undefined;
     return `${fw ? f0(fw.tflops) : '–'}/${bw ? f0(bw.tflops) : '–'} TF, M=1 ${m1 ? (m1.weightGBs / 1e3).toFixed(2) : '–'} TB/s`;
   };
-  const engine = (json: Json | undefined, fallback: string) => (json?.gpu?.gemm ? String(json.gpu.gemm).split(' ')[0] : fallback);
+  // the engine that ran the phase: the one at its end (a cuBLASLt failure switches it midway)
+  const engine = (json: Json | undefined, fallback: string) => {
+    const e = json?.gpu?.gemmAtEnd ?? json?.gpu?.gemm;
+    return e ? String(e).split(' ')[0] : fallback;
+  };
   for (const [name, N, K] of [['wq/wk/wv/wo', 4096, 4096], ['w1/w3', 11008, 4096], ['w2', 4096, 11008], ['LM head', 32000, 4096]] as const) {
     const lt = gemmCell(gemmLt, name);
     const own = gemmCell(gemmOwn, name);
@@ -484,7 +553,7 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
       lt || own
         ? [lt && `${engine(gemmLt, 'default')} ${lt}`, own && `${engine(gemmOwn, 'own')} ${own}`].filter(Boolean).join('; ')
         : why('gemm-lt', gemmLt?.errors, gemmLt?.skipped);
-    rows.push([`GEMM ${name} (${N}x${K}) bf16, M=4096 fwd/bwd`, ourCell, gemmCell(torch, name) ?? why('torch', torch?.errors, torch?.skipped, 'gemm'), '–']);
+    rows.push([`GEMM ${name} (${N}x${K}) bf16, M=4096 fwd/bwd`, ourCell, gemmCell(torch, name) ?? why('torch', torch?.errors, torch?.skipped, 'gemm'), '–', '–', '–']);
   }
   rows.push([
     'NCCL all-reduce, 1,229,760 fp32 (7B adapter), 1 rank',
@@ -493,14 +562,12 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
           .filter(Boolean)
           .join('; ')
       : why('nccl-gpu'),
-    '–',
-    '–',
+    ...ONLY_OURS,
   ]);
   rows.push([
     'one stories260K training step through NCCL',
     nccl?.trainStepLoss !== undefined ? `loss ${Number(nccl.trainStepLoss).toFixed(4)} (${phases.nccl?.status ?? '?'})` : why('nccl'),
-    '–',
-    '–',
+    ...ONLY_OURS,
   ]);
   const testsLog = readText(path.join(outDir, 'tests.log'));
   const count = (w: string) => testsLog?.match(new RegExp(`^\\s+(\\d+) ${w}`, 'm'))?.[1] ?? '0';
@@ -510,8 +577,7 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
       ? `${count('passing')} passing, ${count('failing')} failing, ${count('pending')} pending (${phases.tests.status})` +
         (/\(skipped: /.test(testsLog) ? ', some suites SKIPPED (see Errors)' : '')
       : why('tests'),
-    '–',
-    '–',
+    ...ONLY_OURS,
   ]);
   const par = (d: string) => {
     const p = parity?.[d];
@@ -521,40 +587,67 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
   rows.push([
     'parity cpu vs cuda, stories260K, 3 steps (max rel. diff.)',
     parity ? [par('f32'), par('bf16')].filter(Boolean).join('; ') : why('parity'),
-    '–',
-    '–',
+    ...ONLY_OURS,
   ]);
 
-  // the last error line a failed phase printed (its output is in RES/<phase>.out; PEFT's in torch.log)
+  // per phase: the GEMM engine at its end, as the phase's program read it
+  const engineAtEnd: Record<string, string | undefined> = {
+    parity: parity?.gemmAtEnd,
+    'nccl-gpu': ncclGpu?.gemmAtEnd,
+    'gemm-lt': gemmLt?.gpu?.gemmAtEnd,
+    'gemm-own': gemmOwn?.gpu?.gemmAtEnd,
+    ours7b: ours?.gpu?.gemmAtEnd,
+    clip: clip?.gpu?.gemmAtEnd,
+    mm7b: mm?.gpu?.gemmAtEnd,
+    q4k7b: q4k?.gpu?.gemmAtEnd,
+  };
+  if (info?.capabilities?.cuda?.gemm) engineAtEnd.info = info.capabilities.cuda.gemm;
+
+  // the last error line a failed phase printed (its output is in RES/<phase>.out; PyTorch's in torch.log)
   const errors: string[] = [];
-  for (const [name, ph] of Object.entries(phases).sort(([a], [b]) => phaseRank(a) - phaseRank(b))) {
+  const ordered = Object.entries(phases).sort(([a], [b]) => phaseRank(a) - phaseRank(b));
+  for (const [name, ph] of ordered) {
     if (!/^(failed|timed out)/.test(ph.status)) continue;
-    const text = readText(name === 'torch' ? path.join(outDir, 'torch.log') : path.join(resDir, `${name}.out`)) ?? '';
-    const line = text
-      .split('\n')
-      .filter((l) => /FAILED|Error\b|error:|failed/.test(l) && !/^\s+at /.test(l))
-      .pop();
+    const text = readText(name === 'torch' ? path.join(outDir, 'torch.log') : name === 'build' ? path.join(outDir, 'build.log') : path.join(resDir, `${name}.out`)) ?? '';
+    const lines = text.split('\n').filter((l) => /FAILED|Error\b|error:|failed|Error:/.test(l) && !/^\s+at /.test(l));
+    // a build's first error is the cause (what follows it is the fallout); a program's last is its verdict
+    const line = name === 'build' ? (lines.find((l) => /error|Error/.test(l)) ?? lines[0]) : lines.pop();
     errors.push(`${name} ${ph.status}${line ? `: ${line.trim().replace(/^[\w-]+: FAILED: (Error: )?/, '').slice(0, 200)}` : ''}`);
   }
+  // a cuBLASLt that failed on the way: the phase's later matmuls ran on our kernel
+  for (const [name, json] of [['gemm-lt', gemmLt], ['ours7b', ours], ['clip', clip], ['mm7b', mm], ['q4k7b', q4k]] as const) {
+    const g0 = json?.gpu?.gemm;
+    const g1 = json?.gpu?.gemmAtEnd;
+    if (g0 && g1 && g0 !== g1) errors.push(`${name}: the GEMM engine changed from ${String(g0).split(' (')[0]} to ${g1}`);
+  }
+  if (peft?.notRun) errors.push(`PEFT not run: ${String(peft.notRun).slice(0, 300)}`);
   if (testsLog && /\(skipped: /.test(testsLog))
     errors.push(`tests: suites skipped: ${[...new Set(testsLog.match(/\(skipped: [^)]*\)/g) ?? [])].join(', ').slice(0, 300)}`);
 
-  const versions = torch?.versions
-    ? `torch ${torch.versions.torch} (CUDA ${torch.versions.cuda}), transformers ${torch.versions.transformers}, peft ${torch.versions.peft}`
+  const v = torch?.versions as Json | undefined;
+  const versions = v
+    ? `torch ${v.torch} (CUDA ${v.cuda}), transformers ${v.transformers ?? 'not importable'}, peft ${v.peft ?? 'not importable'}`
     : 'not run';
+  const allocator = info?.allocator ? `; device memory: ${info.allocator}` : '';
   const notes = [
-    `${noGpu ? 'DRY RUN without a GPU: nothing was measured on a GPU; ' : ''}GPU: ${gpuName}; ${env.nvcc || 'nvcc ?'}; ` +
-      `node ${info?.node ?? '?'}, addon ${info?.capabilities?.version ?? '?'}, cuda ${info?.capabilities?.cuda ? `available ${info.capabilities.cuda.available} (${info.capabilities.cuda.reason})` : '?'}; ` +
+    `${noGpu ? 'DRY RUN without a GPU: nothing was measured on a GPU; ' : ''}GPU: ${gpuName}${env.gpu ? ` (${env.gpu})` : ''}; ` +
+      `device call kind: ${kind ?? 'not named'}${kindMismatch ? ` — NOTE: the call named ${kind} but the GPU is ${device.name}; every peak below is this GPU's` : ''}; ` +
+      `${env.nvcc || 'nvcc ?'}; node ${info?.node ?? '?'}, addon ${info?.capabilities?.version ?? '?'}, cuda ${info?.capabilities?.cuda ? `available ${info.capabilities.cuda.available} (${info.capabilities.cuda.reason})` : '?'}${allocator}; ` +
       `cuBLASLt ${env.cublasLt || 'not found'}; NCCL ${env.nccl || 'not found'}; PyTorch side: ${versions}` +
-      (torch?.model?.attn_implementation ? `, attention ${torch.model.attn_implementation}` : '') + '.',
+      (peft?.model?.attn_implementation ? `, PEFT's attention ${peft.model.attn_implementation}` : '') +
+      (plain?.model?.attention ? `, the plain baseline's attention ${plain.model.attention}` : '') + '.',
+    `Peaks: ${noGpu && !device.name ? 'none (no GPU)' : peaks.note}.`,
     'Model: LLaMA-7B shape (dim 4096, 32 layers, 32 heads, FFN 11008, vocab 32000), random bf16 weights (uniform, std 0.02) made on the GPU; ' +
       'adapter L = 30 layers x K = 10 prompts. Ours: per-head tanh gates, f32 adapter and activations, packed batches (no padding), ' +
-      'the LM head at the target rows only. PyTorch: LlamaForCausalLM + PEFT AdaptionPrompt (adapter_len 10, adapter_layers 30; ' +
-      'a scalar gate per layer, bf16 adapter), padded (B, longest) batches, logits at every position; PEFT also recomputes the queries ' +
-      'and runs the adapter output through o_proj. Both: AdamW on the adapter only, the gradient norm read back each step.',
-    `Batches: the same pre-tokenised micro-batches on both sides (.gpu-check/data/batches-7b.json: ${batchesSource ?? 'Alpaca, LLaMA tokenizer, up to 512 tokens'}); ` +
+      'the LM head at the target rows only. PyTorch plain (bench/torch_plain_adapter.py, torch alone): the same math (per-head tanh gates, ' +
+      'f32 prompts and gates, the LM head at the target rows), bf16 weights and activations, padded (B, longest) batches, ' +
+      'F.scaled_dot_product_attention for the word branch. PyTorch + PEFT: LlamaForCausalLM + PEFT AdaptionPrompt (adapter_len 10, ' +
+      'adapter_layers 30; a scalar gate per layer, bf16 adapter), padded batches, logits at every position; PEFT also recomputes the queries ' +
+      'and runs the adapter output through o_proj. All: AdamW on the adapter only, the gradient norm read back each step.',
+    `Batches: the same pre-tokenised micro-batches on every side (.gpu-check/data/batches-7b.json: ${batchesSource ?? 'Alpaca, LLaMA tokenizer, up to 512 tokens'}); ` +
       'one warm-up step on the longest, then the timed steps, each on its own batch; tok/s counts real (unpadded) tokens.',
-    `MFU = model FLOPs per step / step time / ${(H200.bf16Flops / 1e12).toFixed(1)} TFLOP/s (H200 SXM dense bf16, datasheet), the same count for both sides: ${ADAPTER_STEP_FLOPS_FORMULA}.`,
+    `MFU = model FLOPs per step / step time / ${peaks.bf16Flops ? `${(peaks.bf16Flops / 1e12).toFixed(1)} TFLOP/s (${gpuName} dense bf16, ${peaks.source})` : `the GPU's dense bf16 peak (unknown for ${gpuName}: MFU not given)`}, ` +
+      `the same count for every side: ${ADAPTER_STEP_FLOPS_FORMULA}.`,
     `Peak memory: native.cudaMemory().peak (ours) and torch.cuda.max_memory_allocated() (PyTorch) over the warm-up and timed steps, the weights included.`,
     'Image phases (bench/gpu-mm.ts, ours only): the CLIP ViT-L/14 vision tower (24 layers of 1024, 257 tokens, projection 768) with random weights ' +
       'made on the GPU (matrices bf16), random normalised pixels, best of its runs after a warm-up batch, pixels uploaded to features read back; ' +
@@ -565,21 +658,47 @@ export function buildReport(resDir: string, outDir: string, noGpu: boolean, prep
       'one host copy per matrix shape uploaded once per layer (each layer its own device copy, the same values); the adapter step as above ' +
       '(L = 30, K = 10, AdamW) on the Alpaca micro-batches, and on 4 sequences of 512 random tokens, every position a target, with activation ' +
       `checkpointing, for the ≤ 8 GB target; one warm-up step then 3 timed. GB = 10⁹ bytes.${q4k?.weights ? ` Q4_K weights on the GPU: ${(q4k.weights.bytes / 1e9).toFixed(2)} GB.` : ''}`,
-    `Decode: greedy, batch 1, with the adapter, timed from the first generated token; bound = 4.8 TB/s / ${(decodeWeightBytes(LLAMA_7B, 2) / 1e9).toFixed(2)} GB of weights per token (KV cache not counted).`,
+    `Decode: greedy, batch 1, with the adapter, timed from the first generated token; ` +
+      (bound ? `bound = ${(peaks.bandwidth! / 1e12).toFixed(2)} TB/s (${gpuName}, ${peaks.source}) / ` : 'no bound (the bandwidth is unknown); weights read per token: ') +
+      `${(decodeBytes / 1e9).toFixed(2)} GB of weights per token (KV cache not counted).`,
     'GEMM: TF = TFLOP/s (2·M·N·K / time) at M = 4096 rows, forward y = x·wᵀ / backward dx = dy·w; M=1 = weight bytes read per second. ' +
-      'Ours: x f32, w bf16 (engine per capabilities().cuda.gemm: the default engine, then LLAMA_ADAPTER_GEMM=own); PyTorch: torch.matmul with bf16 x.',
-    'Phases: ' +
-      Object.entries(phases)
-        .sort(([a], [b]) => phaseRank(a) - phaseRank(b))
-        .map(([k, v]) => `${k} ${v.status}${v.seconds !== undefined ? ` (${v.seconds} s)` : ''}`)
-        .join('; ') +
-      '.',
+      'Ours: x f32, w bf16 (the engine at the end of each run: the default engine, then LLAMA_ADAPTER_GEMM=own); PyTorch: torch.matmul with bf16 x.',
   ];
   if (errors.length) notes.push(`Errors: ${errors.join(' | ')}.`);
-  const title = `GPU check: LLaMA-Adapter at the LLaMA-7B shape, ours vs PyTorch + PEFT — ${gpuName}`;
-  const table = { columns: ['', 'ours (llama-adapter, CUDA)', 'PyTorch + PEFT AdaptionPrompt', 'ours / PyTorch'], rows, notes };
-  const json = { date: new Date().toISOString(), dryRun: noGpu, prepared: manifest, phases, env, info, parity, nccl, ncclGpu, gemm: { lt: gemmLt, own: gemmOwn }, ours, clip, mm7b: mm, q4k7b: q4k, torch, table };
-  return { table, json, title };
+  const title = `GPU check: LLaMA-Adapter at the LLaMA-7B shape, ours vs PyTorch (plain and PEFT) — ${gpuName}`;
+  const table = {
+    columns: ['', `ours (llama-adapter, CUDA)`, 'PyTorch plain (same math)', 'PyTorch + PEFT AdaptionPrompt', 'ours / plain', 'ours / PEFT'],
+    rows,
+    notes,
+  };
+
+  // the phases: status, their own seconds, the device time elapsed at their end, the engine
+  const budget = readText(path.join(resDir, 'budget')) ?? manifest?.budgetSeconds;
+  const phaseTable: ReportTable = {
+    columns: ['phase', 'status', 'seconds', 'elapsed at its end (s)', 'GEMM engine at its end'],
+    rows: ordered.map(([name, ph]) => [
+      name,
+      ph.status,
+      ph.seconds !== undefined ? String(ph.seconds) : '–',
+      ph.elapsed !== undefined ? String(ph.elapsed) : '–',
+      engineAtEnd[name] ?? '–',
+    ]),
+    notes: [
+      `Elapsed: the device time since run.sh started${budget ? ` (its budget: ${budget} s)` : ''}; torch's seconds run from its start in the background (imports during the build, everything else after ours). ` +
+        'A failed build stops every later phase and PyTorch\'s side; phases that did not fit the time left after the build are skipped, saying so.',
+    ],
+  };
+  const phaseTitle = `Phases on ${gpuName} (elapsed device time per phase)`;
+  const json = {
+    date: new Date().toISOString(), dryRun: noGpu, prepared: manifest, kind: kind ?? null, gpu: { name: device.name, attributes: device.attrs ?? null, peaks },
+    phases, env, info, parity, nccl, ncclGpu, gemm: { lt: gemmLt, own: gemmOwn }, ours, clip, mm7b: mm, q4k7b: q4k, torch, table, phaseTable,
+  };
+  return { table, phaseTable, json, title, phaseTitle };
+}
+
+/** Both tables as markdown. */
+export function reportMarkdown(rep: Report): string {
+  return formatMarkdown(rep.table, rep.title) + '\n' + formatMarkdown(rep.phaseTable, rep.phaseTitle);
 }
 
 function report(argv: string[]): void {
@@ -591,8 +710,9 @@ function report(argv: string[]): void {
   const res = get('--results');
   const out = get('--out');
   const pi = argv.indexOf('--prepared');
-  const { table, json, title } = buildReport(res, out, argv.includes('--no-gpu'), pi >= 0 ? argv[pi + 1] : undefined);
-  const md = formatMarkdown(table, title);
+  const rep = buildReport(res, out, argv.includes('--no-gpu'), pi >= 0 ? argv[pi + 1] : undefined);
+  const json = rep.json;
+  const md = reportMarkdown(rep);
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, 'gpu-check.md'), md);
   fs.writeFileSync(path.join(out, 'gpu-check.json'), JSON.stringify(json, null, 1) + '\n');
@@ -601,7 +721,7 @@ function report(argv: string[]): void {
 
 // ---- main ---------------------------------------------------------------------------------------
 
-function printCall(p: Prepared): void {
+function printCall(p: Prepared, kind: DeviceKind): void {
   const travel = p.total + p.tree.bytes;
   console.log('\nWhat travels:');
   const line = (label: string, bytes: number, note = '') => console.log(`  ${label.padEnd(24)} ${mib(bytes).padStart(9)}${note}`);
@@ -612,8 +732,10 @@ function printCall(p: Prepared): void {
   if (travel > TRAVEL_LIMIT) throw new Error(`what travels (${mib(travel)}) is over the device tool's limit of ${mib(TRAVEL_LIMIT)}`);
   if (travel > TRAVEL_WARN) console.log(`  warning: over ${mib(TRAVEL_WARN)}; leave some room under the limit`);
   console.log('\nThe device call (the lead makes it; scripts cannot reach the device tool):');
-  console.log(`  run(command: ${JSON.stringify(RUN_CALL.command)}, carry: ${JSON.stringify(RUN_CALL.carry)}, timeout_s: ${RUN_CALL.timeout_s})`);
-  console.log('  then read $OUT/gpu-check.md (the table), gpu-check.json, gpu-check.log, build.log, tests.log, torch.log;');
+  console.log(`  ${formatCall(kind)}`);
+  console.log(`  (run.sh keeps to ${RUN_BUDGET_S} s of device time: a fix and a rerun fit in the session's 15 minutes; a failed build`);
+  console.log('  returns in about the build\'s time; peaks and bounds are looked up by the GPU\'s name, whatever the machine)');
+  console.log('  then read $OUT/gpu-check.md (the tables), gpu-check.json, gpu-check.log, build.log, tests.log, torch.log;');
   console.log('  give_back() unless running it again at once.');
 }
 
@@ -625,10 +747,14 @@ async function main(): Promise<void> {
   const si = argv.indexOf('--steps');
   const steps = si >= 0 ? Number(argv[si + 1]) : 4;
   if (!(Number.isInteger(steps) && steps >= 1 && steps <= 20)) throw new Error(`--steps expects an integer 1..20, got ${argv[si + 1]}`);
-  for (const a of argv) if (a.startsWith('--') && !['--dry-run', '--keep', '--steps'].includes(a)) throw new Error(`unknown option ${a} (--dry-run, --keep, --steps N)`);
+  const ki = argv.indexOf('--kind');
+  const kind = (ki >= 0 ? argv[ki + 1] : DEFAULT_KIND) as DeviceKind;
+  if (!(kind in DEVICE_KINDS)) throw new Error(`--kind expects ${Object.keys(DEVICE_KINDS).join(' or ')}, got ${argv[ki + 1]}`);
+  for (const a of argv)
+    if (a.startsWith('--') && !['--dry-run', '--keep', '--steps', '--kind'].includes(a)) throw new Error(`unknown option ${a} (--dry-run, --keep, --steps N, --kind ${Object.keys(DEVICE_KINDS).join('|')})`);
 
   const t0 = now();
-  const p = prepare({ steps });
+  const p = prepare({ steps, kind });
   const tPrep = now() - t0;
   log(`gpu-check: prepared ${PREP}/ in ${tPrep.toFixed(1)} s (${Object.entries(p.seconds).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(', ')})`);
 
@@ -641,19 +767,19 @@ async function main(): Promise<void> {
       const r = spawnSync('bash', [path.join(p.dir, 'run.sh'), '--no-gpu', '--budget', '3600'], {
         cwd: repoRoot,
         stdio: 'inherit',
-        env: { ...process.env, OUT: path.join(tmp, 'out'), GPU_CHECK_WORK: path.join(tmp, 'work') },
+        env: { ...process.env, OUT: path.join(tmp, 'out'), GPU_CHECK_WORK: path.join(tmp, 'work'), GPU_CHECK_BUILD: path.join(tmp, 'work', 'build') },
       });
       const tRun = now() - t1;
       const statusOf = (n: string) => readText(path.join(tmp, 'work', 'results', `${n}.status`)) ?? 'missing';
-      const py = spawnSync('python3', ['-c', 'import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)',
-        path.join(repoRoot, 'bench', 'torch_peft_step.py'), path.join(tmp, 'torch_peft_step.pyc')], { encoding: 'utf8' });
+      const py = spawnSync('python3', ['-c', 'import py_compile, sys\nfor f in sys.argv[2:]: py_compile.compile(f, cfile=sys.argv[1] + "/" + f.rsplit("/", 1)[1] + "c", doraise=True)',
+        tmp, path.join(repoRoot, 'bench', 'torch_peft_step.py'), path.join(repoRoot, 'bench', 'torch_plain_adapter.py')], { encoding: 'utf8' });
       const buildSecs = readText(path.join(tmp, 'work', 'results', 'build.seconds'));
       console.log('\nDry run:');
       console.log(`  prepare            ${tPrep.toFixed(1)} s`);
       console.log(`  run.sh --no-gpu    ${tRun.toFixed(1)} s (exit ${r.status}); phases: env ${statusOf('env')}, node ${statusOf('node')}, ` +
         `build ${statusOf('build')}${buildSecs ? ` (${buildSecs} s)` : ''}, info ${statusOf('info')}`);
-      console.log(`  torch_peft_step.py ${py.status === 0 ? 'byte-compiles' : `does not compile: ${py.stderr.trim()}`}`);
-      printCall(p);
+      console.log(`  torch_peft_step.py, torch_plain_adapter.py ${py.status === 0 ? 'byte-compile' : `do not compile: ${py.stderr.trim()}`}`);
+      printCall(p, kind);
       if (r.status !== 0 || statusOf('build') !== 'ok' || statusOf('info') !== 'ok' || py.status !== 0) {
         console.error(`gpu-check: the dry run failed (see above${keep ? `; ${tmp} kept` : ''})`);
         process.exitCode = 1;
@@ -664,7 +790,7 @@ async function main(): Promise<void> {
     }
     return;
   }
-  printCall(p);
+  printCall(p, kind);
 }
 
 if (require.main === module) {

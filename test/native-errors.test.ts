@@ -282,7 +282,7 @@ describe('native boundary: wrong arguments and failures are clear errors, never 
         // no GPU: asking for one is an Error that says why (never a crash), and memory reads as 0
         throwsErr(() => native.zeros([2], 'f32', 'cuda'), Error, /CUDA|cuda/);
         throwsErr(() => native.toDevice(native.zeros([2]), 'cuda'), Error, /CUDA|cuda/);
-        expect(native.cudaMemory()).to.deep.equal({ inUse: 0, peak: 0, reserved: 0 });
+        expect(native.cudaMemory()).to.deep.equal({ inUse: 0, peak: 0, reserved: 0, allocator: '' });
       }
     });
 

@@ -70,7 +70,11 @@ describe('ops (CPU) against the float64 reference', function () {
       const c = native.capabilities();
       expect(c.version).to.be.a('string').and.not.equal('');
       expect(c.threads).to.be.a('number').and.at.least(1);
-      expect(c.cuda).to.have.keys(['compiled', 'available', 'devices', 'reason', 'gemm']);
+      expect(c.cuda).to.have.keys(['compiled', 'available', 'devices', 'reason', 'gemm', 'deviceList']);
+      // one entry per visible GPU (none without one), each with what the GPU check's peaks need
+      expect(c.cuda.deviceList).to.have.length(c.cuda.available ? c.cuda.devices : 0);
+      for (const d of c.cuda.deviceList)
+        expect(d).to.have.keys(['name', 'sm', 'multiprocessors', 'clockKHz', 'memoryClockKHz', 'memoryBusBits', 'memoryBytes', 'memoryPools']);
       expect(c.simd).to.be.an('array');
     });
   });

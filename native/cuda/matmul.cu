@@ -13,7 +13,11 @@
 //     CUBLAS_COMPUTE_32F, which never rounds f32 inputs to TF32.
 //   - otherwise our own kernels: a WMMA bf16 tensor-core GEMM for bf16 weights (x rounded to bf16
 //     while it is staged), and a SIMT fp32 GEMM for f32 weights (f32 products, as the CPU).
-// LLAMA_ADAPTER_GEMM=own forces our kernels; =cublaslt makes a missing or failing cuBLASLt an error.
+// LLAMA_ADAPTER_GEMM=own forces our kernels; =cublaslt makes a missing or failing cuBLASLt an error
+// (never a quiet switch). Without it, a cuBLASLt failure switches the process to our kernels and
+// gemm_engine() says so, with the reason: the GPU check reports the engine at the end of each phase.
+// The emulator build compiles the same loader but opens only the file LLAMA_ADAPTER_CUBLASLT names
+// (tests give it a library that fails on purpose); without one it runs our kernels.
 //
 // The GEMMs share one view: C (R, Nc) = A (R, Kd) · B (Kd, Nc), A f32 row-major (x or dy), B the
 // weight read in place:
@@ -32,8 +36,8 @@
 #include "compat.h"
 #include "kernels.h"
 
-#ifndef LA_CUDA_EMULATOR
 #include <dlfcn.h>
+#ifndef LA_CUDA_EMULATOR
 #define LA_UNROLL _Pragma("unroll")
 #else
 #define LA_UNROLL  // g++ -Wall warns on an unknown #pragma unroll
@@ -500,7 +504,6 @@ GemmMode gemm_mode() {
 
 constexpr const char* kOwnEngine = "own tensor-core kernel";
 
-#ifndef LA_CUDA_EMULATOR
 // ---- cuBLASLt, loaded at run time --------------------------------------------------------------------
 // Our own declarations of the few types and values used, so nothing of cuBLAS is needed to build.
 // Values from the CUDA 12.6.3 headers cublasLt.h and cublas_api.h and from CUDA 13.0's
@@ -581,6 +584,7 @@ class CublasLt {
   std::string describe() {
     std::lock_guard<std::mutex> lock(mu_);
     if (usable_) return "cublasLt " + version_ + " (" + path_ + ")";
+    if (mode_ == GemmMode::kCublasLt) return "error: LLAMA_ADAPTER_GEMM=cublaslt, but " + why_not_;
     return std::string(kOwnEngine) + " (" + why_not_ + ")";
   }
 
@@ -589,19 +593,21 @@ class CublasLt {
   // gradient w is x (f32).
   bool run(Gemm kind, float* out, const float* act, const void* w, bool w_bf16, int64_t M, int64_t N, int64_t K) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!usable_ || !ready()) return false;
+    if (!usable_) {
+      // forced: every later matmul fails as the first did (never our kernel behind the user's back)
+      LA_CHECK(mode_ != GemmMode::kCublasLt, "LLAMA_ADAPTER_GEMM=cublaslt, but ", why_not_);
+      return false;
+    }
+    if (!ready()) return false;
     const int64_t act_cols = kind == Gemm::kForward ? K : N;
-    // bf16 weights take bf16 activations: a fresh (256-byte aligned) copy rounded as core/bf16.h
-    const uint32_t align_act = w_bf16 ? 256 : alignment(act);
-    PlanKey key{M, N, K, w_bf16, kind, alignment(w), align_act, alignment(out)};
+    // bf16 weights take bf16 activations: a fresh copy rounded as core/bf16.h, made before the
+    // plan so that the plan is made for the alignment the copy really has
+    Scratch act_bf16(w_bf16 ? size_t(M * act_cols) * 2 : 0);
+    const void* b = w_bf16 ? act_bf16.as<void>() : act;
+    PlanKey key{M, N, K, w_bf16, kind, alignment(w), alignment(b), alignment(out)};
     const Plan* plan = find_plan(key);
     if (!plan) return false;  // cuBLASLt failed (now off) or has no algo for this shape
-    Scratch act_bf16(w_bf16 ? size_t(M * act_cols) * 2 : 0);
-    const void* b = act;
-    if (w_bf16) {
-      f32_to_bf16(act_bf16.as<uint16_t>(), act, M * act_cols);
-      b = act_bf16.as<void>();
-    }
+    if (w_bf16) f32_to_bf16(act_bf16.as<uint16_t>(), act, M * act_cols);
     const float one = 1.f, zero = 0.f;
     lt::Status s = api_.Matmul(handle_, plan->desc, &one, w, plan->a, b, plan->b, &zero, out, plan->d, out, plan->d,
                                &plan->algo, workspace_, workspace_bytes_, stream());
@@ -622,7 +628,17 @@ class CublasLt {
     }
     std::string tried;
     const char* env = std::getenv("LLAMA_ADAPTER_CUBLASLT");
+#ifndef LA_CUDA_EMULATOR
     const char* names[] = {env ? env : "", "libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"};
+#else
+    // the emulator's "device memory" is host memory: only a library a test names may see it
+    if (!env || !*env) {
+      why_not_ = "the CUDA emulator build loads cuBLASLt only from the file LLAMA_ADAPTER_CUBLASLT names, and it is unset";
+      LA_CHECK(mode_ != GemmMode::kCublasLt, "LLAMA_ADAPTER_GEMM=cublaslt, but ", why_not_);
+      return;
+    }
+    const char* names[] = {env};
+#endif
     for (const char* name : names) {
       if (!*name) continue;
       lib_ = dlopen(name, RTLD_NOW | RTLD_LOCAL);
@@ -678,9 +694,16 @@ class CublasLt {
       give_up("cublasLtCreate returned status " + std::to_string(s));
       return false;
     }
+    // the workspace exists before the first plan, which is made for its size; cuBLASLt wants it
+    // 256-byte aligned (cudaMalloc's alignment), else it runs without one
     try {
       workspace_ = alloc(kWorkspaceBytes);
       workspace_bytes_ = kWorkspaceBytes;
+      if (alignment(workspace_) < 256) {
+        release(workspace_);
+        workspace_ = nullptr;
+        workspace_bytes_ = 0;
+      }
     } catch (const Error&) {
       workspace_ = nullptr;  // cuBLASLt still works without one, with fewer algos
       workspace_bytes_ = 0;
@@ -799,13 +822,6 @@ bool cublaslt_gemm(Gemm kind, float* out, const float* act, const void* w, bool 
                    int64_t K) {
   return CublasLt::get().run(kind, out, act, w, w_bf16, M, N, K);
 }
-#else
-// The emulator build runs only our kernels.
-bool cublaslt_gemm(Gemm, float*, const float*, const void*, bool, int64_t, int64_t, int64_t) {
-  LA_CHECK(gemm_mode() != GemmMode::kCublasLt, "LLAMA_ADAPTER_GEMM=cublaslt, but the CUDA emulator build has no cuBLASLt");
-  return false;
-}
-#endif
 
 }  // namespace
 
@@ -893,13 +909,14 @@ void matmul_weight_grad(float* dw, const float* dy, const float* x, int64_t M, i
   check_launch("matmul_weight_grad");
 }
 
+// Never throws (capabilities() asks): a forced engine that cannot run reads "error: <why>", and
+// the first matmul throws the same.
 std::string gemm_engine() {
-#ifndef LA_CUDA_EMULATOR
-  return CublasLt::get().describe();
-#else
-  (void)gemm_mode();  // the same check of LLAMA_ADAPTER_GEMM
-  return std::string(kOwnEngine) + " (CUDA emulator build)";
-#endif
+  try {
+    return CublasLt::get().describe();
+  } catch (const Error& e) {
+    return std::string("error: ") + e.what();
+  }
 }
 
 }  // namespace la::cuda

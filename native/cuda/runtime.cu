@@ -1,6 +1,7 @@
 // The CUDA backend's runtime (runtime.h): one device per process, one stream for every op, and
 // stream-ordered memory from the device's default pool (kept, not returned to the driver, so a
-// training step's activations are reused from the pool step after step).
+// training step's activations are reused from the pool step after step) where the device has
+// memory pools, else plain cudaMalloc/cudaFree (allocator.h).
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -10,6 +11,7 @@
 #include <unordered_map>
 
 #include "../core/error.h"
+#include "allocator.h"
 #include "runtime.h"
 
 namespace la::cuda {
@@ -22,6 +24,36 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
+// allocator.h's calls: CUDA's, on the backend's device and stream.
+struct CudaCalls {
+  using Status = cudaError_t;
+  static constexpr Status kSuccess = cudaSuccess;
+  int device;
+  cudaStream_t stream;
+  Status pools_supported(int* yes) { return cudaDeviceGetAttribute(yes, cudaDevAttrMemoryPoolsSupported, device); }
+  Status malloc_async(void** p, size_t n) { return cudaMallocAsync(p, n, stream); }
+  Status free_async(void* p) { return cudaFreeAsync(p, stream); }
+  Status trim_pool() {
+    cudaMemPool_t pool;
+    Status s = cudaDeviceGetDefaultMemPool(&pool, device);
+    return s == cudaSuccess ? cudaMemPoolTrimTo(pool, 0) : s;
+  }
+  Status malloc(void** p, size_t n) { return cudaMalloc(p, n); }
+  Status free(void* p) { return cudaFree(p); }
+  Status synchronize() { return cudaStreamSynchronize(stream); }
+  void clear_error() { cudaGetLastError(); }
+  bool out_of_memory(Status s) { return s == cudaErrorMemoryAllocation; }
+  std::string describe(Status s) { return std::string(cudaGetErrorString(s)) + " (" + cudaGetErrorName(s) + ")"; }
+  std::string free_memory() {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+      cudaGetLastError();
+      return "";
+    }
+    return std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB; ";
+  }
+};
+
 struct State {
   std::once_flag init;
   int device = -1;  // chosen before the first use; -1: LLAMA_ADAPTER_CUDA_DEVICE or 0
@@ -32,6 +64,7 @@ struct State {
   std::mutex mu;
   std::unordered_map<void*, size_t> sizes;
   size_t in_use = 0, peak = 0;
+  DeviceAllocator<CudaCalls>* allocator = nullptr;  // made at init, never freed (as State)
 };
 
 State& state() {
@@ -60,11 +93,14 @@ State& ready() {
     check(cudaGetDeviceProperties(&p, s.device), "cudaGetDeviceProperties");
     s.sms = p.multiProcessorCount;
     s.max_shared = p.sharedMemPerBlockOptin;
-    // Keep freed memory in the pool instead of returning it at every synchronisation.
-    cudaMemPool_t pool;
-    check(cudaDeviceGetDefaultMemPool(&pool, s.device), "cudaDeviceGetDefaultMemPool");
-    uint64_t keep = UINT64_MAX;
-    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+    s.allocator = new DeviceAllocator<CudaCalls>(CudaCalls{s.device, s.stream});
+    if (s.allocator->pooled()) {
+      // Keep freed memory in the pool instead of returning it at every synchronisation.
+      cudaMemPool_t pool;
+      check(cudaDeviceGetDefaultMemPool(&pool, s.device), "cudaDeviceGetDefaultMemPool");
+      uint64_t keep = UINT64_MAX;
+      check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+    }
   });
   if (thread_device != s.device) {
     check(cudaSetDevice(s.device), "cudaSetDevice");
@@ -89,24 +125,9 @@ int current_device() { return ready().device; }
 void* stream() { return st(); }
 
 void* alloc(size_t bytes) {
+  if (bytes == 0) return nullptr;  // nothing to hold; release(nullptr) does nothing
   State& s = ready();
-  void* p = nullptr;
-  cudaError_t err = cudaMallocAsync(&p, bytes, s.stream);
-  if (err == cudaErrorMemoryAllocation) {
-    // The pool may hold freed blocks of the wrong sizes: give them back and try once more.
-    cudaGetLastError();
-    cudaStreamSynchronize(s.stream);
-    cudaMemPool_t pool;
-    if (cudaDeviceGetDefaultMemPool(&pool, s.device) == cudaSuccess) cudaMemPoolTrimTo(pool, 0);
-    err = cudaMallocAsync(&p, bytes, s.stream);
-  }
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    size_t free_b = 0, total_b = 0;
-    cudaMemGetInfo(&free_b, &total_b);
-    fail("CUDA out of memory allocating ", bytes, " bytes (", free_b >> 20, " MiB free of ", total_b >> 20,
-         " MiB; ", s.in_use >> 20, " MiB held by live tensors): ", cudaGetErrorString(err));
-  }
+  void* p = s.allocator->obtain(bytes, s.in_use);
   std::lock_guard<std::mutex> lock(s.mu);
   s.sizes[p] = bytes;
   s.in_use += bytes;
@@ -125,7 +146,7 @@ void release(void* p) {
       s.sizes.erase(it);
     }
   }
-  cudaFreeAsync(p, s.stream);  // stream-ordered: after every kernel queued so far
+  s.allocator->give_back(p);  // stream-ordered (after every kernel queued so far), or synchronised
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {
@@ -159,6 +180,11 @@ MemoryStats memory_stats() {
     std::lock_guard<std::mutex> lock(s.mu);
     m.in_use = s.in_use;
     m.peak = s.peak;
+  }
+  m.allocator = s.allocator->name();
+  if (!s.allocator->pooled()) {
+    m.reserved = m.in_use;  // cudaMalloc holds nothing beyond the live blocks
+    return m;
   }
   cudaMemPool_t pool;
   uint64_t reserved = 0;

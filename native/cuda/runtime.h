@@ -5,7 +5,8 @@
 // Ordering: op bodies run on the CPU executor's thread (ops.h) and launch their kernels on this
 // stream, so device work keeps the order the ops were queued in. Memory is stream-ordered
 // (cudaMallocAsync / cudaFreeAsync on the same stream, from a pool that keeps freed blocks), so a
-// tensor released while kernels that use it are still queued is freed only after them.
+// tensor released while kernels that use it are still queued is freed only after them. A device
+// without memory pools gets cudaMalloc and a cudaFree after a stream synchronisation (allocator.h).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -18,7 +19,9 @@ namespace la::cuda {
 void set_device(int device);
 int current_device();
 
-void* alloc(size_t bytes);  // throws la::Error naming the size on failure (after trimming the pool once)
+// Throws la::Error naming the size and CUDA's error on failure (after trimming the pool once);
+// alloc(0) is nullptr, without a CUDA call.
+void* alloc(size_t bytes);
 void release(void* p);      // stream-ordered free
 // Copies in stream order. copy_to_device returns once `src` may be reused; copy_to_host waits for
 // the copy (and for everything queued before it).
@@ -41,6 +44,7 @@ struct MemoryStats {
   size_t in_use = 0;  // bytes of live allocations
   size_t peak = 0;    // the most in use since the last reset_peak()
   size_t reserved = 0;  // bytes the pool holds from the driver
+  std::string allocator;  // allocator.h's name(): the stream-ordered pool or plain cudaMalloc
 };
 MemoryStats memory_stats();
 void reset_peak();

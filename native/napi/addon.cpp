@@ -104,6 +104,21 @@ Napi::Value Capabilities(const Napi::CallbackInfo& info) {
   c.Set("devices", d.devices);
   c.Set("reason", d.reason);
   c.Set("gemm", d.available ? cuda::gemm_engine() : std::string("none"));
+  Napi::Array list = Napi::Array::New(env);
+  for (size_t i = 0; i < d.list.size(); i++) {
+    const cuda::DeviceAttributes& a = d.list[i];
+    Napi::Object g = Napi::Object::New(env);
+    g.Set("name", a.name);
+    g.Set("sm", a.sm);
+    g.Set("multiprocessors", a.multiprocessors);
+    g.Set("clockKHz", a.clock_khz);
+    g.Set("memoryClockKHz", a.memory_clock_khz);
+    g.Set("memoryBusBits", a.memory_bus_bits);
+    g.Set("memoryBytes", double(a.memory_bytes));
+    g.Set("memoryPools", a.memory_pools);
+    list.Set(uint32_t(i), g);
+  }
+  c.Set("deviceList", list);
   o.Set("cuda", c);
   o.Set("threads", num_threads());
   o.Set("matmulPrecision", matmul_precision() == MatmulPrecision::Medium ? "medium" : "highest");
@@ -217,7 +232,8 @@ Napi::Value RandomUniform(const Napi::CallbackInfo& info) {
 }
 
 // Device memory of the CUDA backend, in bytes: live tensors now, their peak since the last
-// cudaResetPeak(), and what the pool holds from the driver. All 0 before any CUDA tensor.
+// cudaResetPeak(), and what the pool holds from the driver; and which allocator (allocator.h).
+// All 0 (allocator "") before any CUDA tensor.
 Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Napi::Object o = Napi::Object::New(info.Env());
@@ -225,6 +241,7 @@ Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
     o.Set("inUse", double(m.in_use));
     o.Set("peak", double(m.peak));
     o.Set("reserved", double(m.reserved));
+    o.Set("allocator", m.allocator);
     return o;
   });
 }

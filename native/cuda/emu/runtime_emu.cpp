@@ -4,6 +4,13 @@
 // as float, so a read of memory nothing wrote shows up), copies must lie inside one live buffer,
 // and guard bytes around every buffer are checked after each launch, naming the kernel that wrote
 // outside its buffers.
+//
+// Memory goes through allocator.h as on a GPU, with calls that emulate CUDA's. Two environment
+// variables make a different device for tests: LLAMA_ADAPTER_EMU_MEMORY_POOLS=0 reports
+// cudaDevAttrMemoryPoolsSupported = 0 (then cudaMallocAsync fails, as on such a device, and the
+// allocator must use cudaMalloc), and LLAMA_ADAPTER_EMU_MEMORY_BYTES=N makes a device of N bytes
+// (an allocation past it fails with cudaErrorMemoryAllocation).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -12,6 +19,7 @@
 #include <string>
 
 #include "../../core/error.h"
+#include "../allocator.h"
 #include "../device.h"
 #include "../runtime.h"
 
@@ -77,6 +85,87 @@ void arm_guards(const Buffer& b) {
   std::memset(data_of(b) + b.bytes, kGuard, b.total - kFront - b.bytes);
 }
 
+// allocator.h's calls on host memory. Statuses are CUDA's numbers.
+struct EmuCalls {
+  using Status = int;
+  static constexpr Status kSuccess = 0;
+  static constexpr Status kOutOfMemory = 2;   // cudaErrorMemoryAllocation
+  static constexpr Status kNotSupported = 801;  // cudaErrorNotSupported
+
+  static bool pools() {
+    const char* e = std::getenv("LLAMA_ADAPTER_EMU_MEMORY_POOLS");
+    return !(e && std::strcmp(e, "0") == 0);
+  }
+  static size_t device_bytes() {
+    const char* e = std::getenv("LLAMA_ADAPTER_EMU_MEMORY_BYTES");
+    return e && *e ? size_t(std::strtoull(e, nullptr, 10)) : size_t(1) << 48;
+  }
+
+  Status pools_supported(int* yes) {
+    *yes = pools() ? 1 : 0;
+    return kSuccess;
+  }
+  Status malloc_async(void** p, size_t n) { return pools() ? make(p, n) : kNotSupported; }
+  Status free_async(void* p) { return destroy(p); }
+  Status trim_pool() { return kSuccess; }
+  Status malloc(void** p, size_t n) { return make(p, n); }
+  Status free(void* p) { return destroy(p); }
+  Status synchronize() { return kSuccess; }
+  void clear_error() {}
+  bool out_of_memory(Status s) { return s == kOutOfMemory; }
+  std::string describe(Status s) {
+    if (s == kOutOfMemory) return "out of memory (cudaErrorMemoryAllocation)";
+    if (s == kNotSupported) return "operation not supported (cudaErrorNotSupported)";
+    return "error " + std::to_string(s);
+  }
+  std::string free_memory() {
+    std::lock_guard<std::mutex> lock(g_mu);
+    const size_t total = device_bytes();
+    return std::to_string((total - std::min(total, g_stats.in_use)) >> 20) + " MiB free of " + std::to_string(total >> 20) + " MiB; ";
+  }
+
+  Status make(void** p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      if (bytes > device_bytes() - std::min(device_bytes(), g_stats.in_use)) return kOutOfMemory;
+    }
+    Buffer b;
+    b.bytes = bytes;
+    b.total = kFront + (bytes + kBack + kAlign - 1) / kAlign * kAlign;
+    b.base = static_cast<unsigned char*>(std::aligned_alloc(kAlign, b.total));
+    if (!b.base) return kOutOfMemory;
+    std::memset(data_of(b), kPoison, bytes);
+    arm_guards(b);
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_buffers.emplace(reinterpret_cast<uintptr_t>(data_of(b)), b);
+    g_stats.in_use += bytes;
+    g_stats.reserved += b.total;
+    if (g_stats.in_use > g_stats.peak) g_stats.peak = g_stats.in_use;
+    *p = data_of(b);
+    return kSuccess;
+  }
+
+  Status destroy(void* p) {
+    Buffer b;
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      auto it = g_buffers.find(reinterpret_cast<uintptr_t>(p));
+      LA_CHECK(it != g_buffers.end(), "CUDA emulator: release(", p, "): not the start of a live device buffer (a double free?)");
+      b = it->second;
+      g_buffers.erase(it);
+      g_stats.in_use -= b.bytes;
+      g_stats.reserved -= b.total;
+    }
+    std::free(b.base);
+    return kSuccess;
+  }
+};
+
+DeviceAllocator<EmuCalls>& allocator() {
+  static DeviceAllocator<EmuCalls>* a = new DeviceAllocator<EmuCalls>(EmuCalls{});  // leaked, as on the GPU
+  return *a;
+}
+
 }  // namespace
 
 void set_device(int device) {
@@ -93,35 +182,18 @@ int current_device() {
 }
 
 void* alloc(size_t bytes) {
-  LA_CHECK(bytes < (size_t(1) << 48), "CUDA emulator: cannot allocate ", bytes, " bytes");
-  Buffer b;
-  b.bytes = bytes;
-  b.total = kFront + (bytes + kBack + kAlign - 1) / kAlign * kAlign;
-  b.base = static_cast<unsigned char*>(std::aligned_alloc(kAlign, b.total));
-  LA_CHECK(b.base, "CUDA emulator: out of memory allocating ", bytes, " bytes of device memory");
-  std::memset(data_of(b), kPoison, bytes);
-  arm_guards(b);
-  std::lock_guard<std::mutex> lock(g_mu);
-  g_buffers.emplace(reinterpret_cast<uintptr_t>(data_of(b)), b);
-  g_stats.in_use += bytes;
-  g_stats.reserved += b.total;
-  if (g_stats.in_use > g_stats.peak) g_stats.peak = g_stats.in_use;
-  return data_of(b);
+  if (bytes == 0) return nullptr;  // as runtime.cu: no call
+  size_t held;
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    held = g_stats.in_use;
+  }
+  return allocator().obtain(bytes, held);
 }
 
 void release(void* p) {
   if (!p) return;
-  Buffer b;
-  {
-    std::lock_guard<std::mutex> lock(g_mu);
-    auto it = g_buffers.find(reinterpret_cast<uintptr_t>(p));
-    LA_CHECK(it != g_buffers.end(), "CUDA emulator: release(", p, "): not the start of a live device buffer (a double free?)");
-    b = it->second;
-    g_buffers.erase(it);
-    g_stats.in_use -= b.bytes;
-    g_stats.reserved -= b.total;
-  }
-  std::free(b.base);
+  allocator().give_back(p);
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {
@@ -173,8 +245,13 @@ int multiprocessors() { return 4; }
 size_t max_shared_memory_per_block() { return 227 * 1024; }
 
 MemoryStats memory_stats() {
-  std::lock_guard<std::mutex> lock(g_mu);
-  return g_stats;
+  MemoryStats m;
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    m = g_stats;
+  }
+  m.allocator = allocator().name();
+  return m;
 }
 
 void reset_peak() {
@@ -191,6 +268,12 @@ DeviceInfo device_info() {
   info.available = true;
   info.devices = 1;
   info.reason = "CUDA emulator on the CPU (a test build; kernels run as CPU fibers)";
+  DeviceAttributes a;
+  a.name = "CUDA emulator";  // no datasheet, no clocks: the GPU check reports its peaks as unknown
+  a.multiprocessors = multiprocessors();
+  a.memory_bytes = EmuCalls::device_bytes();
+  a.memory_pools = EmuCalls::pools();
+  info.list.push_back(a);
   return info;
 }
 
