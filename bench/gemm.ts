@@ -8,7 +8,7 @@
 import './blas-choice'; // first: before the addon loads
 import * as fs from 'fs';
 import * as os from 'os';
-import { native, Tensor, DType } from '../lib/native';
+import { native, Tensor } from '../lib/native';
 import { BenchTable } from './table';
 
 
@@ -18,7 +18,8 @@ export interface GemmOptions {
   ms?: number[];
   /** (N, K) weight shapes */
   shapes?: [number, number][];
-  dtypes?: ('f32' | 'bf16')[];
+  /** w's storage; bf16-medium: bf16 weights under matmul precision "medium" (x rounded to bf16 too) */
+  dtypes?: GemmDType[];
   /** side of the square f32 GEMM whose best rate is the peak */
   peakSize?: number;
   /** seconds of timed calls per configuration (at least 3 batches run regardless) */
@@ -27,6 +28,8 @@ export interface GemmOptions {
   waitIdle?: number;
   log?: (line: string) => void;
 }
+
+export type GemmDType = 'f32' | 'bf16' | 'bf16-medium';
 
 export const LLAMA_SHAPES: [number, number][] = [
   [4096, 4096], // LLaMA-7B wq/wk/wv/wo
@@ -184,7 +187,7 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
   const log = opts.log ?? (() => {});
   const ms = opts.ms ?? [1, 16, 128, 512];
   const shapes = opts.shapes ?? LLAMA_SHAPES;
-  const dtypes = opts.dtypes ?? ['f32', 'bf16'];
+  const dtypes = opts.dtypes ?? ['f32', 'bf16', 'bf16-medium'];
   const peakSize = opts.peakSize ?? 2048;
   const seconds = opts.seconds ?? 0.5;
   native.setThreads(opts.threads);
@@ -205,7 +208,8 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
       const bytes = N * K * (dtype === 'f32' ? 4 : 2);
       const copies = Math.max(2, Math.min(128, Math.ceil(workingSet / bytes)));
       const ws: Tensor[] = [];
-      for (let c = 0; c < copies; c++) ws.push(native.convert(master, dtype as DType));
+      for (let c = 0; c < copies; c++) ws.push(native.convert(master, dtype === 'f32' ? 'f32' : 'bf16'));
+      native.setMatmulPrecision(dtype === 'bf16-medium' ? 'medium' : 'highest');
       await native.synchronize();
       for (const M of ms) {
         const x = native.fromArray(fillUniform(new Float32Array(M * K), M), [M, K]);
@@ -227,6 +231,7 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
         log(`gemm: ${rows[rows.length - 1].join(' ')}`);
       }
       for (const w of ws) w.dispose();
+      native.setMatmulPrecision('highest');
     }
     master.dispose();
   }
@@ -239,7 +244,8 @@ export async function runGemm(opts: GemmOptions): Promise<BenchTable> {
       `BLAS peak = ${peak.gflops.toFixed(1)} GFLOP/s: best f32 sgemm at ${peakSize}x${peakSize}x${peakSize} ` +
         `through native.matmul (${(peak.seconds * 1e3).toFixed(1)} ms); other shapes can beat it by a few %.`,
       `M <= 8 runs the native SIMD dot-product kernel (memory-bound: compare "w GB/s" with the read ` +
-        `bandwidth in the decode table); M > 8 runs the CPU GEMM of the title, OpenBLAS sgemm or the own kernel (bf16 widened to f32 block by block).`,
+        `bandwidth in the decode table); M > 8 runs the CPU GEMM of the title, OpenBLAS sgemm or the own kernel (bf16 widened to f32 block by block); ` +
+        `bf16-medium: bf16 weights with matmul precision "medium" (x rounded to bf16, ${caps.bf16Gemm}; M <= 8 as bf16).`,
       `Best of >= 3 batches (batches of 0.1 s or more each wait for an idle machine); each call reads another copy of w (working set >= ` +
         `${Math.round(workingSet / 2 ** 20)} MiB > LLC ${Math.round(llc / 2 ** 20)} MiB), so weights come from DRAM.`,
       `Load average at the start: ${loadAtStart.toFixed(2)} on ${os.cpus().length} CPUs. ${gate.note()}`,
