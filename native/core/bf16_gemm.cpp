@@ -62,13 +62,13 @@ LA_BF16_TARGET void round_rows_avx512(uint16_t* ab, int64_t Kp, const float* A, 
   }
 }
 
-// Panel j of B: for each k-pair p, 32 u32 words (one per column, the even k in the low half, as
+// k-pairs [p0, p0 + np) of panel j of B (columns 32j ..): for each pair, 32 u32 words (one per column, the even k in the low half, as
 // vdpbf16ps pairs them); columns past N and the k past K are zero.
-void pack_panel(uint32_t* out, const uint16_t* b, int64_t sk, int64_t sn, int64_t K, int64_t N, int64_t j) {
-  const int64_t pairs = (K + 1) / 2;
+void pack_plain(uint32_t* out, const uint16_t* b, int64_t sk, int64_t sn, int64_t K, int64_t N, int64_t j, int64_t p0,
+                int64_t np) {
   const int64_t n0 = j * kNR, cols = std::min<int64_t>(kNR, N - n0);
-  for (int64_t p = 0; p < pairs; p++) {
-    uint32_t* o = out + p * kNR;
+  for (int64_t p = p0; p < p0 + np; p++) {
+    uint32_t* o = out + (p - p0) * kNR;
     const int64_t k = 2 * p;
     for (int64_t c = 0; c < cols; c++) {
       const uint16_t* col = b + (n0 + c) * sn;
@@ -77,6 +77,75 @@ void pack_panel(uint32_t* out, const uint16_t* b, int64_t sk, int64_t sn, int64_
     }
     for (int64_t c = cols; c < kNR; c++) o[c] = 0;
   }
+}
+
+// 16 x 16 transpose of u32 words: r[i] (row i) -> r[i] (column i)
+LA_BF16_TARGET inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; i++) {  // 128-bit lanes: rows i, i+4, i+8, i+12 hold lane groups
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+// A whole panel (32 columns) of an even-K matrix, vectorised. wᵀ (forward, sk = 1, sn = K): the
+// columns are rows of w whose k-pairs are u32 words, so each 16 x 16 block of words is transposed.
+// w (input gradient, sk = K, sn = 1): rows 2p and 2p+1 of w are interleaved 16 bits at a time.
+LA_BF16_TARGET void pack_avx512(uint32_t* out, const uint16_t* b, int64_t sk, int64_t sn, int64_t j, int64_t p0,
+                                int64_t np) {
+  const int64_t n0 = j * kNR;
+  if (sk == 1) {
+    int64_t q = 0;  // pairs done
+    for (; q + 16 <= np; q += 16)
+      for (int h = 0; h < 2; h++) {  // columns n0 + 16h .. + 15
+        __m512i r[16];
+        for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(b + (n0 + 16 * h + i) * sn + 2 * (p0 + q));
+        transpose16(r);
+        for (int i = 0; i < 16; i++) _mm512_storeu_si512(out + (q + i) * kNR + 16 * h, r[i]);
+      }
+    for (; q < np; q++)
+      for (int c = 0; c < kNR; c++) {
+        const uint16_t* col = b + (n0 + c) * sn + 2 * (p0 + q);
+        out[q * kNR + c] = uint32_t(col[0]) | (uint32_t(col[1]) << 16);
+      }
+    return;
+  }
+  for (int64_t q = 0; q < np; q++) {  // sn == 1
+    const int64_t p = p0 + q;
+    const __m512i even = _mm512_loadu_si512(b + 2 * p * sk + n0), odd = _mm512_loadu_si512(b + (2 * p + 1) * sk + n0);
+    // unpack works within 128-bit lanes: columns (0-3, 8-11, 16-19, 24-27) and (4-7, 12-15, ...)
+    const __m512i lo = _mm512_unpacklo_epi16(even, odd), hi = _mm512_unpackhi_epi16(even, odd);
+    const __m512i first = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi);
+    const __m512i second = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), hi);
+    _mm512_storeu_si512(out + q * kNR, first);
+    _mm512_storeu_si512(out + q * kNR + 16, second);
+  }
+}
+
+// out (np, 32) = pairs [p0, p0 + np) of panel j, vectorised where the panel is whole and K even
+void pack(uint32_t* out, const uint16_t* b, int64_t sk, int64_t sn, int64_t K, int64_t N, int64_t j, int64_t p0,
+          int64_t np) {
+  const bool whole = (j + 1) * kNR <= N && K % 2 == 0 && (sk == 1 || sn == 1);
+  if (whole) return pack_avx512(out, b, sk, sn, j, p0, np);
+  pack_plain(out, b, sk, sn, K, N, j, p0, np);
 }
 
 // C tile (MR, cols) (+)= a (MR rows, ld lda, `pairs` k-pairs) · panel slice bp
@@ -124,18 +193,17 @@ LA_BF16_TARGET void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float
   const int64_t Kp = (K + 1) & ~int64_t(1), pairs = Kp / 2;
   const int64_t panels = (N + kNR - 1) / kNR;
   std::vector<uint16_t> ab(size_t(M * Kp));
-  std::vector<uint32_t> bp(size_t(panels * pairs * kNR));
   parallel_for(M, std::max<int64_t>(1, 16384 / Kp), [&](int64_t r0, int64_t r1) {
     round_rows_avx512(ab.data(), Kp, A, lda, K, r0, r1);
   });
-  parallel_for(panels, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; j++) pack_panel(bp.data() + j * pairs * kNR, b, sk, sn, K, N, j);
-  });
-  // tasks: blocks of kMC rows x groups of panels; few rows (small M) are split by panel groups instead
+  // tasks: blocks of kMC rows x groups of panels; few rows (small M) are split by panel groups instead.
+  // Each task packs the panel slice it is about to use (16 KiB, then hot in L1 for all its row
+  // tiles), so a weight streamed from memory is read once and never written back packed.
   const int64_t mblocks = (M + kMC - 1) / kMC;
   const int64_t want = 4 * int64_t(num_threads());
   const int64_t groups = std::min<int64_t>(panels, std::max<int64_t>(1, (want + mblocks - 1) / mblocks));
   parallel_for(mblocks * groups, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) uint32_t slice[kKC / 2 * kNR];
     for (int64_t t = t0; t < t1; t++) {
       const int64_t mb = t / groups, g = t % groups;
       const int64_t r0 = mb * kMC, r1 = std::min(M, r0 + kMC);
@@ -143,11 +211,11 @@ LA_BF16_TARGET void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float
       for (int64_t p0 = 0; p0 < pairs; p0 += kKC / 2) {
         const int64_t np = std::min<int64_t>(kKC / 2, pairs - p0);
         for (int64_t j = j0; j < j1; j++) {
-          const uint32_t* panel = bp.data() + (j * pairs + p0) * kNR;
+          pack(slice, b, sk, sn, K, N, j, p0, np);
           const int cols = int(std::min<int64_t>(kNR, N - j * kNR));
           for (int64_t r = r0; r < r1; r += kMR) {
             const int rows = int(std::min<int64_t>(kMR, r1 - r));
-            kTiles[rows - 1](np, ab.data() + r * Kp + 2 * p0, Kp, panel, C + r * ldc + j * kNR, ldc, cols, p0 > 0);
+            kTiles[rows - 1](np, ab.data() + r * Kp + 2 * p0, Kp, slice, C + r * ldc + j * kNR, ldc, cols, p0 > 0);
           }
         }
       }
