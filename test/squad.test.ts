@@ -257,8 +257,8 @@ describe('SQuAD on a tiny random RoBERTa: g = 0 and the commands', function () {
     expect(CONTEXT).to.contain(f.out.trim());
     // a rerun into the same folder is refused
     const again = await capture(['train', '--task', 'squad', ...common, '--data', dataPath, '--out', out]);
-    expect(again.code).to.equal(2);
-    expect(again.err).to.match(/already holds adapter\.safetensors/);
+    expect(again.code).to.equal(1);
+    expect(again.err).to.match(/already holds a run \(adapter\.safetensors, config\.yaml, metrics\.jsonl\): continue it with --resume auto, or pass --overwrite/);
   });
 
   it('head-only and random-gate runs; errors: no QA head, malformed data', async () => {

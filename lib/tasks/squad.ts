@@ -507,7 +507,8 @@ export async function trainSquad(
       onStep({ step: step + 1, totalSteps, epoch, loss, lr, grad_norm: gradNorm, windows: part.length, tokens, ms: Date.now() - t0 });
       if (run && run.saveEvery > 0 && (step + 1) % run.saveEvery === 0) {
         const state: RunState = { step: step + 1, totalSteps, data: batcher.state(), fingerprint: run.fingerprint };
-        run.onCheckpoint?.(await saveCheckpoint(run.out, adapter, opt, state, run.keepLast));
+        const dir = await saveCheckpoint(run.out, adapter, opt, state, run.keepLast);
+        run.onCheckpoint?.(dir); // (not as its argument: `f?.(x)` skips x when f is undefined)
       }
     }
   } catch (e) {
