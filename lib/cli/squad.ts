@@ -78,7 +78,7 @@ ${encoderUsage}
   --save-every N       checkpoint every N steps; 0 = off (default 0)
   --keep-last N        checkpoints kept (default 2)
   --resume auto|DIR    continue a run: auto = the latest checkpoint in --out (a start from
-                       scratch when it has none), or a checkpoint folder; every setting above that
+                       scratch when it has none), or a checkpoint folder; every setting that
                        changes the result must be the run's own (each one that differs is named)
   --overwrite          clear the run already in --out and start over
 ${windowUsage}`;

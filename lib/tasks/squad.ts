@@ -12,7 +12,7 @@ import { native, Tensor } from '../native';
 import { Random } from '../generate/random';
 import { readSafetensorsHeader, writeSafetensors } from '../model/safetensors';
 import { learningRate } from '../train/schedule';
-import { AdamW, AdamWOptions } from '../train/optimizer';
+import { AdamW, AdamWOptions, NonFiniteError } from '../train/optimizer';
 import { Checkpointable, loadCheckpointWith, LoadedCheckpoint, RunState, saveCheckpoint } from '../train/checkpoint';
 import { IndexBatcher } from '../data/alpaca';
 import { SquadData, SquadExample } from '../data/squad';
@@ -395,7 +395,8 @@ export function loadSquadCheckpoint(dir: string, enc: TextEncoderModel): LoadedC
 
 /**
  * One optimiser step on the windows `part`: forward (prompts in the top L layers when `graph`),
- * the span loss, the backward to the head, gates and prompts, AdamW (`step` counts from 1).
+ * the span loss, the backward to the head, gates and prompts, AdamW (`opt.step` counts the steps
+ * taken). A non-finite loss or gradient stops it before the update.
  */
 export async function squadStep(
   enc: TextEncoderModel, p: SquadParams, graph: TextEncoderGraph | null, opt: AdamW, part: SquadFeature[], lr: number,
@@ -435,6 +436,8 @@ export async function squadStep(
   let gradNorm: number;
   try {
     gradNorm = await opt.update(grads, lr);
+  } catch (e) {
+    throw e instanceof NonFiniteError ? new NonFiniteError(`${e.message}; lower --lr`) : e;
   } finally {
     grads.forEach((g) => g.dispose());
   }
