@@ -16,7 +16,7 @@ import { native } from '../lib/native';
 import { writeRandomTextFolder } from '../lib/text/random-folder';
 import { TextBatchIndex, TextEncoderModel, TextEncoderGraph } from '../lib/text/encoder';
 import { loadSquad } from '../lib/data/squad';
-import { batchOf, initParams, makeFeatures, newMoments, paramValues, squadStep, disposeParams } from '../lib/tasks/squad';
+import { batchOf, initParams, makeFeatures, squadOptimizer, paramValues, squadStep, disposeParams } from '../lib/tasks/squad';
 import { buildClozeSquad } from '../tools/make-cloze-squad';
 
 async function main(): Promise<void> {
@@ -53,14 +53,14 @@ async function main(): Promise<void> {
     batches: batches.map((b) => ({ ...batchOf(b), ids: Array.from(batchOf(b).ids), types: Array.from(batchOf(b).types), start: b.map((f) => f.startPos), end: b.map((f) => f.endPos) })),
   }));
   const graph = new TextEncoderGraph(enc, L);
-  const moments = newMoments(p);
+  const opt = squadOptimizer(p, 0.02);
   const losses: number[] = [];
   const norms: number[] = [];
   let ms = 0;
   let tokens = 0;
   for (let s = 0; s < batches.length; s++) {
     const t0 = process.hrtime.bigint();
-    const r = await squadStep(enc, p, graph, moments, batches[s], s + 1, 1e-3, 0.02);
+    const r = await squadStep(enc, p, graph, opt, batches[s], 1e-3);
     const dt = Number(process.hrtime.bigint() - t0) / 1e6;
     losses.push(r.loss);
     norms.push(r.gradNorm);
@@ -92,7 +92,7 @@ async function main(): Promise<void> {
   };
   const packed = await fwd(false);
   const padded = await fwd(true);
-  moments.flat().forEach((t) => t.dispose());
+  opt.dispose();
   disposeParams(p);
   enc.dispose();
   process.stdout.write(JSON.stringify({

@@ -14,7 +14,7 @@ import { TextBatchIndex, TextEncoderModel, TextEncoderGraph } from '../lib/text/
 import * as os from 'os';
 import { writeRandomTextFolder } from '../lib/text/random-folder';
 import { loadSquad } from '../lib/data/squad';
-import { disposeParams, initParams, makeFeatures, newMoments, paramValues, squadStep } from '../lib/tasks/squad';
+import { disposeParams, initParams, makeFeatures, paramValues, squadOptimizer, squadStep } from '../lib/tasks/squad';
 import { describeEachBackend, withBinding } from './util/backends';
 import { repoRoot } from './util/paths';
 
@@ -96,12 +96,12 @@ describeEachBackend(
             const enc = await TextEncoderModel.load(dir, { device });
             const feats = makeFeatures(data.examples, enc.tokenizer!, { maxSeqLen: 24, docStride: 4, maxQueryLen: 8 });
             const prm = await initParams(enc, 2, 3, 'random', 1);
-            const moments = newMoments(prm);
+            const opt = squadOptimizer(prm, 0.02);
             const graph = new TextEncoderGraph(enc, 2);
             const losses: number[] = [];
-            for (let s = 0; s < 3; s++) losses.push((await squadStep(enc, prm, graph, moments, feats.slice(0, 4), s + 1, 1e-2, 0.02)).loss);
+            for (let s = 0; s < 3; s++) losses.push((await squadStep(enc, prm, graph, opt, feats.slice(0, 4), 1e-2)).loss);
             const values = await paramValues(prm);
-            moments.flat().forEach((x) => x.dispose());
+            opt.dispose();
             disposeParams(prm);
             enc.dispose();
             return { losses, values };

@@ -3,11 +3,15 @@ import * as fs from 'fs';
 import * as nodePath from 'path';
 import { resolveDevice } from '../device';
 import { loadSquad } from '../data/squad';
+import * as YAML from 'yaml';
 import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
 import { TextEncoderModel } from '../text/encoder';
+import { LoadedCheckpoint, resumeFolder } from '../train/checkpoint';
+import { clearRun, holdsRunToResume, removeLeftovers, RUN_CONFIG, RUN_METRICS, settingMismatches } from '../train/run-folder';
+import { keepMetricsUpTo } from '../train/trainer';
 import {
-  SquadParams, WindowOptions, adapterPathIn, decodeAnswer, disposeParams, evaluateSquad, frozenParams, loadSquadAdapter,
-  makeFeatures, paramValues, saveSquadAdapter, scoreFeatures, trainSquad,
+  SquadAdapter, SquadParams, WindowOptions, adapterPathIn, decodeAnswer, disposeParams, evaluateSquad, frozenParams, loadSquadAdapter,
+  loadSquadCheckpoint, makeFeatures, paramValues, saveSquadAdapter, scoreFeatures, squadTotalSteps, trainSquad,
 } from '../tasks/squad';
 import { FlagSpec, Flags, numberFlag, parseFlags, requireString, stringFlag, UsageError } from './args';
 import { applyMatmulPrecision, matmulPrecisionUsage } from './model-flags';
@@ -50,13 +54,15 @@ export const trainUsage = `Usage: llama-adapter train --task squad --encoder DIR
 Extractive question answering with zero-init gated prompts (SPEC §9): K prompts and per-head tanh
 gates (0 at the start) in the top L layers of the frozen encoder and a span head (start/end logits;
 the folder's own qa_outputs as the initial head when it has one, else zeros). Writes
-OUT/adapter.safetensors and OUT/metrics.jsonl (one line per step), and with --eval-data the
-metrics of that file at the end in OUT/eval.json.
+OUT/adapter.safetensors, OUT/config.yaml (the run's settings) and OUT/metrics.jsonl (one line
+per step), with --eval-data the metrics of that file at the end in OUT/eval.json, and with
+--save-every checkpoints OUT/step-NNNNNN/ (adapter, AdamW state, data position) that --resume
+continues bit for bit.
 
 ${encoderUsage}
   --data FILE          SQuAD v1.1 or v2.0 JSON (v2.0: unanswerable questions are trained to CLS)
-  --out DIR            output folder (refused when it already holds adapter.safetensors, unless
-                       --overwrite)
+  --out DIR            the run folder (one that already holds a run is refused unless --resume
+                       or --overwrite)
   --layers L           adapted layers at the top (default min(8, layers of the encoder)); 0 with
                        --head-only
   --prompt-len K       prompts per adapted layer (default 10)
@@ -69,7 +75,12 @@ ${encoderUsage}
   --weight-decay X     AdamW decoupled weight decay (default 0.02)
   --seed N             prompt / gate initialisation and shuffling (default 0)
   --eval-data FILE     SQuAD file scored with the trained adapter at the end
-  --overwrite          replace the adapter of an earlier run in --out
+  --save-every N       checkpoint every N steps; 0 = off (default 0)
+  --keep-last N        checkpoints kept (default 2)
+  --resume auto|DIR    continue a run: auto = the latest checkpoint in --out (a start from
+                       scratch when it has none), or a checkpoint folder; every setting that
+                       changes the result must be the run's own (each one that differs is named)
+  --overwrite          clear the run already in --out and start over
 ${windowUsage}`;
 
 export const evalUsage = `Usage: llama-adapter eval --task squad --encoder DIR --data FILE [--adapter FILE] [flags]
@@ -125,12 +136,57 @@ const progress = (what: string) => (done: number, total: number) => {
   if (done === total || done % 256 < 16) process.stderr.write(`${what}: ${done}/${total} windows\n`);
 };
 
+/** Every setting that changes what a SQuAD run computes, by flag name, as given (the defaults
+ *  that depend on neither the encoder nor the data filled in): OUT/config.yaml. */
+function squadSettings(v: Flags, win: WindowOptions, paths: { encoder: string; data: string }): Record<string, unknown> {
+  const int = (k: string, min: number, max?: number) => numberFlag(v, k, { integer: true, min, max });
+  return {
+    task: 'squad',
+    encoder: nodePath.resolve(paths.encoder),
+    data: nodePath.resolve(paths.data),
+    'max-seq-len': win.maxSeqLen,
+    'doc-stride': win.docStride,
+    'max-query-len': win.maxQueryLen,
+    layers: int('layers', 0) ?? 'default',
+    'prompt-len': int('prompt-len', 1, 4096) ?? 10,
+    'head-only': v['head-only'] === true,
+    'gate-init': stringFlag(v, 'gate-init') ?? 'zero',
+    epochs: int('epochs', 1) ?? 2,
+    'max-steps': int('max-steps', 1) ?? null,
+    'batch-size': int('batch-size', 1) ?? 16,
+    lr: numberFlag(v, 'lr', { min: 0, minExclusive: true }) ?? 5e-3,
+    'warmup-steps': int('warmup-steps', 0) ?? 'default',
+    'weight-decay': numberFlag(v, 'weight-decay', { min: 0 }) ?? 0.02,
+    seed: int('seed', 0, 2 ** 32 - 1) ?? 0,
+    dtype: stringFlag(v, 'dtype') ?? 'f32',
+    'matmul-precision': stringFlag(v, 'matmul-precision') ?? 'highest',
+  };
+}
+
+/** Refuses a resume whose settings differ from the run folder's config.yaml (before any work). */
+function checkSavedSettings(outDir: string, settings: Record<string, unknown>): void {
+  const file = nodePath.join(outDir, RUN_CONFIG);
+  if (!fs.existsSync(file)) return; // the checkpoint's own record is compared later
+  let saved: unknown;
+  try {
+    saved = YAML.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new Error(`cannot resume in ${outDir}: its ${RUN_CONFIG} cannot be read (${(err as Error).message}); pass --overwrite to start over`);
+  }
+  const diff = settingMismatches(typeof saved === 'object' && saved !== null ? (saved as Record<string, unknown>) : {}, settings);
+  if (diff.length)
+    throw new Error(
+      `cannot resume from ${outDir} (its ${RUN_CONFIG}): ${diff.join('; ')}. Resume with the run's settings, or pass --overwrite to clear it and start over`,
+    );
+}
+
 export async function train(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
   const spec: FlagSpec = {
     ...common, ...windowFlags, data: { type: 'string' }, out: { type: 'string' }, layers: { type: 'string' }, 'prompt-len': { type: 'string' },
     'head-only': { type: 'boolean' }, 'gate-init': { type: 'string' }, epochs: { type: 'string' }, 'max-steps': { type: 'string' },
     lr: { type: 'string' }, 'warmup-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, seed: { type: 'string' },
-    'eval-data': { type: 'string' }, overwrite: { type: 'boolean' },
+    'eval-data': { type: 'string' }, 'save-every': { type: 'string' }, 'keep-last': { type: 'string' }, resume: { type: 'string' },
+    overwrite: { type: 'boolean' },
   };
   const { values: v, positionals } = parseFlags(argv, spec, trainUsage);
   if (v.help) {
@@ -141,14 +197,21 @@ export async function train(argv: string[], out: NodeJS.WritableStream = process
   checkTask(v);
   const dataPath = requireString(v, 'data', trainUsage);
   const outDir = requireString(v, 'out', trainUsage);
+  const encoderDir = requireString(v, 'encoder', trainUsage);
   const gateInit = stringFlag(v, 'gate-init') ?? 'zero';
   if (gateInit !== 'zero' && gateInit !== 'random') throw new UsageError(`--gate-init must be zero or random, got '${gateInit}'`);
   const headOnly = v['head-only'] === true;
   const win = windowOptions(v);
+  const saveEvery = numberFlag(v, 'save-every', { integer: true, min: 0 }) ?? 0;
+  const keepLast = numberFlag(v, 'keep-last', { integer: true, min: 1 }) ?? 2;
+  const resume = stringFlag(v, 'resume');
+  const overwrite = v.overwrite === true;
+  if (resume !== undefined && overwrite) throw new UsageError('give either --resume or --overwrite, not both');
+  const settings = squadSettings(v, win, { encoder: encoderDir, data: dataPath });
+  // before any work: can --out be written, and may this run use it (lib/train/run-folder.ts)?
   checkOutputDir(outDir, '--out');
+  if (holdsRunToResume(outDir, { resume, overwrite })) checkSavedSettings(outDir, settings);
   const adapterPath = adapterPathIn(outDir);
-  if (fs.existsSync(adapterPath) && v.overwrite !== true)
-    throw new UsageError(`--out ${outDir} already holds ${nodePath.basename(adapterPath)} from an earlier run: choose another folder or pass --overwrite`);
   const data = loadSquad(dataPath);
   const evalData = stringFlag(v, 'eval-data') !== undefined ? loadSquad(stringFlag(v, 'eval-data')!) : undefined;
   const enc = await openEncoder(v, trainUsage);
@@ -160,31 +223,62 @@ export async function train(argv: string[], out: NodeJS.WritableStream = process
     const layers = headOnly ? 0 : layersFlag ?? Math.min(8, c.nLayers);
     if (win.maxSeqLen > c.maxTokens) throw new UsageError(`--max-seq-len ${win.maxSeqLen} is above the ${c.maxTokens} positions of ${enc.dir}`);
     const opts = {
-      ...win, layers, promptLen: numberFlag(v, 'prompt-len', { integer: true, min: 1, max: 4096 }) ?? 10, gateInit: gateInit as 'zero' | 'random',
-      epochs: numberFlag(v, 'epochs', { integer: true, min: 1 }) ?? 2, maxSteps: numberFlag(v, 'max-steps', { integer: true, min: 1 }),
-      batchSize: numberFlag(v, 'batch-size', { integer: true, min: 1 }) ?? 16, lr: numberFlag(v, 'lr', { min: 0, minExclusive: true }) ?? 5e-3,
-      weightDecay: numberFlag(v, 'weight-decay', { min: 0 }) ?? 0.02, warmupSteps: 0, seed: numberFlag(v, 'seed', { integer: true, min: 0, max: 2 ** 32 - 1 }) ?? 0,
+      ...win, layers, promptLen: settings['prompt-len'] as number, gateInit: gateInit as 'zero' | 'random',
+      epochs: settings.epochs as number, maxSteps: (settings['max-steps'] as number | null) ?? undefined,
+      batchSize: settings['batch-size'] as number, lr: settings.lr as number,
+      weightDecay: settings['weight-decay'] as number, warmupSteps: 0, seed: settings.seed as number,
     };
     process.stderr.write(`squad: tokenizing ${data.examples.length} questions of ${dataPath}\n`);
     const windows = makeFeatures(data.examples, enc.tokenizer!, win);
     const feats = windows.length;
-    const total = Math.min(opts.maxSteps ?? Infinity, Math.ceil(feats / opts.batchSize) * opts.epochs);
+    const total = squadTotalSteps(feats, opts);
     opts.warmupSteps = numberFlag(v, 'warmup-steps', { integer: true, min: 0 }) ?? Math.floor(total / 10);
+    // what a checkpoint must share with the run resuming it: the settings as resolved
+    const fingerprint = { ...settings, layers, 'warmup-steps': opts.warmupSteps, windows: feats, 'total-steps': total };
     process.stderr.write(
       `squad: ${data.examples.length} questions (${data.v2 ? 'v2.0' : 'v1.1'}) in ${feats} windows, ${total} steps; ` +
         `${headOnly ? 'head only' : `${layers} layers x ${opts.promptLen} prompts, gates ${gateInit}`}; ${c.family} ${c.nLayers}x${c.dim} on ${enc.device}\n`,
     );
     if (data.mismatched) process.stderr.write(`squad: ${data.mismatched} answers differ from the context at answer_start: not trained on\n`);
+    const log = (m: string) => process.stderr.write(`squad: ${m}\n`);
+    // the same run-folder rules as the other trainers: a start that fails leaves no folder it made
     const made = makeOutputDir(outDir, '--out');
-    const metricsPath = nodePath.join(outDir, 'metrics.jsonl');
+    const metricsPath = nodePath.join(outDir, RUN_METRICS);
+    let resumed: LoadedCheckpoint<SquadAdapter> | undefined;
+    try {
+      if (overwrite) {
+        clearRun(outDir);
+        fs.rmSync(nodePath.join(outDir, 'eval.json'), { force: true });
+      }
+      if (resume !== undefined) {
+        const gone = removeLeftovers(outDir);
+        if (gone.length) log(`removed what killed runs left in ${outDir}: ${gone.join(', ')}`);
+      }
+      const dir = resumeFolder(resume, outDir, log);
+      if (dir) {
+        resumed = loadSquadCheckpoint(dir, enc);
+        const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint);
+        if (mismatch.length) {
+          resumed.adapter.dispose();
+          throw new Error(`cannot resume from ${dir}: ${mismatch.join('; ')}`);
+        }
+        log(`resuming from ${dir} at step ${resumed.state.step}/${total}`);
+      }
+    } catch (e) {
+      removeEmptyDirs(made);
+      throw e;
+    }
     let params: SquadParams | undefined;
     try {
-      fs.writeFileSync(metricsPath, '');
+      fs.writeFileSync(nodePath.join(outDir, RUN_CONFIG), YAML.stringify(settings));
+      const startStep = resumed?.state.step ?? 0;
+      keepMetricsUpTo(metricsPath, startStep);
+      if (startStep === 0) fs.writeFileSync(metricsPath, '');
       params = await trainSquad(enc, data, opts, (s) => {
         fs.appendFileSync(metricsPath, JSON.stringify(s) + '\n');
         if (s.step === 1 || s.step % 10 === 0 || s.step === s.totalSteps)
           process.stderr.write(`step ${s.step}/${s.totalSteps} | loss ${s.loss.toFixed(4)} | norm ${s.grad_norm.toFixed(4)} | lr ${s.lr.toExponential(2)} | ${s.ms} ms | ${Math.round((s.tokens * 1000) / Math.max(1, s.ms))} tok/s\n`);
-      }, windows);
+      }, windows, { out: outDir, saveEvery, keepLast, fingerprint, resumed });
       saveSquadAdapter(adapterPath, params, enc, { ...win, layers, promptLen: opts.promptLen, v2: data.v2 }, await paramValues(params));
     } catch (e) {
       if (!params) removeEmptyDirs(made);

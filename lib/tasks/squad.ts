@@ -12,6 +12,9 @@ import { native, Tensor } from '../native';
 import { Random } from '../generate/random';
 import { readSafetensorsHeader, writeSafetensors } from '../model/safetensors';
 import { learningRate } from '../train/schedule';
+import { AdamW, AdamWOptions, NonFiniteError } from '../train/optimizer';
+import { Checkpointable, loadCheckpointWith, LoadedCheckpoint, RunState, saveCheckpoint } from '../train/checkpoint';
+import { IndexBatcher } from '../data/alpaca';
 import { SquadData, SquadExample } from '../data/squad';
 import { squadMetrics } from '../eval/squad';
 import { TextBatchIndex, TextEncoderModel, TextEncoderGraph, spanLogits } from '../text/encoder';
@@ -350,20 +353,57 @@ export interface SquadStep {
   ms: number;
 }
 
-/** Adam moments (m, v) of each trainable tensor, in SquadParams order. */
-export function newMoments(p: SquadParams): Tensor[][] {
-  return [...p.prompts, ...p.gates, p.headW, p.headB].map((t) => [native.zeros([...t.shape], 'f32', t.device), native.zeros([...t.shape], 'f32', t.device)]);
+/** The trainable tensors in their fixed order (the optimiser's and the checkpoint's). */
+export function trainableOf(p: SquadParams): Tensor[] {
+  return [...p.prompts, ...p.gates, p.headW, p.headB];
+}
+
+/** SQuAD's AdamW: beta2 0.999 (BERT fine-tuning's, not the LLaMA trainer's 0.95), no clipping. */
+export const squadAdamW = (weightDecay: number): AdamWOptions => ({ beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay });
+
+/** The optimiser over `p`: fresh moments, or a checkpoint's. */
+export function squadOptimizer(p: SquadParams, weightDecay: number, saved?: { moments: { m: Float32Array; v: Float32Array }[]; step: number }): AdamW {
+  return new AdamW(trainableOf(p), squadAdamW(weightDecay), saved);
+}
+
+/** The parameters as a checkpoint holds them: the adapter file of OUT/adapter.safetensors. */
+export class SquadAdapter implements Checkpointable {
+  constructor(readonly params: SquadParams, readonly enc: TextEncoderModel, readonly info: SquadAdapterInfo) {}
+
+  static load(file: string, enc: TextEncoderModel): SquadAdapter {
+    const { params, info } = loadSquadAdapter(file, enc);
+    return new SquadAdapter(params, enc, info);
+  }
+
+  async save(file: string): Promise<void> {
+    saveSquadAdapter(file, this.params, this.enc, this.info, await paramValues(this.params));
+  }
+
+  parameters(): Tensor[] {
+    return trainableOf(this.params);
+  }
+
+  dispose(): void {
+    disposeParams(this.params);
+  }
+}
+
+/** A checkpoint folder of a SQuAD run (adapter, AdamW moments and step, run state). */
+export function loadSquadCheckpoint(dir: string, enc: TextEncoderModel): LoadedCheckpoint<SquadAdapter> {
+  return loadCheckpointWith(dir, (file) => SquadAdapter.load(file, enc));
 }
 
 /**
  * One optimiser step on the windows `part`: forward (prompts in the top L layers when `graph`),
- * the span loss, the backward to the head, gates and prompts, AdamW (`step` counts from 1).
+ * the span loss, the backward to the head, gates and prompts, AdamW (`opt.step` counts the steps
+ * taken). A non-finite loss or gradient stops it before the update.
  */
 export async function squadStep(
-  enc: TextEncoderModel, p: SquadParams, graph: TextEncoderGraph | null, moments: Tensor[][], part: SquadFeature[], step: number, lr: number, weightDecay: number,
+  enc: TextEncoderModel, p: SquadParams, graph: TextEncoderGraph | null, opt: AdamW, part: SquadFeature[], lr: number,
 ): Promise<{ loss: number; gradNorm: number; tokens: number }> {
   const c = enc.config;
-  const trainable = [...p.prompts, ...p.gates, p.headW, p.headB];
+  const step = opt.step + 1;
+  const trainable = trainableOf(p);
   const batch = batchOf(part);
   const idx = new TextBatchIndex(batch, c);
   const hidden = graph ? graph.forward(idx, { prompts: p.prompts, gates: p.gates }) : enc.forward(idx);
@@ -393,59 +433,93 @@ export async function squadStep(
   hidden.dispose();
   dl.dispose();
   idx.dispose();
-  const sq = grads.map((g) => native.sumSquares(g));
-  const norms = (await Promise.all(sq.map((t) => t.read()))) as Float32Array[];
-  sq.forEach((t) => t.dispose());
-  const gradNorm = Math.sqrt(norms.reduce((a, v) => a + v[0], 0));
-  trainable.forEach((t, i) => native.adamw(t, grads[i], moments[i][0], moments[i][1], step, lr, 0.9, 0.999, 1e-8, weightDecay));
-  grads.forEach((g) => g.dispose());
+  let gradNorm: number;
+  try {
+    gradNorm = await opt.update(grads, lr);
+  } catch (e) {
+    throw e instanceof NonFiniteError ? new NonFiniteError(`${e.message}; lower --lr`) : e;
+  } finally {
+    grads.forEach((g) => g.dispose());
+  }
   await native.synchronize();
   return { loss, gradNorm, tokens: batch.ids.length };
 }
 
+/** Checkpoints of a training run (lib/train/checkpoint.ts): every `saveEvery` steps into
+ *  `out`/step-NNNNNN, the last `keepLast` kept; `resumed` continues a saved run. */
+export interface SquadCheckpointing {
+  out: string;
+  /** 0: none */
+  saveEvery: number;
+  keepLast: number;
+  /** the settings a resume must share (compared by the caller before it resumes) */
+  fingerprint: Record<string, unknown>;
+  resumed?: LoadedCheckpoint<SquadAdapter>;
+  onCheckpoint?: (dir: string) => void;
+}
+
+/** Steps of a run over `windows` windows: every epoch's windows, or --max-steps when fewer. */
+export function squadTotalSteps(windows: number, o: Pick<SquadTrainOptions, 'batchSize' | 'epochs' | 'maxSteps'>): number {
+  return Math.min(o.maxSteps ?? Infinity, Math.ceil(windows / o.batchSize) * o.epochs);
+}
+
 /**
  * Trains the prompts, gates and head on `data` (its windows, when the caller made them already);
- * calls `onStep` after every optimiser step. Returns the trained parameters (the caller saves and
- * disposes them).
+ * calls `onStep` after every optimiser step. Each epoch visits the windows in an order drawn from
+ * one seeded Random stream (IndexBatcher), so that a checkpoint's data position resumes it bit for
+ * bit. Returns the trained parameters (the caller saves and disposes them).
  */
 export async function trainSquad(
-  enc: TextEncoderModel, data: SquadData, o: SquadTrainOptions, onStep: (s: SquadStep) => void, windows?: SquadFeature[],
+  enc: TextEncoderModel, data: SquadData, o: SquadTrainOptions, onStep: (s: SquadStep) => void, windows?: SquadFeature[], run?: SquadCheckpointing,
 ): Promise<SquadParams> {
   if (!enc.tokenizer) throw new Error('trainSquad: the encoder was loaded without its tokenizer');
   const c = enc.config;
   if (o.maxSeqLen > c.maxTokens) throw new RangeError(`--max-seq-len ${o.maxSeqLen} is above the ${c.maxTokens} positions of ${enc.dir}`);
   const features = windows ?? makeFeatures(data.examples, enc.tokenizer, o);
   if (!features.length) throw new Error(`${data.path}: no training windows`);
-  const p = await initParams(enc, o.layers, o.promptLen, o.gateInit, o.seed);
-  const moments = newMoments(p);
+  const batcher = new IndexBatcher(features.length, { batchSize: o.batchSize, seed: o.seed, shuffle: true });
+  const stepsPerEpoch = batcher.batchesPerEpoch;
+  const totalSteps = squadTotalSteps(features.length, o);
+  const resumed = run?.resumed;
+  let adapter: SquadAdapter;
+  if (resumed) {
+    adapter = resumed.adapter;
+    try {
+      const L = adapter.params.prompts.length;
+      if (L !== o.layers || (L > 0 && adapter.info.promptLen !== o.promptLen))
+        throw new Error(`${resumed.dir}: its adapter has ${L} layers of ${adapter.info.promptLen} prompts, the run ${o.layers} of ${o.promptLen}`);
+      batcher.restore(resumed.state.data);
+    } catch (e) {
+      adapter.dispose();
+      throw e;
+    }
+  } else {
+    const info = { layers: o.layers, promptLen: o.promptLen, v2: data.v2, maxSeqLen: o.maxSeqLen, docStride: o.docStride, maxQueryLen: o.maxQueryLen };
+    adapter = new SquadAdapter(await initParams(enc, o.layers, o.promptLen, o.gateInit, o.seed), enc, info);
+  }
+  const p = adapter.params;
+  const opt = squadOptimizer(p, o.weightDecay, resumed ? { moments: resumed.moments, step: resumed.optimizerStep } : undefined);
   const graph = o.layers > 0 ? new TextEncoderGraph(enc, o.layers) : null;
-  const stepsPerEpoch = Math.ceil(features.length / o.batchSize);
-  const totalSteps = Math.min(o.maxSteps ?? Infinity, stepsPerEpoch * o.epochs);
-  const rng = new Random(o.seed);
-  let order: number[] = [];
   try {
-    for (let step = 0; step < totalSteps; step++) {
+    for (let step = resumed?.state.step ?? 0; step < totalSteps; step++) {
       const t0 = Date.now();
       const epoch = Math.floor(step / stepsPerEpoch);
-      const within = step % stepsPerEpoch;
-      if (within === 0) {
-        order = features.map((_, i) => i);
-        for (let i = order.length - 1; i > 0; i--) {
-          const j = Math.floor(rng.next() * (i + 1));
-          [order[i], order[j]] = [order[j], order[i]];
-        }
-      }
-      const part = order.slice(within * o.batchSize, (within + 1) * o.batchSize).map((i) => features[i]);
+      const part = Array.from(batcher.nextIndices(), (i) => features[i]);
       const lr = learningRate(step, { peakLr: o.lr, totalSteps, warmupSteps: o.warmupSteps, kind: 'cosine' });
-      const { loss, gradNorm, tokens } = await squadStep(enc, p, graph, moments, part, step + 1, lr, o.weightDecay);
+      const { loss, gradNorm, tokens } = await squadStep(enc, p, graph, opt, part, lr);
       onStep({ step: step + 1, totalSteps, epoch, loss, lr, grad_norm: gradNorm, windows: part.length, tokens, ms: Date.now() - t0 });
+      if (run && run.saveEvery > 0 && (step + 1) % run.saveEvery === 0) {
+        const state: RunState = { step: step + 1, totalSteps, data: batcher.state(), fingerprint: run.fingerprint };
+        const dir = await saveCheckpoint(run.out, adapter, opt, state, run.keepLast);
+        run.onCheckpoint?.(dir); // (not as its argument: `f?.(x)` skips x when f is undefined)
+      }
     }
   } catch (e) {
     graph?.release();
-    disposeParams(p);
+    adapter.dispose();
     throw e;
   } finally {
-    moments.flat().forEach((t) => t.dispose());
+    opt.dispose();
   }
   return p;
 }

@@ -14,6 +14,8 @@ export interface RunState {
   /** optimiser steps completed */
   step: number;
   totalSteps: number;
+  /** the IndexBatcher's position: over Alpaca examples, classify's images or SQuAD's windows (the
+   *  count it was drawn over is in it and checked on restore) */
   data: BatcherState;
   /** the settings that must match on resume */
   fingerprint: Record<string, unknown>;

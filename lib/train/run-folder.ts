@@ -87,18 +87,28 @@ export function settingMismatches(saved: Record<string, unknown>, now: Record<st
 }
 
 /**
+ * The rule every trainer shares: an --out holding a run is refused unless --resume or --overwrite
+ * is given. True when there is a run and --resume asks to continue it (the caller then compares
+ * the settings).
+ */
+export function holdsRunToResume(out: string, o: { resume?: string; overwrite?: boolean }): boolean {
+  const entries = runEntries(out);
+  if (!entries.length || o.overwrite) return false;
+  if (!o.resume)
+    throw new Error(
+      `--out ${out} already holds a run (${describeEntries(entries)}): continue it with --resume auto, ` +
+        `or pass --overwrite to clear it and start over`,
+    );
+  return true;
+}
+
+/**
  * Before any work: refuses an --out that holds another run unless --resume (then its config.yaml
  * must agree with `cfg` on every setting that changes the result) or --overwrite.
  */
 export function checkRunFolder(cfg: TrainConfig): void {
   const out = cfg.out;
-  const entries = runEntries(out);
-  if (!entries.length || cfg.overwrite) return;
-  if (!cfg.resume)
-    throw new Error(
-      `--out ${out} already holds a run (${describeEntries(entries)}): continue it with --resume auto, ` +
-        `or pass --overwrite to clear it and start over`,
-    );
+  if (!holdsRunToResume(out, cfg)) return;
   const file = path.join(out, RUN_CONFIG);
   if (!fs.existsSync(file)) return; // nothing to compare with here; the checkpoint's own record is compared later
   let saved: TrainConfig;
