@@ -9,11 +9,11 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { main } from '../lib/cli/main';
 import { readSafetensorsHeader } from '../lib/model/safetensors';
 import { writeRandomTextFolder } from '../lib/text/random-folder';
 import { listCheckpoints } from '../lib/train/checkpoint';
 import { repoRoot } from './util/paths';
+import { capture } from './util/capture';
 
 const cli = path.join(repoRoot, 'dist', 'lib', 'cli', 'main.js');
 const tokDir = path.join(repoRoot, 'test', 'golden', 'text-tokenizers');
@@ -21,22 +21,6 @@ const CONTEXT =
   'The GNU General Public License is a free, copyleft license for software and other kinds of works. ' +
   'The licenses for most software are designed to take away your freedom to share and change the works. ' +
   'By contrast, the GPL is intended to guarantee your freedom to share and change all versions of a program.';
-
-async function capture(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const ow = process.stdout.write.bind(process.stdout);
-  const ew = process.stderr.write.bind(process.stderr);
-  let out = '';
-  let err = '';
-  process.stdout.write = ((s: string) => ((out += s), true)) as typeof process.stdout.write;
-  process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write;
-  try {
-    const code = await main(argv);
-    return { code, out, err };
-  } finally {
-    process.stdout.write = ow;
-    process.stderr.write = ew;
-  }
-}
 
 type Metrics = { step: number; ms: number; [k: string]: unknown };
 const metricsOf = (out: string): Metrics[] =>

@@ -15,8 +15,8 @@ import {
 } from '../lib/tasks/squad';
 import { native } from '../lib/native';
 import { TextEncoderGraph } from '../lib/text/encoder';
-import { main } from '../lib/cli/main';
 import { repoRoot } from './util/paths';
+import { capture } from './util/capture';
 
 const tokDir = path.join(repoRoot, 'test', 'golden', 'text-tokenizers');
 const CONTEXT =
@@ -26,22 +26,6 @@ const CONTEXT =
 
 function squadJson(qas: { id: string; question: string; answers: { text: string; answer_start: number }[]; is_impossible?: boolean }[], context = CONTEXT) {
   return { version: 'v1.1', data: [{ title: 't', paragraphs: [{ context, qas }] }] };
-}
-
-async function capture(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const ow = process.stdout.write.bind(process.stdout);
-  const ew = process.stderr.write.bind(process.stderr);
-  let out = '';
-  let err = '';
-  process.stdout.write = ((s: string) => ((out += s), true)) as typeof process.stdout.write;
-  process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write;
-  try {
-    const code = await main(argv);
-    return { code, out, err };
-  } finally {
-    process.stdout.write = ow;
-    process.stderr.write = ew;
-  }
 }
 
 describe('SQuAD metric (the official script, hand-worked)', () => {

@@ -16,23 +16,14 @@
 // their text as stored; CONTROL, UNKNOWN and UNUSED tokens vanish (llama.cpp's token_to_piece
 // without `special`). No clean-up of spaces, so decode(encode(s)) === s for any well-formed s.
 import { BYTE_CHARS, ByteLevelBpe, GPT2_PATTERN, LLAMA3_PATTERN, pushBytesOf, toByteChars } from './byte-level-bpe';
-import { checkId, decodeUtf8 } from './sentencepiece';
+import { PieceType, checkId, decodeUtf8 } from './sentencepiece';
 
-/** llama.cpp's token types (SentencePiece's piece types). */
-export const enum BpeTokenType {
-  Normal = 1,
-  Unknown = 2,
-  Control = 3,
-  UserDefined = 4,
-  Unused = 5,
-  Byte = 6,
-}
 
 /** The vocabulary as a GGUF stores it (tokenizer.ggml.*). */
 export interface ByteBpeModel {
   kind: 'byte-bpe';
   tokens: string[];
-  /** BpeTokenType of each token */
+  /** PieceType of each token (llama.cpp's token types are SentencePiece's piece types) */
   types: number[];
   /** "left right", in rank order */
   merges: string[];
@@ -121,7 +112,7 @@ export class BpeTokenizer {
     this.tokens = model.tokens.some((t) => t === '') ? model.tokens.map((t, i) => (t === '' ? `[EMPTY_${i}]` : t)) : model.tokens;
     this.types = new Uint8Array(n);
     model.types.forEach((t, i) => {
-      if (!Number.isInteger(t) || t < BpeTokenType.Normal || t > BpeTokenType.Byte) throw new Error(`token ${i} has type ${t} (1 to 6 are valid)`);
+      if (!Number.isInteger(t) || t < PieceType.Normal || t > PieceType.Byte) throw new Error(`token ${i} has type ${t} (1 to 6 are valid)`);
       this.types[i] = t;
     });
     // as llama.cpp's token_to_id: a later duplicate replaces an earlier one
@@ -154,8 +145,8 @@ export class BpeTokenizer {
     const special: number[] = [];
     for (let i = 0; i < n; i++) {
       const t = this.types[i];
-      if (t === BpeTokenType.UserDefined) user.push(i);
-      if (t === BpeTokenType.UserDefined || t === BpeTokenType.Control || t === BpeTokenType.Unknown) special.push(i);
+      if (t === PieceType.UserDefined) user.push(i);
+      if (t === PieceType.UserDefined || t === PieceType.Control || t === PieceType.Unknown) special.push(i);
     }
     this.userDefined = byLength(user);
     this.allSpecial = byLength(special);
@@ -240,11 +231,11 @@ export class BpeTokenizer {
     for (const id of ids) {
       checkId(id, this.vocabSize);
       const type = this.types[id];
-      if (type === BpeTokenType.Normal) pushBytesOf(this.tokens[id], bytes);
-      else if (type === BpeTokenType.UserDefined) {
+      if (type === PieceType.Normal) pushBytesOf(this.tokens[id], bytes);
+      else if (type === PieceType.UserDefined) {
         flush();
         text += this.tokens[id];
-      } else if (type === BpeTokenType.Byte) {
+      } else if (type === PieceType.Byte) {
         // a byte token of a byte-level vocabulary is one byte character
         pushBytesOf(this.tokens[id], bytes);
       }
