@@ -70,7 +70,11 @@ export interface Capabilities {
   /** what runs the "medium" bf16 products: "avx512bf16", or "widen+sgemm" (no AVX512-BF16, or
    *  LLAMA_ADAPTER_BF16_GEMM=sgemm) */
   bf16Gemm: string;
+  /** the CPU's vector extensions (avx2, fma, avx512f, avx512bw, avx512vl, avx512vnni, avx512bf16) */
   simd: string[];
+  /** the instruction set the dot-product and quantized kernels use: the best the CPU has, or the
+   *  lower one LLAMA_ADAPTER_SIMD names (avx512 | avx2 | scalar) */
+  simdLevel: 'avx512' | 'avx2' | 'scalar';
 }
 
 /** See NativeBinding.setMatmulPrecision. */

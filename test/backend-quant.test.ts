@@ -168,11 +168,11 @@ describeEachBackend(
           expect(y.device).to.equal(b.device);
           const got = (await y.read()) as Float32Array;
           [w, xt, y].forEach((t) => t.dispose());
-          // The CPU's Q4_K and Q8_0 decode (M = 1) round x to int8 per 256 (Q4_K) or 32 (Q8_0) values,
+          // The CPU's decode (M = 1) rounds x to int8 per 32 (Q8_0, Q4_0) or 256 (the K types) values,
           // as llama.cpp does: the error is at most sum_k |w_k| * xd(k) / 2 (xd = the block's max |x|
           // / 127) beyond f32's.
-          const int8x = b.device === 'cpu' && (q === 'q4_k' || q === 'q8_0') && M === 1;
-          const xb = q === 'q4_k' ? 256 : 32;
+          const int8x = b.device === 'cpu' && M === 1;
+          const xb = q === 'q8_0' || q === 'q4_0' ? 32 : 256;
           const xd = Float64Array.from({ length: (M * K) / xb }, (_, i) => Math.max(...x.subarray(xb * i, xb * i + xb).map(Math.abs)) / 127);
           const want = new Float64Array(M * N), atol = new Float64Array(M * N);
           for (let m = 0; m < M; m++)

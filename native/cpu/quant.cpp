@@ -1,9 +1,13 @@
 // Frozen-weight products with block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K; core/quant.h),
-// which stay quantized in memory. Few rows (decoding): each weight row is dequantised into a
-// buffer in L1 and dotted with the rows of x, one pass over the (4-8x smaller) weights on all cores;
-// decoding with Q8_0 and Q4_K (M = 1) uses llama.cpp's scheme: x rounded to int8 once per product,
-// integer AVX2 dot products per block. Many rows (prompts,
-// training): a panel of weight rows is dequantised to f32 and handed to sgemm, as the bf16 path.
+// which stay quantized in memory. Decoding (M = 1) uses llama.cpp's scheme for every type: x is
+// rounded to int8 once per product (per 32 values for Q8_0 / Q4_0, per 256 for the K types) and
+// each block's dot is integer arithmetic, scaled once per block in float. Few rows: each weight
+// row is dequantised into a buffer in L1 and dotted with the rows of x, one pass over the (4-8x
+// smaller) weights on all cores. Many rows (prompts, training): a panel of weight rows is
+// dequantised to f32 and handed to sgemm, as the bf16 path. Each kernel has a plain body and
+// AVX2 and AVX-512 (VNNI) bodies, chosen by simd_level() (simd.h); the integer sums are the same
+// in all three, so they differ only in the order of the float sums, and the dequantisation is
+// bit for bit the same (the reference arithmetic of quant.h, never fused into an FMA).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,17 +23,144 @@
 #define LA_X86 1
 #include <immintrin.h>
 #endif
+// GCC 12 warns of the deliberately undefined lanes inside its own AVX-512 intrinsics
+// (_mm512_undefined_*), a false positive that later releases fixed.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace la::cpu {
 namespace {
 
+using quant_detail::half_at;
+
 constexpr int64_t kSmallM = 8;  // up to this many rows, one pass over w beats sgemm (as matmul.cpp)
 
-#ifdef LA_X86
-bool have_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
+// ---- decoding: x as int8 -----------------------------------------------------------------------
+// x rounded to int8 per block of qb values (32 for Q8_0 / Q4_0, 256 for the K types, as llama.cpp's
+// q8_0 / q8_K): scale xd = amax / 127, q = round to nearest (x / xd). The integer sums of q per 16
+// and per 32 values serve the offsets of the formats (the K types' mins, Q6_K's -32, Q4_0's -8).
+// The only error beyond f32 rounding is x's int8 rounding: |error| <= sum_k |w_k| * xd(k) / 2
+// (test/backend-quant.test.ts checks this bound).
+struct Xq {
+  std::vector<int8_t> q;       // (K)
+  std::vector<float> d;        // (K / qb)
+  std::vector<int16_t> sum16;  // (K / 16) |sum| <= 16 * 127
+  std::vector<int16_t> sum32;  // (K / 32) |sum| <= 32 * 127
+};
+void quantize_x(const float* x, int64_t K, int64_t qb, Xq& out) {
+  out.q.resize(size_t(K));
+  out.d.resize(size_t(K / qb));
+  out.sum16.resize(size_t(K / 16));
+  out.sum32.resize(size_t(K / 32));
+  for (int64_t b = 0; b < K / qb; b++) {
+    float amax = 0;
+    for (int64_t j = 0; j < qb; j++) amax = std::max(amax, std::fabs(x[qb * b + j]));
+    float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
+    for (int64_t j = 0; j < qb; j++) out.q[size_t(qb * b + j)] = int8_t(std::nearbyint(x[qb * b + j] * id));
+    out.d[size_t(b)] = d;
+  }
+  for (int64_t s = 0; s < K / 16; s++) {
+    int32_t sum = 0;
+    for (int j = 0; j < 16; j++) sum += out.q[size_t(16 * s + j)];
+    out.sum16[size_t(s)] = int16_t(sum);
+  }
+  for (int64_t s = 0; s < K / 32; s++) out.sum32[size_t(s)] = int16_t(out.sum16[size_t(2 * s)] + out.sum16[size_t(2 * s + 1)]);
 }
+
+// The 8 scales (sc[0..7]) and 8 mins (sc[8..15]) of a Q4_K / Q5_K block from its 12 packed bytes
+// at once, as 32-bit words (the layout of scale_min_k4: sub-blocks 0-3 in the low 6 bits of bytes
+// 0-3 / 4-7; 4-7 in the nibbles of bytes 8-11 with their top 2 bits in the top bits of bytes 0-7).
+inline void unpack_scales_k4(const uint8_t* packed, uint8_t sc[16]) {
+  uint32_t u[3], sm[4];
+  std::memcpy(u, packed, 12);
+  sm[0] = u[0] & 0x3f3f3f3fu;                                                // scales 0-3
+  sm[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);         // scales 4-7
+  sm[2] = u[1] & 0x3f3f3f3fu;                                                // mins 0-3
+  sm[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);  // mins 4-7
+  std::memcpy(sc, sm, 16);
+}
+
+// The plain bodies: one block's integer dot, times the block's scales, in float.
+float dot_q8_0_plain(const Xq& x, const uint8_t* row, int64_t K) {
+  float acc = 0;
+  for (int64_t b = 0; b < K / 32; b++) {
+    const uint8_t* blk = row + b * 34;
+    const int8_t* xq = x.q.data() + 32 * b;
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) s += int8_t(blk[2 + j]) * xq[j];
+    acc += half_at(blk) * x.d[size_t(b)] * float(s);
+  }
+  return acc;
+}
+
+float dot_q4_0_plain(const Xq& x, const uint8_t* row, int64_t K) {
+  float acc = 0;
+  for (int64_t b = 0; b < K / 32; b++) {
+    const uint8_t* blk = row + b * 18;
+    const int8_t* xq = x.q.data() + 32 * b;
+    int32_t s = 0;
+    for (int j = 0; j < 16; j++) s += ((blk[2 + j] & 0xF) - 8) * xq[j] + ((blk[2 + j] >> 4) - 8) * xq[j + 16];
+    acc += half_at(blk) * x.d[size_t(b)] * float(s);
+  }
+  return acc;
+}
+
+template <bool Five>
+float dot_q45_k_plain(const Xq& x, const uint8_t* row, int64_t K) {
+  float acc = 0, mins = 0;
+  const int64_t bb = Five ? 176 : 144;
+  for (int64_t b = 0; b < K / 256; b++) {
+    const uint8_t* blk = row + b * bb;
+    const uint8_t* qh = blk + 16;
+    const uint8_t* q = blk + (Five ? 48 : 16);
+    const int8_t* xq = x.q.data() + 256 * b;
+    uint8_t sc[16];
+    unpack_scales_k4(blk + 4, sc);
+    int32_t isum = 0, msum = 0;
+    for (int i = 0; i < 4; i++) {
+      int32_t s1 = 0, s2 = 0;
+      for (int l = 0; l < 32; l++) {
+        int lo = q[32 * i + l] & 0xF, hi = q[32 * i + l] >> 4;
+        if (Five) {
+          lo |= ((qh[l] >> (2 * i)) & 1) << 4;
+          hi |= ((qh[l] >> (2 * i + 1)) & 1) << 4;
+        }
+        s1 += lo * xq[64 * i + l];
+        s2 += hi * xq[64 * i + 32 + l];
+      }
+      isum += sc[2 * i] * s1 + sc[2 * i + 1] * s2;
+    }
+    for (int j = 0; j < 8; j++) msum += sc[8 + j] * x.sum32[size_t(8 * b + j)];
+    acc += half_at(blk) * x.d[size_t(b)] * float(isum);
+    mins += half_at(blk + 2) * x.d[size_t(b)] * float(msum);
+  }
+  return acc - mins;
+}
+
+float dot_q6_k_plain(const Xq& x, const uint8_t* row, int64_t K) {
+  float acc = 0;
+  for (int64_t b = 0; b < K / 256; b++) {
+    const uint8_t* blk = row + b * 210;
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    const int8_t* xq = x.q.data() + 256 * b;
+    int32_t sums[16] = {0};  // per sub-block of 16: sum q * x, q in 0..63
+    for (int h = 0; h < 2; h++)
+      for (int s = 0; s < 4; s++)  // value 128h + 32s + l: a nibble of ql and 2 bits of qh
+        for (int l = 0; l < 32; l++) {
+          int q = ((ql[64 * h + l + 32 * (s & 1)] >> (4 * (s >> 1))) & 0xF) | (((qh[32 * h + l] >> (2 * s)) & 3) << 4);
+          sums[8 * h + 2 * s + l / 16] += q * xq[128 * h + 32 * s + l];
+        }
+    int32_t isum = 0;
+    for (int j = 0; j < 16; j++) isum += sc[j] * (sums[j] - 32 * x.sum16[size_t(16 * b + j)]);
+    acc += half_at(blk + 208) * x.d[size_t(b)] * float(isum);
+  }
+  return acc;
+}
+
+#ifdef LA_X86
 __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -37,111 +168,363 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Decode with Q4_K weights (M = 1), as llama.cpp does it (its q8_K activations): x is quantized
-// once per product to int8 per 256 values (xq, scale xd = amax / 127, round to nearest) and a
-// super-block's dot is integer arithmetic: per sub-block, u8 nibbles x s8 (maddubs) summed in
-// pairs with the sub-block's 6-bit scale as the multiplier (madd), accumulated in i32; then one
-// float product d * xd per super-block. The min term uses the integer sums of xq per 32 values.
-// The only error beyond f32 rounding is x's int8 rounding: |error| <= sum_k |w_k| * xd(k) / 2
-// (the test checks this bound).
-struct Q8x {
-  std::vector<int8_t> q;     // (K)
-  std::vector<float> d;      // (K / 256) scales
-  std::vector<int16_t> sum;  // (K / 32) sums of q (|sum| <= 32 * 127)
-};
-void quantize_x_q8(const float* x, int64_t K, Q8x& out) {
-  out.q.resize(size_t(K));
-  out.d.resize(size_t(K / 256));
-  out.sum.resize(size_t(K / 32));
-  for (int64_t b = 0; b < K / 256; b++) {
-    float amax = 0;
-    for (int j = 0; j < 256; j++) amax = std::max(amax, std::fabs(x[256 * b + j]));
-    float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
-    for (int j = 0; j < 256; j++) out.q[size_t(256 * b + j)] = int8_t(std::nearbyint(x[256 * b + j] * id));
-    out.d[size_t(b)] = d;
-  }
-  for (int64_t s = 0; s < K / 32; s++) {
-    int32_t sum = 0;
-    for (int j = 0; j < 32; j++) sum += out.q[size_t(32 * s + j)];
-    out.sum[size_t(s)] = int16_t(sum);
-  }
+// sum_j m_j * (sum of x's int8 values in sub-block j of 32), the K types' min term, in integers.
+__attribute__((target("avx2,fma"))) inline int32_t mins_dot(const uint8_t* mins, const int16_t* sum32) {
+  __m128i p = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins))),
+                             _mm_loadu_si128(reinterpret_cast<const __m128i*>(sum32)));
+  p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4e));
+  p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xb1));
+  return _mm_cvtsi128_si32(p);
 }
 
-__attribute__((target("avx2,fma"))) float dot_q4_k_q8_avx2(const Q8x& x, const uint8_t* row, int64_t K) {
+// The 5th bit of the values of pair i of a Q5_K block (bit `shift` of each qh byte), as 16.
+__attribute__((target("avx2,fma"))) inline __m256i fifth_bit(__m256i qh, int shift) {
+  __m256i bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(1));
+  return _mm256_slli_epi16(bit, 4);
+}
+
+// AVX2: per sub-block u8 values x s8 x (maddubs) summed in pairs with the sub-block's scale as
+// the multiplier (madd), accumulated in i32; then one float product per block.
+template <bool Five>
+__attribute__((target("avx2,fma"))) float dot_q45_k_avx2(const Xq& x, const uint8_t* row, int64_t K) {
   __m256 acc = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0F);
+  const int64_t bb = Five ? 176 : 144;
   float mins = 0;
   for (int64_t b = 0; b < K / 256; b++) {
-    const uint8_t* blk = row + b * 144;
-    const float d = quant_detail::half_at(blk) * x.d[size_t(b)], dmin = quant_detail::half_at(blk + 2) * x.d[size_t(b)];
+    const uint8_t* blk = row + b * bb;
+    const uint8_t* qs = blk + (Five ? 48 : 16);
+    const float d = half_at(blk) * x.d[size_t(b)], dmin = half_at(blk + 2) * x.d[size_t(b)];
     const int8_t* xq = x.q.data() + b * 256;
-    // The 8 scales and 8 mins of the 12 packed bytes at once, as 32-bit words (the layout of
-    // scale_min_k4: sub-blocks 0-3 in the low 6 bits of bytes 0-3 / 4-7; 4-7 in the nibbles of
-    // bytes 8-11 with their top 2 bits in the top bits of bytes 0-3 / 4-7).
-    uint32_t u[3], sm[4];
-    std::memcpy(u, blk + 4, 12);
-    sm[0] = u[0] & 0x3f3f3f3fu;                                                 // scales 0-3
-    sm[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);          // scales 4-7
-    sm[2] = u[1] & 0x3f3f3f3fu;                                                 // mins 0-3
-    sm[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);   // mins 4-7
-    const uint8_t* sc = reinterpret_cast<const uint8_t*>(sm);
+    uint8_t sc[16];
+    unpack_scales_k4(blk + 4, sc);
+    __m256i qh = Five ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : _mm256_setzero_si256();
     __m256i isum = _mm256_setzero_si256();
     for (int i = 0; i < 4; i++) {
-      __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * i));
+      __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * i));
       __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+      if (Five) {
+        lo = _mm256_or_si256(lo, fifth_bit(qh, 2 * i));
+        hi = _mm256_or_si256(hi, fifth_bit(qh, 2 * i + 1));
+      }
       __m256i p1 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i)));
       __m256i p2 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i + 32)));
       isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * i])));
       isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p2, _mm256_set1_epi16(sc[2 * i + 1])));
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
-    // sum_j m_j * (sum of x's int8 values in sub-block j), in 16-bit pairs into 32 bits
-    __m128i mprod = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 8))),
-                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sum.data() + b * 8)));
-    mprod = _mm_add_epi32(mprod, _mm_shuffle_epi32(mprod, 0x4e));
-    mprod = _mm_add_epi32(mprod, _mm_shuffle_epi32(mprod, 0xb1));
-    mins += dmin * float(_mm_cvtsi128_si32(mprod));
+    mins += dmin * float(mins_dot(sc + 8, x.sum32.data() + b * 8));
   }
   return hsum8(acc) - mins;
 }
-#endif
 
-// Decode with Q8_0 weights (M = 1), as llama.cpp does it: x as int8 per 32 values (its own scale),
-// each block's dot in integers (|w| x sign-adjusted x: maddubs, madd), times d_w * d_x in float.
-// The same error bound as Q4_K's with 32-value blocks of x.
-struct Q8x32 {
-  std::vector<int8_t> q;  // (K)
-  std::vector<float> d;   // (K / 32)
-};
-void quantize_x_q8_32(const float* x, int64_t K, Q8x32& out) {
-  out.q.resize(size_t(K));
-  out.d.resize(size_t(K / 32));
-  for (int64_t b = 0; b < K / 32; b++) {
-    float amax = 0;
-    for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(x[32 * b + j]));
-    float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
-    for (int j = 0; j < 32; j++) out.q[size_t(32 * b + j)] = int8_t(std::nearbyint(x[32 * b + j] * id));
-    out.d[size_t(b)] = d;
-  }
+// sum over pairs of w * x for signed w: maddubs takes one unsigned operand, so |w| and x with w's
+// sign (w = -128 gives 128 * -x, still exact: |x| <= 127).
+__attribute__((target("avx2,fma"))) inline __m256i dot_i8_avx2(__m256i w, __m256i x) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
 }
 
-__attribute__((target("avx2,fma"))) float dot_q8_0_q8_avx2(const Q8x32& x, const uint8_t* row, int64_t K) {
+__attribute__((target("avx2,fma"))) float dot_q8_0_avx2(const Xq& x, const uint8_t* row, int64_t K) {
   __m256 acc = _mm256_setzero_ps();
-  const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t b = 0; b < K / 32; b++) {
     const uint8_t* blk = row + b * 34;
     __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
     __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + 32 * b));
-    // maddubs takes one unsigned operand: |w| and x with w's sign (w = -128 never occurs: |q| <= 127)
-    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w)), ones);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(quant_detail::half_at(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(p), acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(dot_i8_avx2(w, xv)), acc);
   }
   return hsum8(acc);
 }
 
+// The 32 values of a Q4_0 block in order as signed bytes (q - 8): low nibbles, then high.
+__attribute__((target("avx2,fma"))) inline __m256i q4_0_values(const uint8_t* blk) {
+  __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+  __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+  return _mm256_sub_epi8(_mm256_and_si256(v, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8));
+}
+
+__attribute__((target("avx2,fma"))) float dot_q4_0_avx2(const Xq& x, const uint8_t* row, int64_t K) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < K / 32; b++) {
+    const uint8_t* blk = row + b * 18;
+    __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + 32 * b));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(dot_i8_avx2(q4_0_values(blk), xv)), acc);
+  }
+  return hsum8(acc);
+}
+
+// Q6_K: values 0..63 (u8) x s8 x per sub-block of 16, times the int8 scale; the -32 offset as
+// 32 * sum_j sc_j * (sum of x in sub-block j), subtracted in integers.
+__attribute__((target("avx2,fma"))) float dot_q6_k_avx2(const Xq& x, const uint8_t* row, int64_t K) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+  for (int64_t b = 0; b < K / 256; b++) {
+    const uint8_t* blk = row + b * 210;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    const int8_t* xq = x.q.data() + b * 256;
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+      __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+      __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+      __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+      __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
+      };
+      for (int s = 0; s < 4; s++) {
+        __m256i p = _mm256_maddubs_epi16(q[s], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 128 * h + 32 * s)));
+        __m256i scw = _mm256_setr_m128i(_mm_set1_epi16(sc[8 * h + 2 * s]), _mm_set1_epi16(sc[8 * h + 2 * s + 1]));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, scw));
+      }
+    }
+    __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc))),
+                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum16.data() + 16 * b)));
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(corr, 5));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(blk + 208) * x.d[size_t(b)]), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return hsum8(acc);
+}
+
+// ---- AVX-512 (VNNI): 64 values per instruction; vpdpbusd sums u8 x s8 in fours into i32,
+// vpdpwssd multiplies the i16 pair sums of maddubs by the sub-block scales and accumulates.
+LA_TARGET_AVX512 inline __m512i dot_i8_avx512(__m512i w, __m512i x) {
+  const __m512i zero = _mm512_setzero_si512();
+  return _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(w), _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), zero, x));
+}
+LA_TARGET_AVX512 inline __m256i dot_i8_avx512_256(__m256i w, __m256i x) {
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+}
+LA_TARGET_AVX512 inline __m512i join(__m256i lo, __m256i hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+// 16 lanes: the first 8 times a, the last 8 times b.
+LA_TARGET_AVX512 inline __m512 halves(float a, float b) {
+  return _mm512_mask_blend_ps(__mmask16(0xFF00), _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+// Two blocks of 32 per step (a zmm of values against 64 x); an odd last block in 256 bits.
+template <bool Q4>
+LA_TARGET_AVX512 inline __m256i values(const uint8_t* blk) {  // a block's 32 values as signed bytes
+  return Q4 ? q4_0_values(blk) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+}
+template <bool Q4>
+LA_TARGET_AVX512 float dot_q8_0_q4_0_avx512(const Xq& x, const uint8_t* row, int64_t K) {
+  const int64_t bb = Q4 ? 18 : 34, nb = K / 32;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    const uint8_t* blk = row + b * bb;
+    __m512i p0 = dot_i8_avx512(join(values<Q4>(blk), values<Q4>(blk + bb)), _mm512_loadu_si512(x.q.data() + 32 * b));
+    __m512i p1 = dot_i8_avx512(join(values<Q4>(blk + 2 * bb), values<Q4>(blk + 3 * bb)), _mm512_loadu_si512(x.q.data() + 32 * b + 64));
+    const float* xd = x.d.data() + b;
+    acc0 = _mm512_fmadd_ps(halves(half_at(blk) * xd[0], half_at(blk + bb) * xd[1]), _mm512_cvtepi32_ps(p0), acc0);
+    acc1 = _mm512_fmadd_ps(halves(half_at(blk + 2 * bb) * xd[2], half_at(blk + 3 * bb) * xd[3]), _mm512_cvtepi32_ps(p1), acc1);
+  }
+  for (; b + 2 <= nb; b += 2) {
+    const uint8_t* blk = row + b * bb;
+    __m512i p = dot_i8_avx512(join(values<Q4>(blk), values<Q4>(blk + bb)), _mm512_loadu_si512(x.q.data() + 32 * b));
+    acc0 = _mm512_fmadd_ps(halves(half_at(blk) * x.d[size_t(b)], half_at(blk + bb) * x.d[size_t(b + 1)]), _mm512_cvtepi32_ps(p), acc0);
+  }
+  float r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  if (b < nb) {
+    const uint8_t* blk = row + b * bb;
+    __m256i p = dot_i8_avx512_256(values<Q4>(blk), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + 32 * b)));
+    r += hsum8(_mm256_mul_ps(_mm256_set1_ps(half_at(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(p)));
+  }
+  return r;
+}
+
+// Q4_K / Q5_K: a pair of sub-blocks (low and high nibbles of 32 bytes) is one zmm of 64 values,
+// against x's 64 values of those sub-blocks; the scales as 16-bit words (16 of each sub-block's).
+template <bool Five>
+LA_TARGET_AVX512 float dot_q45_k_avx512(const Xq& x, const uint8_t* row, int64_t K) {
+  const int64_t bb = Five ? 176 : 144;
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  __m512i pick[4];  // word k of pair i's scales: scale 2i (k < 16) or 2i + 1
+  for (int i = 0; i < 4; i++)
+    pick[i] = _mm512_mask_blend_epi16(__mmask32(0xFFFF0000u), _mm512_set1_epi16(short(2 * i)), _mm512_set1_epi16(short(2 * i + 1)));
+  __m512 acc = _mm512_setzero_ps();
+  float mins = 0;
+  for (int64_t b = 0; b < K / 256; b++) {
+    const uint8_t* blk = row + b * bb;
+    const uint8_t* qs = blk + (Five ? 48 : 16);
+    const int8_t* xq = x.q.data() + b * 256;
+    uint8_t sc[16];
+    unpack_scales_k4(blk + 4, sc);
+    const __m512i scw = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc))));
+    __m256i qh = Five ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : _mm256_setzero_si256();
+    __m512i isum = _mm512_setzero_si512();
+    for (int i = 0; i < 4; i++) {
+      __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * i));
+      __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+      if (Five) {
+        lo = _mm256_or_si256(lo, fifth_bit(qh, 2 * i));
+        hi = _mm256_or_si256(hi, fifth_bit(qh, 2 * i + 1));
+      }
+      __m512i p = _mm512_maddubs_epi16(join(lo, hi), _mm512_loadu_si512(xq + 64 * i));
+      isum = _mm512_dpwssd_epi32(isum, p, _mm512_permutexvar_epi16(pick[i], scw));
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(half_at(blk) * x.d[size_t(b)]), _mm512_cvtepi32_ps(isum), acc);
+    mins += half_at(blk + 2) * x.d[size_t(b)] * float(mins_dot(sc + 8, x.sum32.data() + b * 8));
+  }
+  return _mm512_reduce_add_ps(acc) - mins;
+}
+
+// Q6_K: per half of 128 values, ql's 64 bytes and qh (and qh >> 2) as one zmm each give values
+// 0-63 (low nibbles) and 64-127 (high nibbles) of the half in order: 4 sub-blocks of 16 per zmm.
+LA_TARGET_AVX512 float dot_q6_k_avx512(const Xq& x, const uint8_t* row, int64_t K) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);
+  __m512i pick[4];  // word k of group g: scale 4g + k / 8
+  for (int g = 0; g < 4; g++) {
+    alignas(64) int16_t idx[32];
+    for (int k = 0; k < 32; k++) idx[k] = int16_t(4 * g + k / 8);
+    pick[g] = _mm512_load_si512(idx);
+  }
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t b = 0; b < K / 256; b++) {
+    const uint8_t* blk = row + b * 210;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    const int8_t* xq = x.q.data() + b * 256;
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc));
+    const __m512i scw = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
+    __m512i isum = _mm512_setzero_si512();
+    for (int h = 0; h < 2; h++) {
+      __m512i ql = _mm512_loadu_si512(blk + 64 * h);
+      __m256i qh8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+      __m512i qh = join(qh8, _mm256_srli_epi16(qh8, 2));
+      __m512i qa = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(_mm512_and_si512(qh, m2), 4));
+      __m512i qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                   _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 4), m2), 4));
+      isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(qa, _mm512_loadu_si512(xq + 128 * h)),
+                                 _mm512_permutexvar_epi16(pick[2 * h], scw));
+      isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(qb, _mm512_loadu_si512(xq + 128 * h + 64)),
+                                 _mm512_permutexvar_epi16(pick[2 * h + 1], scw));
+    }
+    __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum16.data() + 16 * b)));
+    isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(half_at(blk + 208) * x.d[size_t(b)]), _mm512_cvtepi32_ps(isum), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// ---- AVX-512 dequantisation, bit for bit quant.h's: the same float products and differences,
+// kept apart (opaque) so that no compiler fuses them into an FMA.
+LA_TARGET_AVX512 inline __m512 opaque(__m512 v) {
+  __asm__("" : "+v"(v));
+  return v;
+}
+LA_TARGET_AVX512 inline __m512 i8_to_ps(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
+LA_TARGET_AVX512 inline __m512 u8_to_ps(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
+LA_TARGET_AVX512 inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+
+LA_TARGET_AVX512 void dequant_block_avx512(DType t, const uint8_t* b, float* out) {
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  switch (t) {
+    case DType::Q8_0: {
+      const __m512 d = _mm512_set1_ps(half_at(b));
+      _mm512_storeu_ps(out, _mm512_mul_ps(i8_to_ps(load128(b + 2)), d));
+      _mm512_storeu_ps(out + 16, _mm512_mul_ps(i8_to_ps(load128(b + 18)), d));
+      return;
+    }
+    case DType::Q4_0: {
+      const __m512 d = _mm512_set1_ps(half_at(b));
+      const __m128i q = load128(b + 2), eight = _mm_set1_epi8(8);
+      _mm512_storeu_ps(out, _mm512_mul_ps(i8_to_ps(_mm_sub_epi8(_mm_and_si128(q, m4), eight)), d));
+      _mm512_storeu_ps(out + 16, _mm512_mul_ps(i8_to_ps(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), eight)), d));
+      return;
+    }
+    case DType::Q4_K:
+    case DType::Q5_K: {
+      const bool five = t == DType::Q5_K;
+      const float d = half_at(b), dmin = half_at(b + 2);
+      const uint8_t* qh = b + 16;
+      const uint8_t* q = b + (five ? 48 : 16);
+      uint8_t sc[16];
+      unpack_scales_k4(b + 4, sc);
+      for (int i = 0; i < 4; i++) {
+        const __m512 d1 = _mm512_set1_ps(d * float(sc[2 * i])), m1 = _mm512_set1_ps(dmin * float(sc[8 + 2 * i]));
+        const __m512 d2 = _mm512_set1_ps(d * float(sc[2 * i + 1])), m2 = _mm512_set1_ps(dmin * float(sc[8 + 2 * i + 1]));
+        for (int half = 0; half < 2; half++) {
+          __m128i v = load128(q + 32 * i + 16 * half);
+          __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+          if (five) {
+            __m128i h = load128(qh + 16 * half), one = _mm_set1_epi8(1);
+            lo = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * i)), one), 4));
+            hi = _mm_or_si128(hi, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * i + 1)), one), 4));
+          }
+          _mm512_storeu_ps(out + 64 * i + 16 * half, _mm512_sub_ps(opaque(_mm512_mul_ps(d1, u8_to_ps(lo))), m1));
+          _mm512_storeu_ps(out + 64 * i + 32 + 16 * half, _mm512_sub_ps(opaque(_mm512_mul_ps(d2, u8_to_ps(hi))), m2));
+        }
+      }
+      return;
+    }
+    case DType::Q6_K: {
+      const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+      const float d = half_at(b + 208);
+      const __m128i m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+      for (int h = 0; h < 2; h++)
+        for (int c = 0; c < 2; c++) {  // values 128h + 32s + 16c + l (l < 16) of the 4 groups s
+          __m128i ql0 = load128(b + 64 * h + 16 * c), ql1 = load128(b + 64 * h + 32 + 16 * c);
+          __m128i qh = load128(b + 128 + 32 * h + 16 * c);
+          __m128i q[4] = {
+              _mm_or_si128(_mm_and_si128(ql0, m4), _mm_slli_epi16(_mm_and_si128(qh, m2), 4)),
+              _mm_or_si128(_mm_and_si128(ql1, m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 2), m2), 4)),
+              _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql0, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 4), m2), 4)),
+              _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql1, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 6), m2), 4)),
+          };
+          for (int s = 0; s < 4; s++) {
+            const __m512 ds = _mm512_set1_ps(d * float(sc[8 * h + 2 * s + c]));
+            _mm512_storeu_ps(out + 128 * h + 32 * s + 16 * c, _mm512_mul_ps(ds, i8_to_ps(_mm_sub_epi8(q[s], k32))));
+          }
+        }
+      return;
+    }
+    default: return;
+  }
+}
+#endif
+
+using DotQ = float (*)(const Xq&, const uint8_t*, int64_t);
+
+// The decode dot of dtype t for the chosen instruction set.
+DotQ decode_dot(DType t) {
+  const Simd level = simd_level();
+  switch (t) {
+#ifdef LA_X86
+    case DType::Q8_0: return level == Simd::Avx512 ? dot_q8_0_q4_0_avx512<false> : level == Simd::Avx2 ? dot_q8_0_avx2 : dot_q8_0_plain;
+    case DType::Q4_0: return level == Simd::Avx512 ? dot_q8_0_q4_0_avx512<true> : level == Simd::Avx2 ? dot_q4_0_avx2 : dot_q4_0_plain;
+    case DType::Q4_K: return level == Simd::Avx512 ? dot_q45_k_avx512<false> : level == Simd::Avx2 ? dot_q45_k_avx2<false> : dot_q45_k_plain<false>;
+    case DType::Q5_K: return level == Simd::Avx512 ? dot_q45_k_avx512<true> : level == Simd::Avx2 ? dot_q45_k_avx2<true> : dot_q45_k_plain<true>;
+    case DType::Q6_K: return level == Simd::Avx512 ? dot_q6_k_avx512 : level == Simd::Avx2 ? dot_q6_k_avx2 : dot_q6_k_plain;
+#else
+    case DType::Q8_0: return dot_q8_0_plain;
+    case DType::Q4_0: return dot_q4_0_plain;
+    case DType::Q4_K: return dot_q45_k_plain<false>;
+    case DType::Q5_K: return dot_q45_k_plain<true>;
+    case DType::Q6_K: return dot_q6_k_plain;
+#endif
+    default: return nullptr;
+  }
+}
+
+// out (K) = one row of dtype t, through the AVX-512 blocks when chosen (the same values).
+void dequant_row_fast(DType t, const uint8_t* row, float* out, int64_t K) {
+#ifdef LA_X86
+  if (is_quantized(t) && simd_level() == Simd::Avx512) {
+    const int64_t be = block_elems(t), bb = block_bytes(t);
+    for (int64_t i = 0; i < K / be; i++) dequant_block_avx512(t, row + i * bb, out + i * be);
+    return;
+  }
+#endif
+  dequant_row(t, row, out, K);
+}
+
 // out[r] = dot(x_r, w) for R rows of x (stride K) against one quantized row; buf holds K floats.
 void dots_q(float* out, const float* x, int64_t R, const uint8_t* wrow, DType t, int64_t K, float* buf) {
-  dequant_row(t, wrow, buf, K);
+  dequant_row_fast(t, wrow, buf, K);
   dots_f32(out, x, K, R, buf, K);
 }
 
@@ -149,7 +532,7 @@ void dots_q(float* out, const float* x, int64_t R, const uint8_t* wrow, DType t,
 void dequant_panel(float* panel, const uint8_t* w, DType t, int64_t n0, int64_t rows, int64_t K) {
   int64_t rb = row_bytes(t, K);
   parallel_for(rows, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) dequant_row(t, w + (n0 + r) * rb, panel + r * K, K);
+    for (int64_t r = r0; r < r1; r++) dequant_row_fast(t, w + (n0 + r) * rb, panel + r * K, K);
   });
 }
 
@@ -165,24 +548,16 @@ void dequantize_rows(float* out, const void* w, DType t, int64_t rows, int64_t K
 void matmul_forward_q(float* y, const float* x, const void* wv, DType t, int64_t M, int64_t N, int64_t K) {
   const uint8_t* w = static_cast<const uint8_t*>(wv);
   int64_t rb = row_bytes(t, K);
-#ifdef LA_X86
-  if (M == 1 && t == DType::Q4_K && have_avx2()) {
-    Q8x xq;
-    quantize_x_q8(x, K, xq);
+  if (M == 1) {
+    // decoding: x as int8 once, then each weight row's integer block dots, on all cores
+    Xq xq;
+    quantize_x(x, K, t == DType::Q8_0 || t == DType::Q4_0 ? 32 : 256, xq);
+    const DotQ dot = decode_dot(t);
     parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; n++) y[n] = dot_q4_k_q8_avx2(xq, w + n * rb, K);
+      for (int64_t n = n0; n < n1; n++) y[n] = dot(xq, w + n * rb, K);
     });
     return;
   }
-  if (M == 1 && t == DType::Q8_0 && have_avx2()) {
-    Q8x32 xq;
-    quantize_x_q8_32(x, K, xq);
-    parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; n++) y[n] = dot_q8_0_q8_avx2(xq, w + n * rb, K);
-    });
-    return;
-  }
-#endif
   if (M <= kSmallM) {
     // y (M, N): each weight row is read once, dequantised (or dotted directly) for every row of x.
     parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
@@ -221,7 +596,7 @@ void matmul_backward_q(float* dx, const float* dy, const void* wv, DType t, int6
 void embedding_forward_q(float* out, const void* table, DType t, const int32_t* tokens, int64_t T, int64_t C) {
   const uint8_t* w = static_cast<const uint8_t*>(table);
   int64_t rb = row_bytes(t, C);
-  for (int64_t i = 0; i < T; i++) dequant_row(t, w + int64_t(tokens[i]) * rb, out + i * C, C);
+  for (int64_t i = 0; i < T; i++) dequant_row_fast(t, w + int64_t(tokens[i]) * rb, out + i * C, C);
 }
 
 }  // namespace la::cpu

@@ -14,6 +14,7 @@
 #include "../core/bf16.h"
 #include "../core/bf16_gemm.h"
 #include "../cpu/kernels.h"
+#include "../cpu/simd.h"
 #include "../core/quant.h"
 #include "../core/blas.h"
 #include "../core/error.h"
@@ -129,8 +130,13 @@ Napi::Value Capabilities(const Napi::CallbackInfo& info) {
   if (__builtin_cpu_supports("avx2")) simd.Set(k++, "avx2");
   if (__builtin_cpu_supports("fma")) simd.Set(k++, "fma");
   if (__builtin_cpu_supports("avx512f")) simd.Set(k++, "avx512f");
+  if (__builtin_cpu_supports("avx512bw")) simd.Set(k++, "avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) simd.Set(k++, "avx512vl");
+  if (__builtin_cpu_supports("avx512vnni")) simd.Set(k++, "avx512vnni");
+  if (__builtin_cpu_supports("avx512bf16")) simd.Set(k++, "avx512bf16");
 #endif
   o.Set("simd", simd);
+  o.Set("simdLevel", cpu::simd_name(cpu::simd_level()));
   return o;
 }
 
