@@ -14,7 +14,7 @@ import * as nodePath from 'path';
 import type { NativeBinding, QuantDType, Tensor } from '../lib/native';
 import { native } from '../lib/native';
 import { Backend, describeEachBackend } from './util/backends';
-import { repoRoot } from './util/paths';
+import { readGolden } from './util/golden-quants';
 import * as ref from './util/reference';
 import { GgmlTypeName } from '../lib/model/gguf';
 import { quantize } from '../tools/gguf-writer';
@@ -26,39 +26,6 @@ const TYPES: { q: QuantDType; g: GgmlTypeName }[] = [
   { q: 'q5_k', g: 'Q5_K' },
   { q: 'q6_k', g: 'Q6_K' },
 ];
-
-interface GoldenSection {
-  name: string;
-  input: Float32Array;
-  blocks: Uint8Array;
-  output: Float32Array;
-}
-
-/** test/golden/ggml-quants.bin: "LAQG", u32 version, u32 count, then per type: char[8] name,
- *  u32 n, u32 nbytes, f32 in[n], u8 q[nbytes], f32 out[n]. */
-function readGolden(): Map<string, GoldenSection> {
-  const b = fs.readFileSync(nodePath.join(repoRoot, 'test', 'golden', 'ggml-quants.bin'));
-  expect(b.toString('latin1', 0, 4)).to.equal('LAQG');
-  const count = b.readUInt32LE(8);
-  const out = new Map<string, GoldenSection>();
-  let o = 12;
-  const floats = (n: number) => {
-    const f = new Float32Array(n);
-    for (let i = 0; i < n; i++) f[i] = b.readFloatLE(o + 4 * i);
-    o += 4 * n;
-    return f;
-  };
-  for (let s = 0; s < count; s++) {
-    const name = b.toString('latin1', o, o + 8).replace(/\0+$/, '');
-    const n = b.readUInt32LE(o + 8), nbytes = b.readUInt32LE(o + 12);
-    o += 16;
-    const input = floats(n);
-    const blocks = new Uint8Array(b.subarray(o, o + nbytes));
-    o += nbytes;
-    out.set(name.toLowerCase(), { name, input, blocks, output: floats(n) });
-  }
-  return out;
-}
 
 const tmp = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'la-quant-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
