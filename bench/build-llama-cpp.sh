@@ -13,10 +13,11 @@
 #
 # Produces (bench/out/ is git-ignored):
 #   bench/out/llama.cpp/src/            the source used
-#   bench/out/llama.cpp/bin/llama-bench, llama-cli   (and the shared libraries they load)
+#   bench/out/llama.cpp/build/bin/llama-bench   (and the shared libraries it loads)
 #
 # The build runs with -j${JOBS:-2} (this machine has 2 cores; run it under `nice -n 19`).
-# bench/gguf.ts uses bin/llama-bench when present (LLAMA_CPP_DIR names another such folder).
+# bench/gguf.ts runs `llama-bench -m FILE -p 0 -n STEPS -t THREADS` for its llama.cpp column when
+# build/bin/llama-bench is there (LLAMA_CPP_DIR names another such folder).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +25,7 @@ out="${LLAMA_CPP_DIR:-$here/out/llama.cpp}"
 tag="${LLAMA_CPP_TAG:-v0.4.0}"
 jobs="${JOBS:-2}"
 mkdir -p "$out"
-rm -rf "$out/src"
+rm -rf "$out/src"  # a fresh copy; the build folder is kept (incremental)
 
 src="${1:-}"
 if [[ -z "$src" ]]; then
@@ -49,7 +50,6 @@ fi
 
 set -x
 cmake -S "$out/src" -B "$out/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-  -DCMAKE_RUNTIME_OUTPUT_DIRECTORY="$out/bin" -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$out/bin"
-cmake --build "$out/build" --config Release -j"$jobs" --target llama-bench llama-cli
-"$out/bin/llama-bench" --help >/dev/null
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+cmake --build "$out/build" --config Release -j"$jobs" --target llama-bench
+"$out/build/bin/llama-bench" --help >/dev/null

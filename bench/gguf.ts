@@ -5,13 +5,19 @@
 // runs in its own child process, so that its RSS (peak, VmHWM, and after the load) is its own.
 //
 //   node dist/bench/gguf.js [--threads N] [--steps N] [--runs N] [--train-steps N] [--seed N] [--regenerate]
+//                           [--simd avx2,avx512]
 //
 // Decode is timed as bench/decode.ts (from BOS, the clock starts at the first token), the best of
 // --runs runs (default 3: on a shared machine the best run is the least disturbed one); beside it,
-// when bench/fetch-llama-cpp.sh has installed node-llama-cpp (prebuilt llama.cpp), llama.cpp's own
-// decode of the same GGUF file (bench/llama-cpp-decode.mjs), its runs alternating with ours. A training
-// step is the trainer's (AdapterGraph forward/backward to 10 prompts x 8 layers, AdamW), over a
-// fixed batch of 4 Alpaca records of up to 128 tokens, after one warm-up step.
+// llama.cpp's own decode of the same GGUF file, its runs alternating with ours: llama.cpp built
+// from source for this CPU (bench/build-llama-cpp.sh: `llama-bench -m FILE -p 0 -n STEPS -t N`,
+// STEPS single-token decodes from an empty context) and node-llama-cpp's prebuilt llama.cpp
+// (bench/fetch-llama-cpp.sh, bench/llama-cpp-decode.mjs), each when installed; "ours / llama.cpp"
+// is against the source build when there is one. --simd runs every variant once per listed
+// instruction set of our kernels (LLAMA_ADAPTER_SIMD; default: the best the CPU has), llama.cpp
+// with the first only. A training step is the trainer's (AdapterGraph forward/backward to 10
+// prompts x 8 layers, AdamW), over a fixed batch of 4 Alpaca records of up to 128 tokens, after
+// one warm-up step.
 import './blas-choice'; // first: before the addon loads
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -41,28 +47,41 @@ function rssMiB(): { now: number; peak: number } {
 
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 
-/** The child: load one variant, decode, train; one JSON line. */
-const LLAMA_CPP_DIR = process.env.NODE_LLAMA_CPP_DIR ?? path.join(outDir, 'node-llama-cpp');
-const hasLlamaCpp = () => fs.existsSync(path.join(LLAMA_CPP_DIR, 'node_modules', 'node-llama-cpp'));
+const NODE_LLAMA_CPP_DIR = process.env.NODE_LLAMA_CPP_DIR ?? path.join(outDir, 'node-llama-cpp');
+const hasNodeLlamaCpp = () => fs.existsSync(path.join(NODE_LLAMA_CPP_DIR, 'node_modules', 'node-llama-cpp'));
+const LLAMA_BENCH = path.join(process.env.LLAMA_CPP_DIR ?? path.join(outDir, 'llama.cpp'), 'build', 'bin', 'llama-bench');
+const hasLlamaBench = () => fs.existsSync(LLAMA_BENCH);
 
-/** llama.cpp's decode tok/s of `file` (one run). */
-function llamaCppDecode(file: string, steps: number, threads: number): number {
+/** node-llama-cpp's (prebuilt llama.cpp) decode tok/s of `file` (one run). */
+function nodeLlamaCppDecode(file: string, steps: number, threads: number): number {
   const script = path.join(__dirname, '..', '..', 'bench', 'llama-cpp-decode.mjs');
-  const r = spawnSync(process.execPath, [script, LLAMA_CPP_DIR, file, String(steps), String(threads)], { encoding: 'utf8', timeout: 300_000 });
+  const r = spawnSync(process.execPath, [script, NODE_LLAMA_CPP_DIR, file, String(steps), String(threads)], { encoding: 'utf8', timeout: 300_000 });
   if (r.status !== 0) throw new Error(`llama.cpp decode of ${file} failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!).tokPerS;
 }
 
-async function child(variant: Variant, file: string, threads: number, steps: number, trainSteps: number, runs: number): Promise<void> {
+/** llama.cpp built from source (llama-bench, one repetition): decode tok/s of `file`. */
+function llamaBenchDecode(file: string, steps: number, threads: number): number {
+  const args = ['-m', file, '-p', '0', '-n', String(steps), '-t', String(threads), '-r', '1', '-o', 'json'];
+  const r = spawnSync(LLAMA_BENCH, args, { encoding: 'utf8', timeout: 300_000 });
+  if (r.status !== 0) throw new Error(`llama-bench on ${file} failed: ${r.stderr}`);
+  return Math.max(...(JSON.parse(r.stdout) as { samples_ts: number[] }[])[0].samples_ts);
+}
+
+/** The child: load one variant, decode, train; one JSON line. */
+async function child(variant: Variant, file: string, threads: number, steps: number, trainSteps: number, runs: number, withLlamaCpp: boolean): Promise<void> {
   native.setThreads(threads);
   const model = await Llama.load(file, { device: 'cpu', dtype: variant === 'BF16' ? 'bf16' : 'f32' });
   const afterLoad = rssMiB().now;
-  let decode = 0, llamaCpp = 0;
+  let decode = 0, llamaCpp = 0, llamaCppNpm = 0;
   for (let run = 0; run < runs; run++) {
     const stamps: number[] = [];
     for await (const _ of generateTokens(model, [1], { temperature: 0, maxTokens: steps, stopTokens: [] })) stamps.push(now());
     decode = Math.max(decode, (stamps.length - 1) / (stamps[stamps.length - 1] - stamps[0]));
-    if (file.endsWith('.gguf') && hasLlamaCpp()) llamaCpp = Math.max(llamaCpp, llamaCppDecode(file, steps, threads));
+    if (file.endsWith('.gguf') && withLlamaCpp) {
+      if (hasLlamaBench()) llamaCpp = Math.max(llamaCpp, llamaBenchDecode(file, steps, threads));
+      if (hasNodeLlamaCpp()) llamaCppNpm = Math.max(llamaCppNpm, nodeLlamaCppDecode(file, steps, threads));
+    }
   }
   const afterDecode = rssMiB().now;
 
@@ -89,7 +108,8 @@ async function child(variant: Variant, file: string, threads: number, steps: num
   await native.synchronize();
   const train = (trainSteps * batch.tokens.length) / (now() - t0);
   const { peak } = rssMiB();
-  process.stdout.write(JSON.stringify({ variant, decode, llamaCpp, train, tokens: batch.tokens.length, afterLoad, afterDecode, peak, fileBytes: fs.statSync(file).size, losses }) + '\n');
+  const simd = native.capabilities().simdLevel;
+  process.stdout.write(JSON.stringify({ variant, simd, decode, llamaCpp, llamaCppNpm, train, tokens: batch.tokens.length, afterLoad, afterDecode, peak, fileBytes: fs.statSync(file).size, losses }) + '\n');
   grads.dispose();
   opt.dispose();
   adapter.dispose();
@@ -101,9 +121,12 @@ async function main(argv: string[]): Promise<void> {
     const i = argv.indexOf(name);
     return i >= 0 ? Number(argv[i + 1]) : def;
   };
-  if (argv[0] === '--child') return child(argv[1] as Variant, argv[2], Number(argv[3]), Number(argv[4]), Number(argv[5]), Number(argv[6]));
+  if (argv[0] === '--child') return child(argv[1] as Variant, argv[2], Number(argv[3]), Number(argv[4]), Number(argv[5]), Number(argv[6]), argv[7] === '1');
   const threads = arg('--threads', native.capabilities().threads), steps = arg('--steps', 48), trainSteps = arg('--train-steps', 3);
   const runs = arg('--runs', 3);
+  const si = argv.indexOf('--simd');
+  const levels = si >= 0 ? argv[si + 1].split(',') : [native.capabilities().simdLevel];
+  for (const l of levels) if (!['avx512', 'avx2', 'scalar'].includes(l)) throw new Error(`--simd: ${l} is not one of avx512, avx2, scalar`);
   const seed = arg('--seed', 1), regenerate = argv.includes('--regenerate');
   const dir = path.join(outDir, 'gguf');
   fs.mkdirSync(dir, { recursive: true });
@@ -116,35 +139,48 @@ async function main(argv: string[]): Promise<void> {
     }
   const rows: string[][] = [];
   const raw: unknown[] = [];
-  let f32Decode = 0;
-  for (const v of VARIANTS) {
-    process.stderr.write(`${v} ...\n`);
-    const r = spawnSync(process.execPath, [__filename, '--child', v, files[v], String(threads), String(steps), String(trainSteps), String(runs)], { encoding: 'utf8', maxBuffer: 1 << 24 });
-    if (r.status !== 0) throw new Error(`${v} failed: ${r.stderr}`);
-    const m = JSON.parse(r.stdout.trim().split('\n').pop()!);
-    raw.push(m);
-    if (v === 'F32') f32Decode = m.decode;
-    rows.push([
-      v,
-      (m.fileBytes / 2 ** 20).toFixed(0),
-      m.decode.toFixed(2),
-      `${(m.decode / f32Decode).toFixed(2)}x`,
-      m.llamaCpp ? m.llamaCpp.toFixed(2) : '-',
-      m.llamaCpp ? `${((100 * m.decode) / m.llamaCpp).toFixed(0)}%` : '-',
-      m.train.toFixed(1),
-      m.afterDecode.toFixed(0),
-      m.peak.toFixed(0),
-    ]);
-  }
+  const f32Decode: Record<string, number> = {};
+  const llama: Record<string, { src: number; npm: number }> = {};
+  for (const v of VARIANTS)
+    for (const [li, level] of levels.entries()) {
+      process.stderr.write(`${v} (${level}) ...\n`);
+      const args = [__filename, '--child', v, files[v], String(threads), String(steps), String(trainSteps), String(runs), li === 0 ? '1' : '0'];
+      const r = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 24, env: { ...process.env, LLAMA_ADAPTER_SIMD: level } });
+      if (r.status !== 0) throw new Error(`${v} failed: ${r.stderr}`);
+      const m = JSON.parse(r.stdout.trim().split('\n').pop()!);
+      if (m.simd !== level) throw new Error(`${v}: asked for ${level}, the kernels ran ${m.simd}`);
+      raw.push(m);
+      if (li === 0) llama[v] = { src: m.llamaCpp, npm: m.llamaCppNpm };
+      const { src, npm } = llama[v];
+      if (v === 'F32') f32Decode[level] = m.decode;
+      const versus = src || npm;
+      rows.push([
+        v,
+        level,
+        (m.fileBytes / 2 ** 20).toFixed(0),
+        m.decode.toFixed(2),
+        `${(m.decode / f32Decode[level]).toFixed(2)}x`,
+        src ? src.toFixed(2) : '-',
+        npm ? npm.toFixed(2) : '-',
+        versus ? `${((100 * m.decode) / versus).toFixed(0)}%` : '-',
+        m.train.toFixed(1),
+        m.afterDecode.toFixed(0),
+        m.peak.toFixed(0),
+      ]);
+    }
   const table: BenchTable = {
     title: `Quantized bases at the 110M shape (random weights; CPU, ${threads} threads)`,
-    columns: ['weights', 'file MiB', 'decode tok/s', 'vs F32', 'llama.cpp decode tok/s', 'ours / llama.cpp', 'train tok/s', 'RSS after decode MiB', 'peak RSS MiB'],
-    align: ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+    columns: ['weights', 'ours SIMD', 'file MiB', 'decode tok/s', 'vs F32', 'llama.cpp (source) tok/s', 'llama.cpp (npm) tok/s', 'ours / llama.cpp', 'train tok/s', 'RSS after decode MiB', 'peak RSS MiB'],
+    align: ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
     rows,
     notes: [
-      hasLlamaCpp()
-        ? `llama.cpp: node-llama-cpp's prebuilt llama.cpp (bench/fetch-llama-cpp.sh), the same GGUF file, ${threads} threads, best of ${runs} runs alternating with ours`
-        : 'llama.cpp column empty: run bench/fetch-llama-cpp.sh first',
+      hasLlamaBench()
+        ? `llama.cpp (source): ${LLAMA_BENCH} (bench/build-llama-cpp.sh, -DGGML_NATIVE=ON), llama-bench -p 0 -n ${steps} -t ${threads}, the same GGUF file, best of ${runs} runs alternating with ours`
+        : 'llama.cpp (source) column empty: run bench/build-llama-cpp.sh first',
+      hasNodeLlamaCpp()
+        ? `llama.cpp (npm): node-llama-cpp's prebuilt llama.cpp (bench/fetch-llama-cpp.sh), ${threads} threads, timed from the first token, best of ${runs} runs alternating with ours`
+        : 'llama.cpp (npm) column empty: run bench/fetch-llama-cpp.sh first',
+      'ours / llama.cpp: against the source build when present, else the npm build',
       `decode: greedy from BOS, ${steps} positions, timed from the first token, best of ${runs} runs; train: ${trainSteps} adapter steps (10 prompts x 8 layers) on one batch of 4 Alpaca records (<= 128 tokens), after a warm-up step`,
       'F32 and BF16 load the llama2.c .bin (BF16 converted on load); Q8_0 and Q4_K are GGUF files from tools/to-gguf (mapped, kept quantized)',
       'peak RSS includes the training step\'s activations and the dequantised f32 panels of the backward',

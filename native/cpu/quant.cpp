@@ -161,24 +161,41 @@ float dot_q6_k_plain(const Xq& x, const uint8_t* row, int64_t K) {
 }
 
 #ifdef LA_X86
-__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
+#define LA_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// An fp16 scale by the F16C instruction: exact, as quant_detail::half_at (scales are finite:
+// checked at load), without its branches.
+LA_TARGET_AVX2 inline float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+LA_TARGET_AVX2 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
-// sum_j m_j * (sum of x's int8 values in sub-block j of 32), the K types' min term, in integers.
-__attribute__((target("avx2,fma"))) inline int32_t mins_dot(const uint8_t* mins, const int16_t* sum32) {
-  __m128i p = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins))),
-                             _mm_loadu_si128(reinterpret_cast<const __m128i*>(sum32)));
+// unpack_scales_k4 into a register: bytes 0-7 the scales, 8-15 the mins (no round trip through
+// memory, whose 4-byte stores read back as 8 would stall store forwarding).
+LA_TARGET_AVX2 inline __m128i scales_k4(const uint8_t* packed) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  return _mm_setr_epi32(int(u[0] & 0x3f3f3f3fu), int((u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4)),
+                        int(u[1] & 0x3f3f3f3fu), int(((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4)));
+}
+// sum_j m_j * (sum of x's int8 values in sub-block j of 32), from the mins in bytes 8-15 of sm.
+LA_TARGET_AVX2 inline int32_t mins_dot(__m128i sm, const int16_t* sum32) {
+  __m128i p = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)), _mm_loadu_si128(reinterpret_cast<const __m128i*>(sum32)));
   p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4e));
   p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xb1));
   return _mm_cvtsi128_si32(p);
 }
 
 // The 5th bit of the values of pair i of a Q5_K block (bit `shift` of each qh byte), as 16.
-__attribute__((target("avx2,fma"))) inline __m256i fifth_bit(__m256i qh, int shift) {
+LA_TARGET_AVX2 inline __m256i fifth_bit(__m256i qh, int shift) {
   __m256i bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(1));
   return _mm256_slli_epi16(bit, 4);
 }
@@ -186,7 +203,7 @@ __attribute__((target("avx2,fma"))) inline __m256i fifth_bit(__m256i qh, int shi
 // AVX2: per sub-block u8 values x s8 x (maddubs) summed in pairs with the sub-block's scale as
 // the multiplier (madd), accumulated in i32; then one float product per block.
 template <bool Five>
-__attribute__((target("avx2,fma"))) float dot_q45_k_avx2(const Xq& x, const uint8_t* row, int64_t K) {
+LA_TARGET_AVX2 inline __attribute__((always_inline)) float dot_q45_k_avx2(const Xq& x, const uint8_t* row, int64_t K) {
   __m256 acc = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0F);
   const int64_t bb = Five ? 176 : 144;
@@ -194,10 +211,10 @@ __attribute__((target("avx2,fma"))) float dot_q45_k_avx2(const Xq& x, const uint
   for (int64_t b = 0; b < K / 256; b++) {
     const uint8_t* blk = row + b * bb;
     const uint8_t* qs = blk + (Five ? 48 : 16);
-    const float d = half_at(blk) * x.d[size_t(b)], dmin = half_at(blk + 2) * x.d[size_t(b)];
+    const float d = half(blk) * x.d[size_t(b)], dmin = half(blk + 2) * x.d[size_t(b)];
     const int8_t* xq = x.q.data() + b * 256;
-    uint8_t sc[16];
-    unpack_scales_k4(blk + 4, sc);
+    const __m128i sm = scales_k4(blk + 4);
+    const __m256i scw = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));  // the 8 scales as words, twice
     __m256i qh = Five ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : _mm256_setzero_si256();
     __m256i isum = _mm256_setzero_si256();
     for (int i = 0; i < 4; i++) {
@@ -209,52 +226,52 @@ __attribute__((target("avx2,fma"))) float dot_q45_k_avx2(const Xq& x, const uint
       }
       __m256i p1 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i)));
       __m256i p2 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * i + 32)));
-      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * i])));
-      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p2, _mm256_set1_epi16(sc[2 * i + 1])));
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scw, _mm256_set1_epi16(short(0x0101 * 4 * i + 0x0100)))));
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p2, _mm256_shuffle_epi8(scw, _mm256_set1_epi16(short(0x0101 * (4 * i + 2) + 0x0100)))));
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
-    mins += dmin * float(mins_dot(sc + 8, x.sum32.data() + b * 8));
+    mins += dmin * float(mins_dot(sm, x.sum32.data() + b * 8));
   }
   return hsum8(acc) - mins;
 }
 
 // sum over pairs of w * x for signed w: maddubs takes one unsigned operand, so |w| and x with w's
 // sign (w = -128 gives 128 * -x, still exact: |x| <= 127).
-__attribute__((target("avx2,fma"))) inline __m256i dot_i8_avx2(__m256i w, __m256i x) {
+LA_TARGET_AVX2 inline __m256i dot_i8_avx2(__m256i w, __m256i x) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
 }
 
-__attribute__((target("avx2,fma"))) float dot_q8_0_avx2(const Xq& x, const uint8_t* row, int64_t K) {
+LA_TARGET_AVX2 inline __attribute__((always_inline)) float dot_q8_0_avx2(const Xq& x, const uint8_t* row, int64_t K) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < K / 32; b++) {
     const uint8_t* blk = row + b * 34;
     __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
     __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + 32 * b));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(dot_i8_avx2(w, xv)), acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(dot_i8_avx2(w, xv)), acc);
   }
   return hsum8(acc);
 }
 
 // The 32 values of a Q4_0 block in order as signed bytes (q - 8): low nibbles, then high.
-__attribute__((target("avx2,fma"))) inline __m256i q4_0_values(const uint8_t* blk) {
+LA_TARGET_AVX2 inline __m256i q4_0_values(const uint8_t* blk) {
   __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
   __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
   return _mm256_sub_epi8(_mm256_and_si256(v, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8));
 }
 
-__attribute__((target("avx2,fma"))) float dot_q4_0_avx2(const Xq& x, const uint8_t* row, int64_t K) {
+LA_TARGET_AVX2 inline __attribute__((always_inline)) float dot_q4_0_avx2(const Xq& x, const uint8_t* row, int64_t K) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < K / 32; b++) {
     const uint8_t* blk = row + b * 18;
     __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + 32 * b));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(dot_i8_avx2(q4_0_values(blk), xv)), acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(dot_i8_avx2(q4_0_values(blk), xv)), acc);
   }
   return hsum8(acc);
 }
 
 // Q6_K: values 0..63 (u8) x s8 x per sub-block of 16, times the int8 scale; the -32 offset as
 // 32 * sum_j sc_j * (sum of x in sub-block j), subtracted in integers.
-__attribute__((target("avx2,fma"))) float dot_q6_k_avx2(const Xq& x, const uint8_t* row, int64_t K) {
+LA_TARGET_AVX2 inline __attribute__((always_inline)) float dot_q6_k_avx2(const Xq& x, const uint8_t* row, int64_t K) {
   __m256 acc = _mm256_setzero_ps();
   const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
   for (int64_t b = 0; b < K / 256; b++) {
@@ -283,7 +300,7 @@ __attribute__((target("avx2,fma"))) float dot_q6_k_avx2(const Xq& x, const uint8
     __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc))),
                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum16.data() + 16 * b)));
     isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(corr, 5));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(blk + 208) * x.d[size_t(b)]), _mm256_cvtepi32_ps(isum), acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk + 208) * x.d[size_t(b)]), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum8(acc);
 }
@@ -311,7 +328,7 @@ LA_TARGET_AVX512 inline __m256i values(const uint8_t* blk) {  // a block's 32 va
   return Q4 ? q4_0_values(blk) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
 }
 template <bool Q4>
-LA_TARGET_AVX512 float dot_q8_0_q4_0_avx512(const Xq& x, const uint8_t* row, int64_t K) {
+LA_TARGET_AVX512 inline __attribute__((always_inline)) float dot_q8_0_q4_0_avx512(const Xq& x, const uint8_t* row, int64_t K) {
   const int64_t bb = Q4 ? 18 : 34, nb = K / 32;
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t b = 0;
@@ -320,19 +337,19 @@ LA_TARGET_AVX512 float dot_q8_0_q4_0_avx512(const Xq& x, const uint8_t* row, int
     __m512i p0 = dot_i8_avx512(join(values<Q4>(blk), values<Q4>(blk + bb)), _mm512_loadu_si512(x.q.data() + 32 * b));
     __m512i p1 = dot_i8_avx512(join(values<Q4>(blk + 2 * bb), values<Q4>(blk + 3 * bb)), _mm512_loadu_si512(x.q.data() + 32 * b + 64));
     const float* xd = x.d.data() + b;
-    acc0 = _mm512_fmadd_ps(halves(half_at(blk) * xd[0], half_at(blk + bb) * xd[1]), _mm512_cvtepi32_ps(p0), acc0);
-    acc1 = _mm512_fmadd_ps(halves(half_at(blk + 2 * bb) * xd[2], half_at(blk + 3 * bb) * xd[3]), _mm512_cvtepi32_ps(p1), acc1);
+    acc0 = _mm512_fmadd_ps(halves(half(blk) * xd[0], half(blk + bb) * xd[1]), _mm512_cvtepi32_ps(p0), acc0);
+    acc1 = _mm512_fmadd_ps(halves(half(blk + 2 * bb) * xd[2], half(blk + 3 * bb) * xd[3]), _mm512_cvtepi32_ps(p1), acc1);
   }
   for (; b + 2 <= nb; b += 2) {
     const uint8_t* blk = row + b * bb;
     __m512i p = dot_i8_avx512(join(values<Q4>(blk), values<Q4>(blk + bb)), _mm512_loadu_si512(x.q.data() + 32 * b));
-    acc0 = _mm512_fmadd_ps(halves(half_at(blk) * x.d[size_t(b)], half_at(blk + bb) * x.d[size_t(b + 1)]), _mm512_cvtepi32_ps(p), acc0);
+    acc0 = _mm512_fmadd_ps(halves(half(blk) * x.d[size_t(b)], half(blk + bb) * x.d[size_t(b + 1)]), _mm512_cvtepi32_ps(p), acc0);
   }
   float r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
   if (b < nb) {
     const uint8_t* blk = row + b * bb;
     __m256i p = dot_i8_avx512_256(values<Q4>(blk), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + 32 * b)));
-    r += hsum8(_mm256_mul_ps(_mm256_set1_ps(half_at(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(p)));
+    r += hsum8(_mm256_mul_ps(_mm256_set1_ps(half(blk) * x.d[size_t(b)]), _mm256_cvtepi32_ps(p)));
   }
   return r;
 }
@@ -340,7 +357,7 @@ LA_TARGET_AVX512 float dot_q8_0_q4_0_avx512(const Xq& x, const uint8_t* row, int
 // Q4_K / Q5_K: a pair of sub-blocks (low and high nibbles of 32 bytes) is one zmm of 64 values,
 // against x's 64 values of those sub-blocks; the scales as 16-bit words (16 of each sub-block's).
 template <bool Five>
-LA_TARGET_AVX512 float dot_q45_k_avx512(const Xq& x, const uint8_t* row, int64_t K) {
+LA_TARGET_AVX512 inline __attribute__((always_inline)) float dot_q45_k_avx512(const Xq& x, const uint8_t* row, int64_t K) {
   const int64_t bb = Five ? 176 : 144;
   const __m256i low = _mm256_set1_epi8(0x0F);
   __m512i pick[4];  // word k of pair i's scales: scale 2i (k < 16) or 2i + 1
@@ -352,9 +369,8 @@ LA_TARGET_AVX512 float dot_q45_k_avx512(const Xq& x, const uint8_t* row, int64_t
     const uint8_t* blk = row + b * bb;
     const uint8_t* qs = blk + (Five ? 48 : 16);
     const int8_t* xq = x.q.data() + b * 256;
-    uint8_t sc[16];
-    unpack_scales_k4(blk + 4, sc);
-    const __m512i scw = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc))));
+    const __m128i sm = scales_k4(blk + 4);
+    const __m512i scw = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
     __m256i qh = Five ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : _mm256_setzero_si256();
     __m512i isum = _mm512_setzero_si512();
     for (int i = 0; i < 4; i++) {
@@ -367,15 +383,15 @@ LA_TARGET_AVX512 float dot_q45_k_avx512(const Xq& x, const uint8_t* row, int64_t
       __m512i p = _mm512_maddubs_epi16(join(lo, hi), _mm512_loadu_si512(xq + 64 * i));
       isum = _mm512_dpwssd_epi32(isum, p, _mm512_permutexvar_epi16(pick[i], scw));
     }
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(half_at(blk) * x.d[size_t(b)]), _mm512_cvtepi32_ps(isum), acc);
-    mins += half_at(blk + 2) * x.d[size_t(b)] * float(mins_dot(sc + 8, x.sum32.data() + b * 8));
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(half(blk) * x.d[size_t(b)]), _mm512_cvtepi32_ps(isum), acc);
+    mins += half(blk + 2) * x.d[size_t(b)] * float(mins_dot(sm, x.sum32.data() + b * 8));
   }
   return _mm512_reduce_add_ps(acc) - mins;
 }
 
 // Q6_K: per half of 128 values, ql's 64 bytes and qh (and qh >> 2) as one zmm each give values
 // 0-63 (low nibbles) and 64-127 (high nibbles) of the half in order: 4 sub-blocks of 16 per zmm.
-LA_TARGET_AVX512 float dot_q6_k_avx512(const Xq& x, const uint8_t* row, int64_t K) {
+LA_TARGET_AVX512 inline __attribute__((always_inline)) float dot_q6_k_avx512(const Xq& x, const uint8_t* row, int64_t K) {
   const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);
   __m512i pick[4];  // word k of group g: scale 4g + k / 8
   for (int g = 0; g < 4; g++) {
@@ -405,7 +421,7 @@ LA_TARGET_AVX512 float dot_q6_k_avx512(const Xq& x, const uint8_t* row, int64_t 
     }
     __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum16.data() + 16 * b)));
     isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(half_at(blk + 208) * x.d[size_t(b)]), _mm512_cvtepi32_ps(isum), acc);
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(half(blk + 208) * x.d[size_t(b)]), _mm512_cvtepi32_ps(isum), acc);
   }
   return _mm512_reduce_add_ps(acc);
 }
@@ -424,13 +440,13 @@ LA_TARGET_AVX512 void dequant_block_avx512(DType t, const uint8_t* b, float* out
   const __m128i m4 = _mm_set1_epi8(0x0F);
   switch (t) {
     case DType::Q8_0: {
-      const __m512 d = _mm512_set1_ps(half_at(b));
+      const __m512 d = _mm512_set1_ps(half(b));
       _mm512_storeu_ps(out, _mm512_mul_ps(i8_to_ps(load128(b + 2)), d));
       _mm512_storeu_ps(out + 16, _mm512_mul_ps(i8_to_ps(load128(b + 18)), d));
       return;
     }
     case DType::Q4_0: {
-      const __m512 d = _mm512_set1_ps(half_at(b));
+      const __m512 d = _mm512_set1_ps(half(b));
       const __m128i q = load128(b + 2), eight = _mm_set1_epi8(8);
       _mm512_storeu_ps(out, _mm512_mul_ps(i8_to_ps(_mm_sub_epi8(_mm_and_si128(q, m4), eight)), d));
       _mm512_storeu_ps(out + 16, _mm512_mul_ps(i8_to_ps(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), eight)), d));
@@ -439,7 +455,7 @@ LA_TARGET_AVX512 void dequant_block_avx512(DType t, const uint8_t* b, float* out
     case DType::Q4_K:
     case DType::Q5_K: {
       const bool five = t == DType::Q5_K;
-      const float d = half_at(b), dmin = half_at(b + 2);
+      const float d = half(b), dmin = half(b + 2);
       const uint8_t* qh = b + 16;
       const uint8_t* q = b + (five ? 48 : 16);
       uint8_t sc[16];
@@ -463,7 +479,7 @@ LA_TARGET_AVX512 void dequant_block_avx512(DType t, const uint8_t* b, float* out
     }
     case DType::Q6_K: {
       const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-      const float d = half_at(b + 208);
+      const float d = half(b + 208);
       const __m128i m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
       for (int h = 0; h < 2; h++)
         for (int c = 0; c < 2; c++) {  // values 128h + 32s + 16c + l (l < 16) of the 4 groups s
@@ -488,26 +504,48 @@ LA_TARGET_AVX512 void dequant_block_avx512(DType t, const uint8_t* b, float* out
 #endif
 
 using DotQ = float (*)(const Xq&, const uint8_t*, int64_t);
-
-// The decode dot of dtype t for the chosen instruction set.
-DotQ decode_dot(DType t) {
-  const Simd level = simd_level();
-  switch (t) {
+// y[n] = the decode dot of weight row n for n in [n0, n1), rows rb bytes apart. The row loop is
+// inside each instruction set's body (the dot inlined), so that its constants stay in registers:
+// a row of K = 768 is only 3 blocks of 256.
+using DotRows = void (*)(float* y, const Xq& x, const uint8_t* w, int64_t rb, int64_t K, int64_t n0, int64_t n1);
+template <DotQ Dot>
+void rows_plain(float* y, const Xq& x, const uint8_t* w, int64_t rb, int64_t K, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; n++) y[n] = Dot(x, w + n * rb, K);
+}
 #ifdef LA_X86
-    case DType::Q8_0: return level == Simd::Avx512 ? dot_q8_0_q4_0_avx512<false> : level == Simd::Avx2 ? dot_q8_0_avx2 : dot_q8_0_plain;
-    case DType::Q4_0: return level == Simd::Avx512 ? dot_q8_0_q4_0_avx512<true> : level == Simd::Avx2 ? dot_q4_0_avx2 : dot_q4_0_plain;
-    case DType::Q4_K: return level == Simd::Avx512 ? dot_q45_k_avx512<false> : level == Simd::Avx2 ? dot_q45_k_avx2<false> : dot_q45_k_plain<false>;
-    case DType::Q5_K: return level == Simd::Avx512 ? dot_q45_k_avx512<true> : level == Simd::Avx2 ? dot_q45_k_avx2<true> : dot_q45_k_plain<true>;
-    case DType::Q6_K: return level == Simd::Avx512 ? dot_q6_k_avx512 : level == Simd::Avx2 ? dot_q6_k_avx2 : dot_q6_k_plain;
-#else
-    case DType::Q8_0: return dot_q8_0_plain;
-    case DType::Q4_0: return dot_q4_0_plain;
-    case DType::Q4_K: return dot_q45_k_plain<false>;
-    case DType::Q5_K: return dot_q45_k_plain<true>;
-    case DType::Q6_K: return dot_q6_k_plain;
+template <DotQ Dot>
+LA_TARGET_AVX2 void rows_avx2(float* y, const Xq& x, const uint8_t* w, int64_t rb, int64_t K, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; n++) y[n] = Dot(x, w + n * rb, K);
+}
+template <DotQ Dot>
+LA_TARGET_AVX512 void rows_avx512(float* y, const Xq& x, const uint8_t* w, int64_t rb, int64_t K, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; n++) y[n] = Dot(x, w + n * rb, K);
+}
 #endif
+
+// The decode rows of dtype t for the chosen instruction set.
+DotRows decode_rows(DType t) {
+#ifdef LA_X86
+  const Simd level = simd_level();
+  const bool v512 = level == Simd::Avx512, v256 = level == Simd::Avx2;
+  switch (t) {
+    case DType::Q8_0: return v512 ? rows_avx512<dot_q8_0_q4_0_avx512<false>> : v256 ? rows_avx2<dot_q8_0_avx2> : rows_plain<dot_q8_0_plain>;
+    case DType::Q4_0: return v512 ? rows_avx512<dot_q8_0_q4_0_avx512<true>> : v256 ? rows_avx2<dot_q4_0_avx2> : rows_plain<dot_q4_0_plain>;
+    case DType::Q4_K: return v512 ? rows_avx512<dot_q45_k_avx512<false>> : v256 ? rows_avx2<dot_q45_k_avx2<false>> : rows_plain<dot_q45_k_plain<false>>;
+    case DType::Q5_K: return v512 ? rows_avx512<dot_q45_k_avx512<true>> : v256 ? rows_avx2<dot_q45_k_avx2<true>> : rows_plain<dot_q45_k_plain<true>>;
+    case DType::Q6_K: return v512 ? rows_avx512<dot_q6_k_avx512> : v256 ? rows_avx2<dot_q6_k_avx2> : rows_plain<dot_q6_k_plain>;
     default: return nullptr;
   }
+#else
+  switch (t) {
+    case DType::Q8_0: return rows_plain<dot_q8_0_plain>;
+    case DType::Q4_0: return rows_plain<dot_q4_0_plain>;
+    case DType::Q4_K: return rows_plain<dot_q45_k_plain<false>>;
+    case DType::Q5_K: return rows_plain<dot_q45_k_plain<true>>;
+    case DType::Q6_K: return rows_plain<dot_q6_k_plain>;
+    default: return nullptr;
+  }
+#endif
 }
 
 // out (K) = one row of dtype t, through the AVX-512 blocks when chosen (the same values).
@@ -552,10 +590,8 @@ void matmul_forward_q(float* y, const float* x, const void* wv, DType t, int64_t
     // decoding: x as int8 once, then each weight row's integer block dots, on all cores
     Xq xq;
     quantize_x(x, K, t == DType::Q8_0 || t == DType::Q4_0 ? 32 : 256, xq);
-    const DotQ dot = decode_dot(t);
-    parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; n++) y[n] = dot(xq, w + n * rb, K);
-    });
+    const DotRows rows = decode_rows(t);
+    parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) { rows(y, xq, w, rb, K, n0, n1); });
     return;
   }
   if (M <= kSmallM) {

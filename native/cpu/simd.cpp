@@ -31,7 +31,8 @@ const char* simd_name(Simd s) {
 namespace {
 Simd best_simd() {
 #ifdef LA_X86
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Simd::Scalar;
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+    return Simd::Scalar;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512vnni"))
     return Simd::Avx512;

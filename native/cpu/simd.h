@@ -6,7 +6,7 @@
 namespace la::cpu {
 
 // The instruction set the dot-product and quantized kernels (this file, quant.cpp) use: the best
-// the CPU has (AVX-512 needs F, BW, VL and VNNI; AVX2 needs FMA), or a lower one named by
+// the CPU has (AVX-512 needs F, BW, VL and VNNI; AVX2 needs FMA and F16C), or a lower one named by
 // LLAMA_ADAPTER_SIMD=avx512|avx2|scalar (LLAMA_ADAPTER_NO_AVX2=1 also means scalar), read once.
 // A level the CPU lacks falls back to the best it has, with a warning on stderr.
 enum class Simd : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
@@ -14,7 +14,7 @@ Simd simd_level();
 const char* simd_name(Simd s);
 
 // The target of the AVX-512 bodies (the ISA simd_level() checks for Simd::Avx512).
-#define LA_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define LA_TARGET_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 float dot_f32(const float* a, const float* b, int64_t n);
 // a (n) f32 · b (n) bf16
