@@ -49,7 +49,7 @@ struct Xq {
   std::vector<int16_t> sum16;  // (K / 16) |sum| <= 16 * 127
   std::vector<int16_t> sum32;  // (K / 32) |sum| <= 32 * 127
 };
-void quantize_x(const float* x, int64_t K, int64_t qb, Xq& out) {
+void quantize_x_plain(const float* x, int64_t K, int64_t qb, Xq& out) {
   out.q.resize(size_t(K));
   out.d.resize(size_t(K / qb));
   out.sum16.resize(size_t(K / 16));
@@ -502,6 +502,68 @@ LA_TARGET_AVX512 void dequant_block_avx512(DType t, const uint8_t* b, float* out
   }
 }
 #endif
+
+#ifdef LA_X86
+// quantize_x's values with vector instructions: the same max, the same scale, the same product
+// rounded to nearest even (cvtps: the default rounding mode, as nearbyint), the same sums.
+LA_TARGET_AVX2 void quantize_x_avx2(const float* x, int64_t K, int64_t qb, Xq& out) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t b = 0; b < K / qb; b++) {
+    const float* xb = x + qb * b;
+    __m256 m = _mm256_setzero_ps();
+    for (int64_t j = 0; j < qb; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + j)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float d = _mm_cvtss_f32(h) / 127.f, id = d > 0 ? 1.f / d : 0.f;
+    out.d[size_t(b)] = d;
+    for (int64_t j = 0; j < qb; j += 16) {
+      __m256i v0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j), _mm256_set1_ps(id)));
+      __m256i v1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8), _mm256_set1_ps(id)));
+      __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(v0, v1), 0xD8);  // 16 x i16 in order
+      __m128i q = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));  // in order
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q.data() + qb * b + j), q);
+      __m256i s = _mm256_add_epi32(v0, v1);
+      __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+      t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+      t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+      out.sum16[size_t((qb * b + j) / 16)] = int16_t(_mm_cvtsi128_si32(t));
+    }
+  }
+}
+LA_TARGET_AVX512 void quantize_x_avx512(const float* x, int64_t K, int64_t qb, Xq& out) {
+  for (int64_t b = 0; b < K / qb; b++) {
+    const float* xb = x + qb * b;
+    __m512 m = _mm512_setzero_ps();
+    for (int64_t j = 0; j < qb; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xb + j)));
+    const float d = _mm512_reduce_max_ps(m) / 127.f, id = d > 0 ? 1.f / d : 0.f;
+    out.d[size_t(b)] = d;
+    for (int64_t j = 0; j < qb; j += 16) {
+      __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + j), _mm512_set1_ps(id)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q.data() + qb * b + j), _mm512_cvtsepi32_epi8(v));
+      out.sum16[size_t((qb * b + j) / 16)] = int16_t(_mm512_reduce_add_epi32(v));
+    }
+  }
+}
+#endif
+
+// x as int8 per qb values (Xq), by the chosen instruction set (the same values from each).
+void quantize_x(const float* x, int64_t K, int64_t qb, Xq& out) {
+#ifdef LA_X86
+  const Simd level = simd_level();
+  if (level != Simd::Scalar) {
+    out.q.resize(size_t(K));
+    out.d.resize(size_t(K / qb));
+    out.sum16.resize(size_t(K / 16));
+    out.sum32.resize(size_t(K / 32));
+    if (level == Simd::Avx512) quantize_x_avx512(x, K, qb, out);
+    else quantize_x_avx2(x, K, qb, out);
+    for (int64_t s = 0; s < K / 32; s++) out.sum32[size_t(s)] = int16_t(out.sum16[size_t(2 * s)] + out.sum16[size_t(2 * s + 1)]);
+    return;
+  }
+#endif
+  quantize_x_plain(x, K, qb, out);
+}
 
 using DotQ = float (*)(const Xq&, const uint8_t*, int64_t);
 // y[n] = the decode dot of weight row n for n in [n0, n1), rows rb bytes apart. The row loop is
