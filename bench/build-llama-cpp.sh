@@ -25,10 +25,11 @@ out="${LLAMA_CPP_DIR:-$here/out/llama.cpp}"
 tag="${LLAMA_CPP_TAG:-v0.4.0}"
 jobs="${JOBS:-2}"
 mkdir -p "$out"
-rm -rf "$out/src"  # a fresh copy; the build folder is kept (incremental)
-
 src="${1:-}"
-if [[ -z "$src" ]]; then
+if [[ -d "$out/src" ]]; then
+  # kept, so that a rebuild is incremental; remove it to take another source
+  echo "using the source already in $out/src (remove it to fetch another)"
+elif [[ -z "$src" ]]; then
   git clone --depth 1 --branch "$tag" https://github.com/ggml-org/llama.cpp "$out/src"
 elif [[ -f "$src/CMakeLists.txt" ]]; then
   cp -a "$src" "$out/src"
