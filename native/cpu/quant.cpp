@@ -426,6 +426,94 @@ LA_TARGET_AVX512 inline __attribute__((always_inline)) float dot_q6_k_avx512(con
   return _mm512_reduce_add_ps(acc);
 }
 
+// ---- AVX2 dequantisation, bit for bit quant.h's: the same float products and differences, kept
+// apart (opaque8) so that no compiler fuses them into an FMA; 8 values per instruction.
+LA_TARGET_AVX2 inline __m256 opaque8(__m256 v) {
+  __asm__("" : "+x"(v));
+  return v;
+}
+LA_TARGET_AVX2 inline __m256 i8x8_to_ps(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }  // bytes 0-7
+LA_TARGET_AVX2 inline __m256 u8x8_to_ps(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
+
+LA_TARGET_AVX2 void dequant_block_avx2(DType t, const uint8_t* b, float* out) {
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  auto load = [](const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); };
+  switch (t) {
+    case DType::Q8_0: {
+      const __m256 d = _mm256_set1_ps(half(b));
+      for (int j = 0; j < 2; j++) {
+        __m128i q = load(b + 2 + 16 * j);
+        _mm256_storeu_ps(out + 16 * j, _mm256_mul_ps(i8x8_to_ps(q), d));
+        _mm256_storeu_ps(out + 16 * j + 8, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(q, 8)), d));
+      }
+      return;
+    }
+    case DType::Q4_0: {
+      const __m256 d = _mm256_set1_ps(half(b));
+      const __m128i q = load(b + 2), eight = _mm_set1_epi8(8);
+      const __m128i lo = _mm_sub_epi8(_mm_and_si128(q, m4), eight), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), eight);
+      _mm256_storeu_ps(out, _mm256_mul_ps(i8x8_to_ps(lo), d));
+      _mm256_storeu_ps(out + 8, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(lo, 8)), d));
+      _mm256_storeu_ps(out + 16, _mm256_mul_ps(i8x8_to_ps(hi), d));
+      _mm256_storeu_ps(out + 24, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(hi, 8)), d));
+      return;
+    }
+    case DType::Q4_K:
+    case DType::Q5_K: {
+      const bool five = t == DType::Q5_K;
+      const float d = half(b), dmin = half(b + 2);
+      const uint8_t* qh = b + 16;
+      const uint8_t* q = b + (five ? 48 : 16);
+      uint8_t sc[16];
+      unpack_scales_k4(b + 4, sc);
+      for (int i = 0; i < 4; i++) {
+        const __m256 d1 = _mm256_set1_ps(d * float(sc[2 * i])), m1 = _mm256_set1_ps(dmin * float(sc[8 + 2 * i]));
+        const __m256 d2 = _mm256_set1_ps(d * float(sc[2 * i + 1])), m2 = _mm256_set1_ps(dmin * float(sc[8 + 2 * i + 1]));
+        for (int half16 = 0; half16 < 2; half16++) {
+          __m128i v = load(q + 32 * i + 16 * half16);
+          __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+          if (five) {
+            __m128i h = load(qh + 16 * half16), one = _mm_set1_epi8(1);
+            lo = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * i)), one), 4));
+            hi = _mm_or_si128(hi, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * i + 1)), one), 4));
+          }
+          float* o = out + 64 * i + 16 * half16;
+          _mm256_storeu_ps(o, _mm256_sub_ps(opaque8(_mm256_mul_ps(d1, u8x8_to_ps(lo))), m1));
+          _mm256_storeu_ps(o + 8, _mm256_sub_ps(opaque8(_mm256_mul_ps(d1, u8x8_to_ps(_mm_srli_si128(lo, 8)))), m1));
+          _mm256_storeu_ps(o + 32, _mm256_sub_ps(opaque8(_mm256_mul_ps(d2, u8x8_to_ps(hi))), m2));
+          _mm256_storeu_ps(o + 40, _mm256_sub_ps(opaque8(_mm256_mul_ps(d2, u8x8_to_ps(_mm_srli_si128(hi, 8)))), m2));
+        }
+      }
+      return;
+    }
+    case DType::Q6_K: {
+      const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+      const float d = half(b + 208);
+      const __m128i m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+      for (int h = 0; h < 2; h++)
+        for (int c = 0; c < 2; c++) {  // values 128h + 32s + 16c + l (l < 16) of the 4 groups s
+          __m128i ql0 = load(b + 64 * h + 16 * c), ql1 = load(b + 64 * h + 32 + 16 * c);
+          __m128i qh = load(b + 128 + 32 * h + 16 * c);
+          __m128i q[4] = {
+              _mm_or_si128(_mm_and_si128(ql0, m4), _mm_slli_epi16(_mm_and_si128(qh, m2), 4)),
+              _mm_or_si128(_mm_and_si128(ql1, m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 2), m2), 4)),
+              _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql0, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 4), m2), 4)),
+              _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql1, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 6), m2), 4)),
+          };
+          for (int s = 0; s < 4; s++) {
+            const __m256 ds = _mm256_set1_ps(d * float(sc[8 * h + 2 * s + c]));
+            const __m128i v = _mm_sub_epi8(q[s], k32);
+            float* o = out + 128 * h + 32 * s + 16 * c;
+            _mm256_storeu_ps(o, _mm256_mul_ps(ds, i8x8_to_ps(v)));
+            _mm256_storeu_ps(o + 8, _mm256_mul_ps(ds, i8x8_to_ps(_mm_srli_si128(v, 8))));
+          }
+        }
+      return;
+    }
+    default: return;
+  }
+}
+
 // ---- AVX-512 dequantisation, bit for bit quant.h's: the same float products and differences,
 // kept apart (opaque) so that no compiler fuses them into an FMA.
 LA_TARGET_AVX512 inline __m512 opaque(__m512 v) {
@@ -610,12 +698,15 @@ DotRows decode_rows(DType t) {
 #endif
 }
 
-// out (K) = one row of dtype t, through the AVX-512 blocks when chosen (the same values).
+// out (K) = one row of dtype t, through the chosen instruction set's blocks (the same values).
 void dequant_row_fast(DType t, const uint8_t* row, float* out, int64_t K) {
 #ifdef LA_X86
-  if (is_quantized(t) && simd_level() == Simd::Avx512) {
+  if (is_quantized(t) && simd_level() != Simd::Scalar) {
     const int64_t be = block_elems(t), bb = block_bytes(t);
-    for (int64_t i = 0; i < K / be; i++) dequant_block_avx512(t, row + i * bb, out + i * be);
+    if (simd_level() == Simd::Avx512)
+      for (int64_t i = 0; i < K / be; i++) dequant_block_avx512(t, row + i * bb, out + i * be);
+    else
+      for (int64_t i = 0; i < K / be; i++) dequant_block_avx2(t, row + i * bb, out + i * be);
     return;
   }
 #endif
