@@ -45,6 +45,8 @@ constexpr int64_t kSmallM = 8;  // up to this many rows, one pass over w beats s
 // (test/backend-quant.test.ts checks this bound).
 struct Xq {
   std::vector<int8_t> q;       // (K)
+  std::vector<int8_t> qp;      // (K) the AVX-512 K-type order: per 256, 32-value chunks 0 2 1 3 4 6 5 7
+                               // (the low then the high nibbles of 64 packed bytes)
   std::vector<float> d;        // (K / qb)
   std::vector<int16_t> sum16;  // (K / 16) |sum| <= 16 * 127
   std::vector<int16_t> sum32;  // (K / 32) |sum| <= 32 * 127
@@ -354,34 +356,40 @@ LA_TARGET_AVX512 inline __attribute__((always_inline)) float dot_q8_0_q4_0_avx51
   return r;
 }
 
-// Q4_K / Q5_K: a pair of sub-blocks (low and high nibbles of 32 bytes) is one zmm of 64 values,
-// against x's 64 values of those sub-blocks; the scales as 16-bit words (16 of each sub-block's).
+// Q4_K / Q5_K: 64 packed bytes (sub-blocks 4g .. 4g + 3) per load: their low nibbles are
+// sub-blocks 4g and 4g + 2, the high ones 4g + 1 and 4g + 3, against x in that order (Xq::qp);
+// the scales as 16-bit words, 16 of each sub-block's.
 template <bool Five>
 LA_TARGET_AVX512 inline __attribute__((always_inline)) float dot_q45_k_avx512(const Xq& x, const uint8_t* row, int64_t K) {
   const int64_t bb = Five ? 176 : 144;
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  __m512i pick[4];  // word k of pair i's scales: scale 2i (k < 16) or 2i + 1
-  for (int i = 0; i < 4; i++)
-    pick[i] = _mm512_mask_blend_epi16(__mmask32(0xFFFF0000u), _mm512_set1_epi16(short(2 * i)), _mm512_set1_epi16(short(2 * i + 1)));
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __mmask32 upper = __mmask32(0xFFFF0000u);
+  __m512i pick[4], shift[4];  // [lo of g=0, hi of g=0, lo of g=1, hi of g=1]: scale j (words < 16), j + 2
+  for (int k = 0; k < 4; k++) {
+    const int j = 4 * (k / 2) + k % 2;
+    pick[k] = _mm512_mask_blend_epi16(upper, _mm512_set1_epi16(short(j)), _mm512_set1_epi16(short(j + 2)));
+    shift[k] = _mm512_mask_blend_epi16(upper, _mm512_set1_epi16(short(j)), _mm512_set1_epi16(short(j + 2)));
+  }
   __m512 acc = _mm512_setzero_ps();
   float mins = 0;
   for (int64_t b = 0; b < K / 256; b++) {
     const uint8_t* blk = row + b * bb;
     const uint8_t* qs = blk + (Five ? 48 : 16);
-    const int8_t* xq = x.q.data() + b * 256;
+    const int8_t* xq = x.qp.data() + b * 256;
     const __m128i sm = scales_k4(blk + 4);
     const __m512i scw = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
-    __m256i qh = Five ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : _mm256_setzero_si256();
+    __m512i qh = Five ? _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16))) : _mm512_setzero_si512();
     __m512i isum = _mm512_setzero_si512();
-    for (int i = 0; i < 4; i++) {
-      __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * i));
-      __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-      if (Five) {
-        lo = _mm256_or_si256(lo, fifth_bit(qh, 2 * i));
-        hi = _mm256_or_si256(hi, fifth_bit(qh, 2 * i + 1));
+    for (int g = 0; g < 2; g++) {
+      __m512i q = _mm512_loadu_si512(qs + 64 * g);
+      __m512i v[2] = {_mm512_and_si512(q, low), _mm512_and_si512(_mm512_srli_epi16(q, 4), low)};
+      for (int h = 0; h < 2; h++) {
+        const int k = 2 * g + h;
+        if (Five)  // the 5th bit: bit j of each qh byte for sub-block j, as 16
+          v[h] = _mm512_or_si512(v[h], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift[k]), _mm512_set1_epi8(1)), 4));
+        __m512i p = _mm512_maddubs_epi16(v[h], _mm512_loadu_si512(xq + 64 * k));
+        isum = _mm512_dpwssd_epi32(isum, p, _mm512_permutexvar_epi16(pick[k], scw));
       }
-      __m512i p = _mm512_maddubs_epi16(join(lo, hi), _mm512_loadu_si512(xq + 64 * i));
-      isum = _mm512_dpwssd_epi32(isum, p, _mm512_permutexvar_epi16(pick[i], scw));
     }
     acc = _mm512_fmadd_ps(_mm512_set1_ps(half(blk) * x.d[size_t(b)]), _mm512_cvtepi32_ps(isum), acc);
     mins += half(blk + 2) * x.d[size_t(b)] * float(mins_dot(sm, x.sum32.data() + b * 8));
@@ -647,6 +655,12 @@ void quantize_x(const float* x, int64_t K, int64_t qb, Xq& out) {
     if (level == Simd::Avx512) quantize_x_avx512(x, K, qb, out);
     else quantize_x_avx2(x, K, qb, out);
     for (int64_t s = 0; s < K / 32; s++) out.sum32[size_t(s)] = int16_t(out.sum16[size_t(2 * s)] + out.sum16[size_t(2 * s + 1)]);
+    if (level == Simd::Avx512 && qb == 256) {
+      out.qp.resize(size_t(K));
+      static const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+      for (int64_t c = 0; c < K / 32; c++)
+        std::memcpy(out.qp.data() + 32 * c, out.q.data() + 32 * ((c & ~int64_t(7)) + order[c & 7]), 32);
+    }
     return;
   }
 #endif
