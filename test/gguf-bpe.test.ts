@@ -17,7 +17,7 @@ import { GgufMeta, writeGguf } from '../tools/gguf-writer';
 import { tokenizerMetadata, toGguf } from '../tools/to-gguf';
 import { writeRandomLlama2c } from '../bench/decode';
 import { Llama } from '../lib/model/llama';
-import { generateTokens } from '../lib/generate/generate';
+import { generate, generateTokens } from '../lib/generate/generate';
 import { makeDemoDataset } from '../lib/data/demo';
 import { dataPath, repoRoot } from './util/paths';
 import { writeTiktokenFolder } from './util/tiktoken-vocab';
@@ -281,6 +281,37 @@ describe('GGUF byte-level BPE vocabularies (tokenizer.ggml.model "gpt2")', funct
       const t = run('tokenize', '--model', path.join(dir, 'tiny.bin'), 'Hi');
       expect(t.status).to.not.equal(0);
       expect(t.stderr).to.match(/tiny\.bin is not a GGUF file/);
+    });
+
+    it('end of turn and end of message (tokenizer.ggml.eot_token_id, eom_token_id) end generation like EOS', async () => {
+      const tokDir = path.join(dir, 'gpt2-1000');
+      const plain = loadTokenizer(vocabGguf(tokDir, path.join(dir, 'no-eot.gguf')));
+      expect(plain.stopIds).to.deep.equal([plain.eos]);
+      const file = vocabGguf(tokDir, path.join(dir, 'eot.gguf'), [
+        ['tokenizer.ggml.eot_token_id', { type: 'u32', value: 998 }],
+        ['tokenizer.ggml.eom_token_id', { type: 'u32', value: 999 }],
+      ]);
+      expect(loadTokenizer(file).stopIds).to.deep.equal([plain.eos, 998, 999]);
+      const bad = vocabGguf(tokDir, path.join(dir, 'bad-eot.gguf'), [['tokenizer.ggml.eot_token_id', { type: 'u32', value: 5000 }]]);
+      expect(() => loadTokenizer(bad)).to.throw(/tokenizer\.ggml\.eot_token_id 5000 is not a token id \(vocabulary of 1001\)/);
+      // generate() stops at a stop id: make a token of the greedy continuation the end of turn
+      const m = await Llama.load(model, { device: 'cpu' });
+      try {
+        const tok = m.loadTokenizer() as BpeTokenizer;
+        const ids = tok.encode('Once upon a time');
+        const greedy: number[] = [];
+        for await (const id of generateTokens(m, ids, { maxTokens: 12, temperature: 0, stopTokens: [] })) greedy.push(id);
+        // the first token that did not come before (the random model repeats itself), else the first
+        const at = Math.max(0, greedy.findIndex((id, i) => i > 0 && !greedy.slice(0, i).includes(id)));
+        const eot = greedy[at];
+        const withEot = new BpeTokenizer({ ...(ggufTokenizerModel(readGgufHeader(model)) as ByteBpeModel), eotId: eot });
+        let text = '';
+        for await (const piece of generate(m, withEot, 'Once upon a time', { maxTokens: 12, temperature: 0 })) text += piece;
+        expect(text).to.equal(tok.decode(greedy.slice(0, at)));
+        expect(at, 'the stop came before the last token').to.be.below(greedy.length);
+      } finally {
+        m.dispose();
+      }
     });
 
     it('generate prints the greedy continuation the library computes; train and eval run', async () => {

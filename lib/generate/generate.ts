@@ -58,7 +58,7 @@ export async function* generate(
   if (ids.length === 0) throw new Error('generate: the prompt is empty and this tokenizer adds no BOS; give a prompt');
   const decoder = new StreamDecoder(tokenizer);
   decoder.push(ids[ids.length - 1]); // context for the first piece (e.g. no leading space after BOS)
-  const stopTokens = opts.stopTokens ?? [tokenizer.eos, tokenizer.bos];
+  const stopTokens = opts.stopTokens ?? [...tokenizer.stopIds];
   for await (const id of generateTokens(model, ids, { ...opts, stopTokens })) {
     const text = decoder.push(id);
     if (text) yield text;

@@ -402,6 +402,8 @@ export function ggufByteBpe(h: GgufHeader): ByteBpeModel {
     pre,
     bosId: tokenId(h, 'tokenizer.ggml.bos_token_id', -1, n),
     eosId: tokenId(h, 'tokenizer.ggml.eos_token_id', -1, n),
+    eotId: tokenId(h, 'tokenizer.ggml.eot_token_id', -1, n),
+    eomId: tokenId(h, 'tokenizer.ggml.eom_token_id', -1, n),
     addBos: bool(h, 'tokenizer.ggml.add_bos_token') ?? known.addBos,
   };
 }

@@ -32,6 +32,10 @@ export interface ByteBpeModel {
   /** -1: the vocabulary has none */
   bosId: number;
   eosId: number;
+  /** end of turn / end of message (tokenizer.ggml.eot_token_id, eom_token_id: LLaMA 3 instruct's
+   *  <|eot_id|>, <|eom_id|>); -1 or absent: none */
+  eotId?: number;
+  eomId?: number;
   /** whether a sequence starts with BOS (tokenizer.ggml.add_bos_token, else the pre-tokenizer's default) */
   addBos: boolean;
 }
@@ -82,6 +86,8 @@ export class BpeTokenizer {
   readonly vocabSize: number;
   readonly bos: number;
   readonly eos: number;
+  /** EOS, end of turn and end of message: the ids that end generation */
+  readonly stopIds: readonly number[];
   /** whether `encode(text, { bos: true })` starts the ids with BOS */
   readonly addBos: boolean;
   readonly pre: string;
@@ -134,6 +140,8 @@ export class BpeTokenizer {
     };
     this.bos = id(model.bosId, 'bos');
     this.eos = id(model.eosId, 'eos');
+    const ends = [this.eos, id(model.eotId ?? -1, 'eot'), id(model.eomId ?? -1, 'eom')];
+    this.stopIds = [...new Set(ends.filter((i) => i >= 0))];
     this.addBos = model.addBos;
     this.pre = model.pre;
     this.patterns = pre.patterns.map((p) => new RegExp(p, 'gu'));

@@ -17,6 +17,9 @@ export interface Tokenizer {
   readonly vocabSize: number;
   readonly bos: number;
   readonly eos: number;
+  /** The ids that end generation: EOS, and BOS for SentencePiece / llama2.c vocabularies (llama2.c
+   *  models start the next story with it); a GGUF's end-of-turn and end-of-message tokens. */
+  readonly stopIds: readonly number[];
   /**
    * Token ids for `text`; BOS/EOS are added only when asked for. `bos: true` marks the start of a
    * sequence: SentencePiece always adds BOS then, byte-level BPE when its vocabulary says so

@@ -63,6 +63,7 @@ export class Llama2cTokenizer {
   readonly vocabSize: number;
   readonly bos = BOS;
   readonly eos = EOS;
+  readonly stopIds: readonly number[] = [EOS, BOS];
   private readonly vocab: Llama2cVocab;
   /** Piece -> id; on duplicates the first id wins. */
   private readonly ids = new Map<string, number>();

@@ -378,6 +378,7 @@ export class SentencePieceTokenizer {
   readonly vocabSize: number;
   readonly bos: number;
   readonly eos: number;
+  readonly stopIds: readonly number[];
   readonly unk: number;
   private readonly model: SentencePieceModel;
   /** NORMAL, USER_DEFINED and UNUSED pieces: the ones merges may produce. */
@@ -426,6 +427,7 @@ export class SentencePieceTokenizer {
     this.unk = check(model.unkId, 'unk');
     this.bos = check(model.bosId, 'bos');
     this.eos = check(model.eosId, 'eos');
+    this.stopIds = [this.eos, this.bos].filter((i) => i >= 0);
     if (this.unk < 0 || model.pieces[this.unk].type !== PieceType.Unknown) {
       throw new Error(`SentencePiece unk id ${this.unk} is not an UNKNOWN piece`);
     }
