@@ -167,6 +167,11 @@ describe('CLI generate / tokenize', function () {
     const medium = run(...args, '--matmul-precision', 'medium');
     expect(medium.status, medium.stderr).to.equal(0);
     expect(medium.stdout.trim().length).to.be.above(0);
+    expect(medium.stderr).to.not.match(/warning/);
+    // over f32 weights the flag changes nothing, and says so
+    const f32 = run(...args.map((a) => (a === 'bf16' ? 'f32' : a)), '--matmul-precision', 'medium');
+    expect(f32.status, f32.stderr).to.equal(0);
+    expect(f32.stderr).to.match(/warning: --matmul-precision medium applies to bf16 weights only/);
   });
 
   it('tokenize prints the ids as JSON without BOS', () => {

@@ -83,7 +83,7 @@ export async function run(argv: string[], out: NodeJS.WritableStream = process.s
   const device = resolveDevice(stringFlag(values, 'device'), '--device');
   const dtype = stringFlag(values, 'dtype') ?? 'f32';
   if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
-  applyMatmulPrecision(values);
+  applyMatmulPrecision(values, dtype);
 
   const listed = [...positionals];
   const from = stringFlag(values, 'images-from');

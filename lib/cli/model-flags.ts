@@ -29,11 +29,14 @@ export function matmulPrecisionUsage(column = 23): string {
   ].join('\n');
 }
 
-/** Applies --matmul-precision (process-wide: native.setMatmulPrecision). */
-export function applyMatmulPrecision(values: Flags): void {
+/** Applies --matmul-precision (process-wide: native.setMatmulPrecision); `dtype` is the weights'
+ *  storage, for the warning that medium changes nothing over f32 weights. */
+export function applyMatmulPrecision(values: Flags, dtype: string): void {
   const p = stringFlag(values, 'matmul-precision');
   if (p === undefined) return;
   if (p !== 'highest' && p !== 'medium') throw new UsageError(`--matmul-precision must be highest or medium, got '${p}'`);
+  if (p === 'medium' && dtype === 'f32')
+    process.stderr.write('warning: --matmul-precision medium applies to bf16 weights only; with --dtype f32 the products stay f32\n');
   native.setMatmulPrecision(p);
 }
 
@@ -64,7 +67,7 @@ export async function openModel(values: Flags, usage: string): Promise<OpenModel
   const device = resolveDevice(requested, '--device');
   const threads = numberFlag(values, 'threads', { integer: true, min: 1 });
   if (threads) native.setThreads(threads);
-  applyMatmulPrecision(values);
+  applyMatmulPrecision(values, dtype);
   const model = await Llama.load(modelPath, {
     dtype,
     device,

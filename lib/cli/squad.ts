@@ -123,7 +123,7 @@ async function openEncoder(v: Flags, usage: string): Promise<TextEncoderModel> {
   const dir = requireString(v, 'encoder', usage);
   const dtype = stringFlag(v, 'dtype') ?? 'f32';
   if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
-  applyMatmulPrecision(v);
+  applyMatmulPrecision(v, dtype);
   const device = resolveDevice(stringFlag(v, 'device') as never, '--device');
   return TextEncoderModel.load(dir, { device, dtype });
 }

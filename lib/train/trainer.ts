@@ -136,6 +136,8 @@ export class Trainer extends EventEmitter {
     checkRunFolder(cfg);
     if (cfg.threads) native.setThreads(cfg.threads);
     native.setMatmulPrecision(cfg['matmul-precision'] ?? 'highest');
+    if (cfg['matmul-precision'] === 'medium' && cfg.dtype !== 'bf16')
+      log('warning: --matmul-precision medium applies to bf16 weights only; with --dtype f32 the products stay f32');
     // an encoder reads the records' image files: under --image-root, else where the format puts them
     const dataRoot = cfg.encoder && !cfg['image-root'] ? loadDataset(cfg.data, { format: cfg.format, split: cfg.format === 'scienceqa' ? cfg.split ?? 'train' : undefined }).imageRoot : undefined;
     const images = await openImageSource(cfg, cfg.data, cfg.device, dataRoot);
