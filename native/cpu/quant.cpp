@@ -434,6 +434,32 @@ LA_TARGET_AVX512 inline __attribute__((always_inline)) float dot_q6_k_avx512(con
   return _mm512_reduce_add_ps(acc);
 }
 
+// The bit unpacking both dequantisation bodies share (SSE2, so it inlines into either).
+// Q4_K / Q5_K sub-block pair i, half h: 16 bytes of nibbles -> lo (values 64i + 16h ..) and hi
+// (values 64i + 32 + 16h ..) as unsigned bytes, with Q5_K's fifth bits from qh.
+inline void q45_nibbles(const uint8_t* q, const uint8_t* qh, int i, int h, bool five, __m128i& lo, __m128i& hi) {
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32 * i + 16 * h));
+  lo = _mm_and_si128(v, m4);
+  hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+  if (!five) return;
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * h)), one = _mm_set1_epi8(1);
+  lo = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(bits, _mm_cvtsi32_si128(2 * i)), one), 4));
+  hi = _mm_or_si128(hi, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(bits, _mm_cvtsi32_si128(2 * i + 1)), one), 4));
+}
+
+// Q6_K half h, column c: the four groups s of 16 values (128h + 32s + 16c ..) as unsigned 6-bit bytes
+inline void q6_groups(const uint8_t* b, int h, int c, __m128i q[4]) {
+  const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3);
+  auto load16 = [](const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); };
+  const __m128i ql0 = load16(b + 64 * h + 16 * c), ql1 = load16(b + 64 * h + 32 + 16 * c);
+  const __m128i qh = load16(b + 128 + 32 * h + 16 * c);
+  q[0] = _mm_or_si128(_mm_and_si128(ql0, m4), _mm_slli_epi16(_mm_and_si128(qh, m2), 4));
+  q[1] = _mm_or_si128(_mm_and_si128(ql1, m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 2), m2), 4));
+  q[2] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql0, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 4), m2), 4));
+  q[3] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql1, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 6), m2), 4));
+}
+
 // ---- AVX2 dequantisation, bit for bit quant.h's: the same float products and differences, kept
 // apart (opaque8) so that no compiler fuses them into an FMA; 8 values per instruction.
 LA_TARGET_AVX2 inline __m256 opaque8(__m256 v) {
@@ -478,13 +504,8 @@ LA_TARGET_AVX2 void dequant_block_avx2(DType t, const uint8_t* b, float* out) {
         const __m256 d1 = _mm256_set1_ps(d * float(sc[2 * i])), m1 = _mm256_set1_ps(dmin * float(sc[8 + 2 * i]));
         const __m256 d2 = _mm256_set1_ps(d * float(sc[2 * i + 1])), m2 = _mm256_set1_ps(dmin * float(sc[8 + 2 * i + 1]));
         for (int half16 = 0; half16 < 2; half16++) {
-          __m128i v = load(q + 32 * i + 16 * half16);
-          __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
-          if (five) {
-            __m128i h = load(qh + 16 * half16), one = _mm_set1_epi8(1);
-            lo = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * i)), one), 4));
-            hi = _mm_or_si128(hi, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * i + 1)), one), 4));
-          }
+          __m128i lo, hi;
+          q45_nibbles(q, qh, i, half16, five, lo, hi);
           float* o = out + 64 * i + 16 * half16;
           _mm256_storeu_ps(o, _mm256_sub_ps(opaque8(_mm256_mul_ps(d1, u8x8_to_ps(lo))), m1));
           _mm256_storeu_ps(o + 8, _mm256_sub_ps(opaque8(_mm256_mul_ps(d1, u8x8_to_ps(_mm_srli_si128(lo, 8)))), m1));
@@ -497,17 +518,11 @@ LA_TARGET_AVX2 void dequant_block_avx2(DType t, const uint8_t* b, float* out) {
     case DType::Q6_K: {
       const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
       const float d = half(b + 208);
-      const __m128i m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+      const __m128i k32 = _mm_set1_epi8(32);
       for (int h = 0; h < 2; h++)
         for (int c = 0; c < 2; c++) {  // values 128h + 32s + 16c + l (l < 16) of the 4 groups s
-          __m128i ql0 = load(b + 64 * h + 16 * c), ql1 = load(b + 64 * h + 32 + 16 * c);
-          __m128i qh = load(b + 128 + 32 * h + 16 * c);
-          __m128i q[4] = {
-              _mm_or_si128(_mm_and_si128(ql0, m4), _mm_slli_epi16(_mm_and_si128(qh, m2), 4)),
-              _mm_or_si128(_mm_and_si128(ql1, m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 2), m2), 4)),
-              _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql0, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 4), m2), 4)),
-              _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql1, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 6), m2), 4)),
-          };
+          __m128i q[4];
+          q6_groups(b, h, c, q);
           for (int s = 0; s < 4; s++) {
             const __m256 ds = _mm256_set1_ps(d * float(sc[8 * h + 2 * s + c]));
             const __m128i v = _mm_sub_epi8(q[s], k32);
@@ -560,13 +575,8 @@ LA_TARGET_AVX512 void dequant_block_avx512(DType t, const uint8_t* b, float* out
         const __m512 d1 = _mm512_set1_ps(d * float(sc[2 * i])), m1 = _mm512_set1_ps(dmin * float(sc[8 + 2 * i]));
         const __m512 d2 = _mm512_set1_ps(d * float(sc[2 * i + 1])), m2 = _mm512_set1_ps(dmin * float(sc[8 + 2 * i + 1]));
         for (int half = 0; half < 2; half++) {
-          __m128i v = load128(q + 32 * i + 16 * half);
-          __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
-          if (five) {
-            __m128i h = load128(qh + 16 * half), one = _mm_set1_epi8(1);
-            lo = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * i)), one), 4));
-            hi = _mm_or_si128(hi, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * i + 1)), one), 4));
-          }
+          __m128i lo, hi;
+          q45_nibbles(q, qh, i, half, five, lo, hi);
           _mm512_storeu_ps(out + 64 * i + 16 * half, _mm512_sub_ps(opaque(_mm512_mul_ps(d1, u8_to_ps(lo))), m1));
           _mm512_storeu_ps(out + 64 * i + 32 + 16 * half, _mm512_sub_ps(opaque(_mm512_mul_ps(d2, u8_to_ps(hi))), m2));
         }
@@ -576,17 +586,11 @@ LA_TARGET_AVX512 void dequant_block_avx512(DType t, const uint8_t* b, float* out
     case DType::Q6_K: {
       const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
       const float d = half(b + 208);
-      const __m128i m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+      const __m128i k32 = _mm_set1_epi8(32);
       for (int h = 0; h < 2; h++)
         for (int c = 0; c < 2; c++) {  // values 128h + 32s + 16c + l (l < 16) of the 4 groups s
-          __m128i ql0 = load128(b + 64 * h + 16 * c), ql1 = load128(b + 64 * h + 32 + 16 * c);
-          __m128i qh = load128(b + 128 + 32 * h + 16 * c);
-          __m128i q[4] = {
-              _mm_or_si128(_mm_and_si128(ql0, m4), _mm_slli_epi16(_mm_and_si128(qh, m2), 4)),
-              _mm_or_si128(_mm_and_si128(ql1, m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 2), m2), 4)),
-              _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql0, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 4), m2), 4)),
-              _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql1, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 6), m2), 4)),
-          };
+          __m128i q[4];
+          q6_groups(b, h, c, q);
           for (int s = 0; s < 4; s++) {
             const __m512 ds = _mm512_set1_ps(d * float(sc[8 * h + 2 * s + c]));
             _mm512_storeu_ps(out + 128 * h + 32 * s + 16 * c, _mm512_mul_ps(ds, i8_to_ps(_mm_sub_epi8(q[s], k32))));
