@@ -5,7 +5,10 @@
 // runs in its own child process, so that its RSS (peak, VmHWM, and after the load) is its own.
 //
 //   node dist/bench/gguf.js [--threads N] [--steps N] [--runs N] [--train-steps N] [--seed N] [--regenerate]
-//                           [--simd avx2,avx512]
+//                           [--simd avx2,avx512] [--variants F32,BF16,BF16-medium,Q8_0,Q4_K]
+//
+// BF16-medium is BF16 under matmul precision "medium" (native.setMatmulPrecision: the training
+// step's products with the frozen weights in bf16, on AVX512-BF16; decoding is unchanged by it).
 //
 // Decode is timed as bench/decode.ts (from BOS, the clock starts at the first token), the best of
 // --runs runs (default 3: on a shared machine the best run is the least disturbed one); beside it,
@@ -35,7 +38,8 @@ import { BenchTable } from './table';
 import { formatTable } from './table';
 import { toGguf } from '../tools/to-gguf';
 
-const VARIANTS = ['F32', 'BF16', 'Q8_0', 'Q4_K'] as const;
+// BF16-medium: the BF16 weights under matmul precision "medium" (bf16 products on AVX512-BF16)
+const VARIANTS = ['F32', 'BF16', 'BF16-medium', 'Q8_0', 'Q4_K'] as const;
 type Variant = (typeof VARIANTS)[number];
 const TOKENIZER = path.join(dataDir, 'llama-tokenizer', 'tokenizer.model');
 
@@ -71,7 +75,8 @@ function llamaBenchDecode(file: string, steps: number, threads: number): number 
 /** The child: load one variant, decode, train; one JSON line. */
 async function child(variant: Variant, file: string, threads: number, steps: number, trainSteps: number, runs: number, withLlamaCpp: boolean): Promise<void> {
   native.setThreads(threads);
-  const model = await Llama.load(file, { device: 'cpu', dtype: variant === 'BF16' ? 'bf16' : 'f32' });
+  if (variant === 'BF16-medium') native.setMatmulPrecision('medium');
+  const model = await Llama.load(file, { device: 'cpu', dtype: variant.startsWith('BF16') ? 'bf16' : 'f32' });
   const afterLoad = rssMiB().now;
   let decode = 0, llamaCpp = 0, llamaCppNpm = 0;
   for (let run = 0; run < runs; run++) {
@@ -131,7 +136,7 @@ async function main(argv: string[]): Promise<void> {
   const dir = path.join(outDir, 'gguf');
   fs.mkdirSync(dir, { recursive: true });
   const bin = writeRandomLlama2c(path.join(dir, `random110M-${seed}.bin`), STORIES110M, seed, regenerate);
-  const files: Record<Variant, string> = { F32: bin, BF16: bin, Q8_0: path.join(dir, `random110M-${seed}-Q8_0.gguf`), Q4_K: path.join(dir, `random110M-${seed}-Q4_K.gguf`) };
+  const files: Record<Variant, string> = { F32: bin, BF16: bin, 'BF16-medium': bin, Q8_0: path.join(dir, `random110M-${seed}-Q8_0.gguf`), Q4_K: path.join(dir, `random110M-${seed}-Q4_K.gguf`) };
   for (const v of ['Q8_0', 'Q4_K'] as const)
     if (regenerate || !fs.existsSync(files[v]) || fs.statSync(files[v]).mtimeMs < fs.statSync(bin).mtimeMs) {
       process.stderr.write(`converting to ${v} ...\n`);
@@ -141,7 +146,10 @@ async function main(argv: string[]): Promise<void> {
   const raw: unknown[] = [];
   const f32Decode: Record<string, number> = {};
   const llama: Record<string, { src: number; npm: number }> = {};
-  for (const v of VARIANTS)
+  const vi = argv.indexOf('--variants');
+  const chosen = vi >= 0 ? argv[vi + 1].split(',') : [...VARIANTS];
+  for (const v of chosen) if (!(VARIANTS as readonly string[]).includes(v)) throw new Error(`--variants: ${v} is not one of ${VARIANTS.join(', ')}`);
+  for (const v of chosen as Variant[])
     for (const [li, level] of levels.entries()) {
       process.stderr.write(`${v} (${level}) ...\n`);
       const args = [__filename, '--child', v, files[v], String(threads), String(steps), String(trainSteps), String(runs), li === 0 ? '1' : '0'];
@@ -159,7 +167,7 @@ async function main(argv: string[]): Promise<void> {
         level,
         (m.fileBytes / 2 ** 20).toFixed(0),
         m.decode.toFixed(2),
-        `${(m.decode / f32Decode[level]).toFixed(2)}x`,
+        f32Decode[level] ? `${(m.decode / f32Decode[level]).toFixed(2)}x` : '-',
         src ? src.toFixed(2) : '-',
         npm ? npm.toFixed(2) : '-',
         versus ? `${((100 * m.decode) / versus).toFixed(0)}%` : '-',
