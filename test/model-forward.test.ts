@@ -10,6 +10,11 @@ import { Checkpoint } from '../lib/model/weights';
 import { headSize } from '../lib/model/config';
 import { dataPath } from './util/paths';
 import { modelOpByOp, Prompt, randomArray } from './util/forward-reference';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { writeRandomLlama2c } from '../bench/decode';
+import { toGguf } from '../tools/to-gguf';
 
 describe('modelForward: the whole forward as one op equals the op-by-op forward bit for bit (stories260K)', function () {
   this.timeout(60000);
@@ -71,6 +76,39 @@ describe('modelForward: the whole forward as one op equals the op-by-op forward 
       });
     }
   }
+
+  // Decoding runs q/k/v and w1/w3 as one parallel region per group (cpu::matvec_many): matrices
+  // large enough to be split between threads, and quantized ones (one int8 x for the group), must
+  // give exactly what one matmul each gives.
+  for (const form of ['f32', 'bf16', 'Q8_0', 'Q4_K'] as const)
+    it(`decode steps at a 256-wide random model (${form} weights): the grouped products equal one matmul each`, async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-matvec-many-'));
+      try {
+        const bin = writeRandomLlama2c(path.join(dir, 'r.bin'), { dim: 256, hiddenDim: 688, nLayers: 2, nHeads: 8, nKvHeads: 4, vocabSize: 512, seqLen: 64 }, 5);
+        let file = bin;
+        if (form === 'Q8_0' || form === 'Q4_K') await toGguf(bin, (file = path.join(dir, `r-${form}.gguf`)), { type: form, tokenizer: dataPath('stories260K', 'tok512.bin') });
+        const ckpt = await loadCheckpoint(file, { dtype: form === 'bf16' ? 'bf16' : 'f32', device: 'cpu' });
+        try {
+          const c = ckpt.config;
+          if (form === 'Q8_0' || form === 'Q4_K') expect(ckpt.weights.layers[0].wq.dtype).to.equal(form.toLowerCase());
+          const model = native.model(ckpt.weights, { heads: c.nHeads, kvHeads: c.nKvHeads, eps: c.normEps, theta: c.ropeTheta, layout: c.ropeLayout });
+          const caches = () => Array.from({ length: c.nLayers }, () => native.zeros([16, c.nKvHeads, headSize(c)]));
+          const [k1, v1, k2, v2] = [caches(), caches(), caches(), caches()];
+          let pos0 = 0;
+          for (const tokens of [[1, 200, 7], [33], [401], [5]]) {
+            const want = await modelOpByOp(ckpt.weights, c, tokens, k1, v1, pos0, false).read();
+            const got = await native.modelForward(model, tokens, k2, v2, pos0, false).read();
+            expect(Array.from(got), `${form} logits at ${pos0}`).to.deep.equal(Array.from(want));
+            pos0 += tokens.length;
+          }
+          model.dispose();
+        } finally {
+          ckpt.dispose();
+        }
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
 
   it('a 400-token prefill (its scratch allocated apart, not the per-thread buffer) equals the op-by-op forward', async () => {
     const ckpt = await loadCheckpoint(dataPath('stories260K', 'stories260K.bin'), { dtype: 'f32', device: 'cpu' });

@@ -24,6 +24,16 @@ void rope_forward(float* x, int64_t T, int64_t H, int64_t d, int64_t pos0, float
 // y (M, N) = x (M, K) · wᵀ, w (N, K) f32 or bf16
 void matmul_forward(float* y, const float* x, const float* w, int64_t M, int64_t N, int64_t K);
 void matmul_forward_bf16(float* y, const float* x, const uint16_t* w, int64_t M, int64_t N, int64_t K);
+// One row x (K) (decoding) times several weights of one dtype (f32, bf16 or quantized) and one K:
+// y_i (N_i) = x · w_iᵀ in one parallel region — one thread hand-off instead of one per weight, and
+// quantized x made once — equal bit for bit to matmul_forward* of each with M = 1.
+struct MatvecTarget {
+  float* y;
+  const void* w;
+  int64_t N;
+};
+void matvec_many(const MatvecTarget* targets, int count, const float* x, DType t, int64_t K);
+void matvec_many_q(const MatvecTarget* targets, int count, const float* x, DType t, int64_t K);  // quant.cpp
 // quant.cpp: w (N, K) block-quantized as dtype t (core/quant.h), kept quantized.
 // y (M, N) = x (M, K) · wᵀ;  dx (M, K) = dy (M, N) · w;  out (T, C) = table (V, C)[tokens]
 void matmul_forward_q(float* y, const float* x, const void* w, DType t, int64_t M, int64_t N, int64_t K);

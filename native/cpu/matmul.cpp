@@ -9,6 +9,7 @@
 #include "../core/bf16_gemm.h"
 #include "../core/blas.h"
 #include "../core/parallel.h"
+#include "../core/quant.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -35,18 +36,52 @@ void matvec_range4(float* y, const float* x, const W* w, int64_t r0, int64_t r1,
   }
 }
 
+// A small matrix is in cache: one pass, a dot product per row. A large one streams from memory:
+// one contiguous range per thread, each walking 4 far-apart rows at once, keeps 4 memory streams in
+// flight per core (one row at a time left the bandwidth ~30% short).
+bool matvec_is_small(int64_t N, int64_t K) { return N * K < 65536 || N < 16; }
+int64_t matvec_tasks(int64_t N) { return std::min<int64_t>(N / 16, num_threads()); }
+
+template <class W>
+void matvec_small(float* y, const float* x, const W* w, int64_t N, int64_t K) {
+  if constexpr (sizeof(W) == 4) dots_strided_f32(y, x, reinterpret_cast<const float*>(w), K, N, K);
+  else dots_strided_bf16(y, x, reinterpret_cast<const uint16_t*>(w), K, N, K);
+}
+
+// y_i = x · w_iᵀ for every target: the same pieces as one call each (so the same sums), as one
+// parallel region
+template <class W>
+void matvec_many_of(const MatvecTarget* targets, int count, const float* x, int64_t K) {
+  struct Piece {
+    int i;
+    int64_t r0, r1;  // rows; r1 < 0: the whole small matrix in one pass
+  };
+  std::vector<Piece> pieces;
+  for (int i = 0; i < count; i++) {
+    const int64_t N = targets[i].N;
+    if (matvec_is_small(N, K)) {
+      pieces.push_back({i, 0, -1});
+      continue;
+    }
+    const int64_t tasks = matvec_tasks(N);
+    for (int64_t t = 0; t < tasks; t++) pieces.push_back({i, N * t / tasks, N * (t + 1) / tasks});
+  }
+  parallel_for(int64_t(pieces.size()), 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; p++) {
+      const Piece& c = pieces[size_t(p)];
+      const MatvecTarget& t = targets[c.i];
+      const W* w = static_cast<const W*>(t.w);
+      if (c.r1 < 0) matvec_small(t.y, x, w, t.N, K);
+      else matvec_range4(t.y, x, w, c.r0, c.r1, K);
+    }
+  });
+}
+
 template <class W>
 void matmul_small(float* y, const float* x, const W* w, int64_t M, int64_t N, int64_t K) {
   if (M == 1) {
-    // A small matrix is in cache: one pass, a dot product per row. A large one streams from
-    // memory: one contiguous range per thread, each walking 4 far-apart rows at once, keeps 4
-    // memory streams in flight per core (one row at a time left the bandwidth ~30% short).
-    if (N * K < 65536 || N < 16) {
-      if constexpr (sizeof(W) == 4) dots_strided_f32(y, x, reinterpret_cast<const float*>(w), K, N, K);
-      else dots_strided_bf16(y, x, reinterpret_cast<const uint16_t*>(w), K, N, K);
-      return;
-    }
-    int64_t tasks = std::min<int64_t>(N / 16, num_threads());
+    if (matvec_is_small(N, K)) return matvec_small(y, x, w, N, K);
+    int64_t tasks = matvec_tasks(N);
     parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; t++) matvec_range4(y, x, w, N * t / tasks, N * (t + 1) / tasks, K);
     });
@@ -66,6 +101,12 @@ void matmul_small(float* y, const float* x, const W* w, int64_t M, int64_t N, in
 }
 
 }  // namespace
+
+void matvec_many(const MatvecTarget* targets, int count, const float* x, DType t, int64_t K) {
+  if (is_quantized(t)) return matvec_many_q(targets, count, x, t, K);
+  if (t == DType::BF16) return matvec_many_of<uint16_t>(targets, count, x, K);
+  matvec_many_of<float>(targets, count, x, K);
+}
 
 void matmul_forward(float* y, const float* x, const float* w, int64_t M, int64_t N, int64_t K) {
   if (M <= kSmallM) return matmul_small(y, x, w, M, N, K);

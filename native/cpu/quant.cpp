@@ -754,6 +754,24 @@ void dequantize_rows(float* out, const void* w, DType t, int64_t rows, int64_t K
   dequant_panel(out, static_cast<const uint8_t*>(w), t, 0, rows, K);
 }
 
+void matvec_many_q(const MatvecTarget* targets, int count, const float* x, DType t, int64_t K) {
+  // x as int8 once for all; then one parallel region over the rows of every target (each row's
+  // integer block dots do not depend on how the rows are split)
+  Xq xq;
+  quantize_x(x, K, t == DType::Q8_0 || t == DType::Q4_0 ? 32 : 256, xq);
+  const DotRows rows = decode_rows(t);
+  const int64_t rb = row_bytes(t, K);
+  int64_t total = 0;
+  for (int i = 0; i < count; i++) total += targets[i].N;
+  parallel_for(total, std::max<int64_t>(1, 16384 / K), [&](int64_t g0, int64_t g1) {
+    int64_t start = 0;  // the first global row of target i
+    for (int i = 0; i < count && start < g1; start += targets[i].N, i++) {
+      const int64_t n0 = std::max<int64_t>(g0 - start, 0), n1 = std::min<int64_t>(g1 - start, targets[i].N);
+      if (n0 < n1) rows(targets[i].y, xq, static_cast<const uint8_t*>(targets[i].w), rb, K, n0, n1);
+    }
+  });
+}
+
 void matmul_forward_q(float* y, const float* x, const void* wv, DType t, int64_t M, int64_t N, int64_t K) {
   const uint8_t* w = static_cast<const uint8_t*>(wv);
   int64_t rb = row_bytes(t, K);

@@ -113,9 +113,7 @@ void run_layer(const Kernels& k, float* xs, float* scratch, const DecoderWeights
   const int64_t row = Hkv * d;
   // attention block: x += Wo · Attn(RoPE(Wq a), RoPE(Wk a), Wv a), a = rmsnorm(x)
   k.rmsnorm(as, xs, w.attn_norm, T, C, s.eps);
-  k.matmul(qs, as, w.wq, T);
-  k.matmul(ks, as, w.wk, T);
-  k.matmul(vs, as, w.wv, T);
+  k.matmuls(as, T, {{qs, &w.wq}, {ks, &w.wk}, {vs, &w.wv}});
   k.rope(qs, T, H, d, pos0, s.theta, s.interleaved);
   k.rope(ks, T, Hkv, d, pos0, s.theta, s.interleaved);
   k.copy(f32(k_cache) + pos0 * row, ks, T * row);
@@ -126,8 +124,7 @@ void run_layer(const Kernels& k, float* xs, float* scratch, const DecoderWeights
   k.add(xs, ps, T * C);
   // feed-forward block: x += W2 (silu(W1 f) * W3 f), f = rmsnorm(x)
   k.rmsnorm(as, xs, w.ffn_norm, T, C, s.eps);
-  k.matmul(g, as, w.w1, T);
-  k.matmul(u, as, w.w3, T);
+  k.matmuls(as, T, {{g, &w.w1}, {u, &w.w3}});
   k.swiglu(h, g, u, T * F);
   k.matmul(ps, h, w.w2, T);
   k.add(xs, ps, T * C);

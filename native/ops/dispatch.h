@@ -2,6 +2,7 @@
 // decoder layer (decoder.cpp) choose the CPU or CUDA body here, once per kernel.
 #pragma once
 #include <cstring>
+#include <initializer_list>
 
 #include "../core/parallel.h"
 #include "../core/quant.h"
@@ -42,6 +43,25 @@ struct Kernels {
     if (dev == Device::CUDA) return LA_ON_CUDA(cuda::matmul_forward(y, x, w->raw(), bf16, M, N, K));
     if (bf16) return cpu::matmul_forward_bf16(y, x, w->data<uint16_t>(), M, N, K);
     cpu::matmul_forward(y, x, w->data<float>(), M, N, K);
+  }
+  // Several frozen weights over the same x (q, k, v; w1, w3): decoding on the CPU runs them as one
+  // parallel region (cpu::matvec_many, the same values), anything else one matmul each.
+  struct MatmulOut {
+    float* y;
+    const TensorPtr* w;
+  };
+  void matmuls(const float* x, int64_t M, std::initializer_list<MatmulOut> outs) const {
+    const Tensor& w0 = **outs.begin()->w;
+    bool grouped = dev == Device::CPU && M == 1;
+    for (const MatmulOut& o : outs) grouped = grouped && (*o.w)->dtype == w0.dtype && (*o.w)->dim(1) == w0.dim(1);
+    if (!grouped) {
+      for (const MatmulOut& o : outs) matmul(o.y, x, *o.w, M);
+      return;
+    }
+    cpu::MatvecTarget targets[4];
+    int n = 0;
+    for (const MatmulOut& o : outs) targets[n++] = {o.y, (*o.w)->raw(), (*o.w)->dim(0)};
+    cpu::matvec_many(targets, n, x, w0.dtype, w0.dim(1));
   }
   void rope(float* x, int64_t T, int64_t H, int64_t d, int64_t pos0, float theta, bool interleaved) const {
     if (dev == Device::CUDA) return LA_ON_CUDA(cuda::rope_forward(x, T, H, d, pos0, theta, interleaved));
