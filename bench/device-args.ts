@@ -1,5 +1,25 @@
 // Argument reading for the GPU-check device programs (bench/gpu-mm.ts, bench/gpu-q4k.ts): they run
 // on the lent machine from dist/ alone, so this stays a few lines with the messages the tests match.
+import type { Device } from '../lib/native';
+
+/** The options of every device program's training run (bench/gpu-7b.ts reads them its own way). */
+export interface TrainOptions {
+  /** the batches file scripts/gpu-check.ts writes */
+  batches?: string;
+  /** the micro-batch sizes to run */
+  micro: number[];
+  /** timed steps per size */
+  steps: number;
+  /** untimed steps before them */
+  warmup: number;
+  /** seconds for the whole program */
+  budget: number;
+  seed: number;
+  /** the results file, rewritten after each measurement */
+  json?: string;
+  log: (s: string) => void;
+}
+
 export class DeviceArgs {
   private i = 0;
   /** the flag being read, for messages */
@@ -32,5 +52,20 @@ export class DeviceArgs {
     const v = s.split(',').map(Number);
     if (!v.every((b) => Number.isInteger(b) && b >= 1)) throw new Error(`${this.flag} expects sizes like ${example}, got ${s}`);
     return v;
+  }
+
+  /** Reads the flag just returned by next() when gpu-mm and gpu-q4k share it (into `o`); false for
+   *  another flag. `microExample` shows the form of --micro in its error. */
+  sharedFlag(o: TrainOptions & { device: Device }, microExample: string): boolean {
+    if (this.flag === '--batches') o.batches = this.string();
+    else if (this.flag === '--micro') o.micro = this.sizes(microExample);
+    else if (this.flag === '--steps') o.steps = this.int(1);
+    else if (this.flag === '--warmup') o.warmup = this.int(0);
+    else if (this.flag === '--budget') o.budget = this.int(1);
+    else if (this.flag === '--seed') o.seed = this.int(0);
+    else if (this.flag === '--device') o.device = this.oneOf(['cuda', 'cpu'] as const);
+    else if (this.flag === '--json') o.json = this.string();
+    else return false;
+    return true;
   }
 }

@@ -28,120 +28,25 @@
 // JSON is rewritten after each measurement, so a run stopped by its time limit keeps what it got.
 import * as fs from 'fs';
 import { native, Tensor, Device } from '../lib/native';
-import { Adapter } from '../lib/model/adapter';
 import { LlamaConfig } from '../lib/model/config';
-import { Llama } from '../lib/model/llama';
-import { Checkpoint, LayerWeights, LlamaWeights } from '../lib/model/weights';
+import { Checkpoint } from '../lib/model/weights';
 import { generateTokens } from '../lib/generate/generate';
-import { AdapterGrads, AdapterGraph, PackedBatch } from '../lib/train/graph';
-import { AdamW, paperAdamW } from '../lib/train/optimizer';
-import { ADAPTER_STEP_FLOPS_FORMULA, adapterStepFlops, decodeWeightBytes, LLAMA_7B } from './flops';
+import { ADAPTER_STEP_FLOPS_FORMULA, adapterStepFlops, decodeWeightBytes } from './flops';
 import { GpuPeaks, gpuPeaks } from './gpu-peaks';
+import { TrainOptions } from './device-args';
+import {
+  ADAPTER_LEN, AdapterTraining, adaptedLayers, assembleCheckpoint, BatchesFile, DeviceBench, DeviceResult, errorMessage, gpuRecord,
+  LLAMA_7B_CONFIG, loadModel, logToStderr, now, packJson, requireUsableCuda, runFromCommandLine, SMALL_CONFIG,
+} from './device-bench';
 
-
-export const ADAPTER_LAYERS = 30;
-export const ADAPTER_LEN = 10;
 /** std 0.02 (Hugging Face's initializer_range) as a uniform [-a, a): a = 0.02·√3 */
 const WEIGHT_SCALE = 0.02 * Math.sqrt(3);
-
-export const LLAMA_7B_CONFIG: LlamaConfig = {
-  ...LLAMA_7B,
-  maxSeqLen: 2048,
-  normEps: 1e-5,
-  ropeTheta: 10000,
-  ropeLayout: 'half', // as Hugging Face's LlamaForCausalLM (the PyTorch side)
-  tiedEmbeddings: false,
-};
-
-/** A small model of the same vocabulary, for a quick run of this code path (on the CUDA emulator,
- *  or a small GPU): --shape small. Its figures say nothing about the 7B shape. */
-export const SMALL_CONFIG: LlamaConfig = { ...LLAMA_7B_CONFIG, dim: 64, hiddenDim: 172, nLayers: 4, nHeads: 4, nKvHeads: 4 };
-
-const now = () => Number(process.hrtime.bigint()) / 1e9;
 
 /** Random bf16 matrices (uniform, std 0.02) and unit f32 norms, made on the device. */
 export function randomCheckpoint(c: LlamaConfig, seed: number, device: Device = 'cuda'): Checkpoint {
   let k = 0;
-  const made: Tensor[] = [];
-  const mat = (rows: number, cols: number) => {
-    const t = native.randomUniform([rows, cols], 'bf16', device, seed * 1000 + k++, WEIGHT_SCALE);
-    made.push(t);
-    return t;
-  };
-  const ones = () => {
-    const t = native.fromArray(new Float32Array(c.dim).fill(1), [c.dim], 'f32', device);
-    made.push(t);
-    return t;
-  };
-  const d = c.dim / c.nHeads;
-  const Ckv = c.nKvHeads * d;
-  try {
-    const layers: LayerWeights[] = [];
-    for (let l = 0; l < c.nLayers; l++)
-      layers.push({
-        attnNorm: ones(),
-        wq: mat(c.dim, c.dim),
-        wk: mat(Ckv, c.dim),
-        wv: mat(Ckv, c.dim),
-        wo: mat(c.dim, c.dim),
-        ffnNorm: ones(),
-        w1: mat(c.hiddenDim, c.dim),
-        w2: mat(c.dim, c.hiddenDim),
-        w3: mat(c.hiddenDim, c.dim),
-      });
-    const weights: LlamaWeights = { embedding: mat(c.vocabSize, c.dim), layers, finalNorm: ones(), classifier: mat(c.vocabSize, c.dim) };
-    let disposed = false;
-    return {
-      config: c,
-      weights,
-      format: 'hf',
-      path: `random LLaMA-7B shape (seed ${seed})`,
-      device,
-      dispose() {
-        if (disposed) return;
-        disposed = true;
-        for (const t of made) t.dispose();
-      },
-    } as Checkpoint;
-  } catch (e) {
-    for (const t of made) t.dispose();
-    throw e;
-  }
-}
-
-// ---- batches ----------------------------------------------------------------------------------
-
-/** A micro-batch as the batches file stores it: per example its token ids and next-token labels
- *  (-1 = no loss), the convention of lib/data/alpaca.ts. */
-export interface JsonBatch {
-  ids: number[][];
-  labels: number[][];
-}
-
-export interface BatchesFile {
-  source: string;
-  maxSeqLen: number;
-  micro: { B: number; warmup: JsonBatch; steps: JsonBatch[] }[];
-  /** a tokenised Alpaca prompt for the decode run */
-  decodePrompt: number[];
-}
-
-export function packJson(b: JsonBatch): PackedBatch & { targetCount: number; seqLens: number[] } {
-  const S = b.ids.length;
-  const segments = new Int32Array(S + 1);
-  for (let s = 0; s < S; s++) segments[s + 1] = segments[s] + b.ids[s].length;
-  const N = segments[S];
-  const tokens = new Int32Array(N);
-  const labels = new Int32Array(N);
-  const positions = new Int32Array(N);
-  let targetCount = 0;
-  for (let s = 0; s < S; s++) {
-    tokens.set(b.ids[s], segments[s]);
-    labels.set(b.labels[s], segments[s]);
-    for (let t = 0; t < b.ids[s].length; t++) positions[segments[s] + t] = t;
-    for (const y of b.labels[s]) if (y >= 0) targetCount++;
-  }
-  return { tokens, labels, positions, segments, targetCount, seqLens: b.ids.map((x) => x.length) };
+  const matrix = (rows: number, cols: number) => native.randomUniform([rows, cols], 'bf16', device, seed * 1000 + k++, WEIGHT_SCALE);
+  return assembleCheckpoint(c, device, matrix, 'hf', `random LLaMA-7B shape (seed ${seed})`);
 }
 
 // ---- results ----------------------------------------------------------------------------------
@@ -190,10 +95,8 @@ export interface GemmRow {
   weightGBs: number;
 }
 
-export interface Gpu7bResult {
+export interface Gpu7bResult extends DeviceResult {
   mode: 'gemm' | 'train';
-  /** gemm: the engine before the first matmul; gemmAtEnd: after the last (a failure switches it) */
-  gpu: { name: string; gemm: string; gemmAtEnd?: string; reason: string; allocator?: string };
   peaks: GpuPeaks;
   shape?: LlamaConfig & { adapterLayers: number; adapterLen: number };
   gemm?: GemmRow[];
@@ -201,8 +104,6 @@ export interface Gpu7bResult {
   train?: TrainRow[];
   decode?: DecodeRow;
   formula?: string;
-  skipped: string[];
-  errors: string[];
 }
 
 // ---- gemm -------------------------------------------------------------------------------------
@@ -228,7 +129,8 @@ async function timeCalls(call: () => Tensor, minSeconds: number): Promise<number
   }
 }
 
-async function runGemm(res: Gpu7bResult, deadline: number, save: () => void): Promise<void> {
+async function runGemm(bench: DeviceBench<Gpu7bResult>, deadline: number): Promise<void> {
+  const { res } = bench;
   res.gemm = [];
   for (const [name, N, K] of GEMM_SHAPES) {
     if (now() > deadline) {
@@ -256,7 +158,7 @@ async function runGemm(res: Gpu7bResult, deadline: number, save: () => void): Pr
           } finally {
             x.dispose();
           }
-          save();
+          bench.save();
         }
       }
     } finally {
@@ -267,24 +169,19 @@ async function runGemm(res: Gpu7bResult, deadline: number, save: () => void): Pr
 
 // ---- train + decode ---------------------------------------------------------------------------
 
-async function runTrain(res: Gpu7bResult, o: Options, deadline: number, save: () => void): Promise<void> {
+async function runTrain(bench: DeviceBench<Gpu7bResult>, o: Options, deadline: number): Promise<void> {
+  const { res } = bench;
   const peakFlops = res.peaks.bf16Flops;
   const bandwidth = res.peaks.bandwidth;
   const file: BatchesFile = JSON.parse(fs.readFileSync(o.batches!, 'utf8'));
   const c = o.shape === 'small' ? SMALL_CONFIG : LLAMA_7B_CONFIG;
-  const L = Math.min(ADAPTER_LAYERS, c.nLayers - 2);
+  const L = adaptedLayers(c);
   res.shape = { ...c, adapterLayers: L, adapterLen: ADAPTER_LEN };
-  const t0 = now();
-  const ckpt = randomCheckpoint(c, o.seed);
-  await native.synchronize();
-  const model = Llama.fromCheckpoint(ckpt);
-  res.weights = { bytes: native.cudaMemory().inUse, seconds: now() - t0 };
+  const { model, weights } = await loadModel(() => randomCheckpoint(c, o.seed), 'cuda');
+  res.weights = weights;
   res.formula = ADAPTER_STEP_FLOPS_FORMULA;
-  save();
-  const adapter = Adapter.init(c, { layers: L, len: ADAPTER_LEN, gate: 'per-head' }, o.seed, 'cuda');
-  const opt = new AdamW(adapter.parameters(), paperAdamW);
-  const grads = new AdapterGrads(adapter);
-  const graphs = { plain: new AdapterGraph(model, adapter), checkpointing: new AdapterGraph(model, adapter, { checkpointing: true }) };
+  bench.save();
+  const training = new AdapterTraining(model, c, L, o.seed, 'cuda');
   // every micro-batch size as is, then the smallest again with activation checkpointing (the
   // memory target is stated at 4 x 512)
   const plan = file.micro.filter((mb) => o.micro.includes(mb.B)).map((mb) => ({ mb, checkpointing: false }));
@@ -292,71 +189,46 @@ async function runTrain(res: Gpu7bResult, o: Options, deadline: number, save: ()
   res.train = [];
   try {
     for (const { mb, checkpointing } of plan) {
-      const graph = checkpointing ? graphs.checkpointing : graphs.plain;
       const label = `B=${mb.B}${checkpointing ? ' (checkpointing)' : ''}`;
-      // a batch size is started only with 20 s left (a step at B = 16 takes well under that)
-      if (now() > deadline - 20) {
-        res.skipped.push(`train ${label}: out of time`);
-        continue;
-      }
-      const timed = mb.steps.slice(0, o.steps).map(packJson);
-      const warm = packJson(mb.warmup);
-      try {
-        native.cudaResetPeak();
-        const losses: number[] = [];
-        const step = async (b: ReturnType<typeof packJson>) => {
-          grads.zero();
-          const r = await graph.run(b, 1 / b.targetCount, grads);
-          await opt.update(grads.all(), 1e-3);
-          return r.lossSum / r.targets;
-        };
-        for (let i = 0; i < o.warmup; i++) await step(warm);
-        await native.synchronize();
-        const s0 = now();
-        let done = 0;
-        for (const b of timed) {
-          losses.push(await step(b));
-          done++;
-          if (now() > deadline - 15) break; // keep what was timed
-        }
-        await native.synchronize();
-        const seconds = now() - s0;
-        const used = timed.slice(0, done);
-        const tokens = used.reduce((a, b) => a + b.tokens.length, 0);
-        const targets = used.reduce((a, b) => a + b.targetCount, 0);
-        const flops = used.reduce((a, b) => a + adapterStepFlops(c, L, ADAPTER_LEN, b.seqLens, b.targetCount).total, 0);
-        const padded = used.reduce((a, b) => a + b.seqLens.length * Math.max(...b.seqLens), 0);
-        res.train.push({
-          B: mb.B,
-          steps: done,
-          tokens,
-          targets,
-          paddingShare: 1 - tokens / padded,
-          seconds,
-          tokPerS: tokens / seconds,
-          msPerStep: (1e3 * seconds) / done,
-          flopsPerStep: flops / done,
-          tflops: flops / seconds / 1e12,
-          mfu: peakFlops ? flops / seconds / peakFlops : null,
-          peakBytes: native.cudaMemory().peak,
-          activationBytes: graph.activationBytes,
-          checkpointing,
-          losses,
-        });
-        if (done < timed.length) res.skipped.push(`train ${label}: ${timed.length - done} of ${timed.length} timed steps left out (out of time)`);
-        o.log(`gpu-7b: ${label}: ${(tokens / seconds).toFixed(0)} tok/s, ${((1e3 * seconds) / done).toFixed(1)} ms/step, ` +
-          `MFU ${peakFlops ? `${((100 * flops) / seconds / peakFlops).toFixed(1)}%` : 'unknown'}, peak ${(native.cudaMemory().peak / 2 ** 30).toFixed(1)} GiB`);
-      } catch (e) {
-        res.errors.push(`train ${label}: ${e instanceof Error ? e.message : String(e)}`);
-        o.log(`gpu-7b: ${label} failed: ${e instanceof Error ? e.message : String(e)}`);
-      }
-      save();
+      await bench.timedRun({
+        label,
+        startBy: deadline - 20, // a step at B = 16 takes well under 20 s
+        stopBy: deadline - 15,
+        batches: () => ({ timed: mb.steps.slice(0, o.steps).map(packJson), warm: packJson(mb.warmup) }),
+        warmup: o.warmup,
+        step: (b) => training.step(b, checkpointing),
+        record: ({ losses, steps, seconds, peakBytes }, used) => {
+          const tokens = used.reduce((a, b) => a + b.tokens.length, 0);
+          const targets = used.reduce((a, b) => a + b.targetCount, 0);
+          const flops = used.reduce((a, b) => a + adapterStepFlops(c, L, ADAPTER_LEN, b.seqLens, b.targetCount).total, 0);
+          const padded = used.reduce((a, b) => a + b.seqLens.length * Math.max(...b.seqLens), 0);
+          res.train!.push({
+            B: mb.B,
+            steps,
+            tokens,
+            targets,
+            paddingShare: 1 - tokens / padded,
+            seconds,
+            tokPerS: tokens / seconds,
+            msPerStep: (1e3 * seconds) / steps,
+            flopsPerStep: flops / steps,
+            tflops: flops / seconds / 1e12,
+            mfu: peakFlops ? flops / seconds / peakFlops : null,
+            peakBytes,
+            activationBytes: training.graph(checkpointing).activationBytes,
+            checkpointing,
+            losses,
+          });
+          bench.log(`gpu-7b: ${label}: ${(tokens / seconds).toFixed(0)} tok/s, ${((1e3 * seconds) / steps).toFixed(1)} ms/step, ` +
+            `MFU ${peakFlops ? `${((100 * flops) / seconds / peakFlops).toFixed(1)}%` : 'unknown'}, peak ${(peakBytes / 2 ** 30).toFixed(1)} GiB`);
+        },
+      });
     }
 
     // decode at batch 1 with the (trained) adapter attached
     if (o.decode > 1 && now() < deadline - 5) {
       try {
-        model.setAdapter(adapter);
+        model.setAdapter(training.adapter);
         const prompt = file.decodePrompt;
         const stamps: number[] = [];
         // the clock starts when the prefill's token is out (as bench/decode.ts and run.c time it)
@@ -377,43 +249,34 @@ async function runTrain(res: Gpu7bResult, o: Options, deadline: number, save: ()
           boundTokPerS: bound,
           pctOfBound: bound ? (100 * tokPerS) / bound : null,
         };
-        o.log(`gpu-7b: decode ${tokPerS.toFixed(1)} tok/s` +
+        bench.log(`gpu-7b: decode ${tokPerS.toFixed(1)} tok/s` +
           (bound ? ` (${((100 * tokPerS) / bound).toFixed(0)}% of the ${bound.toFixed(0)} tok/s bandwidth bound)` : ' (bandwidth unknown: no bound)'));
       } catch (e) {
-        res.errors.push(`decode: ${e instanceof Error ? e.message : String(e)}`);
+        res.errors.push(`decode: ${errorMessage(e)}`);
       } finally {
         model.setAdapter(undefined);
       }
     } else if (o.decode > 1) res.skipped.push('decode: out of time');
-    save();
+    bench.save();
   } finally {
-    grads.dispose();
-    opt.dispose();
-    adapter.dispose();
+    training.dispose();
     model.dispose();
   }
 }
 
 // ---- main -------------------------------------------------------------------------------------
 
-interface Options {
+interface Options extends TrainOptions {
   mode: 'gemm' | 'train';
   shape: '7b' | 'small';
-  batches?: string;
-  micro: number[];
-  steps: number;
-  warmup: number;
+  /** tokens to decode after the training runs */
   decode: number;
-  budget: number;
-  seed: number;
-  json?: string;
-  log: (s: string) => void;
 }
 
 export function parseArgs(argv: string[]): Options {
   const mode = argv[0];
   if (mode !== 'gemm' && mode !== 'train') throw new Error(`usage: gpu-7b.js gemm|train [options] (got ${mode ?? 'nothing'})`);
-  const o: Options = { mode, shape: '7b', micro: [4, 8, 16], steps: 4, warmup: 1, decode: 128, budget: 150, seed: 1234, log: (s) => process.stderr.write(s + '\n') };
+  const o: Options = { mode, shape: '7b', micro: [4, 8, 16], steps: 4, warmup: 1, decode: 128, budget: 150, seed: 1234, log: logToStderr };
   for (let i = 1; i < argv.length; i++) {
     const x = argv[i];
     const num = () => {
@@ -440,42 +303,16 @@ export function parseArgs(argv: string[]): Options {
   return o;
 }
 
-export async function main(argv: string[] = process.argv.slice(2)): Promise<void> {
+export async function main(argv: string[] = process.argv.slice(2)): Promise<Gpu7bResult> {
   const o = parseArgs(argv);
   const deadline = now() + o.budget;
   const caps = native.capabilities().cuda;
   const dev = caps.deviceList?.[Number(process.env.LLAMA_ADAPTER_CUDA_DEVICE || 0)]; // the device the backend uses
-  const res: Gpu7bResult = {
-    mode: o.mode,
-    gpu: { name: dev?.name ?? '', gemm: caps.gemm, reason: caps.reason },
-    peaks: gpuPeaks(dev?.name ?? '', dev),
-    skipped: [],
-    errors: [],
-  };
-  const save = () => o.json && fs.writeFileSync(o.json, JSON.stringify(res, null, 1) + '\n');
-  if (!caps.available) throw new Error(`CUDA is not available: ${caps.reason}`);
-  // a forced engine that cannot run: stop here, loudly, rather than time anything
-  if (caps.gemm.startsWith('error: ')) throw new Error(`the GEMM engine cannot run: ${caps.gemm.slice(7)}`);
+  const res: Gpu7bResult = { mode: o.mode, gpu: gpuRecord(caps, dev), peaks: gpuPeaks(dev?.name ?? '', dev), skipped: [], errors: [] };
+  requireUsableCuda(caps);
   o.log(`gpu-7b: ${res.gpu.name || 'unnamed GPU'}; peaks: ${res.peaks.note}; GEMM engine ${caps.gemm}`);
-  save();
-  try {
-    if (o.mode === 'gemm') await runGemm(res, deadline, save);
-    else await runTrain(res, o, deadline, save);
-  } finally {
-    res.gpu.gemmAtEnd = native.capabilities().cuda.gemm;
-    res.gpu.allocator = native.cudaMemory().allocator;
-    o.log(`gpu-7b: GEMM engine at the end: ${res.gpu.gemmAtEnd}`);
-    save();
-  }
-  if (res.errors.length) {
-    console.error(`gpu-7b: ${res.errors.length} error(s):\n  ${res.errors.join('\n  ')}`);
-    process.exitCode = 1;
-  }
+  const bench = new DeviceBench('gpu-7b', res, 'cuda', o);
+  return bench.run(() => (o.mode === 'gemm' ? runGemm(bench, deadline) : runTrain(bench, o, deadline)));
 }
 
-if (require.main === module) {
-  main().catch((e) => {
-    console.error(`gpu-7b: FAILED: ${e instanceof Error ? (e.stack ?? e.message).split('\n').slice(0, 5).join('\n') : String(e)}`);
-    process.exit(1);
-  });
-}
+if (require.main === module) runFromCommandLine('gpu-7b', main);

@@ -1,6 +1,7 @@
-// The GPU check's image benchmarks (issue 10 item 7, issue 11 item 6), beside bench/gpu-7b.ts and
-// built from its pieces: random weights made on the device (native.randomUniform, no file), on the
-// CUDA backend. Run by scripts/gpu-check-run.sh on the device machine.
+// The GPU check's image benchmarks (issue 10 item 7, issue 11 item 6), beside bench/gpu-7b.ts: its
+// random weights made on the device (native.randomUniform, no file), on the CUDA backend, and the
+// frame the device programs share (bench/device-bench.ts). Run by scripts/gpu-check-run.sh on the
+// device machine.
 //
 //   node dist/bench/gpu-mm.js encode [--shape L/14|tiny] [--batch 32] [--runs N] [--dtype bf16|f32]
 //        [--device cuda|cpu] [--budget S] [--seed N] [--json FILE]
@@ -27,18 +28,20 @@
 //
 // Every figure is measured here; what did not run is recorded as skipped with the reason. The JSON
 // is rewritten after each measurement, so a run stopped by its time limit keeps what it got.
-import * as fs from 'fs';
 import { native, Device, Tensor } from '../lib/native';
 import { Adapter } from '../lib/model/adapter';
 import { LlamaConfig } from '../lib/model/config';
-import { Llama } from '../lib/model/llama';
 import { ImagePromptStep } from '../lib/model/image-prompts';
 import { EncoderConfig, EncoderLayerWeights, EncoderWeights, tokensPerImage } from '../lib/encoder/config';
 import { ImageEncoder } from '../lib/encoder/encoder';
 import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
-import { ADAPTER_LAYERS, ADAPTER_LEN, BatchesFile, LLAMA_7B_CONFIG, SMALL_CONFIG, packJson, randomCheckpoint } from './gpu-7b';
-import { DeviceArgs } from './device-args';
+import { randomCheckpoint } from './gpu-7b';
+import { DeviceArgs, TrainOptions } from './device-args';
+import {
+  ADAPTER_LEN, adaptedLayers, bytesInUse, DeviceBench, DeviceResult, gpuRecord, JsonBatch, LLAMA_7B_CONFIG, loadModel, logToStderr, now, packJson,
+  peakBytes, readBatchesFile, requireUsableCuda, resetPeak, runFromCommandLine, SMALL_CONFIG,
+} from './device-bench';
 
 /** CLIP ViT-L/14's vision tower (openai/clip-vit-large-patch14), and a tiny one of the same kind. */
 export const CLIP_L14: EncoderConfig = {
@@ -62,8 +65,6 @@ export const PROJ_WIDTH = 128;
 export const L14_FEATURES = CLIP_L14.dim;
 /** a tiny LLaMA for the CPU test: the real vocabulary (the batches' token ids), 3 layers */
 export const TINY_LLAMA: LlamaConfig = { ...LLAMA_7B_CONFIG, dim: 32, hiddenDim: 64, nLayers: 3, nHeads: 4, nKvHeads: 4 };
-
-const now = () => Number(process.hrtime.bigint()) / 1e9;
 
 /** Random CLIP weights on `device`: matrices uniform ±1/√fan_in in `dtype`, biases ±0.1, the class
  *  and position embeddings ±0.5, unit norms (as bench/embed-images.ts writes its random file). */
@@ -137,35 +138,28 @@ export interface MmTrainRow {
   losses: number[];
 }
 
-export interface GpuMmResult {
+export interface GpuMmResult extends DeviceResult {
   mode: 'encode' | 'train';
   device: Device;
-  /** gemm: the engine at the start; gemmAtEnd: after the last matmul (a cuBLASLt failure switches it) */
-  gpu: { name: string; gemm: string; gemmAtEnd?: string; reason: string; allocator?: string };
   encoder?: EncoderConfig & { dtype: string; flopsPerImage: number };
   shape?: LlamaConfig & { adapterLayers: number; adapterLen: number; projWidth: number; featureSize: number };
   weights?: { bytes: number; seconds: number };
   encode?: EncodeRow;
   train?: MmTrainRow[];
-  skipped: string[];
-  errors: string[];
 }
-
-const peak = (device: Device) => (device === 'cuda' ? native.cudaMemory().peak : 0);
-const inUse = (device: Device) => (device === 'cuda' ? native.cudaMemory().inUse : 0);
-const resetPeak = (device: Device) => device === 'cuda' && native.cudaResetPeak();
 
 // ---- encode -----------------------------------------------------------------------------------
 
-async function runEncode(res: GpuMmResult, o: Options, deadline: number, save: () => void): Promise<void> {
+async function runEncode(bench: DeviceBench<GpuMmResult>, o: Options, deadline: number): Promise<void> {
+  const { res } = bench;
   const c = o.shape === 'tiny' ? CLIP_TINY : CLIP_L14;
   res.encoder = { ...c, dtype: o.dtype, flopsPerImage: encoderFlopsPerImage(c) };
   const t0 = now();
   const enc = ImageEncoder.fromWeights(c, randomEncoderWeights(c, o.dtype, o.device, o.seed), o.device, `random CLIP ViT-${o.shape} (seed ${o.seed})`);
   try {
     await native.synchronize();
-    res.weights = { bytes: inUse(o.device), seconds: now() - t0 };
-    save();
+    res.weights = { bytes: bytesInUse(o.device), seconds: now() - t0 };
+    bench.save();
     const S = c.imageSize;
     const B = o.batch;
     // normalised pixels in [-2, 2), made on the host as embed() would hand them over
@@ -202,10 +196,10 @@ async function runEncode(res: GpuMmResult, o: Options, deadline: number, save: (
       seconds: best,
       imagesPerS: B / best,
       tflops: (B * encoderFlopsPerImage(c)) / best / 1e12,
-      peakBytes: peak(o.device),
+      peakBytes: peakBytes(o.device),
       all: times.map((t) => B / t),
     };
-    o.log(`gpu-mm: CLIP ViT-${o.shape} ${o.dtype}, batch ${B}: ${res.encode.imagesPerS.toFixed(1)} images/s (${res.encode.tflops.toFixed(1)} TFLOP/s), ` +
+    bench.log(`gpu-mm: CLIP ViT-${o.shape} ${o.dtype}, batch ${B}: ${res.encode.imagesPerS.toFixed(1)} images/s (${res.encode.tflops.toFixed(1)} TFLOP/s), ` +
       `peak ${(res.encode.peakBytes / 2 ** 30).toFixed(2)} GiB`);
   } finally {
     enc.dispose();
@@ -214,25 +208,18 @@ async function runEncode(res: GpuMmResult, o: Options, deadline: number, save: (
 
 // ---- train ------------------------------------------------------------------------------------
 
-async function runTrain(res: GpuMmResult, o: Options, deadline: number, save: () => void): Promise<void> {
-  let file: BatchesFile;
-  try {
-    file = JSON.parse(fs.readFileSync(o.batches!, 'utf8'));
-  } catch (e) {
-    throw new Error(`--batches ${o.batches}: ${(e as Error).message}`);
-  }
+async function runTrain(bench: DeviceBench<GpuMmResult>, o: Options, deadline: number): Promise<void> {
+  const { res } = bench;
+  const file = readBatchesFile(o.batches!);
   if (!Array.isArray(file?.micro)) throw new Error(`--batches ${o.batches}: no "micro" list (a batches file from scripts/gpu-check.ts)`);
   const c = o.shape === 'tiny' ? TINY_LLAMA : o.shape === 'small' ? SMALL_CONFIG : LLAMA_7B_CONFIG;
   const D = o.shape === 'tiny' ? CLIP_TINY.dim : L14_FEATURES;
   const R = o.shape === 'tiny' ? 8 : PROJ_WIDTH;
-  const L = Math.min(ADAPTER_LAYERS, c.nLayers - 2);
+  const L = adaptedLayers(c);
   res.shape = { ...c, adapterLayers: L, adapterLen: ADAPTER_LEN, projWidth: R, featureSize: D };
-  const t0 = now();
-  const ckpt = randomCheckpoint(c, o.seed, o.device);
-  await native.synchronize();
-  const model = Llama.fromCheckpoint(ckpt);
-  res.weights = { bytes: inUse(o.device), seconds: now() - t0 };
-  save();
+  const { model, weights } = await loadModel(() => randomCheckpoint(c, o.seed, o.device), o.device);
+  res.weights = weights;
+  bench.save();
   // the projection starts at random (not zero) so that every path carries gradient, as mm-train-step
   const adapter = Adapter.init(c, { layers: L, len: ADAPTER_LEN, gate: 'per-head', image: { featureLayers: [-1], featureSize: D, width: R } }, o.seed, o.device, 'random');
   const opt = new AdamW(adapter.parameters(), paperAdamW, undefined, adapter.decayMask());
@@ -240,72 +227,56 @@ async function runTrain(res: GpuMmResult, o: Options, deadline: number, save: ()
   const graph = new AdapterGraph(model, adapter);
   res.train = [];
   let imageSeed = o.seed * 7919;
+  // one image per example: keys img0..img{S-1}, unique within the step
+  const withImages = (j: JsonBatch) => {
+    const b = packJson(j);
+    return { ...b, images: b.seqLens.map((_, s) => `img${s}`) };
+  };
+  /** one optimiser step of the image-conditioned adapter, as Trainer.run takes it: the mean loss per target */
+  const step = async (b: ReturnType<typeof withImages>) => {
+    const keys = b.images;
+    // (S, D) features as a features file would hand them over (host f32)
+    const f = native.randomUniform([keys.length, D], 'f32', 'cpu', imageSeed++, 1);
+    const values = (await f.read()) as Float32Array;
+    f.dispose();
+    grads.zero(); // as Trainer.run
+    const prompts = new ImagePromptStep(adapter.image!, keys, values, true);
+    try {
+      const r = await graph.run(b, 1 / b.targetCount, grads, prompts);
+      prompts.backward(grads.image!);
+      await opt.update(grads.all(), 1e-3);
+      return r.lossSum / r.targets;
+    } finally {
+      prompts.dispose();
+    }
+  };
   try {
     for (const mb of file.micro.filter((m) => o.micro.includes(m.B))) {
       const label = `B=${mb.B}`;
-      if (now() > deadline - 20) {
-        res.skipped.push(`train ${label}: out of time`);
-        continue;
-      }
-      // one image per example: keys img0..img{S-1}, unique within the step
-      const withImages = (j: (typeof mb.steps)[number]) => {
-        const b = packJson(j);
-        return { ...b, images: b.seqLens.map((_, s) => `img${s}`) };
-      };
-      const timed = mb.steps.slice(0, o.steps).map(withImages);
-      const warm = withImages(mb.warmup);
-      try {
-        resetPeak(o.device);
-        const losses: number[] = [];
-        const step = async (b: ReturnType<typeof withImages>) => {
-          const keys = b.images;
-          // (S, D) features as a features file would hand them over (host f32)
-          const f = native.randomUniform([keys.length, D], 'f32', 'cpu', imageSeed++, 1);
-          const values = (await f.read()) as Float32Array;
-          f.dispose();
-          grads.zero(); // as Trainer.run
-          const prompts = new ImagePromptStep(adapter.image!, keys, values, true);
-          try {
-            const r = await graph.run(b, 1 / b.targetCount, grads, prompts);
-            prompts.backward(grads.image!);
-            await opt.update(grads.all(), 1e-3);
-            return r.lossSum / r.targets;
-          } finally {
-            prompts.dispose();
-          }
-        };
-        for (let i = 0; i < o.warmup; i++) await step(warm);
-        await native.synchronize();
-        const s0 = now();
-        let done = 0;
-        for (const b of timed) {
-          losses.push(await step(b));
-          done++;
-          if (now() > deadline - 15) break; // keep what was timed
-        }
-        await native.synchronize();
-        const seconds = now() - s0;
-        const used = timed.slice(0, done);
-        const tokens = used.reduce((a, b) => a + b.tokens.length, 0);
-        res.train.push({
-          B: mb.B,
-          steps: done,
-          tokens,
-          images: used.reduce((a, b) => a + b.images.length, 0),
-          seconds,
-          tokPerS: tokens / seconds,
-          msPerStep: (1e3 * seconds) / done,
-          peakBytes: peak(o.device),
-          losses,
-        });
-        if (done < timed.length) res.skipped.push(`train ${label}: ${timed.length - done} of ${timed.length} timed steps left out (out of time)`);
-        o.log(`gpu-mm: image-conditioned ${label}: ${(tokens / seconds).toFixed(0)} tok/s, ${((1e3 * seconds) / done).toFixed(1)} ms/step, ` +
-          `peak ${(peak(o.device) / 2 ** 30).toFixed(1)} GiB`);
-      } catch (e) {
-        res.errors.push(`train ${label}: ${e instanceof Error ? e.message : String(e)}`);
-        o.log(`gpu-mm: ${label} failed: ${e instanceof Error ? e.message : String(e)}`);
-      }
-      save();
+      await bench.timedRun({
+        label,
+        startBy: deadline - 20,
+        stopBy: deadline - 15,
+        batches: () => ({ timed: mb.steps.slice(0, o.steps).map(withImages), warm: withImages(mb.warmup) }),
+        warmup: o.warmup,
+        step,
+        record: ({ losses, steps, seconds, peakBytes }, used) => {
+          const tokens = used.reduce((a, b) => a + b.tokens.length, 0);
+          res.train!.push({
+            B: mb.B,
+            steps,
+            tokens,
+            images: used.reduce((a, b) => a + b.images.length, 0),
+            seconds,
+            tokPerS: tokens / seconds,
+            msPerStep: (1e3 * seconds) / steps,
+            peakBytes,
+            losses,
+          });
+          bench.log(`gpu-mm: image-conditioned ${label}: ${(tokens / seconds).toFixed(0)} tok/s, ${((1e3 * seconds) / steps).toFixed(1)} ms/step, ` +
+            `peak ${(peakBytes / 2 ** 30).toFixed(1)} GiB`);
+        },
+      });
     }
   } finally {
     grads.dispose();
@@ -317,21 +288,14 @@ async function runTrain(res: GpuMmResult, o: Options, deadline: number, save: ()
 
 // ---- main -------------------------------------------------------------------------------------
 
-interface Options {
+interface Options extends TrainOptions {
   mode: 'encode' | 'train';
   shape: 'L/14' | '7b' | 'small' | 'tiny';
   device: Device;
   dtype: 'f32' | 'bf16';
-  batches?: string;
+  /** encode: images per batch, and the timed batches */
   batch: number;
   runs: number;
-  micro: number[];
-  steps: number;
-  warmup: number;
-  budget: number;
-  seed: number;
-  json?: string;
-  log: (s: string) => void;
 }
 
 export function parseArgs(argv: string[]): Options {
@@ -349,22 +313,15 @@ export function parseArgs(argv: string[]): Options {
     warmup: 1,
     budget: 60,
     seed: 1234,
-    log: (s) => process.stderr.write(s + '\n'),
+    log: logToStderr,
   };
   const args = new DeviceArgs(argv);
   for (let x = args.next(); x !== undefined; x = args.next()) {
-    if (x === '--batches') o.batches = args.string();
-    else if (x === '--micro') o.micro = args.sizes('4,8,16');
-    else if (x === '--batch') o.batch = args.int(1);
+    if (args.sharedFlag(o, '4,8,16')) continue;
+    if (x === '--batch') o.batch = args.int(1);
     else if (x === '--runs') o.runs = args.int(1);
-    else if (x === '--steps') o.steps = args.int(1);
-    else if (x === '--warmup') o.warmup = args.int(0);
-    else if (x === '--budget') o.budget = args.int(1);
-    else if (x === '--seed') o.seed = args.int(0);
-    else if (x === '--device') o.device = args.oneOf(['cuda', 'cpu'] as const);
     else if (x === '--dtype') o.dtype = args.oneOf(['bf16', 'f32'] as const);
     else if (x === '--shape') o.shape = args.oneOf(mode === 'encode' ? (['L/14', 'tiny'] as const) : (['7b', 'small', 'tiny'] as const));
-    else if (x === '--json') o.json = args.string();
     else throw new Error(`gpu-mm: unknown argument ${x}`);
   }
   if (o.mode === 'train' && !o.batches) throw new Error('gpu-mm train needs --batches FILE (written by scripts/gpu-check.ts)');
@@ -375,32 +332,10 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<GpuM
   const o = parseArgs(argv);
   const deadline = now() + o.budget;
   const caps = native.capabilities().cuda;
-  const res: GpuMmResult = { mode: o.mode, device: o.device, gpu: { name: caps.deviceList?.[0]?.name ?? '', gemm: caps.gemm, reason: caps.reason }, skipped: [], errors: [] };
-  const save = () => o.json && fs.writeFileSync(o.json, JSON.stringify(res, null, 1) + '\n');
-  if (o.device === 'cuda' && !caps.available) throw new Error(`CUDA is not available: ${caps.reason}`);
-  if (o.device === 'cuda' && caps.gemm.startsWith('error: ')) throw new Error(`the GEMM engine cannot run: ${caps.gemm.slice(7)}`);
-  save();
-  try {
-    if (o.mode === 'encode') await runEncode(res, o, deadline, save);
-    else await runTrain(res, o, deadline, save);
-  } finally {
-    if (o.device === 'cuda') {
-      res.gpu.gemmAtEnd = native.capabilities().cuda.gemm;
-      res.gpu.allocator = native.cudaMemory().allocator;
-      process.stderr.write(`gpu-mm: GEMM engine at the end: ${res.gpu.gemmAtEnd}\n`);
-    }
-    save();
-  }
-  if (res.errors.length) {
-    console.error(`gpu-mm: ${res.errors.length} error(s):\n  ${res.errors.join('\n  ')}`);
-    process.exitCode = 1;
-  }
-  return res;
+  const res: GpuMmResult = { mode: o.mode, device: o.device, gpu: gpuRecord(caps, caps.deviceList?.[0]), skipped: [], errors: [] };
+  if (o.device === 'cuda') requireUsableCuda(caps);
+  const bench = new DeviceBench('gpu-mm', res, o.device, o);
+  return bench.run(() => (o.mode === 'encode' ? runEncode(bench, o, deadline) : runTrain(bench, o, deadline)));
 }
 
-if (require.main === module) {
-  main().catch((e) => {
-    console.error(`gpu-mm: FAILED: ${e instanceof Error ? (e.stack ?? e.message).split('\n').slice(0, 5).join('\n') : String(e)}`);
-    process.exit(1);
-  });
-}
+if (require.main === module) runFromCommandLine('gpu-mm', main);

@@ -1,6 +1,7 @@
 // The GPU check's quantized-base benchmark (issue 13 item 5), beside bench/gpu-7b.ts and built from
-// its pieces: the LLaMA-Adapter training step on a LLaMA-7B-shape base whose every matrix
-// (embedding, attention, FFN, LM head) is Q4_K, kept quantized on the device as a GGUF base is.
+// the pieces they share (bench/device-bench.ts): the LLaMA-Adapter training step on a LLaMA-7B-shape
+// base whose every matrix (embedding, attention, FFN, LM head) is Q4_K, kept quantized on the device
+// as a GGUF base is.
 //
 //   node dist/bench/gpu-q4k.js train --batches FILE [--shape 7b|tiny] [--micro 4,16] [--full B]
 //        [--steps N] [--warmup N] [--device cuda|cpu] [--budget S] [--seed N] [--json FILE]
@@ -28,15 +29,14 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { native, Device, Tensor } from '../lib/native';
-import { Adapter } from '../lib/model/adapter';
 import { LlamaConfig } from '../lib/model/config';
-import { Llama } from '../lib/model/llama';
-import { Checkpoint, LayerWeights, LlamaWeights } from '../lib/model/weights';
-import { AdapterGrads, AdapterGraph } from '../lib/train/graph';
-import { AdamW, paperAdamW } from '../lib/train/optimizer';
+import { Checkpoint } from '../lib/model/weights';
 import { f32ToF16, packScales } from '../tools/gguf-writer';
-import { ADAPTER_LAYERS, ADAPTER_LEN, BatchesFile, JsonBatch, LLAMA_7B_CONFIG, packJson } from './gpu-7b';
-import { DeviceArgs } from './device-args';
+import { DeviceArgs, TrainOptions } from './device-args';
+import {
+  ADAPTER_LEN, AdapterTraining, adaptedLayers, assembleCheckpoint, DeviceBench, DeviceResult, gpuRecord, JsonBatch, LLAMA_7B_CONFIG,
+  loadModel, logToStderr, now, packJson, readBatchesFile, requireUsableCuda, runFromCommandLine,
+} from './device-bench';
 
 /** the issue's target for the 7B Q4_K adapter step at 4 × 512 */
 export const Q4K_TARGET_BYTES = 8e9;
@@ -45,8 +45,6 @@ const QK = 256;
 const BLOCK_BYTES = 144;
 /** a tiny LLaMA for the CPU test: the real vocabulary (the batches' token ids), rows of 256 */
 export const TINY_Q4K: LlamaConfig = { ...LLAMA_7B_CONFIG, dim: 256, hiddenDim: 512, nLayers: 3, nHeads: 4, nKvHeads: 4 };
-
-const now = () => Number(process.hrtime.bigint()) / 1e9;
 
 /** (rows, K) random Q4_K blocks, as described above; a function of seed only. */
 export function randomQ4kBytes(rows: number, K: number, seed: number): Uint8Array {
@@ -100,7 +98,6 @@ export function randomQ4kCheckpoint(c: LlamaConfig, seed: number, device: Device
   // one host copy per distinct shape: written to a temporary file, mapped (copied), the file removed
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'la-q4k-'));
   const host = new Map<string, Tensor>();
-  const made: Tensor[] = [];
   try {
     const file = path.join(dir, 'weights.q4k');
     const fd = fs.openSync(file, 'w');
@@ -124,46 +121,8 @@ export function randomQ4kCheckpoint(c: LlamaConfig, seed: number, device: Device
     } finally {
       map.close(); // the tensors keep what they need
     }
-    const mat = (r: number, k: number) => {
-      const t = native.toDevice(host.get(key(r, k))!, device); // the device's own copy (cpu: a new handle)
-      made.push(t);
-      return t;
-    };
-    const ones = () => {
-      const t = native.fromArray(new Float32Array(c.dim).fill(1), [c.dim], 'f32', device);
-      made.push(t);
-      return t;
-    };
-    const layers: LayerWeights[] = [];
-    for (let l = 0; l < c.nLayers; l++)
-      layers.push({
-        attnNorm: ones(),
-        wq: mat(c.dim, c.dim),
-        wk: mat(Ckv, c.dim),
-        wv: mat(Ckv, c.dim),
-        wo: mat(c.dim, c.dim),
-        ffnNorm: ones(),
-        w1: mat(c.hiddenDim, c.dim),
-        w2: mat(c.dim, c.hiddenDim),
-        w3: mat(c.hiddenDim, c.dim),
-      });
-    const weights: LlamaWeights = { embedding: mat(c.vocabSize, c.dim), layers, finalNorm: ones(), classifier: mat(c.vocabSize, c.dim) };
-    let disposed = false;
-    return {
-      config: c,
-      weights,
-      format: 'gguf',
-      path: `random Q4_K LLaMA (dim ${c.dim}, ${c.nLayers} layers, seed ${seed})`,
-      device,
-      dispose() {
-        if (disposed) return;
-        disposed = true;
-        for (const t of made) t.dispose();
-      },
-    } as Checkpoint;
-  } catch (e) {
-    for (const t of made) t.dispose();
-    throw e;
+    const deviceCopy = (r: number, k: number) => native.toDevice(host.get(key(r, k))!, device); // the device's own copy (cpu: a new handle)
+    return assembleCheckpoint(c, device, deviceCopy, 'gguf', `random Q4_K LLaMA (dim ${c.dim}, ${c.nLayers} layers, seed ${seed})`);
   } finally {
     for (const t of host.values()) t.dispose(); // queued uploads keep their source until they ran
     fs.rmSync(dir, { recursive: true, force: true });
@@ -194,46 +153,28 @@ export interface Q4kTrainRow {
   losses: number[];
 }
 
-export interface GpuQ4kResult {
+export interface GpuQ4kResult extends DeviceResult {
   mode: 'train';
   device: Device;
-  /** gemm: the engine at the start; gemmAtEnd: after the last matmul (a cuBLASLt failure switches it) */
-  gpu: { name: string; gemm: string; gemmAtEnd?: string; reason: string; allocator?: string };
   shape?: LlamaConfig & { adapterLayers: number; adapterLen: number; weights: 'q4_k'; maxSeqLen: number };
   weights?: { bytes: number; seconds: number };
   targetBytes: number;
   train: Q4kTrainRow[];
-  skipped: string[];
-  errors: string[];
 }
 
-const peak = (device: Device) => (device === 'cuda' ? native.cudaMemory().peak : 0);
-const inUse = (device: Device) => (device === 'cuda' ? native.cudaMemory().inUse : 0);
-const resetPeak = (device: Device) => device === 'cuda' && native.cudaResetPeak();
-
-async function runTrain(res: GpuQ4kResult, o: Options, deadline: number, save: () => void): Promise<void> {
-  let file: BatchesFile;
-  try {
-    file = JSON.parse(fs.readFileSync(o.batches!, 'utf8'));
-  } catch (e) {
-    throw new Error(`--batches ${o.batches}: ${(e as Error).message}`);
-  }
+async function runTrain(bench: DeviceBench<GpuQ4kResult>, o: Options, deadline: number): Promise<void> {
+  const { res } = bench;
+  const file = readBatchesFile(o.batches!);
   if (!Array.isArray(file?.micro) || !(Number.isInteger(file.maxSeqLen) && file.maxSeqLen >= 2))
     throw new Error(`--batches ${o.batches}: no "micro" list or "maxSeqLen" (a batches file from scripts/gpu-check.ts)`);
   const c = o.shape === 'tiny' ? TINY_Q4K : LLAMA_7B_CONFIG;
-  const L = Math.min(ADAPTER_LAYERS, c.nLayers - 2);
+  const L = adaptedLayers(c);
   res.shape = { ...c, adapterLayers: L, adapterLen: ADAPTER_LEN, weights: 'q4_k', maxSeqLen: file.maxSeqLen };
-  const t0 = now();
-  const ckpt = randomQ4kCheckpoint(c, o.seed, o.device);
-  await native.synchronize();
-  const model = Llama.fromCheckpoint(ckpt);
-  res.weights = { bytes: inUse(o.device), seconds: now() - t0 };
-  o.log(`gpu-q4k: Q4_K weights ${(res.weights.bytes / 1e9).toFixed(2)} GB on ${o.device} in ${res.weights.seconds.toFixed(1)} s`);
-  save();
-  const adapter = Adapter.init(c, { layers: L, len: ADAPTER_LEN, gate: 'per-head' }, o.seed, o.device);
-  const opt = new AdamW(adapter.parameters(), paperAdamW);
-  const grads = new AdapterGrads(adapter);
-  const graphs = { plain: new AdapterGraph(model, adapter), checkpointing: new AdapterGraph(model, adapter, { checkpointing: true }) };
+  const { model, weights } = await loadModel(() => randomQ4kCheckpoint(c, o.seed, o.device), o.device);
+  res.weights = weights;
+  bench.log(`gpu-q4k: Q4_K weights ${(weights.bytes / 1e9).toFixed(2)} GB on ${o.device} in ${weights.seconds.toFixed(1)} s`);
+  bench.save();
+  const training = new AdapterTraining(model, c, L, o.seed, o.device);
   // the smallest Alpaca size, then the full-length batch (the memory target), then the larger sizes
   type Run = { label: string; batch: 'alpaca' | 'full'; B: number; checkpointing: boolean; warm: JsonBatch; timed: JsonBatch[] };
   const alpaca: Run[] = file.micro
@@ -247,98 +188,58 @@ async function runTrain(res: GpuQ4kResult, o: Options, deadline: number, save: (
   plan.push(...alpaca.slice(1));
   try {
     for (const run of plan) {
-      // a run is started only with 10 s left (the timed steps stop 5 s before the deadline)
-      if (now() > deadline - 10) {
-        res.skipped.push(`train ${run.label}: out of time`);
-        continue;
-      }
-      const graph = run.checkpointing ? graphs.checkpointing : graphs.plain;
-      const timed = run.timed.map(packJson);
-      const warm = packJson(run.warm);
-      try {
-        resetPeak(o.device);
-        const losses: number[] = [];
-        const step = async (b: ReturnType<typeof packJson>) => {
-          grads.zero();
-          const r = await graph.run(b, 1 / b.targetCount, grads);
-          await opt.update(grads.all(), 1e-3);
-          return r.lossSum / r.targets;
-        };
-        for (let i = 0; i < o.warmup; i++) await step(warm);
-        await native.synchronize();
-        const s0 = now();
-        let done = 0;
-        for (const b of timed) {
-          losses.push(await step(b));
-          done++;
-          if (now() > deadline - 5) break; // keep what was timed
-        }
-        await native.synchronize();
-        const seconds = now() - s0;
-        const tokens = timed.slice(0, done).reduce((a, b) => a + b.tokens.length, 0);
-        const row: Q4kTrainRow = {
-          batch: run.batch,
-          B: run.B,
-          checkpointing: run.checkpointing,
-          steps: done,
-          tokens,
-          seconds,
-          tokPerS: tokens / seconds,
-          msPerStep: (1e3 * seconds) / done,
-          peakBytes: peak(o.device),
-          losses,
-        };
-        res.train.push(row);
-        if (done < timed.length) res.skipped.push(`train ${run.label}: ${timed.length - done} of ${timed.length} timed steps left out (out of time)`);
-        o.log(`gpu-q4k: ${run.label}: ${row.tokPerS.toFixed(0)} tok/s, ${row.msPerStep.toFixed(1)} ms/step, ` +
-          `peak ${(row.peakBytes / 1e9).toFixed(2)} GB` + (run.batch === 'full' ? ` (target <= ${(Q4K_TARGET_BYTES / 1e9).toFixed(0)} GB)` : ''));
-      } catch (e) {
-        res.errors.push(`train ${run.label}: ${e instanceof Error ? e.message : String(e)}`);
-        o.log(`gpu-q4k: ${run.label} failed: ${e instanceof Error ? e.message : String(e)}`);
-      }
-      save();
+      await bench.timedRun({
+        label: run.label,
+        startBy: deadline - 10, // the timed steps stop 5 s before the deadline
+        stopBy: deadline - 5,
+        batches: () => ({ timed: run.timed.map(packJson), warm: packJson(run.warm) }),
+        warmup: o.warmup,
+        step: (b) => training.step(b, run.checkpointing),
+        record: ({ losses, steps, seconds, peakBytes }, used) => {
+          const tokens = used.reduce((a, b) => a + b.tokens.length, 0);
+          const row: Q4kTrainRow = {
+            batch: run.batch,
+            B: run.B,
+            checkpointing: run.checkpointing,
+            steps,
+            tokens,
+            seconds,
+            tokPerS: tokens / seconds,
+            msPerStep: (1e3 * seconds) / steps,
+            peakBytes,
+            losses,
+          };
+          res.train.push(row);
+          bench.log(`gpu-q4k: ${run.label}: ${row.tokPerS.toFixed(0)} tok/s, ${row.msPerStep.toFixed(1)} ms/step, ` +
+            `peak ${(row.peakBytes / 1e9).toFixed(2)} GB` + (run.batch === 'full' ? ` (target <= ${(Q4K_TARGET_BYTES / 1e9).toFixed(0)} GB)` : ''));
+        },
+      });
     }
   } finally {
-    grads.dispose();
-    opt.dispose();
-    adapter.dispose();
+    training.dispose();
     model.dispose();
   }
 }
 
 // ---- main -------------------------------------------------------------------------------------
 
-interface Options {
+interface Options extends TrainOptions {
   mode: 'train';
   shape: '7b' | 'tiny';
   device: Device;
-  batches?: string;
-  micro: number[];
+  /** the full-length batch's size (0: none) */
   full: number;
-  steps: number;
-  warmup: number;
-  budget: number;
-  seed: number;
-  json?: string;
-  log: (s: string) => void;
 }
 
 export function parseArgs(argv: string[]): Options {
   const mode = argv[0];
   if (mode !== 'train') throw new Error(`usage: gpu-q4k.js train --batches FILE [options] (got ${mode ?? 'nothing'})`);
-  const o: Options = { mode, shape: '7b', device: 'cuda', micro: [4, 16], full: 4, steps: 3, warmup: 1, budget: 60, seed: 1234, log: (s) => process.stderr.write(s + '\n') };
+  const o: Options = { mode, shape: '7b', device: 'cuda', micro: [4, 16], full: 4, steps: 3, warmup: 1, budget: 60, seed: 1234, log: logToStderr };
   const args = new DeviceArgs(argv);
   for (let x = args.next(); x !== undefined; x = args.next()) {
-    if (x === '--batches') o.batches = args.string();
-    else if (x === '--micro') o.micro = args.sizes('4,16');
-    else if (x === '--full') o.full = args.int(0);
-    else if (x === '--steps') o.steps = args.int(1);
-    else if (x === '--warmup') o.warmup = args.int(0);
-    else if (x === '--budget') o.budget = args.int(1);
-    else if (x === '--seed') o.seed = args.int(0);
-    else if (x === '--device') o.device = args.oneOf(['cuda', 'cpu'] as const);
+    if (args.sharedFlag(o, '4,16')) continue;
+    if (x === '--full') o.full = args.int(0);
     else if (x === '--shape') o.shape = args.oneOf(['7b', 'tiny'] as const);
-    else if (x === '--json') o.json = args.string();
     else throw new Error(`gpu-q4k: unknown argument ${x}`);
   }
   if (!o.batches) throw new Error('gpu-q4k train needs --batches FILE (written by scripts/gpu-check.ts)');
@@ -349,31 +250,10 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<GpuQ
   const o = parseArgs(argv);
   const deadline = now() + o.budget;
   const caps = native.capabilities().cuda;
-  const res: GpuQ4kResult = { mode: o.mode, device: o.device, gpu: { name: caps.deviceList?.[0]?.name ?? '', gemm: caps.gemm, reason: caps.reason }, targetBytes: Q4K_TARGET_BYTES, train: [], skipped: [], errors: [] };
-  const save = () => o.json && fs.writeFileSync(o.json, JSON.stringify(res, null, 1) + '\n');
-  if (o.device === 'cuda' && !caps.available) throw new Error(`CUDA is not available: ${caps.reason}`);
-  if (o.device === 'cuda' && caps.gemm.startsWith('error: ')) throw new Error(`the GEMM engine cannot run: ${caps.gemm.slice(7)}`);
-  save();
-  try {
-    await runTrain(res, o, deadline, save);
-  } finally {
-    if (o.device === 'cuda') {
-      res.gpu.gemmAtEnd = native.capabilities().cuda.gemm;
-      res.gpu.allocator = native.cudaMemory().allocator;
-      process.stderr.write(`gpu-q4k: GEMM engine at the end: ${res.gpu.gemmAtEnd}\n`);
-    }
-    save();
-  }
-  if (res.errors.length) {
-    console.error(`gpu-q4k: ${res.errors.length} error(s):\n  ${res.errors.join('\n  ')}`);
-    process.exitCode = 1;
-  }
-  return res;
+  const res: GpuQ4kResult = { mode: o.mode, device: o.device, gpu: gpuRecord(caps, caps.deviceList?.[0]), targetBytes: Q4K_TARGET_BYTES, train: [], skipped: [], errors: [] };
+  if (o.device === 'cuda') requireUsableCuda(caps);
+  const bench = new DeviceBench('gpu-q4k', res, o.device, o);
+  return bench.run(() => runTrain(bench, o, deadline));
 }
 
-if (require.main === module) {
-  main().catch((e) => {
-    console.error(`gpu-q4k: FAILED: ${e instanceof Error ? (e.stack ?? e.message).split('\n').slice(0, 5).join('\n') : String(e)}`);
-    process.exit(1);
-  });
-}
+if (require.main === module) runFromCommandLine('gpu-q4k', main);

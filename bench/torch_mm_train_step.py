@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as Fn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_train_step import load_v0, openblas_info, padded, rmsnorm, rope, rope_tables  # noqa: E402
+from torch_batches import padded  # noqa: E402
+from torch_train_step import load_v0, openblas_info, rmsnorm, rope, rope_tables  # noqa: E402
 
 
 class MMStep:

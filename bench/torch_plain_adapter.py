@@ -37,6 +37,8 @@ import time
 import torch
 import torch.nn.functional as Fn
 
+from torch_batches import padded  # (torch_peft_step.py pads through this module: plain.padded)
+
 # ---- weights --------------------------------------------------------------------------------------
 
 
@@ -238,21 +240,6 @@ class PlainAdapterModel:
         for p in range(2, len(tokens)):
             rows.append(self.logits_of(self.hidden(torch.tensor([[tokens[p]]], device=self.device), None, cache, p)[:, 0]))
         return torch.cat(rows, dim=0)
-
-
-def padded(batch, device="cpu"):
-    """{ids, labels} lists per example -> ids, labels (B, longest) long (labels -1 = no loss),
-    valid (B, longest) bool, real tokens, padded tokens."""
-    B = len(batch["ids"])
-    T = max(len(x) for x in batch["ids"])
-    ids = torch.zeros(B, T, dtype=torch.long)
-    labels = torch.full((B, T), -1, dtype=torch.long)
-    valid = torch.zeros(B, T, dtype=torch.bool)
-    for b, (x, y) in enumerate(zip(batch["ids"], batch["labels"])):
-        ids[b, : len(x)] = torch.tensor(x)
-        labels[b, : len(y)] = torch.tensor(y)
-        valid[b, : len(x)] = True
-    return ids.to(device), labels.to(device), valid.to(device), sum(len(x) for x in batch["ids"]), B * T
 
 
 def train_step(model, opt, batch):

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
+from torch_batches import padded
+
 EPS_NORM = 1e-5
 ROPE_THETA = 10000.0
 
@@ -139,20 +141,6 @@ class Step:
             return Fn.cross_entropy(h @ w["cls"].T, labels[target], reduction="sum") / count
         logits = rmsnorm(x, w["rms_final"]) @ w["cls"].T  # (B, T, V)
         return Fn.cross_entropy(logits.view(B * T, -1), labels.view(-1), ignore_index=-1, reduction="sum") / count
-
-
-def padded(batch):
-    """Lists of examples -> ids, labels (B, longest) long, valid (B, longest) bool."""
-    B = len(batch["ids"])
-    T = max(len(x) for x in batch["ids"])
-    ids = torch.zeros(B, T, dtype=torch.long)
-    labels = torch.full((B, T), -1, dtype=torch.long)
-    valid = torch.zeros(B, T, dtype=torch.bool)
-    for b, (x, y) in enumerate(zip(batch["ids"], batch["labels"])):
-        ids[b, : len(x)] = torch.tensor(x)
-        labels[b, : len(y)] = torch.tensor(y)
-        valid[b, : len(x)] = True
-    return ids, labels, valid, sum(len(x) for x in batch["ids"]), B * T
 
 
 def openblas_info():

@@ -25,6 +25,7 @@ import { AdapterGrads, AdapterGraph, PackedBatch } from '../lib/train/graph';
 import { AdamW, paperAdamW } from '../lib/train/optimizer';
 import { AllreduceTiming, timeAllreduce } from './allreduce-timing';
 import { Random } from '../lib/generate/random';
+import { runFromCommandLine } from '../bench/device-bench';
 
 
 const dataDir = process.env.LLAMA_ADAPTER_DATA ?? path.resolve(__dirname, '..', '..', '..', 'shared', 'data');
@@ -250,9 +251,4 @@ async function main(): Promise<void> {
   if (!ok) process.exitCode = 1;
 }
 
-if (require.main === module) {
-  main().catch((e) => {
-    console.error(`gpu-check-device: FAILED: ${e instanceof Error ? (e.stack ?? e.message).split('\n').slice(0, 5).join('\n') : String(e)}`);
-    process.exit(1);
-  });
-}
+if (require.main === module) runFromCommandLine('gpu-check-device', main);

@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { adapterStepFlops, decodeWeightBytes, LLAMA_7B, ModelShape } from '../bench/flops';
-import { LLAMA_7B_CONFIG, packJson } from '../bench/gpu-7b';
+import { LLAMA_7B_CONFIG, packJson } from '../bench/device-bench';
 import { relL2 } from '../scripts/gpu-check-device';
 import { Adapter } from '../lib/model/adapter';
 import { Llama } from '../lib/model/llama';
