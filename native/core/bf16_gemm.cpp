@@ -3,11 +3,11 @@
 // gradient). The inputs rounded to bf16 (nearest even) make every product exact in f32, so the
 // result is the f32 sum of exact products in either path below:
 //   - AVX512-BF16 (vdpbf16ps: 16 lanes x 2 products per instruction, twice the f32 FMA rate): A is
-//     rounded into a row-major bf16 copy, B packed into panels of 32 columns x k-pairs, and a 12 x 32
-//     register tile (24 accumulators) walks each panel;
+//     rounded into a row-major bf16 copy; each task packs the slice of B it is about to use (32
+//     columns x 128 k-pairs) and a 12 x 32 register tile (24 accumulators) walks it;
 //   - otherwise: A rounded in an f32 copy and B widened to f32, then sgemm.
-// The two differ only in the order of the f32 sums (checked against each other and against a
-// float64 reference in test/ops.test.ts).
+// The two differ only in the order of the f32 sums (both checked against a float64 reference in
+// test/matmul-precision.test.ts).
 #include <immintrin.h>
 
 // GCC 12 warns of the deliberately undefined lanes inside its own AVX-512 intrinsics
@@ -20,9 +20,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <utility>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "bf16.h"
