@@ -7,7 +7,7 @@ import * as YAML from 'yaml';
 import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
 import { TextEncoderModel } from '../text/encoder';
 import { LoadedCheckpoint, resumeFolder } from '../train/checkpoint';
-import { clearRun, holdsRunToResume, removeLeftovers, RUN_CONFIG, RUN_METRICS, settingMismatches } from '../train/run-folder';
+import { checkCheckpointSettings, checkRunConfig, clearRun, holdsRunToResume, removeLeftovers, RUN_CONFIG, RUN_METRICS } from '../train/run-folder';
 import { keepMetricsUpTo } from '../train/trainer';
 import {
   SquadAdapter, SquadParams, WindowOptions, adapterPathIn, decodeAnswer, disposeParams, evaluateSquad, frozenParams, loadSquadAdapter,
@@ -163,21 +163,10 @@ function squadSettings(v: Flags, win: WindowOptions, paths: { encoder: string; d
   };
 }
 
-/** Refuses a resume whose settings differ from the run folder's config.yaml (before any work). */
-function checkSavedSettings(outDir: string, settings: Record<string, unknown>): void {
-  const file = nodePath.join(outDir, RUN_CONFIG);
-  if (!fs.existsSync(file)) return; // the checkpoint's own record is compared later
-  let saved: unknown;
-  try {
-    saved = YAML.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new Error(`cannot resume in ${outDir}: its ${RUN_CONFIG} cannot be read (${(err as Error).message}); pass --overwrite to start over`);
-  }
-  const diff = settingMismatches(typeof saved === 'object' && saved !== null ? (saved as Record<string, unknown>) : {}, settings);
-  if (diff.length)
-    throw new Error(
-      `cannot resume from ${outDir} (its ${RUN_CONFIG}): ${diff.join('; ')}. Resume with the run's settings, or pass --overwrite to clear it and start over`,
-    );
+/** A run's config.yaml as the settings train() records (a file that is not a mapping holds none). */
+function readSettingsFile(file: string): Record<string, unknown> {
+  const saved: unknown = YAML.parse(fs.readFileSync(file, 'utf8'));
+  return typeof saved === 'object' && saved !== null ? (saved as Record<string, unknown>) : {};
 }
 
 export async function train(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<void> {
@@ -210,7 +199,7 @@ export async function train(argv: string[], out: NodeJS.WritableStream = process
   const settings = squadSettings(v, win, { encoder: encoderDir, data: dataPath });
   // before any work: can --out be written, and may this run use it (lib/train/run-folder.ts)?
   checkOutputDir(outDir, '--out');
-  if (holdsRunToResume(outDir, { resume, overwrite })) checkSavedSettings(outDir, settings);
+  if (holdsRunToResume(outDir, { resume, overwrite })) checkRunConfig(outDir, settings, readSettingsFile);
   const adapterPath = adapterPathIn(outDir);
   const data = loadSquad(dataPath);
   const evalData = stringFlag(v, 'eval-data') !== undefined ? loadSquad(stringFlag(v, 'eval-data')!) : undefined;
@@ -257,11 +246,7 @@ export async function train(argv: string[], out: NodeJS.WritableStream = process
       const dir = resumeFolder(resume, outDir, log);
       if (dir) {
         resumed = loadSquadCheckpoint(dir, enc);
-        const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint);
-        if (mismatch.length) {
-          resumed.adapter.dispose();
-          throw new Error(`cannot resume from ${dir}: ${mismatch.join('; ')}`);
-        }
+        checkCheckpointSettings(resumed, fingerprint);
         log(`resuming from ${dir} at step ${resumed.state.step}/${total}`);
       }
     } catch (e) {

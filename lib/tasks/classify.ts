@@ -17,7 +17,7 @@ import { IndexBatcher, splitValidation } from '../data/alpaca';
 import { Classifier, ClassifierConfig, headBackward, headForward } from '../model/classifier';
 import { loadCheckpointWith, LoadedCheckpoint, resumeFolder, RunState, saveCheckpoint } from '../train/checkpoint';
 import { configToYaml, TrainConfig } from '../train/config';
-import { checkRunFolder, clearRun, removeLeftovers, settingMismatches } from '../train/run-folder';
+import { checkCheckpointSettings, checkRunFolder, clearRun, removeLeftovers } from '../train/run-folder';
 import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
 import { AdamW, NonFiniteError } from '../train/optimizer';
 import { learningRate, runSchedule } from '../train/schedule';
@@ -296,11 +296,7 @@ export class ClassifyTrainer extends EventEmitter {
       }
       resumed = this.findResume();
       if (resumed) {
-        const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint);
-        if (mismatch.length) {
-          resumed.adapter.dispose();
-          throw new Error(`cannot resume from ${resumed.dir}: ${mismatch.join('; ')}`);
-        }
+        checkCheckpointSettings(resumed, fingerprint);
         classifier = resumed.adapter;
         batcher.restore(resumed.state.data);
         startStep = resumed.state.step;

@@ -107,20 +107,43 @@ export function holdsRunToResume(out: string, o: { resume?: string; overwrite?: 
  * must agree with `cfg` on every setting that changes the result) or --overwrite.
  */
 export function checkRunFolder(cfg: TrainConfig): void {
-  const out = cfg.out;
-  if (!holdsRunToResume(out, cfg)) return;
+  if (!holdsRunToResume(cfg.out, cfg)) return;
+  checkRunConfig(cfg.out, resultSettings(cfg), (file) => resultSettings({ ...trainDefaults, ...readConfigFile(file) } as TrainConfig));
+}
+
+/**
+ * Refuses a resume whose settings differ from the run folder's config.yaml, naming each one:
+ * `settingsOf` reads the file into the settings `now` holds. A folder without the file has
+ * nothing to compare here (the checkpoint's own record is compared when it is loaded).
+ */
+export function checkRunConfig(out: string, now: Record<string, unknown>, settingsOf: (file: string) => Record<string, unknown>): void {
   const file = path.join(out, RUN_CONFIG);
-  if (!fs.existsSync(file)) return; // nothing to compare with here; the checkpoint's own record is compared later
-  let saved: TrainConfig;
+  if (!fs.existsSync(file)) return;
+  let saved: Record<string, unknown>;
   try {
-    saved = { ...trainDefaults, ...readConfigFile(file) } as TrainConfig;
+    saved = settingsOf(file);
   } catch (err) {
     throw new Error(`cannot resume in ${out}: its ${RUN_CONFIG} cannot be compared with this run's settings (${(err as Error).message}); pass --overwrite to start over`);
   }
-  const diff = settingMismatches(resultSettings(saved), resultSettings(cfg));
+  const diff = settingMismatches(saved, now);
   if (diff.length)
     throw new Error(
       `cannot resume from ${out} (its ${RUN_CONFIG}): ${diff.join('; ')}. ` +
         `Resume with the run's settings, or pass --overwrite to clear it and start over`,
     );
+}
+
+/**
+ * Refuses a checkpoint whose recorded settings differ from this run's (`all` false: only those
+ * it recorded, for older checkpoints that record fewer); its adapter is disposed then.
+ */
+export function checkCheckpointSettings(
+  resumed: { dir: string; state: { fingerprint?: Record<string, unknown> }; adapter: { dispose(): void } },
+  fingerprint: Record<string, unknown>,
+  all = true,
+): void {
+  const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint, all);
+  if (!mismatch.length) return;
+  resumed.adapter.dispose();
+  throw new Error(`cannot resume from ${resumed.dir}: ${mismatch.join('; ')}`);
 }

@@ -13,7 +13,7 @@ import { Llama } from '../model/llama';
 import { Tokenizer } from '../tokenizer';
 import { loadCheckpoint, LoadedCheckpoint, resumeFolder, RunState, saveCheckpoint } from './checkpoint';
 import { configToYaml, TrainConfig } from './config';
-import { checkRunFolder, clearRun, removeLeftovers, resultSettings, settingMismatches } from './run-folder';
+import { checkCheckpointSettings, checkRunFolder, clearRun, removeLeftovers, resultSettings } from './run-folder';
 import { checkOutputDir, makeOutputDir, removeEmptyDirs } from '../output';
 import { currentWorld } from './distributed';
 import { AdapterGrads, AdapterGraph, PackedBatch } from './graph';
@@ -262,11 +262,7 @@ export class Trainer extends EventEmitter {
       if (resumed) dist.checkResume(resumed);
       if (resumed) {
         // every setting the checkpoint recorded must be the same (older checkpoints record fewer)
-        const mismatch = settingMismatches(resumed.state.fingerprint ?? {}, fingerprint, false);
-        if (mismatch.length) {
-          resumed.adapter.dispose();
-          throw new Error(`cannot resume from ${resumed.dir}: ${mismatch.join('; ')}`);
-        }
+        checkCheckpointSettings(resumed, fingerprint, false);
         adapter = resumed.adapter;
         batcher.restore(resumed.state.data);
         startStep = resumed.state.step;
