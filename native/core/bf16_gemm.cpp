@@ -8,15 +8,6 @@
 //   - otherwise: A rounded in an f32 copy and B widened to f32, then sgemm.
 // The two differ only in the order of the f32 sums (both checked against a float64 reference in
 // test/matmul-precision.test.ts).
-#include <immintrin.h>
-
-// GCC 12 warns of the deliberately undefined lanes inside its own AVX-512 intrinsics
-// (_mm512_undefined_*), a false positive that later releases fixed.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -29,6 +20,7 @@
 #include "bf16_gemm.h"
 #include "blas.h"
 #include "parallel.h"
+#include "x86.h"
 
 namespace la {
 namespace {
@@ -38,13 +30,28 @@ constexpr int kMR = 12;    // rows of the register tile: 12 x 2 accumulators + 2
 constexpr int64_t kMC = 192;  // rows whose bf16 inputs (kMC x kKC x 2 bytes = 96 KiB) stay in L2
 constexpr int64_t kKC = 256;  // k per pass: a panel slice (32 x 256 x 2 bytes = 16 KiB) stays in L1
 
-#define LA_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+// k-pairs [p0, p0 + np) of panel j of B (columns 32j ..): for each pair, 32 u32 words (one per
+// column, the even k in the low half, as vdpbf16ps pairs them); columns past N and k past K are zero.
+void pack_plain(uint32_t* out, const uint16_t* b, int64_t sk, int64_t sn, int64_t K, int64_t N, int64_t j, int64_t p0,
+                int64_t np) {
+  const int64_t n0 = j * kNR, cols = std::min<int64_t>(kNR, N - n0);
+  for (int64_t p = p0; p < p0 + np; p++) {
+    uint32_t* o = out + (p - p0) * kNR;
+    const int64_t k = 2 * p;
+    for (int64_t c = 0; c < cols; c++) {
+      const uint16_t* col = b + (n0 + c) * sn;
+      uint32_t lo = col[k * sk], hi = k + 1 < K ? col[(k + 1) * sk] : 0;
+      o[c] = lo | (hi << 16);
+    }
+    for (int64_t c = cols; c < kNR; c++) o[c] = 0;
+  }
+}
 
 bool detect_avx512bf16() {
   if (const char* e = std::getenv("LLAMA_ADAPTER_BF16_GEMM")) {
     if (!std::strcmp(e, "sgemm")) return false;  // force the widen-and-sgemm path (tests, comparisons)
   }
-#if defined(__x86_64__)
+#ifdef LA_X86
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl");
@@ -52,6 +59,9 @@ bool detect_avx512bf16() {
   return false;
 #endif
 }
+
+#ifdef LA_X86
+#define LA_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 // rows [r0, r1) of A (f32, lda) -> ab (bf16, ld = Kp), the pad column (odd K) zero
 LA_BF16_TARGET void round_rows_avx512(uint16_t* ab, int64_t Kp, const float* A, int64_t lda, int64_t K, int64_t r0,
@@ -66,23 +76,6 @@ LA_BF16_TARGET void round_rows_avx512(uint16_t* ab, int64_t Kp, const float* A, 
     }
     for (; k < K; k++) o[k] = f32_to_bf16(a[k]);
     if (Kp > K) o[K] = 0;
-  }
-}
-
-// k-pairs [p0, p0 + np) of panel j of B (columns 32j ..): for each pair, 32 u32 words (one per column, the even k in the low half, as
-// vdpbf16ps pairs them); columns past N and the k past K are zero.
-void pack_plain(uint32_t* out, const uint16_t* b, int64_t sk, int64_t sn, int64_t K, int64_t N, int64_t j, int64_t p0,
-                int64_t np) {
-  const int64_t n0 = j * kNR, cols = std::min<int64_t>(kNR, N - n0);
-  for (int64_t p = p0; p < p0 + np; p++) {
-    uint32_t* o = out + (p - p0) * kNR;
-    const int64_t k = 2 * p;
-    for (int64_t c = 0; c < cols; c++) {
-      const uint16_t* col = b + (n0 + c) * sn;
-      uint32_t lo = col[k * sk], hi = k + 1 < K ? col[(k + 1) * sk] : 0;
-      o[c] = lo | (hi << 16);
-    }
-    for (int64_t c = cols; c < kNR; c++) o[c] = 0;
   }
 }
 
@@ -230,6 +223,8 @@ LA_BF16_TARGET void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float
   });
 }
 
+#endif  // LA_X86
+
 void gemm_widened(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* b, int64_t sk,
                   int64_t sn, float* C, int64_t ldc) {
   std::vector<float> a(size_t(M * K)), w(size_t(K * N));
@@ -263,7 +258,9 @@ void bf16_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, con
     for (int64_t m = 0; m < M; m++) std::fill(C + m * ldc, C + m * ldc + N, 0.f);
     return;
   }
+#ifdef LA_X86
   if (bf16_gemm_native()) return gemm_avx512bf16(M, N, K, A, lda, b, sk, sn, C, ldc);
+#endif
   gemm_widened(M, N, K, A, lda, b, sk, sn, C, ldc);
 }
 

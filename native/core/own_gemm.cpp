@@ -13,10 +13,7 @@
 #include "blas.h"
 #include "parallel.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define LA_X86 1
-#include <immintrin.h>
-#endif
+#include "x86.h"
 
 namespace la {
 namespace {

@@ -51,9 +51,9 @@
 #include "kernels.h"
 #include "simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define LA_GA_X86 1
-#include <immintrin.h>
+#include "../core/x86.h"
+
+#ifdef LA_X86
 #define LA_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
@@ -92,7 +92,7 @@ float exp_scalar(float x) {
   return y * s;
 }
 
-#ifdef LA_GA_X86
+#ifdef LA_X86
 LA_AVX2 inline __m256 exp8(__m256 x) {
   __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpLo)), _mm256_set1_ps(kExpHi));
   __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -223,7 +223,7 @@ void accum_plain(float* C, int64_t ldc, const float* A, int64_t lda, const float
   }
 }
 
-#ifdef LA_GA_X86
+#ifdef LA_X86
 // The AVX2 tiles: 4 rows of C by 16 (or 8) columns, accumulators in named registers (GCC keeps
 // an array of __m256 accumulators on the stack). One step of the reduction loop broadcasts four A
 // values against one or two loaded B vectors.
@@ -346,7 +346,7 @@ LA_AVX2 void accum_avx2(float* C, int64_t ldc, const float* A, int64_t lda, cons
 
 // AVX2+FMA when the CPU has it, unless LLAMA_ADAPTER_NO_AVX2=1 (to test the portable loops).
 bool avx2_enabled() {
-#ifdef LA_GA_X86
+#ifdef LA_X86
   static const bool on = has_avx2 && !(std::getenv("LLAMA_ADAPTER_NO_AVX2") &&
                                        std::string(std::getenv("LLAMA_ADAPTER_NO_AVX2")) == "1");
   return on;
@@ -357,7 +357,7 @@ bool avx2_enabled() {
 
 const Kernels& kernels() {
   static const Kernels plain{scores_plain, rowmix_plain, accum_plain, exp_sum_plain, max_plain};
-#ifdef LA_GA_X86
+#ifdef LA_X86
   static const Kernels avx2{scores_avx2, rowmix_avx2, accum_avx2, exp_sum_avx2, max_avx2};
   if (avx2_enabled()) return avx2;
 #endif
@@ -379,7 +379,7 @@ void pack_rows(float* dst, int64_t dp, const float* src, int64_t ld, int64_t n, 
   }
 }
 
-#ifdef LA_GA_X86
+#ifdef LA_X86
 // dst rows 0..7 (stride ldt) = the transpose of src rows 0..7 (stride ld), 8 columns
 LA_AVX2 inline void transpose8(float* dst, int64_t ldt, const float* src, int64_t ld) {
   __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld), r2 = _mm256_loadu_ps(src + 2 * ld),
@@ -413,7 +413,7 @@ LA_AVX2 int64_t transpose_blocks_avx2(float* dst, int64_t ldt, const float* src,
 void pack_transposed(float* dst, int64_t ldt, const float* src, int64_t ld, int64_t n, int64_t d, int64_t dp) {
   std::fill(dst, dst + dp * ldt, 0.f);
   int64_t done = 0, kfull = 0;
-#ifdef LA_GA_X86
+#ifdef LA_X86
   if (avx2_enabled()) {
     done = transpose_blocks_avx2(dst, ldt, src, ld, n, d);
     kfull = d / 8 * 8;

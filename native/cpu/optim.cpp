@@ -6,10 +6,7 @@
 #include "../core/parallel.h"
 #include "kernels.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define LA_OPT_X86 1
-#include <immintrin.h>
-#endif
+#include "../core/x86.h"
 
 namespace la::cpu {
 
@@ -36,7 +33,7 @@ void adamw_range(float* p, const float* g, float* m, float* v, int64_t i0, int64
   }
 }
 
-#ifdef LA_OPT_X86
+#ifdef LA_X86
 // The same, 8 lanes at a time (std::sqrt does not vectorise while it may set errno).
 template <bool kSmall>
 __attribute__((target("avx2,fma"))) void adamw_range_avx2(float* p, const float* g, float* m, float* v, int64_t i0,
@@ -83,7 +80,7 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, int64_t step
   const AdamScalars c{decay, w1, w1c, b2, w2, neg_step, bc2_sqrt, epsf};
   const bool small = w1d < 0.5;
   parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
-#ifdef LA_OPT_X86
+#ifdef LA_X86
     if (has_avx2) {
       if (small) return adamw_range_avx2<true>(p, g, m, v, i0, i1, c);
       return adamw_range_avx2<false>(p, g, m, v, i0, i1, c);

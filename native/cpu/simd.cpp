@@ -7,16 +7,7 @@
 
 #include "../core/bf16.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define LA_X86 1
-#include <immintrin.h>
-#endif
-// GCC 12 warns of the deliberately undefined lanes inside its own AVX-512 intrinsics
-// (_mm512_undefined_*), a false positive that later releases fixed.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "../core/x86.h"
 
 namespace la::cpu {
 
